@@ -1,0 +1,111 @@
+"""Gather B checkpoints of one architecture into a :class:`~wgraph.graph.WeightGraph`.
+
+Driven by the cached Layout's parameter map: one ``torch.stack`` per state-dict entry (or none, if
+the checkpoints come already stacked), then slice assignment of per-neuron vectors into the node
+feature tensor. No Python loop over networks touches tensor data; the per-checkpoint loop only
+compares key sets, which is what lets an error name the offending checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import IncompatibleBatchError, StateDictError
+from ..graph import Layout, WeightGraph
+
+
+def _key_error(layout: Layout, keys, where: str) -> StateDictError:
+    expected = [p.name for p in layout.params]
+    missing = [k for k in expected if k not in keys]
+    extra = [k for k in keys if k not in layout.param_index]
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(f"{k!r} (expected shape {layout.params[layout.param_index[k]].shape})" for k in missing))
+    if extra:
+        parts.append("unexpected " + ", ".join(repr(k) for k in extra))
+    return StateDictError(f"{where}: {'; '.join(parts)}")
+
+
+def _stack_checkpoints(layout: Layout, state_dicts: Sequence) -> dict[str, torch.Tensor]:
+    sds = [sd.state_dict() if isinstance(sd, nn.Module) else sd for sd in state_dicts]
+    if not sds:
+        raise StateDictError("no checkpoints given: expected at least one state dict")
+    expected = layout.param_index.keys()
+    for i, sd in enumerate(sds):
+        if not isinstance(sd, Mapping):
+            raise StateDictError(f"checkpoint {i}: expected a state dict (mapping of name -> tensor), got {type(sd).__name__}")
+        if sd.keys() != expected:
+            raise _key_error(layout, list(sd.keys()), f"checkpoint {i}")
+    out = {}
+    for slot in layout.params:
+        name = slot.name
+        tensors = [sd[name] for sd in sds]
+        try:
+            stacked = torch.stack(tensors)
+        except (RuntimeError, TypeError):
+            for i, t in enumerate(tensors):
+                if not isinstance(t, torch.Tensor):
+                    raise StateDictError(f"checkpoint {i}: {name!r} is a {type(t).__name__}, not a tensor") from None
+                if tuple(t.shape) != slot.shape:
+                    raise StateDictError(
+                        f"checkpoint {i}: {name!r} has shape {tuple(t.shape)}, expected {slot.shape}"
+                    ) from None
+            devices = sorted({str(t.device) for t in tensors})
+            raise IncompatibleBatchError(f"{name!r}: checkpoints are on different devices {devices}") from None
+        if tuple(stacked.shape[1:]) != slot.shape:
+            raise StateDictError(f"checkpoint 0: {name!r} has shape {tuple(stacked.shape[1:])}, expected {slot.shape}")
+        dtypes = {t.dtype for t in tensors}
+        if len(dtypes) > 1:
+            first = tensors[0].dtype
+            i = next(i for i, t in enumerate(tensors) if t.dtype != first)
+            raise IncompatibleBatchError(
+                f"{name!r}: checkpoint 0 is {first} but checkpoint {i} is {tensors[i].dtype}; "
+                "cast all checkpoints to one dtype first"
+            )
+        out[name] = stacked
+    return out
+
+
+def _check_stacked(layout: Layout, stacked: Mapping) -> dict[str, torch.Tensor]:
+    if stacked.keys() != layout.param_index.keys():
+        raise _key_error(layout, list(stacked.keys()), "stacked state dict")
+    B = None
+    for slot in layout.params:
+        t = stacked[slot.name]
+        if not isinstance(t, torch.Tensor) or t.dim() == 0 or tuple(t.shape[1:]) != slot.shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise StateDictError(f"stacked state dict: {slot.name!r} has shape {got}, expected (B, *{slot.shape})")
+        if B is not None and t.shape[0] != B:
+            raise StateDictError(f"stacked state dict: {slot.name!r} holds {t.shape[0]} networks, others {B}")
+        B = t.shape[0]
+    return dict(stacked)
+
+
+def gather(layout: Layout, state_dicts) -> WeightGraph:
+    """Build the WeightGraph of ``state_dicts`` for ``layout``.
+
+    ``state_dicts`` is a sequence of state dicts (or modules), or one mapping of stacked tensors
+    ``{name: (B, *shape)}`` (as a zoo stores them; these are used without a copy).
+    """
+    stacked = _check_stacked(layout, state_dicts) if isinstance(state_dicts, Mapping) else _stack_checkpoints(layout, state_dicts)
+    kinds = {(t.dtype, t.device) for t in stacked.values()}
+    if len(kinds) > 1:
+        detail = ", ".join(f"{k!r}: {t.dtype} on {t.device}" for k, t in stacked.items())
+        raise IncompatibleBatchError(f"parameters mix dtypes or devices ({detail}); cast the checkpoints to one dtype and device")
+    dtype, device = next(iter(kinds))
+    if not dtype.is_floating_point:
+        raise IncompatibleBatchError(f"parameters are {dtype}; a weight graph needs floating-point weights")
+    B = next(iter(stacked.values())).shape[0]
+    nodes = torch.zeros(B, layout.num_nodes, len(layout.node_features), dtype=dtype, device=device)
+    edges: list[torch.Tensor | None] = [None] * len(layout.blocks)
+    for slot in layout.params:
+        t = stacked[slot.name]
+        if slot.where == "edges":
+            edges[slot.index] = t
+        else:
+            layer = layout.layers[slot.index]
+            nodes[:, layer.start : layer.stop, slot.feature] = t
+    return WeightGraph(layout, nodes, edges)

@@ -1,0 +1,153 @@
+"""Incremental construction of a :class:`~wgraph.graph.Layout` while interpreting a traced model.
+
+The rules in :mod:`wgraph.convert.rules` call three things: :meth:`LayoutBuilder.new_layer` (an op
+writes a fresh activation), :meth:`LayoutBuilder.dense` (a weight connects two layers) and
+:meth:`LayoutBuilder.tie` (two layers must share one permutation, e.g. a residual addition).
+Ties are kept in a union-find forest; :meth:`LayoutBuilder.build` turns its roots into
+:class:`~wgraph.graph.NeuronSpace` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UnsupportedOperation
+from ..graph import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot
+
+
+@dataclass(frozen=True)
+class Feat:
+    """Meta of a traced tensor whose axis ``axis`` enumerates the neurons of layer ``layer``."""
+
+    layer: int
+    axis: int
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Meta of a tensor computed from the model inputs only (no parameter has touched it yet).
+
+    Input neurons are never permuted, so any data-independent op on raw inputs is allowed; the
+    input layer is created when a parametric op first reads such a tensor (:meth:`input_layer`).
+    """
+
+    source: str
+
+
+class LayoutBuilder:
+    def __init__(self):
+        self.layers: list[dict] = []
+        self.blocks: list[EdgeBlock] = []
+        self.slots: dict[str, ParamSlot] = {}
+        self._parent: list[int] = []
+        self._inputs: dict[tuple[str, int], int] = {}
+        self.node_features = ["bias"]
+
+    # ----------------------------------------------------------------- layers
+    def new_layer(self, name: str, size: int, depth: int, kind: str = "hidden") -> int:
+        self.layers.append({"name": name, "kind": kind, "depth": depth, "size": int(size)})
+        self._parent.append(len(self._parent))
+        return len(self.layers) - 1
+
+    def input_layer(self, source: str, axis: int, size: int) -> int:
+        """The input layer for raw tensor ``source`` read along ``axis`` (created once)."""
+        key = (source, axis)
+        if key not in self._inputs:
+            name = "input" if not self._inputs else f"input:{source}"
+            self._inputs[key] = self.new_layer(name, size, depth=0, kind="input")
+        li = self._inputs[key]
+        if self.layers[li]["size"] != size:
+            raise UnsupportedOperation(
+                f"input {source!r} is read along axis {axis} with {size} and with "
+                f"{self.layers[li]['size']} features; reshape it once before the first layer"
+            )
+        return li
+
+    def as_layer(self, meta, axis: int, size: int, where: str) -> int:
+        """Layer index of a Feat/Raw argument read along ``axis`` (normalized, non-negative)."""
+        if isinstance(meta, Raw):
+            return self.input_layer(meta.source, axis, size)
+        if isinstance(meta, Feat):
+            if meta.axis != axis:
+                raise UnsupportedOperation(
+                    f"{where}: reads axis {axis} of a tensor whose neurons lie on axis {meta.axis} "
+                    f"(layer {self.layers[meta.layer]['name']!r}); only ops along the neuron axis are supported"
+                )
+            return meta.layer
+        raise UnsupportedOperation(f"{where}: expected a tensor argument")
+
+    def size(self, li: int) -> int:
+        return self.layers[li]["size"]
+
+    def depth(self, li: int) -> int:
+        return self.layers[li]["depth"]
+
+    def mark_output(self, li: int) -> None:
+        if self.layers[li]["kind"] == "hidden":
+            self.layers[li]["kind"] = "output"
+
+    # ----------------------------------------------------------------- blocks
+    def _claim(self, param: str, slot: ParamSlot, where: str) -> None:
+        if param in self.slots:
+            raise UnsupportedOperation(
+                f"{where}: parameter {param!r} is used a second time (shared module or tied weight); "
+                "weight sharing is not supported yet"
+            )
+        self.slots[param] = slot
+
+    def dense(self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], where: str) -> None:
+        """A weight ``param`` of shape ``(dst.size, src.size, *kernel)`` from ``src`` to ``dst``."""
+        self.blocks.append(EdgeBlock(name=name, kind="dense", src=src, dst=dst, param=param, kernel=tuple(shape[2:])))
+        self._claim(param, ParamSlot(param, tuple(shape), "edges", len(self.blocks) - 1), where)
+
+    def node_param(self, layer: int, feature: str, param: str, shape: tuple[int, ...], where: str) -> None:
+        """A per-neuron vector ``param`` (e.g. a bias) stored in node feature column ``feature``."""
+        if feature not in self.node_features:
+            self.node_features.append(feature)
+        self._claim(param, ParamSlot(param, tuple(shape), "nodes", layer, self.node_features.index(feature)), where)
+
+    def identity(self, name: str, src: int, dst: int) -> None:
+        self.blocks.append(EdgeBlock(name=name, kind="identity", src=src, dst=dst))
+
+    # ------------------------------------------------------------------- ties
+    def _find(self, i: int) -> int:
+        while self._parent[i] != i:
+            self._parent[i] = self._parent[self._parent[i]]
+            i = self._parent[i]
+        return i
+
+    def tie(self, a: int, b: int) -> None:
+        """Layers ``a`` and ``b`` must be permuted by one permutation."""
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            self._parent[max(ra, rb)] = min(ra, rb)
+
+    # ------------------------------------------------------------------ build
+    def build(self, state_keys: list[str], meta: dict | None = None) -> Layout:
+        roots: dict[int, int] = {}
+        for li in range(len(self.layers)):
+            roots.setdefault(self._find(li), len(roots))
+        layers, start = [], 0
+        for li, l in enumerate(self.layers):
+            layers.append(NeuronLayer(l["name"], l["kind"], l["depth"], start, l["size"], roots[self._find(li)]))
+            start += l["size"]
+        spaces = []
+        for root, si in roots.items():
+            members = tuple(li for li in range(len(layers)) if layers[li].space == si)
+            spaces.append(
+                NeuronSpace(
+                    name=layers[members[0]].name,
+                    layers=members,
+                    size=layers[root].size,
+                    permutable=all(layers[li].kind == "hidden" for li in members),
+                )
+            )
+        params = tuple(self.slots[k] for k in state_keys)
+        return Layout(
+            layers=tuple(layers),
+            spaces=tuple(spaces),
+            blocks=tuple(self.blocks),
+            params=params,
+            node_features=tuple(self.node_features),
+            meta=meta or {},
+        )

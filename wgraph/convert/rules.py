@@ -1,0 +1,342 @@
+"""Per-op conversion rules: one small function per op family.
+
+A rule receives the :class:`~wgraph.convert.builder.LayoutBuilder` and an :class:`Op` (the fx
+node, its concrete argument values from the example input, the metas of its arguments) and returns
+the meta of the op's result: a :class:`Feat` (which layer's neurons lie on which axis), a
+:class:`Raw` (input-only data) or ``None`` (not a tensor, or a constant).
+
+Rules are registered by module type (``call_module``), by function (``call_function``) or by method
+name (``call_method``). An op with no rule raises :class:`~wgraph.errors.UnsupportedOperation`; a
+rule raises it too whenever the op would move, mix or single out hidden neurons in a way the
+graph cannot represent exactly. Permitting such an op silently would produce a wrong symmetry.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UnsupportedOperation
+from .builder import Feat, LayoutBuilder, Raw
+
+Rule = Callable[[LayoutBuilder, "Op"], Any]
+
+
+@dataclass
+class Op:
+    """One fx node being converted, with concrete values from the example input."""
+
+    node: torch.fx.Node
+    where: str
+    module: nn.Module | None
+    args: tuple
+    kwargs: dict
+    metas: tuple
+    kwmetas: dict
+    out: Any
+
+    def tensors(self) -> list[tuple[torch.Tensor, Any]]:
+        """``(value, meta)`` of every tensor argument, positional then keyword."""
+        pairs = list(zip(self.args, self.metas)) + [(v, self.kwmetas[k]) for k, v in self.kwargs.items()]
+        return [(v, m) for v, m in pairs if isinstance(v, torch.Tensor)]
+
+    def arg(self, i: int, name: str, default=None):
+        if len(self.args) > i:
+            return self.args[i]
+        return self.kwargs.get(name, default)
+
+
+MODULE_RULES: list[tuple[tuple[type, ...], Rule]] = []
+FUNCTION_RULES: dict[Callable, Rule] = {}
+METHOD_RULES: dict[str, Rule] = {}
+
+
+def module_rule(*types: type):
+    def deco(fn: Rule) -> Rule:
+        MODULE_RULES.append((types, fn))
+        return fn
+
+    return deco
+
+
+def function_rule(*fns: Callable):
+    def deco(fn: Rule) -> Rule:
+        for f in fns:
+            FUNCTION_RULES[f] = fn
+        return fn
+
+    return deco
+
+
+def method_rule(*names: str):
+    def deco(fn: Rule) -> Rule:
+        for n in names:
+            METHOD_RULES[n] = fn
+        return fn
+
+    return deco
+
+
+def find_module_rule(module: nn.Module) -> Rule | None:
+    for types, fn in MODULE_RULES:
+        if type(module) in types:
+            return fn
+    return None
+
+
+def supported_ops() -> str:
+    """A readable list of everything the converter has a rule for."""
+    mods = sorted({t.__name__ for types, _ in MODULE_RULES for t in types})
+    funcs = sorted({getattr(f, "__name__", str(f)) for f in FUNCTION_RULES})
+    meths = sorted(METHOD_RULES)
+    return (
+        f"modules: {', '.join(mods)}\n  functions: {', '.join(funcs)}\n  tensor methods: {', '.join(meths)}"
+    )
+
+
+def _feats(op: Op) -> list[tuple[torch.Tensor, Feat]]:
+    return [(v, m) for v, m in op.tensors() if isinstance(m, Feat)]
+
+
+def _raw_or_none(op: Op):
+    for _, m in op.tensors():
+        if isinstance(m, Raw):
+            return m
+    return None
+
+
+# ---------------------------------------------------------------- parametric
+@module_rule(nn.Linear)
+def linear(b: LayoutBuilder, op: Op):
+    """``y = x W^T + b``: a new layer of ``out_features`` neurons, W is a dense (out, in) block."""
+    m, path = op.module, op.node.target
+    x, meta = op.args[0], op.metas[0]
+    src = b.as_layer(meta, x.dim() - 1, m.in_features, op.where)
+    dst = b.new_layer(path, m.out_features, b.depth(src) + 1)
+    b.dense(f"{path}.weight", src, dst, f"{path}.weight", tuple(m.weight.shape), op.where)
+    if m.bias is not None:
+        b.node_param(dst, "bias", f"{path}.bias", tuple(m.bias.shape), op.where)
+    return Feat(dst, op.out.dim() - 1)
+
+
+@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv(b: LayoutBuilder, op: Op):
+    """Convolution: a dense (out, in, *kernel) block; the kernel is each edge's feature vector."""
+    m, path = op.module, op.node.target
+    if m.groups != 1:
+        raise UnsupportedOperation(
+            f"{op.where}: grouped/depthwise convolution (groups={m.groups}) is not supported yet"
+        )
+    x, meta = op.args[0], op.metas[0]
+    axis = x.dim() - 1 - len(m.kernel_size)
+    src = b.as_layer(meta, axis, m.in_channels, op.where)
+    dst = b.new_layer(path, m.out_channels, b.depth(src) + 1)
+    b.dense(f"{path}.weight", src, dst, f"{path}.weight", tuple(m.weight.shape), op.where)
+    if m.bias is not None:
+        b.node_param(dst, "bias", f"{path}.bias", tuple(m.bias.shape), op.where)
+    return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
+
+
+# -------------------------------------------------------- neuron-wise ops
+POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
+    nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+    nn.Softmax, nn.LogSoftmax, nn.Softmin,
+)  # fmt: skip
+
+
+def _pointwise(b: LayoutBuilder, op: Op):
+    """An op applied to each neuron separately (or softmax across neurons): neurons unchanged.
+
+    Permuting neurons commutes with it, so the result carries the argument's meta. Any second
+    tensor argument must be a scalar: a per-channel constant would pin the neurons in place.
+    """
+    feats = _feats(op)
+    if not feats:
+        return _raw_or_none(op)
+    (x, meta), *others = feats
+    for v, m in op.tensors():
+        if m is not meta and v.numel() != 1:
+            raise UnsupportedOperation(
+                f"{op.where}: combines hidden neurons with a non-scalar tensor of shape {tuple(v.shape)}; "
+                "only scalars may be mixed into hidden activations"
+            )
+    if tuple(op.out.shape) != tuple(x.shape):
+        raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
+    return meta
+
+
+module_rule(*POINTWISE_MODULES)(_pointwise)
+function_rule(
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu,
+    F.silu, F.mish, F.hardtanh, F.hardswish, F.hardsigmoid, F.softplus, F.softsign, F.tanhshrink,
+    F.logsigmoid, F.hardshrink, F.softshrink, F.threshold, torch.tanh, F.tanh, torch.sigmoid,
+    F.sigmoid, torch.sin, torch.cos, torch.exp, torch.abs, torch.sqrt, torch.square, torch.clamp,
+    torch.clip, torch.neg, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, operator.neg, operator.pos,
+    operator.mul, operator.truediv, operator.pow, torch.mul, torch.div,
+)(_pointwise)  # fmt: skip
+method_rule(
+    "relu", "relu_", "tanh", "sigmoid", "sin", "cos", "exp", "abs", "sqrt", "square", "clamp", "clip",
+    "clamp_min", "clamp_max", "neg", "softmax", "log_softmax", "float", "double", "half", "to",
+    "type", "contiguous", "clone", "detach", "mul", "div", "pow", "__mul__", "__truediv__",
+)(_pointwise)  # fmt: skip
+
+
+@function_rule(operator.add, operator.iadd, torch.add)
+@method_rule("add", "add_", "__add__", "__iadd__")
+def add(b: LayoutBuilder, op: Op):
+    """``a + b``. A scalar is pointwise; two different layers form a residual connection.
+
+    The residual ``y = a + f(a)`` keeps the later layer's nodes for ``y``, adds an identity block
+    from the earlier layer, and ties both layers into one neuron space: a permutation of ``a``'s
+    neurons must be the same permutation of ``f(a)``'s for the sum to stay aligned.
+    """
+    feats = _feats(op)
+    tensors = [(v, m) for v, m in op.tensors() if v.numel() != 1 or isinstance(m, Feat)]
+    if len(feats) == 0 or len(tensors) == 1:
+        return _pointwise(b, op)
+    if len(tensors) != 2:
+        raise UnsupportedOperation(f"{op.where}: addition of {len(tensors)} tensors")
+    (va, ma), (vb, mb) = tensors
+    if tuple(va.shape) != tuple(vb.shape):
+        raise UnsupportedOperation(
+            f"{op.where}: adds tensors of shapes {tuple(va.shape)} and {tuple(vb.shape)}; "
+            "only same-shape residual additions are supported"
+        )
+    axis = (ma if isinstance(ma, Feat) else mb).axis
+    la = b.as_layer(ma, axis, va.shape[axis], op.where)
+    lb = b.as_layer(mb, axis, vb.shape[axis], op.where)
+    if la == lb:
+        return Feat(la, axis)
+    src, dst = sorted((la, lb))
+    b.identity(f"skip:{b.layers[src]['name']}->{b.layers[dst]['name']}", src, dst)
+    b.tie(src, dst)
+    return Feat(dst, axis)
+
+
+# ------------------------------------------------------------------- pooling
+POOL_MODULES = {
+    **dict.fromkeys((nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d), 1),
+    **dict.fromkeys((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d), 2),
+    **dict.fromkeys((nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, nn.LPPool3d), 3),
+}
+POOL_FUNCTIONS = {
+    **dict.fromkeys((F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d, F.lp_pool1d), 1),
+    **dict.fromkeys((F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d), 2),
+    **dict.fromkeys((F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d, F.lp_pool3d), 3),
+}
+
+
+def _pool(b: LayoutBuilder, op: Op):
+    """Spatial pooling acts on each channel separately: the channel axis keeps its neurons."""
+    spatial = POOL_MODULES[type(op.module)] if op.module is not None else POOL_FUNCTIONS[op.node.target]
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    if not isinstance(op.out, torch.Tensor):
+        raise UnsupportedOperation(f"{op.where}: pooling that returns indices is not supported")
+    if meta.axis != x.dim() - 1 - spatial:
+        raise UnsupportedOperation(f"{op.where}: pools over the neuron axis {meta.axis}")
+    return Feat(meta.layer, op.out.dim() - 1 - spatial)
+
+
+module_rule(*POOL_MODULES)(_pool)
+function_rule(*POOL_FUNCTIONS)(_pool)
+
+
+# ------------------------------------------------------- shape manipulation
+def _reshaped(op: Op, x: torch.Tensor, meta: Feat, out_shape: tuple[int, ...]):
+    """Where the neuron axis of ``x`` lands in a reshape to ``out_shape``, if it stays intact.
+
+    In row-major order the neuron axis ``a`` of size C survives as output axis ``j`` exactly when
+    ``out[j] == C`` and the product of the sizes before it is unchanged (then the sizes after it
+    multiply to the same number too). Otherwise the reshape merges or splits neurons.
+    """
+    C = x.shape[meta.axis]
+    prefix = math.prod(x.shape[: meta.axis])
+    for j, s in enumerate(out_shape):
+        if s == C and math.prod(out_shape[:j]) == prefix:
+            return Feat(meta.layer, j)
+    raise UnsupportedOperation(
+        f"{op.where}: reshapes {tuple(x.shape)} -> {tuple(out_shape)}, merging the {C} neurons on axis "
+        f"{meta.axis} with other axes (e.g. flatten after a convolution without global pooling); "
+        "this is not supported yet: pool globally before flattening"
+    )
+
+
+@module_rule(nn.Flatten, nn.Unflatten)
+@function_rule(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze)
+@method_rule("flatten", "view", "reshape", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as")
+def reshape(b: LayoutBuilder, op: Op):
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    return _reshaped(op, x, meta, tuple(op.out.shape))
+
+
+@function_rule(torch.transpose)
+@method_rule("transpose", "permute", "t", "movedim")
+def transpose(b: LayoutBuilder, op: Op):
+    """Axis reorderings move the neuron axis; find it by applying the same op to axis labels."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    # Apply the same op to an empty tensor whose axis sizes are distinct primes (no memory on "meta").
+    primes = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29)[: x.dim()]
+    probe = torch.empty(primes, device="meta")
+    name = op.node.target
+    fn = getattr(probe, name) if isinstance(name, str) else (lambda *a, **k: name(probe, *a, **k))
+    moved = fn(*op.args[1:], **op.kwargs)
+    return Feat(meta.layer, list(moved.shape).index(primes[meta.axis]))
+
+
+REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin)
+
+
+@function_rule(*REDUCTIONS)
+@method_rule("mean", "sum", "amax", "amin")
+def reduce(b: LayoutBuilder, op: Op):
+    """Reductions over spatial/sequence axes keep neurons; reducing the neuron axis is unsupported."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    dim = op.arg(1, "dim")
+    keepdim = op.arg(2, "keepdim", False)
+    if dim is None:
+        dims = set(range(x.dim()))
+    else:
+        dims = {d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)}
+    if meta.axis in dims:
+        raise UnsupportedOperation(f"{op.where}: reduces over the neuron axis {meta.axis}")
+    return Feat(meta.layer, meta.axis if keepdim else meta.axis - sum(d < meta.axis for d in dims))
+
+
+@method_rule("size", "dim", "numel")
+@function_rule(getattr, len)
+def shape_query(b: LayoutBuilder, op: Op):
+    return None
+
+
+@function_rule(operator.getitem)
+def getitem(b: LayoutBuilder, op: Op):
+    """Indexing shapes and tuples is fine; indexing hidden activations would single out neurons."""
+    x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, Feat):
+        raise UnsupportedOperation(
+            f"{op.where}: indexes a hidden activation ({op.node.args[1]!r}); reading individual "
+            "hidden channels is not supported yet"
+        )
+    if isinstance(x, torch.Tensor):
+        return meta
+    if isinstance(meta, (tuple, list)):
+        return meta[op.args[1]] if isinstance(op.args[1], int) else None
+    return None

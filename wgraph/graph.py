@@ -1,0 +1,590 @@
+"""The weight-graph format: :class:`Layout` (per architecture) and :class:`WeightGraph` (B networks).
+
+A network becomes a graph whose **nodes are neurons** and whose **edges are weights**.
+
+* Every activation that a parametric op reads or writes contributes one :class:`NeuronLayer`: a
+  contiguous range of node indices, one node per feature (channel) of that activation.
+* Every weight tensor is one dense :class:`EdgeBlock` from the layer it reads to the layer it writes.
+  The block keeps the parameter's native shape: ``(out, in)`` for ``Linear`` and
+  ``(out, in, *kernel)`` for a convolution, so edge ``(o, i)`` carries the kernel ``W[o, i]`` as its
+  feature vector. No ``edge_index`` is stored; :meth:`WeightGraph.to_pyg` produces one on demand.
+* Biases (and later normalization statistics) are **node features**: column ``f`` of
+  ``nodes[b, n, f]``.
+* Residual additions add ``identity`` blocks (no parameters, edge value 1) and tie the two layers
+  into one :class:`NeuronSpace`: a set of layers that must be permuted together.
+
+The **parameter map** (:class:`ParamSlot`) puts every element of every state-dict entry in exactly
+one place, so :meth:`WeightGraph.to_state_dict` is a bit-exact inverse of the conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import FileFormatError, IncompatibleBatchError, StateDictError
+
+NODE_KINDS = ("input", "hidden", "output")
+BLOCK_KINDS = ("dense", "identity")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NeuronLayer:
+    """The neurons of one activation's feature axis: nodes ``start .. start + size - 1``.
+
+    ``name`` is the module path (or fx node) that produced the activation, ``kind`` one of
+    :data:`NODE_KINDS`, ``depth`` the number of parametric ops between the input and this layer,
+    ``space`` the index of the :class:`NeuronSpace` it belongs to.
+    """
+
+    name: str
+    kind: str
+    depth: int
+    start: int
+    size: int
+    space: int
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
+class NeuronSpace:
+    """Layers whose neurons share one permutation (tied by residual additions).
+
+    A space is ``permutable`` only if every layer in it is hidden: input and output neurons are
+    ordered by the data and the task, so permuting them changes the function.
+    """
+
+    name: str
+    layers: tuple[int, ...]
+    size: int
+    permutable: bool
+
+
+@dataclass(frozen=True)
+class EdgeBlock:
+    """All edges from layer ``src`` to layer ``dst`` that come from one parameter (or a skip).
+
+    ``kind == "dense"``: the weight ``param`` of shape ``(dst.size, src.size, *kernel)``; edge
+    ``(o, i)`` has feature vector ``W[o, i].flatten()`` of length ``prod(kernel)``.
+    ``kind == "identity"``: a residual connection, edge ``i -> i`` with value 1, no parameter.
+    """
+
+    name: str
+    kind: str
+    src: int
+    dst: int
+    param: str | None = None
+    kernel: tuple[int, ...] = ()
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel)
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """Where one state-dict entry lives in the graph.
+
+    ``where == "edges"``: the whole tensor is the dense block ``index``.
+    ``where == "nodes"``: a vector stored in node-feature column ``feature`` of layer ``index``.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    where: str
+    index: int
+    feature: int = -1
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything about a weight graph that depends only on the architecture.
+
+    Computed once per architecture (by tracing) and shared by every checkpoint of it.
+    """
+
+    layers: tuple[NeuronLayer, ...]
+    spaces: tuple[NeuronSpace, ...]
+    blocks: tuple[EdgeBlock, ...]
+    params: tuple[ParamSlot, ...]
+    node_features: tuple[str, ...] = ("bias",)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_nodes(self) -> int:
+        return self.layers[-1].stop if self.layers else 0
+
+    def block_shape(self, i: int) -> tuple[int, ...]:
+        """Shape of block ``i`` for one network: ``(out, in, *kernel)`` (``(n,)`` for identity)."""
+        b = self.blocks[i]
+        if b.kind == "identity":
+            return (self.layers[b.dst].size,)
+        return (self.layers[b.dst].size, self.layers[b.src].size, *b.kernel)
+
+    def block_num_edges(self, i: int) -> int:
+        b = self.blocks[i]
+        if b.kind == "identity":
+            return self.layers[b.dst].size
+        return self.layers[b.dst].size * self.layers[b.src].size
+
+    @property
+    def num_edges(self) -> int:
+        return sum(self.block_num_edges(i) for i in range(len(self.blocks)))
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    @cached_property
+    def param_index(self) -> dict[str, int]:
+        return {p.name: i for i, p in enumerate(self.params)}
+
+    # ------------------------------------------------------------ per-node data
+    def _per_node(self, fn) -> torch.Tensor:
+        out = torch.empty(self.num_nodes, dtype=torch.long)
+        for li, layer in enumerate(self.layers):
+            out[layer.start : layer.stop] = fn(li, layer)
+        return out
+
+    @cached_property
+    def node_kind(self) -> torch.Tensor:
+        """``(N,)`` index into :data:`NODE_KINDS`."""
+        return self._per_node(lambda li, l: NODE_KINDS.index(l.kind))
+
+    @cached_property
+    def node_depth(self) -> torch.Tensor:
+        """``(N,)`` layer depth of every node."""
+        return self._per_node(lambda li, l: l.depth)
+
+    @cached_property
+    def node_layer(self) -> torch.Tensor:
+        """``(N,)`` index of the :class:`NeuronLayer` of every node."""
+        return self._per_node(lambda li, l: li)
+
+    @cached_property
+    def node_position(self) -> torch.Tensor:
+        """``(N,)`` position of every node within its layer (the input/output position)."""
+        return self._per_node(lambda li, l: torch.arange(l.size))
+
+    # -------------------------------------------------------------- edge lists
+    @cached_property
+    def edge_index(self) -> torch.Tensor:
+        """``(2, E)`` source/destination node of every edge, block after block.
+
+        Within a dense block the order is row-major over ``(out, in)``: edge ``o * in + i``
+        is ``src.start + i -> dst.start + o``, matching ``W.reshape(out * in, -1)``.
+        """
+        parts = []
+        for b in self.blocks:
+            s, d = self.layers[b.src], self.layers[b.dst]
+            if b.kind == "identity":
+                src = torch.arange(s.start, s.stop)
+                dst = torch.arange(d.start, d.stop)
+            else:
+                dst, src = torch.meshgrid(
+                    torch.arange(d.start, d.stop), torch.arange(s.start, s.stop), indexing="ij"
+                )
+            parts.append(torch.stack([src.reshape(-1), dst.reshape(-1)]))
+        if not parts:
+            return torch.empty(2, 0, dtype=torch.long)
+        return torch.cat(parts, dim=1)
+
+    @cached_property
+    def edge_block(self) -> torch.Tensor:
+        """``(E,)`` index of the block of every edge."""
+        return torch.repeat_interleave(
+            torch.arange(len(self.blocks)),
+            torch.tensor([self.block_num_edges(i) for i in range(len(self.blocks))], dtype=torch.long),
+        )
+
+    @cached_property
+    def max_kernel(self) -> int:
+        """Length of the longest edge feature vector (1 for a pure MLP)."""
+        return max([b.kernel_numel for b in self.blocks if b.kind == "dense"] + [1])
+
+    # ---------------------------------------------------------------- summary
+    def summary(self) -> str:
+        """Human-readable description: layers, edge blocks per kind, neuron spaces."""
+        lines = [
+            f"Layout: {self.num_nodes} nodes, {self.num_edges} edges, {self.num_params} parameters "
+            f"in {len(self.params)} tensors",
+        ]
+        lines.append("  layers:")
+        for li, l in enumerate(self.layers):
+            lines.append(
+                f"    [{li}] {l.name:<24} {l.kind:<6} depth {l.depth:<3} nodes {l.start}..{l.stop - 1} "
+                f"({l.size}) space {l.space}"
+            )
+        kinds: dict[str, list[int]] = {}
+        for i, b in enumerate(self.blocks):
+            key = b.kind if b.kind == "identity" else ("dense linear" if not b.kernel else f"dense k={'x'.join(map(str, b.kernel))}")
+            kinds.setdefault(key, []).append(i)
+        lines.append("  edge blocks by kind:")
+        for key, idx in kinds.items():
+            n_e = sum(self.block_num_edges(i) for i in idx)
+            n_p = sum(math.prod(self.block_shape(i)) for i in idx if self.blocks[i].kind == "dense")
+            lines.append(f"    {key:<14} blocks {len(idx):<3} edges {n_e:<10} parameters {n_p}")
+        lines.append("  neuron spaces:")
+        for si, s in enumerate(self.spaces):
+            names = ", ".join(self.layers[li].name for li in s.layers)
+            tag = "permutable" if s.permutable else "fixed"
+            lines.append(f"    [{si}] size {s.size:<5} {tag:<10} layers: {names}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "layers": [asdict(x) for x in self.layers],
+            "spaces": [asdict(x) for x in self.spaces],
+            "blocks": [asdict(x) for x in self.blocks],
+            "params": [asdict(x) for x in self.params],
+            "node_features": list(self.node_features),
+            "meta": self.meta,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Layout:
+        if d.get("format_version") != FORMAT_VERSION:
+            raise FileFormatError(
+                f"layout format_version {d.get('format_version')!r} is not supported "
+                f"(this wgraph reads version {FORMAT_VERSION})"
+            )
+        return cls(
+            layers=tuple(NeuronLayer(**x) for x in d["layers"]),
+            spaces=tuple(NeuronSpace(**{**x, "layers": tuple(x["layers"])}) for x in d["spaces"]),
+            blocks=tuple(EdgeBlock(**{**x, "kernel": tuple(x["kernel"])}) for x in d["blocks"]),
+            params=tuple(ParamSlot(**{**x, "shape": tuple(x["shape"])}) for x in d["params"]),
+            node_features=tuple(d["node_features"]),
+            meta=d.get("meta", {}),
+        )
+
+    @classmethod
+    def from_json(cls, s: str) -> Layout:
+        return cls.from_dict(json.loads(s))
+
+
+class WeightGraph:
+    """B networks of one architecture as a graph: a :class:`Layout` plus tensors.
+
+    Attributes:
+        layout: the shared :class:`Layout`.
+        nodes: ``(B, N, F)`` node features (column names in ``layout.node_features``; zero where a
+            node has no such parameter, e.g. the bias of an input neuron).
+        edges: one tensor per edge block: ``(B, out, in, *kernel)`` for dense blocks, ``None`` for
+            identity blocks (their edges all carry the value 1).
+    """
+
+    def __init__(self, layout: Layout, nodes: torch.Tensor, edges: list[torch.Tensor | None]):
+        if nodes.dim() != 3 or nodes.shape[1:] != (layout.num_nodes, len(layout.node_features)):
+            raise IncompatibleBatchError(
+                f"nodes must have shape (B, {layout.num_nodes}, {len(layout.node_features)}), "
+                f"got {tuple(nodes.shape)}"
+            )
+        if len(edges) != len(layout.blocks):
+            raise IncompatibleBatchError(f"expected {len(layout.blocks)} edge tensors, got {len(edges)}")
+        B = nodes.shape[0]
+        for i, (blk, e) in enumerate(zip(layout.blocks, edges)):
+            if blk.kind == "identity":
+                if e is not None:
+                    raise IncompatibleBatchError(f"identity block {blk.name!r} takes no tensor")
+                continue
+            want = (B, *layout.block_shape(i))
+            if e is None or tuple(e.shape) != want:
+                got = None if e is None else tuple(e.shape)
+                raise IncompatibleBatchError(f"edge block {blk.name!r}: expected shape {want}, got {got}")
+            if e.dtype != nodes.dtype or e.device != nodes.device:
+                raise IncompatibleBatchError(
+                    f"edge block {blk.name!r} is {e.dtype} on {e.device}, nodes are {nodes.dtype} on {nodes.device}"
+                )
+        self.layout = layout
+        self.nodes = nodes
+        self.edges = list(edges)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def batch_size(self) -> int:
+        return self.nodes.shape[0]
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.nodes.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.nodes.device
+
+    @property
+    def num_nodes(self) -> int:
+        return self.layout.num_nodes
+
+    @property
+    def num_edges(self) -> int:
+        return self.layout.num_edges
+
+    def __repr__(self) -> str:
+        return (
+            f"WeightGraph(B={self.batch_size}, nodes={self.num_nodes}, edges={self.num_edges}, "
+            f"blocks={len(self.layout.blocks)}, dtype={self.dtype}, device={self.device})"
+        )
+
+    def summary(self) -> str:
+        return f"{self!r}\n{self.layout.summary()}"
+
+    # -------------------------------------------------------- parameter access
+    def param(self, name: str) -> torch.Tensor:
+        """The stacked ``(B, *shape)`` values of state-dict entry ``name`` (a view where possible)."""
+        idx = self.layout.param_index.get(name)
+        if idx is None:
+            raise StateDictError(f"no parameter {name!r} in this graph; it has {list(self.layout.param_index)}")
+        slot = self.layout.params[idx]
+        if slot.where == "edges":
+            return self.edges[slot.index]
+        layer = self.layout.layers[slot.index]
+        return self.nodes[:, layer.start : layer.stop, slot.feature]
+
+    def to_state_dict(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """The state dict of network ``index``: tensors bit-identical to those converted."""
+        if not -self.batch_size <= index < self.batch_size:
+            raise IndexError(f"network index {index} out of range for a batch of {self.batch_size}")
+        return {p.name: self.param(p.name)[index].clone().contiguous() for p in self.layout.params}
+
+    @property
+    def has_nonfinite(self) -> dict[str, list[int]]:
+        """Parameters holding NaN or Inf: ``{name: [network indices]}`` (empty, so falsy, if none)."""
+        out = {}
+        for p in self.layout.params:
+            v = self.param(p.name)
+            bad = ~torch.isfinite(v.reshape(self.batch_size, -1)).all(dim=1)
+            if bad.any():
+                out[p.name] = bad.nonzero().flatten().tolist()
+        return out
+
+    # ----------------------------------------------------------- batch ops
+    def __getitem__(self, index) -> WeightGraph:
+        """Select networks: an int keeps a batch of one, a slice / index tensor a sub-batch."""
+        if isinstance(index, int):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        return WeightGraph(
+            self.layout, self.nodes[index], [None if e is None else e[index] for e in self.edges]
+        )
+
+    def to(self, *args, **kwargs) -> WeightGraph:
+        """Move / cast every tensor, as :meth:`torch.Tensor.to`."""
+        return WeightGraph(
+            self.layout, self.nodes.to(*args, **kwargs), [None if e is None else e.to(*args, **kwargs) for e in self.edges]
+        )
+
+    @staticmethod
+    def cat(graphs: list[WeightGraph]) -> WeightGraph:
+        """Concatenate batches of the same layout."""
+        if not graphs:
+            raise IncompatibleBatchError("cannot concatenate an empty list of graphs")
+        lay = graphs[0].layout
+        for i, g in enumerate(graphs):
+            if g.layout != lay:
+                raise IncompatibleBatchError(f"graph {i} has a different layout than graph 0")
+        edges = [
+            None if blk.kind == "identity" else torch.cat([g.edges[i] for g in graphs])
+            for i, blk in enumerate(lay.blocks)
+        ]
+        return WeightGraph(lay, torch.cat([g.nodes for g in graphs]), edges)
+
+    def permute(self, perm) -> WeightGraph:
+        """Apply a neuron permutation (:class:`wgraph.symmetry.Symmetry`); see :mod:`wgraph.symmetry`."""
+        from .symmetry import permute
+
+        return permute(self, perm)
+
+    # ------------------------------------------------------------- exports
+    def edge_attr(self) -> torch.Tensor:
+        """``(B, E, K)`` edge features in :attr:`Layout.edge_index` order, zero-padded to ``K = max_kernel``.
+
+        Identity edges carry the value 1 in channel 0.
+        """
+        lay = self.layout
+        K = lay.max_kernel
+        parts = []
+        for i, (blk, e) in enumerate(zip(lay.blocks, self.edges)):
+            n = lay.block_num_edges(i)
+            part = self.nodes.new_zeros(self.batch_size, n, K)
+            if blk.kind == "identity":
+                part[..., 0] = 1
+            else:
+                part[..., : blk.kernel_numel] = e.reshape(self.batch_size, n, blk.kernel_numel)
+            parts.append(part)
+        if not parts:
+            return self.nodes.new_zeros(self.batch_size, 0, K)
+        return torch.cat(parts, dim=1)
+
+    def _edge_param_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E,)`` parameter index (-1 for identity edges) and flat offset of each edge's first element."""
+        lay = self.layout
+        params, flats = [], []
+        for i, blk in enumerate(lay.blocks):
+            n = lay.block_num_edges(i)
+            if blk.kind == "identity":
+                params.append(torch.full((n,), -1, dtype=torch.long))
+                flats.append(torch.full((n,), -1, dtype=torch.long))
+            else:
+                params.append(torch.full((n,), lay.param_index[blk.param], dtype=torch.long))
+                flats.append(torch.arange(n, dtype=torch.long) * blk.kernel_numel)
+        if not params:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        return torch.cat(params), torch.cat(flats)
+
+    def to_pyg(self):
+        """Export as ``torch_geometric.data.Data`` (B = 1) or ``Batch`` (B > 1).
+
+        Fields: ``x (N, F)`` node features, ``edge_index (2, E)``, ``edge_attr (E, K)``,
+        ``edge_block (E,)``, ``edge_param (E,)`` (index into ``param_names``, -1 for identity edges),
+        ``edge_flat (E,)`` (flat offset in that parameter of the edge's first kernel element: the
+        edge's ``K_b = prod(kernel)`` values are ``param.flatten()[edge_flat : edge_flat + K_b]``),
+        ``node_kind``, ``node_depth``, ``node_layer``, ``node_position`` and ``param_names``.
+        :meth:`from_pyg` writes such a graph back.
+        """
+        with warnings.catch_warnings():  # torch_geometric's import-time deprecation noise
+            warnings.simplefilter("ignore", FutureWarning)
+            from torch_geometric.data import Batch, Data
+
+        lay = self.layout
+        ea = self.edge_attr()
+        ep, ef = self._edge_param_maps()
+        datas = []
+        for b in range(self.batch_size):
+            datas.append(
+                Data(
+                    x=self.nodes[b],
+                    edge_index=lay.edge_index,
+                    edge_attr=ea[b],
+                    edge_block=lay.edge_block,
+                    edge_param=ep,
+                    edge_flat=ef,
+                    node_kind=lay.node_kind,
+                    node_depth=lay.node_depth,
+                    node_layer=lay.node_layer,
+                    node_position=lay.node_position,
+                    param_names=[p.name for p in lay.params],
+                    num_nodes=lay.num_nodes,
+                )
+            )
+        return datas[0] if len(datas) == 1 else Batch.from_data_list(datas)
+
+    @classmethod
+    def from_pyg(cls, data, layout: Layout) -> WeightGraph:
+        """Inverse of :meth:`to_pyg`: rebuild the graph from ``x`` and ``edge_attr``.
+
+        Accepts a ``Data`` (one network) or a ``Batch`` of networks of ``layout``; only ``x`` and
+        ``edge_attr`` are read, so a model that edits them writes its result back this way.
+        """
+        N, E = layout.num_nodes, layout.num_edges
+        x, ea = data.x, data.edge_attr
+        if x.shape[0] % N or ea.shape[0] % E or x.shape[0] // N != ea.shape[0] // E:
+            raise IncompatibleBatchError(
+                f"PyG data with {x.shape[0]} nodes / {ea.shape[0]} edges does not match a layout "
+                f"with {N} nodes / {E} edges per network"
+            )
+        B = x.shape[0] // N
+        x = x.reshape(B, N, -1)
+        ea = ea.reshape(B, E, -1)
+        edges, off = [], 0
+        for i, blk in enumerate(layout.blocks):
+            n = layout.block_num_edges(i)
+            if blk.kind == "identity":
+                edges.append(None)
+            else:
+                edges.append(ea[:, off : off + n, : blk.kernel_numel].reshape(B, *layout.block_shape(i)).clone())
+            off += n
+        return cls(layout, x.clone(), edges)
+
+    def to_networkx(self, index: int = 0):
+        """Network ``index`` as a ``networkx.MultiDiGraph`` for inspection.
+
+        Nodes carry ``kind``, ``layer`` (name), ``depth``, ``position`` and one attribute per node
+        feature; edges carry ``block``, ``kind``, ``param`` and ``value`` (a float for Linear
+        weights, a list for conv kernels, 1.0 for identity edges).
+        """
+        import networkx as nx
+
+        lay = self.layout
+        g = nx.MultiDiGraph()
+        feats = self.nodes[index].tolist()
+        for layer in lay.layers:
+            for p in range(layer.size):
+                n = layer.start + p
+                attrs = {name: feats[n][f] for f, name in enumerate(lay.node_features)}
+                g.add_node(n, kind=layer.kind, layer=layer.name, depth=layer.depth, position=p, **attrs)
+        for i, blk in enumerate(lay.blocks):
+            s, d = lay.layers[blk.src], lay.layers[blk.dst]
+            if blk.kind == "identity":
+                for p in range(d.size):
+                    g.add_edge(s.start + p, d.start + p, block=blk.name, kind="identity", param=None, value=1.0)
+                continue
+            w = self.edges[i][index]
+            vals = w.reshape(d.size, s.size, -1).tolist()
+            for o in range(d.size):
+                for j in range(s.size):
+                    v = vals[o][j]
+                    g.add_edge(
+                        s.start + j, d.start + o, block=blk.name, kind="dense", param=blk.param,
+                        value=v[0] if not blk.kernel else v,
+                    )
+        return g
+
+    # --------------------------------------------------------------- files
+    def save(self, path: str | Path) -> None:
+        """Write the graph as one safetensors file, the layout as JSON in its metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if not path.parent.exists():
+            raise FileFormatError(f"cannot write {path}: directory {path.parent} does not exist")
+        tensors = {"nodes": self.nodes.contiguous()}
+        for blk, e in zip(self.layout.blocks, self.edges):
+            if e is not None:
+                tensors[f"edges/{blk.name}"] = e.contiguous()
+        save_file(tensors, str(path), metadata={"wgraph_layout": self.layout.to_json()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> WeightGraph:
+        """Read a file written by :meth:`save` (safetensors: no pickle is ever loaded)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileFormatError(f"{path}: no such file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if "wgraph_layout" not in meta:
+                    raise FileFormatError(f"{path}: a safetensors file, but not a wgraph graph (no layout)")
+                layout = Layout.from_json(meta["wgraph_layout"])
+                nodes = f.get_tensor("nodes")
+                edges = [
+                    None if blk.kind == "identity" else f.get_tensor(f"edges/{blk.name}") for blk in layout.blocks
+                ]
+        except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
+            raise FileFormatError(f"{path}: not a readable wgraph file ({e})") from None
+        return cls(layout, nodes, edges)
