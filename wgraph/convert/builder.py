@@ -35,13 +35,25 @@ class Raw:
 
 
 class LayoutBuilder:
-    def __init__(self):
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix  # stripped from module paths (set when a bare leaf module is wrapped)
         self.layers: list[dict] = []
         self.blocks: list[EdgeBlock] = []
         self.slots: dict[str, ParamSlot] = {}
         self._parent: list[int] = []
         self._inputs: dict[tuple[str, int], int] = {}
         self.node_features = ["bias"]
+
+    def path(self, target: str) -> str:
+        """The module path of fx target ``target`` in the user's model."""
+        if self.prefix and (target + ".").startswith(self.prefix):
+            return target[len(self.prefix) :]
+        return target
+
+    @staticmethod
+    def qualify(path: str, attr: str) -> str:
+        """State-dict key of attribute ``attr`` of the module at ``path`` (``""`` is the root)."""
+        return f"{path}.{attr}" if path else attr
 
     # ----------------------------------------------------------------- layers
     def new_layer(self, name: str, size: int, depth: int, kind: str = "hidden") -> int:
@@ -68,7 +80,9 @@ class LayoutBuilder:
         if isinstance(meta, Raw):
             return self.input_layer(meta.source, axis, size)
         if isinstance(meta, Feat):
-            if meta.axis != axis:
+            # A single neuron on a different size-1 axis is the same neuron (reshapes of size-1
+            # axes are ambiguous); with two or more neurons the axes must agree.
+            if meta.axis != axis and not (size == 1 and self.size(meta.layer) == 1):
                 raise UnsupportedOperation(
                     f"{where}: reads axis {axis} of a tensor whose neurons lie on axis {meta.axis} "
                     f"(layer {self.layers[meta.layer]['name']!r}); only ops along the neuron axis are supported"

@@ -115,20 +115,20 @@ def _raw_or_none(op: Op):
 @module_rule(nn.Linear)
 def linear(b: LayoutBuilder, op: Op):
     """``y = x W^T + b``: a new layer of ``out_features`` neurons, W is a dense (out, in) block."""
-    m, path = op.module, op.node.target
+    m, path = op.module, b.path(op.node.target)
     x, meta = op.args[0], op.metas[0]
     src = b.as_layer(meta, x.dim() - 1, m.in_features, op.where)
-    dst = b.new_layer(path, m.out_features, b.depth(src) + 1)
-    b.dense(f"{path}.weight", src, dst, f"{path}.weight", tuple(m.weight.shape), op.where)
+    dst = b.new_layer(path or type(m).__name__, m.out_features, b.depth(src) + 1)
+    b.dense(b.qualify(path, "weight"), src, dst, b.qualify(path, "weight"), tuple(m.weight.shape), op.where)
     if m.bias is not None:
-        b.node_param(dst, "bias", f"{path}.bias", tuple(m.bias.shape), op.where)
+        b.node_param(dst, "bias", b.qualify(path, "bias"), tuple(m.bias.shape), op.where)
     return Feat(dst, op.out.dim() - 1)
 
 
 @module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv(b: LayoutBuilder, op: Op):
     """Convolution: a dense (out, in, *kernel) block; the kernel is each edge's feature vector."""
-    m, path = op.module, op.node.target
+    m, path = op.module, b.path(op.node.target)
     if m.groups != 1:
         raise UnsupportedOperation(
             f"{op.where}: grouped/depthwise convolution (groups={m.groups}) is not supported yet"
@@ -136,10 +136,10 @@ def conv(b: LayoutBuilder, op: Op):
     x, meta = op.args[0], op.metas[0]
     axis = x.dim() - 1 - len(m.kernel_size)
     src = b.as_layer(meta, axis, m.in_channels, op.where)
-    dst = b.new_layer(path, m.out_channels, b.depth(src) + 1)
-    b.dense(f"{path}.weight", src, dst, f"{path}.weight", tuple(m.weight.shape), op.where)
+    dst = b.new_layer(path or type(m).__name__, m.out_channels, b.depth(src) + 1)
+    b.dense(b.qualify(path, "weight"), src, dst, b.qualify(path, "weight"), tuple(m.weight.shape), op.where)
     if m.bias is not None:
-        b.node_param(dst, "bias", f"{path}.bias", tuple(m.bias.shape), op.where)
+        b.node_param(dst, "bias", b.qualify(path, "bias"), tuple(m.bias.shape), op.where)
     return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
 
 
@@ -258,14 +258,17 @@ def _reshaped(op: Op, x: torch.Tensor, meta: Feat, out_shape: tuple[int, ...]):
     """Where the neuron axis of ``x`` lands in a reshape to ``out_shape``, if it stays intact.
 
     In row-major order the neuron axis ``a`` of size C survives as output axis ``j`` exactly when
-    ``out[j] == C`` and the product of the sizes before it is unchanged (then the sizes after it
-    multiply to the same number too). Otherwise the reshape merges or splits neurons.
+    ``out[j] == C`` and the products of the sizes before and after it are unchanged (for C > 1 at
+    most one ``j`` qualifies). Otherwise the reshape merges or splits neurons.
     """
     C = x.shape[meta.axis]
-    prefix = math.prod(x.shape[: meta.axis])
-    for j, s in enumerate(out_shape):
-        if s == C and math.prod(out_shape[:j]) == prefix:
-            return Feat(meta.layer, j)
+    prefix, suffix = math.prod(x.shape[: meta.axis]), math.prod(x.shape[meta.axis + 1 :])
+    found = [
+        j for j, s in enumerate(out_shape)
+        if s == C and math.prod(out_shape[:j]) == prefix and math.prod(out_shape[j + 1 :]) == suffix
+    ]  # fmt: skip
+    if found:  # unique when C > 1; with C == 1 any size-1 axis holds the single neuron
+        return Feat(meta.layer, min(found, key=lambda j: abs(j - meta.axis)))
     raise UnsupportedOperation(
         f"{op.where}: reshapes {tuple(x.shape)} -> {tuple(out_shape)}, merging the {C} neurons on axis "
         f"{meta.axis} with other axes (e.g. flatten after a convolution without global pooling); "

@@ -162,8 +162,10 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
                     f"({', '.join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in inputs)}): "
                     f"{type(e).__name__}: {e}"
                 ) from None
-            gm = trace(model, concrete_args)
-            builder = LayoutBuilder()
+            # A bare leaf module (e.g. one nn.Linear) is traced inside a wrapper so its rule applies.
+            leaf = rules.find_module_rule(model) is not None
+            gm = trace(nn.Sequential(model) if leaf else model, concrete_args)
+            builder = LayoutBuilder(prefix="0." if leaf else "")
             interp = LayoutInterpreter(gm, builder, set(state_keys))
             interp.run(*inputs)
     finally:

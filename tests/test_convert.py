@@ -1,0 +1,241 @@
+"""Conversion of specific MLP/CNN patterns, and the errors for what is not supported."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import wgraph
+from wgraph.zoo import resnet_mlp, small_cnn
+
+from conftest import assert_state_dict_exact, outputs_match
+
+
+class CustomCNN(nn.Module):
+    """Custom forward: functional activations, pooling by mean, flatten by view."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 5, 3, padding=1)
+        self.c2 = nn.Conv2d(5, 7, 3, stride=2, bias=False, dilation=2)
+        self.fc = nn.Linear(7, 4)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = F.max_pool2d(x, 2)
+        x = torch.tanh(self.c2(x)) * 0.5
+        x = x.mean(dim=(2, 3), keepdim=True)
+        return self.fc(x.view(x.size(0), -1))
+
+
+CASES = {
+    "linear": (lambda: nn.Linear(6, 3), (2, 6)),
+    "mlp-flatten-input": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.SiLU(), nn.Dropout(0.1), nn.Linear(5, 2)), (2, 3, 4)),
+    "conv1d": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3, padding=2), nn.ELU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(4, 3)), (2, 2, 9)),
+    "conv2d": (lambda: small_cnn(in_channels=3, channels=6), (2, 3, 20, 20)),
+    "conv3d": (lambda: nn.Sequential(nn.Conv3d(1, 3, 2, stride=2, bias=False), nn.ReLU(), nn.AvgPool3d(2), nn.Conv3d(3, 4, 1), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2)), (2, 1, 8, 8, 8)),
+    "custom-forward": (CustomCNN, (2, 3, 16, 16)),
+    "residual-mlp": (lambda: resnet_mlp(d_in=10, width=6, depth=2, d_out=3), (2, 10)),
+    "sequence-linear": (lambda: nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 2)), (2, 9, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_round_trip_and_symmetry(name):
+    torch.manual_seed(0)
+    make, shape = CASES[name]
+    model = make().double().eval()
+    x = torch.randn(shape, dtype=torch.float64)
+    g = wgraph.to_graph(model, x)
+    assert_state_dict_exact(g.to_state_dict(), model.state_dict())
+    sym = wgraph.random_symmetry(g, seed=3)
+    outputs_match(model, g.permute(sym), x)
+    # every element of every parameter is stored exactly once
+    assert g.layout.num_params == sum(p.numel() for p in model.parameters())
+    assert g.nodes.numel() + sum(e.numel() for e in g.edges if e is not None) >= g.layout.num_params
+
+
+def test_layout_of_small_cnn():
+    g = wgraph.to_graph(small_cnn(), torch.randn(1, 1, 28, 28))
+    lay = g.layout
+    assert [l.kind for l in lay.layers] == ["input", "hidden", "hidden", "hidden", "output"]
+    assert [l.size for l in lay.layers] == [1, 16, 16, 16, 10]
+    assert [l.depth for l in lay.layers] == [0, 1, 2, 3, 4]
+    assert [b.kernel for b in lay.blocks] == [(3, 3), (3, 3), (3, 3), ()]
+    assert g.edges[1].shape == (1, 16, 16, 3, 3)
+    assert [s.permutable for s in lay.spaces] == [False, True, True, True, False]
+    # biases are node features of the layer they add to
+    torch.testing.assert_close(g.nodes[0, 1:17, 0], small_cnn().state_dict()["0.bias"] * 0 + g.param("0.bias")[0])
+    assert lay.node_kind.tolist() == [0] + [1] * 48 + [2] * 10
+
+
+def test_residual_ties_spaces():
+    g = wgraph.to_graph(resnet_mlp(d_in=8, width=4, depth=3, d_out=2), torch.randn(1, 8))
+    lay = g.layout
+    hidden = [s for s in lay.spaces if s.permutable]
+    assert len(hidden) == 1 and len(hidden[0].layers) == 4
+    assert sum(b.kind == "identity" for b in lay.blocks) == 3
+
+
+def test_residual_from_input_is_not_permutable():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(x + self.a(x))
+
+    g = wgraph.to_graph(M(), torch.randn(1, 4))
+    assert not any(s.permutable for s in g.layout.spaces)
+    assert wgraph.random_symmetry(g, seed=0).perms == {}
+
+
+def test_transpose_tracks_neuron_axis():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 5)
+            self.c = nn.Conv1d(5, 4, 1)
+            self.b = nn.Linear(4, 2)
+
+        def forward(self, x):  # (B, T, 3)
+            h = self.a(x).transpose(1, 2)  # (B, 5, T)
+            h = torch.relu(self.c(h)).permute(0, 2, 1)  # (B, T, 4)
+            return self.b(h)
+
+    torch.manual_seed(0)
+    m = M().double()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    g = wgraph.to_graph(m, x)
+    outputs_match(m, g.permute(wgraph.random_symmetry(g, seed=1)), x)
+
+
+# ----------------------------------------------------------------- bad input
+def test_no_parameters():
+    with pytest.raises(wgraph.ConversionError, match="no parameters"):
+        wgraph.to_graph(nn.ReLU(), torch.randn(1, 3))
+
+
+def test_unsupported_module_names_path_and_type():
+    m = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.LayerNorm(4)), nn.Linear(4, 1))
+    with pytest.raises(wgraph.UnsupportedOperation) as e:
+        wgraph.to_graph(m, torch.randn(2, 3))
+    msg = str(e.value)
+    assert "'1.0'" in msg and "LayerNorm" in msg and "Supported modules" in msg and "Conv2d" in msg
+
+
+def test_unsupported_op_names_node_and_location():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.b = nn.Linear(4, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.cumsum(h, dim=1))
+
+    with pytest.raises(wgraph.UnsupportedOperation) as e:
+        wgraph.to_graph(M(), torch.randn(2, 3))
+    msg = str(e.value)
+    assert "cumsum" in msg and "test_convert.py" in msg and "tensor methods" in msg
+
+
+def test_indexing_hidden_channels_is_rejected():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.b = nn.Linear(1, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x)[:, 3:4])
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="individual hidden channels"):
+        wgraph.to_graph(M(), torch.randn(2, 3))
+
+
+def test_flatten_without_global_pool_is_rejected():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    with pytest.raises(wgraph.UnsupportedOperation, match="merging the 2 neurons"):
+        wgraph.to_graph(m, torch.randn(1, 1, 6, 6))
+
+
+def test_data_dependent_control_flow():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.a(x)
+            return x
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="(?s)cannot trace M .*test_convert.py:.*concrete_args"):
+        wgraph.to_graph(M(), torch.randn(2, 3))
+
+
+def test_example_input_that_does_not_run():
+    with pytest.raises(wgraph.ConversionError, match=r"does not run on the example input \(\(2, 5\)\)"):
+        wgraph.to_graph(nn.Linear(3, 2), torch.randn(2, 5))
+
+
+def test_functional_parameter_and_shared_module():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 3))
+
+        def forward(self, x):
+            return x @ self.w
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="'w' is used functionally"):
+        wgraph.to_graph(Functional(), torch.randn(2, 3))
+
+    lin = nn.Linear(3, 3)
+    with pytest.raises(wgraph.UnsupportedOperation, match="used a second time"):
+        wgraph.to_graph(nn.Sequential(lin, nn.ReLU(), lin), torch.randn(2, 3))
+
+
+def test_grouped_conv_and_gating_rejected():
+    with pytest.raises(wgraph.UnsupportedOperation, match="groups=2"):
+        wgraph.to_graph(nn.Sequential(nn.Conv2d(4, 4, 1, groups=2)), torch.randn(1, 4, 3, 3))
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.c(self.a(x) * torch.sigmoid(self.b(x)))
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="non-scalar"):
+        wgraph.to_graph(Gate(), torch.randn(2, 3))
+
+
+def test_unused_parameter_is_an_error():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.unused = nn.Linear(3, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.a(x)
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="unused.weight"):
+        wgraph.to_graph(M(), torch.randn(1, 3))
+
+
+def test_not_a_module():
+    with pytest.raises(wgraph.ConversionError, match="nn.Module"):
+        wgraph.to_graph(lambda x: x, torch.randn(1))
+
+
+def test_layout_is_cached_per_model():
+    m = small_cnn()
+    a = wgraph.layout_of(m, torch.randn(1, 1, 28, 28))
+    assert wgraph.layout_of(m, torch.randn(5, 1, 28, 28)) is not a  # another input shape
+    assert wgraph.layout_of(m, torch.randn(1, 1, 28, 28)) is a
