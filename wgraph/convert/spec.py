@@ -67,7 +67,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+        shape = tuple(int(s) for s in text.split(","))
     except ValueError:
         raise SpecError(f"input shape {text!r} must be comma-separated integers, e.g. 1,3,224,224") from None
     if not shape or any(s <= 0 for s in shape):

@@ -1,0 +1,99 @@
+"""The ``wgraph`` command line: convert, info, and its errors."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import wgraph
+from wgraph.cli import main
+from wgraph.graph import WeightGraph
+from wgraph.zoo import small_cnn
+
+from conftest import assert_state_dict_exact
+
+
+def test_convert_and_info(tmp_path, capsys):
+    out = tmp_path / "cnn.safetensors"
+    assert main(["convert", "wgraph.zoo.archs:small_cnn", "--input-shape", "1,1,28,28", "-o", str(out)]) == 0
+    g = WeightGraph.load(out)
+    assert g.layout.num_params == sum(p.numel() for p in small_cnn().parameters())
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dense k=3x3" in text and "dense linear" in text and "permutable" in text and "4970 parameters" in text
+
+
+def test_convert_with_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    model = small_cnn()
+    ckpt = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), str(ckpt))
+    out = tmp_path / "g.safetensors"
+    assert main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(ckpt), "--input-shape", "1,1,28,28", "-o", str(out)]) == 0
+    assert_state_dict_exact(WeightGraph.load(out).to_state_dict(), model.state_dict())
+    pt = tmp_path / "w.pt"
+    torch.save(model.state_dict(), pt)
+    assert main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(pt), "--input-shape", "1,1,28,28", "-o", str(out)]) == 0
+    assert_state_dict_exact(WeightGraph.load(out).to_state_dict(), model.state_dict())
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_malicious_checkpoint_is_not_unpickled(tmp_path, capsys):
+    bad = tmp_path / "evil.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"0.weight": _Evil()}, f)
+    rc = main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(bad), "--input-shape", "1,1,28,28", "-o", str(tmp_path / "o.safetensors")])
+    captured = capsys.readouterr()
+    assert rc == 2 and "pwned" not in captured.out
+    assert "evil.pt" in captured.err and "cannot be read safely" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["convert", "nonsense", "-o", "{tmp}/o.safetensors"], "must be 'torchvision:NAME'"),
+        (["convert", "no_such_pkg.mod:f", "-o", "{tmp}/o.safetensors"], "cannot import module 'no_such_pkg.mod'"),
+        (["convert", "wgraph.zoo:nope", "-o", "{tmp}/o.safetensors"], "has no attribute 'nope'"),
+        (["convert", "torchvision:resnet1234", "-o", "{tmp}/o.safetensors"], "torchvision has no model 'resnet1234'"),
+        (["convert", "wgraph.zoo:small_cnn", "-o", "{tmp}/o.safetensors"], "pass --input-shape"),
+        (["convert", "wgraph.zoo:small_cnn", "--input-shape", "1,x", "-o", "{tmp}/o.safetensors"], "comma-separated"),
+        (["convert", "wgraph.zoo:small_cnn", "-o", "{tmp}/missing/o.safetensors"], "directory .*missing does not exist"),
+        (["convert", "wgraph.zoo:small_cnn", "--checkpoint", "{tmp}/nope.pt", "-o", "{tmp}/o.safetensors"], "nope.pt: no such file"),
+        (["info", "{tmp}/nothing.safetensors"], "no such file"),
+        (["convert", "torchvision:vgg11", "--input-shape", "1,3,64,64", "-o", "{tmp}/o.safetensors"], "merging the 512 neurons"),
+    ],
+)
+def test_cli_errors(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_console_script_installed(tmp_path):
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "wgraph"]
+    assert ep.value == "wgraph.cli:main"
+    script = Path(sys.executable).parent / "wgraph"
+    out = tmp_path / "m.safetensors"
+    r = subprocess.run([str(script), "convert", "wgraph.zoo:mlp", "--input-shape", "2,784", "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(script), "convert", "bad", "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+def test_demo_runs(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("bit-exact") == 2 and out.count("function preserved") == 2
