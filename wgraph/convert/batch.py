@@ -3,12 +3,14 @@
 Driven by the cached Layout's parameter map: one ``torch.stack`` per state-dict entry (or none, if
 the checkpoints come already stacked), then slice assignment of per-neuron vectors into the node
 feature tensor. No Python loop over networks touches tensor data; the per-checkpoint loop only
-compares key sets, which is what lets an error name the offending checkpoint.
+compares key sets, which is what lets an error name the offending checkpoint. Entries are stacked
+on parallel threads: the gather is bound by memory bandwidth, not by one core.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -39,34 +41,39 @@ def _stack_checkpoints(layout: Layout, state_dicts: Sequence) -> dict[str, torch
             raise StateDictError(f"checkpoint {i}: expected a state dict (mapping of name -> tensor), got {type(sd).__name__}")
         if sd.keys() != expected:
             raise _key_error(layout, list(sd.keys()), f"checkpoint {i}")
-    out = {}
-    for slot in layout.params:
-        name = slot.name
-        tensors = [sd[name] for sd in sds]
-        try:
-            stacked = torch.stack(tensors)
-        except (RuntimeError, TypeError):
-            for i, t in enumerate(tensors):
-                if not isinstance(t, torch.Tensor):
-                    raise StateDictError(f"checkpoint {i}: {name!r} is a {type(t).__name__}, not a tensor") from None
-                if tuple(t.shape) != slot.shape:
-                    raise StateDictError(
-                        f"checkpoint {i}: {name!r} has shape {tuple(t.shape)}, expected {slot.shape}"
-                    ) from None
-            devices = sorted({str(t.device) for t in tensors})
-            raise IncompatibleBatchError(f"{name!r}: checkpoints are on different devices {devices}") from None
-        if tuple(stacked.shape[1:]) != slot.shape:
-            raise StateDictError(f"checkpoint 0: {name!r} has shape {tuple(stacked.shape[1:])}, expected {slot.shape}")
-        dtypes = {t.dtype for t in tensors}
-        if len(dtypes) > 1:
-            first = tensors[0].dtype
-            i = next(i for i, t in enumerate(tensors) if t.dtype != first)
-            raise IncompatibleBatchError(
-                f"{name!r}: checkpoint 0 is {first} but checkpoint {i} is {tensors[i].dtype}; "
-                "cast all checkpoints to one dtype first"
-            )
-        out[name] = stacked
-    return out
+    # The gather is memory-bound: stacking different entries on parallel threads (torch releases
+    # the GIL) uses the bandwidth of every core. Largest entries first, so the threads stay busy.
+    slots = sorted(layout.params, key=lambda p: -p.numel)
+    workers = max(1, min(torch.get_num_threads(), len(slots)))
+    with ThreadPoolExecutor(workers) as ex:
+        stacked = dict(zip((p.name for p in slots), ex.map(lambda p: _stack_entry(p, [sd[p.name] for sd in sds]), slots)))
+    return {p.name: stacked[p.name] for p in layout.params}
+
+
+def _stack_entry(slot, tensors: list) -> torch.Tensor:
+    """``torch.stack`` of one entry over all checkpoints; on failure, name the first offender."""
+    name = slot.name
+    try:
+        stacked = torch.stack(tensors)
+    except (RuntimeError, TypeError):
+        for i, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor):
+                raise StateDictError(f"checkpoint {i}: {name!r} is a {type(t).__name__}, not a tensor") from None
+            if tuple(t.shape) != slot.shape:
+                raise StateDictError(f"checkpoint {i}: {name!r} has shape {tuple(t.shape)}, expected {slot.shape}") from None
+        devices = sorted({str(t.device) for t in tensors})
+        raise IncompatibleBatchError(f"{name!r}: checkpoints are on different devices {devices}") from None
+    if tuple(stacked.shape[1:]) != slot.shape:
+        raise StateDictError(f"checkpoint 0: {name!r} has shape {tuple(stacked.shape[1:])}, expected {slot.shape}")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        first = tensors[0].dtype
+        i = next(i for i, t in enumerate(tensors) if t.dtype != first)
+        raise IncompatibleBatchError(
+            f"{name!r}: checkpoint 0 is {first} but checkpoint {i} is {tensors[i].dtype}; "
+            "cast all checkpoints to one dtype first"
+        )
+    return stacked
 
 
 def _check_stacked(layout: Layout, stacked: Mapping) -> dict[str, torch.Tensor]:

@@ -120,10 +120,14 @@ def _as_tuple(example_input) -> tuple:
     return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
-def trace(model: nn.Module, concrete_args: dict | None = None) -> fx.GraphModule:
-    """``torch.fx`` trace with source locations recorded, errors turned into :class:`UnsupportedOperation`."""
+def trace(model: nn.Module, concrete_args: dict | None = None, record_stack_traces: bool = False) -> fx.GraphModule:
+    """``torch.fx`` trace, errors turned into :class:`UnsupportedOperation`.
+
+    ``record_stack_traces`` keeps each node's source line for error messages (its first use costs
+    about two seconds of imports, so :func:`build_layout` only asks for it to explain an error).
+    """
     tracer = fx.Tracer()
-    tracer.record_stack_traces = True
+    tracer.record_stack_traces = record_stack_traces
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as e:  # fx raises TraceError, TypeError, ... from inside the user's forward
@@ -164,10 +168,17 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
                 ) from None
             # A bare leaf module (e.g. one nn.Linear) is traced inside a wrapper so its rule applies.
             leaf = rules.find_module_rule(model) is not None
-            gm = trace(nn.Sequential(model) if leaf else model, concrete_args)
-            builder = LayoutBuilder(prefix="0." if leaf else "")
-            interp = LayoutInterpreter(gm, builder, set(state_keys))
-            interp.run(*inputs)
+            root = nn.Sequential(model) if leaf else model
+
+            def interpret(record: bool) -> LayoutBuilder:
+                builder = LayoutBuilder(prefix="0." if leaf else "")
+                LayoutInterpreter(trace(root, concrete_args, record), builder, set(state_keys)).run(*inputs)
+                return builder
+
+            try:
+                builder = interpret(record=False)
+            except UnsupportedOperation:
+                builder = interpret(record=True)  # raises again, now with the source location
     finally:
         model.train(was_training)
     missing = [k for k in state_keys if k not in builder.slots]
