@@ -48,7 +48,7 @@ class _Evil:
 def test_malicious_checkpoint_is_not_unpickled(tmp_path, capsys):
     bad = tmp_path / "evil.pt"
     with open(bad, "wb") as f:
-        pickle.dump({"0.weight": _Evil()}, f)
+        pickle.dump({"0.weight": _Evil()}, f, protocol=2)
     rc = main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(bad), "--input-shape", "1,1,28,28", "-o", str(tmp_path / "o.safetensors")])
     captured = capsys.readouterr()
     assert rc == 2 and "pwned" not in captured.out

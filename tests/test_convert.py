@@ -212,7 +212,7 @@ def test_grouped_conv_and_gating_rejected():
         def forward(self, x):
             return self.c(self.a(x) * torch.sigmoid(self.b(x)))
 
-    with pytest.raises(wgraph.UnsupportedOperation, match="non-scalar"):
+    with pytest.raises(wgraph.UnsupportedOperation, match="elementwise \\(gating\\)"):
         wgraph.to_graph(Gate(), torch.randn(2, 3))
 
 
@@ -239,3 +239,34 @@ def test_layout_is_cached_per_model():
     a = wgraph.layout_of(m, torch.randn(1, 1, 28, 28))
     assert wgraph.layout_of(m, torch.randn(5, 1, 28, 28)) is not a  # another input shape
     assert wgraph.layout_of(m, torch.randn(1, 1, 28, 28)) is a
+
+
+def test_elementwise_ops_within_one_layer_are_allowed():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = h * torch.sigmoid(h) + 0.5 * torch.tanh(h) - 1.0  # per-neuron function of h
+            return self.b(h / 2)
+
+    torch.manual_seed(0)
+    m = M().double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+    g = wgraph.to_graph(m, x)
+    outputs_match(m, g.permute(wgraph.random_symmetry(g, seed=0)), x)
+
+
+def test_non_scalar_constant_on_hidden_neurons_is_rejected():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x) + torch.arange(4.0))  # pins each neuron to a constant
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="non-scalar tensor of shape \\(4,\\)"):
+        wgraph.to_graph(M(), torch.randn(2, 3))

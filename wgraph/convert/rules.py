@@ -164,7 +164,12 @@ def _pointwise(b: LayoutBuilder, op: Op):
         return _raw_or_none(op)
     (x, meta), *others = feats
     for v, m in op.tensors():
-        if m is not meta and v.numel() != 1:
+        if isinstance(m, Feat) and m.layer != meta.layer:
+            raise UnsupportedOperation(
+                f"{op.where}: combines the neurons of layers {b.layers[meta.layer]['name']!r} and "
+                f"{b.layers[m.layer]['name']!r} elementwise (gating); this is not supported yet"
+            )
+        if m != meta and v.numel() != 1:
             raise UnsupportedOperation(
                 f"{op.where}: combines hidden neurons with a non-scalar tensor of shape {tuple(v.shape)}; "
                 "only scalars may be mixed into hidden activations"
@@ -182,12 +187,13 @@ function_rule(
     F.sigmoid, torch.sin, torch.cos, torch.exp, torch.abs, torch.sqrt, torch.square, torch.clamp,
     torch.clip, torch.neg, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, operator.neg, operator.pos,
-    operator.mul, operator.truediv, operator.pow, torch.mul, torch.div,
+    operator.mul, operator.truediv, operator.pow, operator.sub, torch.mul, torch.div, torch.sub,
 )(_pointwise)  # fmt: skip
 method_rule(
     "relu", "relu_", "tanh", "sigmoid", "sin", "cos", "exp", "abs", "sqrt", "square", "clamp", "clip",
     "clamp_min", "clamp_max", "neg", "softmax", "log_softmax", "float", "double", "half", "to",
-    "type", "contiguous", "clone", "detach", "mul", "div", "pow", "__mul__", "__truediv__",
+    "type", "contiguous", "clone", "detach", "mul", "div", "pow", "sub", "rsub", "__mul__",
+    "__truediv__", "__sub__", "__rsub__",
 )(_pointwise)  # fmt: skip
 
 
@@ -202,8 +208,8 @@ def add(b: LayoutBuilder, op: Op):
     """
     feats = _feats(op)
     tensors = [(v, m) for v, m in op.tensors() if v.numel() != 1 or isinstance(m, Feat)]
-    if len(feats) == 0 or len(tensors) == 1:
-        return _pointwise(b, op)
+    if len(feats) == 0 or len(tensors) == 1 or any(m is None for _, m in tensors):
+        return _pointwise(b, op)  # scalars are fine; a non-scalar constant is rejected there
     if len(tensors) != 2:
         raise UnsupportedOperation(f"{op.where}: addition of {len(tensors)} tensors")
     (va, ma), (vb, mb) = tensors
