@@ -270,3 +270,19 @@ def test_non_scalar_constant_on_hidden_neurons_is_rejected():
 
     with pytest.raises(wgraph.UnsupportedOperation, match="non-scalar tensor of shape \\(4,\\)"):
         wgraph.to_graph(M(), torch.randn(2, 3))
+
+
+def test_scaling_groups_of_hidden_spaces():
+    m = nn.Sequential(
+        nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.1),  # positive
+        nn.Linear(4, 5), nn.Tanh(),                   # sign
+        nn.Linear(5, 6),                              # real (no nonlinearity)
+        nn.Linear(6, 7), nn.GELU(),                   # none
+        nn.Linear(7, 2),
+    )  # fmt: skip
+    spaces = wgraph.to_graph(m, torch.randn(1, 3)).layout.spaces
+    assert [s.scaling for s in spaces] == ["none", "positive", "sign", "real", "none", "none"]
+    cnn = wgraph.to_graph(small_cnn(), torch.randn(1, 1, 28, 28)).layout
+    assert [s.scaling for s in cnn.spaces if s.permutable] == ["positive"] * 3
+    res = wgraph.to_graph(resnet_mlp(), torch.randn(1, 64)).layout
+    assert all(s.scaling == "none" for s in res.spaces)

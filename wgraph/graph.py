@@ -32,6 +32,20 @@ import torch
 from .errors import FileFormatError, IncompatibleBatchError, StateDictError
 
 NODE_KINDS = ("input", "hidden", "output")
+#: Per-neuron scaling groups, from largest to smallest: ``real`` (any nonzero factor: only linear
+#: ops touch the neurons), ``positive`` (positive factors: ReLU, LeakyReLU, max pooling, ...),
+#: ``sign`` (factors +-1: odd activations such as tanh and sin), ``none``.
+SCALING_GROUPS = ("real", "positive", "sign", "none")
+
+
+def intersect_scaling(a: str, b: str) -> str:
+    """The largest scaling group contained in both ``a`` and ``b``."""
+    if a == b or b == "real":
+        return a
+    if a == "real":
+        return b
+    return "none"
+
 BLOCK_KINDS = ("dense", "identity")
 FORMAT_VERSION = 1
 
@@ -42,7 +56,10 @@ class NeuronLayer:
 
     ``name`` is the module path (or fx node) that produced the activation, ``kind`` one of
     :data:`NODE_KINDS`, ``depth`` the number of parametric ops between the input and this layer,
-    ``space`` the index of the :class:`NeuronSpace` it belongs to.
+    ``space`` the index of the :class:`NeuronSpace` it belongs to. ``scaling`` is the largest
+    group of per-neuron scalings ``h_i -> s_i h_i`` that the ops applied to these neurons commute
+    with (see :data:`SCALING_GROUPS`): scaling a hidden neuron's incoming weights and bias by ``s``
+    and its outgoing weights by ``1/s`` then preserves the function.
     """
 
     name: str
@@ -51,6 +68,7 @@ class NeuronLayer:
     start: int
     size: int
     space: int
+    scaling: str = "none"
 
     @property
     def stop(self) -> int:
@@ -62,13 +80,15 @@ class NeuronSpace:
     """Layers whose neurons share one permutation (tied by residual additions).
 
     A space is ``permutable`` only if every layer in it is hidden: input and output neurons are
-    ordered by the data and the task, so permuting them changes the function.
+    ordered by the data and the task, so permuting them changes the function. ``scaling``: the
+    per-neuron scaling group the space admits besides permutations (:data:`SCALING_GROUPS`).
     """
 
     name: str
     layers: tuple[int, ...]
     size: int
     permutable: bool
+    scaling: str = "none"
 
 
 @dataclass(frozen=True)
@@ -244,7 +264,8 @@ class Layout:
         for si, s in enumerate(self.spaces):
             names = ", ".join(self.layers[li].name for li in s.layers)
             tag = "permutable" if s.permutable else "fixed"
-            lines.append(f"    [{si}] size {s.size:<5} {tag:<10} layers: {names}")
+            scale = f" scaling {s.scaling:<8}" if s.permutable else " " * 17
+            lines.append(f"    [{si}] size {s.size:<5} {tag:<10}{scale} layers: {names}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ serialization

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UnsupportedOperation
-from ..graph import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot
+from ..graph import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot, intersect_scaling
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class LayoutBuilder:
 
     # ----------------------------------------------------------------- layers
     def new_layer(self, name: str, size: int, depth: int, kind: str = "hidden") -> int:
-        self.layers.append({"name": name, "kind": kind, "depth": depth, "size": int(size)})
+        self.layers.append({"name": name, "kind": kind, "depth": depth, "size": int(size), "scaling": "real"})
         self._parent.append(len(self._parent))
         return len(self.layers) - 1
 
@@ -100,6 +100,10 @@ class LayoutBuilder:
         if self.layers[li]["kind"] == "hidden":
             self.layers[li]["kind"] = "output"
 
+    def restrict_scaling(self, li: int, group: str) -> None:
+        """An op applied to layer ``li``'s neurons commutes only with scalings in ``group``."""
+        self.layers[li]["scaling"] = intersect_scaling(self.layers[li]["scaling"], group)
+
     # ----------------------------------------------------------------- blocks
     def _claim(self, param: str, slot: ParamSlot, where: str) -> None:
         if param in self.slots:
@@ -133,6 +137,10 @@ class LayoutBuilder:
     def tie(self, a: int, b: int) -> None:
         """Layers ``a`` and ``b`` must be permuted by one permutation."""
         ra, rb = self._find(a), self._find(b)
+        if self.size(a) != self.size(b):
+            raise UnsupportedOperation(
+                f"cannot tie layers {self.layers[a]['name']!r} ({self.size(a)}) and {self.layers[b]['name']!r} ({self.size(b)})"
+            )
         if ra != rb:
             self._parent[max(ra, rb)] = min(ra, rb)
 
@@ -143,7 +151,7 @@ class LayoutBuilder:
             roots.setdefault(self._find(li), len(roots))
         layers, start = [], 0
         for li, l in enumerate(self.layers):
-            layers.append(NeuronLayer(l["name"], l["kind"], l["depth"], start, l["size"], roots[self._find(li)]))
+            layers.append(NeuronLayer(l["name"], l["kind"], l["depth"], start, l["size"], roots[self._find(li)], l["scaling"]))
             start += l["size"]
         spaces = []
         for root, si in roots.items():
@@ -154,6 +162,8 @@ class LayoutBuilder:
                     layers=members,
                     size=layers[root].size,
                     permutable=all(layers[li].kind == "hidden" for li in members),
+                    # Tied layers would need one scaling through every op between them: not modelled.
+                    scaling=layers[members[0]].scaling if len(members) == 1 and layers[members[0]].kind == "hidden" else "none",
                 )
             )
         params = tuple(self.slots[k] for k in state_keys)

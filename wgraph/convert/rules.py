@@ -153,6 +153,29 @@ POINTWISE_MODULES = (
 )  # fmt: skip
 
 
+# Scaling groups (wgraph.graph.SCALING_GROUPS) that neuron-wise ops commute with; default "none".
+_LINEAR = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d, operator.neg, operator.pos, torch.neg, operator.mul, torch.mul, "neg", "mul", "__mul__",
+    "float", "double", "half", "to", "type", "contiguous", "clone", "detach",
+)  # fmt: skip
+_POSITIVE = (nn.ReLU, F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_", nn.LeakyReLU, F.leaky_relu, torch.abs, "abs")
+_ODD = (
+    nn.Tanh, torch.tanh, F.tanh, "tanh", torch.sin, "sin", nn.Softsign, F.softsign, nn.Hardtanh, F.hardtanh,
+    nn.Tanhshrink, F.tanhshrink, nn.Hardshrink, F.hardshrink, nn.Softshrink, F.softshrink,
+)  # fmt: skip
+SCALING = {**dict.fromkeys(_LINEAR, "real"), **dict.fromkeys(_POSITIVE, "positive"), **dict.fromkeys(_ODD, "sign")}
+
+
+def _scaling_of(op: Op, n_feats: int) -> str:
+    key = type(op.module) if op.module is not None else op.node.target
+    if key in (operator.truediv, torch.div, "div", "__truediv__"):  # x / c is linear, c / x is not
+        return "real" if isinstance(op.metas[0], Feat) and n_feats == 1 else "none"
+    if n_feats > 1:  # x * x, x * sigmoid(x), ...
+        return "none"
+    return SCALING.get(key, "none")
+
+
 def _pointwise(b: LayoutBuilder, op: Op):
     """An op applied to each neuron separately (or softmax across neurons): neurons unchanged.
 
@@ -176,6 +199,7 @@ def _pointwise(b: LayoutBuilder, op: Op):
             )
     if tuple(op.out.shape) != tuple(x.shape):
         raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
+    b.restrict_scaling(meta.layer, _scaling_of(op, len(feats)))
     return meta
 
 
@@ -224,6 +248,8 @@ def add(b: LayoutBuilder, op: Op):
     if la == lb:
         return Feat(la, axis)
     src, dst = sorted((la, lb))
+    b.restrict_scaling(src, "none")
+    b.restrict_scaling(dst, "none")
     b.identity(f"skip:{b.layers[src]['name']}->{b.layers[dst]['name']}", src, dst)
     b.tie(src, dst)
     return Feat(dst, axis)
@@ -252,6 +278,8 @@ def _pool(b: LayoutBuilder, op: Op):
         raise UnsupportedOperation(f"{op.where}: pooling that returns indices is not supported")
     if meta.axis != x.dim() - 1 - spatial:
         raise UnsupportedOperation(f"{op.where}: pools over the neuron axis {meta.axis}")
+    kind = type(op.module).__name__ if op.module is not None else op.node.target.__name__
+    b.restrict_scaling(meta.layer, "real" if "avg" in kind.lower() else "positive")
     return Feat(meta.layer, op.out.dim() - 1 - spatial)
 
 
@@ -326,6 +354,8 @@ def reduce(b: LayoutBuilder, op: Op):
         dims = {d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)}
     if meta.axis in dims:
         raise UnsupportedOperation(f"{op.where}: reduces over the neuron axis {meta.axis}")
+    name = op.node.target if isinstance(op.node.target, str) else op.node.target.__name__
+    b.restrict_scaling(meta.layer, "real" if name in ("mean", "sum") else "positive")
     return Feat(meta.layer, meta.axis if keepdim else meta.axis - sum(d < meta.axis for d in dims))
 
 
