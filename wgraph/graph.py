@@ -46,7 +46,7 @@ def intersect_scaling(a: str, b: str) -> str:
         return b
     return "none"
 
-BLOCK_KINDS = ("dense", "identity")
+BLOCK_KINDS = ("dense", "identity", "copy")
 FORMAT_VERSION = 1
 
 
@@ -82,6 +82,7 @@ class NeuronSpace:
     A space is ``permutable`` only if every layer in it is hidden: input and output neurons are
     ordered by the data and the task, so permuting them changes the function. ``scaling``: the
     per-neuron scaling group the space admits besides permutations (:data:`SCALING_GROUPS`).
+    ``note`` says why a space of hidden neurons is not permutable (an op that singles them out).
     """
 
     name: str
@@ -89,6 +90,7 @@ class NeuronSpace:
     size: int
     permutable: bool
     scaling: str = "none"
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ class EdgeBlock:
     ``kind == "dense"``: the weight ``param`` of shape ``(dst.size, src.size, *kernel)``; edge
     ``(o, i)`` has feature vector ``W[o, i].flatten()`` of length ``prod(kernel)``.
     ``kind == "identity"``: a residual connection, edge ``i -> i`` with value 1, no parameter.
+    ``kind == "copy"``: neurons that reappear in a composite layer (a concatenation, or a flatten
+    that gives every channel one node per spatial position): edges with value 1 from source neuron
+    ``src_offset + i`` to destination nodes ``dst_offset + i * inner + s`` for ``s < inner``,
+    ``i < count``; no parameter.
     """
 
     name: str
@@ -106,10 +112,19 @@ class EdgeBlock:
     dst: int
     param: str | None = None
     kernel: tuple[int, ...] = ()
+    src_offset: int = 0
+    dst_offset: int = 0
+    inner: int = 1
+    count: int = 0
 
     @property
     def kernel_numel(self) -> int:
         return math.prod(self.kernel)
+
+    @property
+    def has_tensor(self) -> bool:
+        """Whether the block holds a parameter (dense) or only structure (identity, copy)."""
+        return self.kind == "dense"
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,8 @@ class ParamSlot:
 
     ``where == "edges"``: the whole tensor is the dense block ``index``.
     ``where == "nodes"``: a vector stored in node-feature column ``feature`` of layer ``index``.
+    ``where == "extra"``: state that belongs to no neuron (e.g. BatchNorm's ``num_batches_tracked``),
+    kept as is in :attr:`WeightGraph.extras` with its own ``dtype`` so the round trip stays exact.
     """
 
     name: str
@@ -125,6 +142,7 @@ class ParamSlot:
     where: str
     index: int
     feature: int = -1
+    dtype: str | None = None
 
     @property
     def numel(self) -> int:
@@ -153,14 +171,16 @@ class Layout:
     def block_shape(self, i: int) -> tuple[int, ...]:
         """Shape of block ``i`` for one network: ``(out, in, *kernel)`` (``(n,)`` for identity)."""
         b = self.blocks[i]
-        if b.kind == "identity":
-            return (self.layers[b.dst].size,)
+        if not b.has_tensor:
+            return (self.block_num_edges(i),)
         return (self.layers[b.dst].size, self.layers[b.src].size, *b.kernel)
 
     def block_num_edges(self, i: int) -> int:
         b = self.blocks[i]
         if b.kind == "identity":
             return self.layers[b.dst].size
+        if b.kind == "copy":
+            return b.count * b.inner
         return self.layers[b.dst].size * self.layers[b.src].size
 
     @property
@@ -170,6 +190,10 @@ class Layout:
     @property
     def num_params(self) -> int:
         return sum(p.numel for p in self.params)
+
+    @property
+    def extra_params(self) -> tuple[ParamSlot, ...]:
+        return tuple(p for p in self.params if p.where == "extra")
 
     @cached_property
     def param_index(self) -> dict[str, int]:
@@ -210,20 +234,23 @@ class Layout:
         Within a dense block the order is row-major over ``(out, in)``: edge ``o * in + i``
         is ``src.start + i -> dst.start + o``, matching ``W.reshape(out * in, -1)``.
         """
-        parts = []
-        for b in self.blocks:
-            s, d = self.layers[b.src], self.layers[b.dst]
-            if b.kind == "identity":
-                src = torch.arange(s.start, s.stop)
-                dst = torch.arange(d.start, d.stop)
-            else:
-                dst, src = torch.meshgrid(
-                    torch.arange(d.start, d.stop), torch.arange(s.start, s.stop), indexing="ij"
-                )
-            parts.append(torch.stack([src.reshape(-1), dst.reshape(-1)]))
+        parts = [self.block_edge_index(i) for i in range(len(self.blocks))]
         if not parts:
             return torch.empty(2, 0, dtype=torch.long)
         return torch.cat(parts, dim=1)
+
+    def block_edge_index(self, i: int) -> torch.Tensor:
+        """``(2, E_i)`` source/destination nodes of the edges of block ``i``."""
+        b = self.blocks[i]
+        s, d = self.layers[b.src], self.layers[b.dst]
+        if b.kind == "identity":
+            src, dst = torch.arange(s.start, s.stop), torch.arange(d.start, d.stop)
+        elif b.kind == "copy":
+            src = s.start + b.src_offset + torch.arange(b.count).repeat_interleave(b.inner)
+            dst = d.start + b.dst_offset + torch.arange(b.count * b.inner)
+        else:
+            dst, src = torch.meshgrid(torch.arange(d.start, d.stop), torch.arange(s.start, s.stop), indexing="ij")
+        return torch.stack([src.reshape(-1), dst.reshape(-1)])
 
     @cached_property
     def edge_block(self) -> torch.Tensor:
@@ -253,19 +280,20 @@ class Layout:
             )
         kinds: dict[str, list[int]] = {}
         for i, b in enumerate(self.blocks):
-            key = b.kind if b.kind == "identity" else ("dense linear" if not b.kernel else f"dense k={'x'.join(map(str, b.kernel))}")
+            key = b.kind if not b.has_tensor else ("dense linear" if not b.kernel else f"dense k={'x'.join(map(str, b.kernel))}")
             kinds.setdefault(key, []).append(i)
         lines.append("  edge blocks by kind:")
         for key, idx in kinds.items():
             n_e = sum(self.block_num_edges(i) for i in idx)
-            n_p = sum(math.prod(self.block_shape(i)) for i in idx if self.blocks[i].kind == "dense")
+            n_p = sum(math.prod(self.block_shape(i)) for i in idx if self.blocks[i].has_tensor)
             lines.append(f"    {key:<14} blocks {len(idx):<3} edges {n_e:<10} parameters {n_p}")
         lines.append("  neuron spaces:")
         for si, s in enumerate(self.spaces):
             names = ", ".join(self.layers[li].name for li in s.layers)
             tag = "permutable" if s.permutable else "fixed"
             scale = f" scaling {s.scaling:<8}" if s.permutable else " " * 17
-            lines.append(f"    [{si}] size {s.size:<5} {tag:<10}{scale} layers: {names}")
+            note = f"  ({s.note})" if s.note else ""
+            lines.append(f"    [{si}] size {s.size:<5} {tag:<10}{scale} layers: {names}{note}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ serialization
@@ -313,9 +341,18 @@ class WeightGraph:
             node has no such parameter, e.g. the bias of an input neuron).
         edges: one tensor per edge block: ``(B, out, in, *kernel)`` for dense blocks, ``None`` for
             identity blocks (their edges all carry the value 1).
+        extras: ``{name: (B, *shape)}`` state that belongs to no neuron (``layout.extra_params``,
+            e.g. BatchNorm's ``num_batches_tracked``). If not given, zeros: fine for graphs that a
+            model outputs, whose extras do not change the function.
     """
 
-    def __init__(self, layout: Layout, nodes: torch.Tensor, edges: list[torch.Tensor | None]):
+    def __init__(
+        self,
+        layout: Layout,
+        nodes: torch.Tensor,
+        edges: list[torch.Tensor | None],
+        extras: dict[str, torch.Tensor] | None = None,
+    ):
         if nodes.dim() != 3 or nodes.shape[1:] != (layout.num_nodes, len(layout.node_features)):
             raise IncompatibleBatchError(
                 f"nodes must have shape (B, {layout.num_nodes}, {len(layout.node_features)}), "
@@ -325,9 +362,9 @@ class WeightGraph:
             raise IncompatibleBatchError(f"expected {len(layout.blocks)} edge tensors, got {len(edges)}")
         B = nodes.shape[0]
         for i, (blk, e) in enumerate(zip(layout.blocks, edges)):
-            if blk.kind == "identity":
+            if not blk.has_tensor:
                 if e is not None:
-                    raise IncompatibleBatchError(f"identity block {blk.name!r} takes no tensor")
+                    raise IncompatibleBatchError(f"{blk.kind} block {blk.name!r} takes no tensor")
                 continue
             want = (B, *layout.block_shape(i))
             if e is None or tuple(e.shape) != want:
@@ -337,9 +374,19 @@ class WeightGraph:
                 raise IncompatibleBatchError(
                     f"edge block {blk.name!r} is {e.dtype} on {e.device}, nodes are {nodes.dtype} on {nodes.device}"
                 )
+        if extras is None:
+            extras = {
+                p.name: torch.zeros(B, *p.shape, dtype=getattr(torch, p.dtype or "float32"), device=nodes.device)
+                for p in layout.extra_params
+            }
+        if extras.keys() != {p.name for p in layout.extra_params}:
+            raise IncompatibleBatchError(
+                f"extras {sorted(extras)} do not match the layout's {[p.name for p in layout.extra_params]}"
+            )
         self.layout = layout
         self.nodes = nodes
         self.edges = list(edges)
+        self.extras = dict(extras)
 
     # ------------------------------------------------------------- properties
     @property
@@ -381,6 +428,8 @@ class WeightGraph:
         if idx is None:
             raise StateDictError(f"no parameter {name!r} in this graph; it has {list(self.layout.param_index)}")
         slot = self.layout.params[idx]
+        if slot.where == "extra":
+            return self.extras[name]
         if slot.where == "edges":
             return self.edges[slot.index]
         layer = self.layout.layers[slot.index]
@@ -409,14 +458,17 @@ class WeightGraph:
         if isinstance(index, int):
             index = slice(index, index + 1) if index != -1 else slice(-1, None)
         return WeightGraph(
-            self.layout, self.nodes[index], [None if e is None else e[index] for e in self.edges]
+            self.layout,
+            self.nodes[index],
+            [None if e is None else e[index] for e in self.edges],
+            {k: v[index] for k, v in self.extras.items()},
         )
 
     def to(self, *args, **kwargs) -> WeightGraph:
-        """Move / cast every tensor, as :meth:`torch.Tensor.to`."""
-        return WeightGraph(
-            self.layout, self.nodes.to(*args, **kwargs), [None if e is None else e.to(*args, **kwargs) for e in self.edges]
-        )
+        """Move / cast every tensor, as :meth:`torch.Tensor.to` (non-float extras only move)."""
+        nodes = self.nodes.to(*args, **kwargs)
+        extras = {k: v.to(*args, **kwargs) if v.is_floating_point() else v.to(nodes.device) for k, v in self.extras.items()}
+        return WeightGraph(self.layout, nodes, [None if e is None else e.to(*args, **kwargs) for e in self.edges], extras)
 
     @staticmethod
     def cat(graphs: list[WeightGraph]) -> WeightGraph:
@@ -428,10 +480,11 @@ class WeightGraph:
             if g.layout != lay:
                 raise IncompatibleBatchError(f"graph {i} has a different layout than graph 0")
         edges = [
-            None if blk.kind == "identity" else torch.cat([g.edges[i] for g in graphs])
+            None if not blk.has_tensor else torch.cat([g.edges[i] for g in graphs])
             for i, blk in enumerate(lay.blocks)
         ]
-        return WeightGraph(lay, torch.cat([g.nodes for g in graphs]), edges)
+        extras = {p.name: torch.cat([g.extras[p.name] for g in graphs]) for p in lay.extra_params}
+        return WeightGraph(lay, torch.cat([g.nodes for g in graphs]), edges, extras)
 
     def permute(self, perm) -> WeightGraph:
         """Apply a neuron permutation (:class:`wgraph.symmetry.Symmetry`); see :mod:`wgraph.symmetry`."""
@@ -443,7 +496,7 @@ class WeightGraph:
     def edge_attr(self) -> torch.Tensor:
         """``(B, E, K)`` edge features in :attr:`Layout.edge_index` order, zero-padded to ``K = max_kernel``.
 
-        Identity edges carry the value 1 in channel 0.
+        Identity and copy edges carry the value 1 in channel 0.
         """
         lay = self.layout
         K = lay.max_kernel
@@ -451,7 +504,7 @@ class WeightGraph:
         for i, (blk, e) in enumerate(zip(lay.blocks, self.edges)):
             n = lay.block_num_edges(i)
             part = self.nodes.new_zeros(self.batch_size, n, K)
-            if blk.kind == "identity":
+            if not blk.has_tensor:
                 part[..., 0] = 1
             else:
                 part[..., : blk.kernel_numel] = e.reshape(self.batch_size, n, blk.kernel_numel)
@@ -461,12 +514,12 @@ class WeightGraph:
         return torch.cat(parts, dim=1)
 
     def _edge_param_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(E,)`` parameter index (-1 for identity edges) and flat offset of each edge's first element."""
+        """``(E,)`` parameter index (-1 for identity/copy edges) and flat offset of each edge's first element."""
         lay = self.layout
         params, flats = [], []
         for i, blk in enumerate(lay.blocks):
             n = lay.block_num_edges(i)
-            if blk.kind == "identity":
+            if not blk.has_tensor:
                 params.append(torch.full((n,), -1, dtype=torch.long))
                 flats.append(torch.full((n,), -1, dtype=torch.long))
             else:
@@ -480,7 +533,7 @@ class WeightGraph:
         """Export as ``torch_geometric.data.Data`` (B = 1) or ``Batch`` (B > 1).
 
         Fields: ``x (N, F)`` node features, ``edge_index (2, E)``, ``edge_attr (E, K)``,
-        ``edge_block (E,)``, ``edge_param (E,)`` (index into ``param_names``, -1 for identity edges),
+        ``edge_block (E,)``, ``edge_param (E,)`` (index into ``param_names``, -1 for identity/copy edges),
         ``edge_flat (E,)`` (flat offset in that parameter of the edge's first kernel element: the
         edge's ``K_b = prod(kernel)`` values are ``param.flatten()[edge_flat : edge_flat + K_b]``),
         ``node_kind``, ``node_depth``, ``node_layer``, ``node_position`` and ``param_names``.
@@ -514,11 +567,13 @@ class WeightGraph:
         return datas[0] if len(datas) == 1 else Batch.from_data_list(datas)
 
     @classmethod
-    def from_pyg(cls, data, layout: Layout) -> WeightGraph:
+    def from_pyg(cls, data, layout: Layout, extras: dict[str, torch.Tensor] | None = None) -> WeightGraph:
         """Inverse of :meth:`to_pyg`: rebuild the graph from ``x`` and ``edge_attr``.
 
         Accepts a ``Data`` (one network) or a ``Batch`` of networks of ``layout``; only ``x`` and
         ``edge_attr`` are read, so a model that edits them writes its result back this way.
+        State outside the graph (``layout.extra_params``, e.g. BatchNorm's ``num_batches_tracked``)
+        is not in PyG data: pass it as ``extras`` or it is set to zero, with a warning.
         """
         N, E = layout.num_nodes, layout.num_edges
         x, ea = data.x, data.edge_attr
@@ -533,19 +588,25 @@ class WeightGraph:
         edges, off = [], 0
         for i, blk in enumerate(layout.blocks):
             n = layout.block_num_edges(i)
-            if blk.kind == "identity":
+            if not blk.has_tensor:
                 edges.append(None)
             else:
                 edges.append(ea[:, off : off + n, : blk.kernel_numel].reshape(B, *layout.block_shape(i)).clone())
             off += n
-        return cls(layout, x.clone(), edges)
+        if extras is None and layout.extra_params:
+            warnings.warn(
+                f"from_pyg: {[p.name for p in layout.extra_params]} are not part of PyG data; set to zero "
+                "(pass extras= to keep them)",
+                stacklevel=2,
+            )
+        return cls(layout, x.clone(), edges, extras)
 
     def to_networkx(self, index: int = 0):
         """Network ``index`` as a ``networkx.MultiDiGraph`` for inspection.
 
         Nodes carry ``kind``, ``layer`` (name), ``depth``, ``position`` and one attribute per node
         feature; edges carry ``block``, ``kind``, ``param`` and ``value`` (a float for Linear
-        weights, a list for conv kernels, 1.0 for identity edges).
+        weights, a list for conv kernels, 1.0 for identity and copy edges).
         """
         import networkx as nx
 
@@ -559,9 +620,10 @@ class WeightGraph:
                 g.add_node(n, kind=layer.kind, layer=layer.name, depth=layer.depth, position=p, **attrs)
         for i, blk in enumerate(lay.blocks):
             s, d = lay.layers[blk.src], lay.layers[blk.dst]
-            if blk.kind == "identity":
-                for p in range(d.size):
-                    g.add_edge(s.start + p, d.start + p, block=blk.name, kind="identity", param=None, value=1.0)
+            if not blk.has_tensor:
+                src, dst = lay.block_edge_index(i).tolist()
+                for u, v in zip(src, dst):
+                    g.add_edge(u, v, block=blk.name, kind=blk.kind, param=None, value=1.0)
                 continue
             w = self.edges[i][index]
             vals = w.reshape(d.size, s.size, -1).tolist()
@@ -582,7 +644,7 @@ class WeightGraph:
         path = Path(path)
         if not path.parent.exists():
             raise FileFormatError(f"cannot write {path}: directory {path.parent} does not exist")
-        tensors = {"nodes": self.nodes.contiguous()}
+        tensors = {"nodes": self.nodes.contiguous(), **{f"extras/{k}": v.contiguous() for k, v in self.extras.items()}}
         for blk, e in zip(self.layout.blocks, self.edges):
             if e is not None:
                 tensors[f"edges/{blk.name}"] = e.contiguous()
@@ -604,8 +666,9 @@ class WeightGraph:
                 layout = Layout.from_json(meta["wgraph_layout"])
                 nodes = f.get_tensor("nodes")
                 edges = [
-                    None if blk.kind == "identity" else f.get_tensor(f"edges/{blk.name}") for blk in layout.blocks
+                    None if not blk.has_tensor else f.get_tensor(f"edges/{blk.name}") for blk in layout.blocks
                 ]
+                extras = {p.name: f.get_tensor(f"extras/{p.name}") for p in layout.extra_params}
         except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
             raise FileFormatError(f"{path}: not a readable wgraph file ({e})") from None
-        return cls(layout, nodes, edges)
+        return cls(layout, nodes, edges, extras)

@@ -98,9 +98,10 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
     ``{name: (B, *shape)}`` (as a zoo stores them; these are used without a copy).
     """
     stacked = _check_stacked(layout, state_dicts) if isinstance(state_dicts, Mapping) else _stack_checkpoints(layout, state_dicts)
-    kinds = {(t.dtype, t.device) for t in stacked.values()}
+    extra = {p.name for p in layout.extra_params}
+    kinds = {(t.dtype, t.device) for k, t in stacked.items() if k not in extra}
     if len(kinds) > 1:
-        detail = ", ".join(f"{k!r}: {t.dtype} on {t.device}" for k, t in stacked.items())
+        detail = ", ".join(f"{k!r}: {t.dtype} on {t.device}" for k, t in stacked.items() if k not in extra)
         raise IncompatibleBatchError(f"parameters mix dtypes or devices ({detail}); cast the checkpoints to one dtype and device")
     dtype, device = next(iter(kinds))
     if not dtype.is_floating_point:
@@ -108,11 +109,16 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
     B = next(iter(stacked.values())).shape[0]
     nodes = torch.zeros(B, layout.num_nodes, len(layout.node_features), dtype=dtype, device=device)
     edges: list[torch.Tensor | None] = [None] * len(layout.blocks)
+    extras = {}
     for slot in layout.params:
         t = stacked[slot.name]
-        if slot.where == "edges":
+        if slot.where == "extra":
+            if str(t.dtype).removeprefix("torch.") != slot.dtype or t.device != device:
+                raise IncompatibleBatchError(f"{slot.name!r} is {t.dtype} on {t.device}, expected {slot.dtype} on {device}")
+            extras[slot.name] = t
+        elif slot.where == "edges":
             edges[slot.index] = t
         else:
             layer = layout.layers[slot.index]
             nodes[:, layer.start : layer.stop, slot.feature] = t
-    return WeightGraph(layout, nodes, edges)
+    return WeightGraph(layout, nodes, edges, extras)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..errors import UnsupportedOperation
 from ..graph import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot, intersect_scaling
 
@@ -42,6 +44,8 @@ class LayoutBuilder:
         self.slots: dict[str, ParamSlot] = {}
         self._parent: list[int] = []
         self._inputs: dict[tuple[str, int], int] = {}
+        self._fixed: dict[int, str] = {}  # union-find root -> why its space cannot be permuted
+        self._columns: set[tuple[int, str]] = set()  # (layer, node feature) already holding a parameter
         self.node_features = ["bias"]
 
     def path(self, target: str) -> str:
@@ -120,9 +124,19 @@ class LayoutBuilder:
 
     def node_param(self, layer: int, feature: str, param: str, shape: tuple[int, ...], where: str) -> None:
         """A per-neuron vector ``param`` (e.g. a bias) stored in node feature column ``feature``."""
+        if (layer, feature) in self._columns:
+            raise UnsupportedOperation(
+                f"{where}: layer {self.layers[layer]['name']!r} already has a {feature!r} parameter; "
+                "two such parameters on one layer are not supported"
+            )
+        self._columns.add((layer, feature))
         if feature not in self.node_features:
             self.node_features.append(feature)
         self._claim(param, ParamSlot(param, tuple(shape), "nodes", layer, self.node_features.index(feature)), where)
+
+    def extra(self, param: str, shape: tuple[int, ...], dtype: torch.dtype, where: str) -> None:
+        """State that belongs to no neuron (kept beside the graph, round-tripped exactly)."""
+        self._claim(param, ParamSlot(param, tuple(shape), "extra", -1, -1, str(dtype).removeprefix("torch.")), where)
 
     def identity(self, name: str, src: int, dst: int) -> None:
         self.blocks.append(EdgeBlock(name=name, kind="identity", src=src, dst=dst))
@@ -134,6 +148,10 @@ class LayoutBuilder:
             i = self._parent[i]
         return i
 
+    def fix(self, li: int, reason: str) -> None:
+        """Layer ``li``'s neurons may not be permuted (its whole space becomes non-permutable)."""
+        self._fixed.setdefault(self._find(li), reason)
+
     def tie(self, a: int, b: int) -> None:
         """Layers ``a`` and ``b`` must be permuted by one permutation."""
         ra, rb = self._find(a), self._find(b)
@@ -142,7 +160,10 @@ class LayoutBuilder:
                 f"cannot tie layers {self.layers[a]['name']!r} ({self.size(a)}) and {self.layers[b]['name']!r} ({self.size(b)})"
             )
         if ra != rb:
-            self._parent[max(ra, rb)] = min(ra, rb)
+            lo, hi = min(ra, rb), max(ra, rb)
+            self._parent[hi] = lo
+            if hi in self._fixed:
+                self._fixed.setdefault(lo, self._fixed.pop(hi))
 
     # ------------------------------------------------------------------ build
     def build(self, state_keys: list[str], meta: dict | None = None) -> Layout:
@@ -161,9 +182,14 @@ class LayoutBuilder:
                     name=layers[members[0]].name,
                     layers=members,
                     size=layers[root].size,
-                    permutable=all(layers[li].kind == "hidden" for li in members),
+                    permutable=all(layers[li].kind == "hidden" for li in members) and root not in self._fixed,
+                    note=self._fixed.get(root, ""),
                     # Tied layers would need one scaling through every op between them: not modelled.
-                    scaling=layers[members[0]].scaling if len(members) == 1 and layers[members[0]].kind == "hidden" else "none",
+                    scaling=(
+                        layers[members[0]].scaling
+                        if len(members) == 1 and layers[members[0]].kind == "hidden" and root not in self._fixed
+                        else "none"
+                    ),
                 )
             )
         params = tuple(self.slots[k] for k in state_keys)

@@ -143,6 +143,54 @@ def conv(b: LayoutBuilder, op: Op):
     return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
 
 
+# ------------------------------------------------------------- normalization
+_NORM_PREFIX = {
+    nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn", nn.BatchNorm3d: "bn", nn.SyncBatchNorm: "bn",
+    nn.InstanceNorm1d: "in", nn.InstanceNorm2d: "in", nn.InstanceNorm3d: "in",
+    nn.GroupNorm: "gn", nn.LayerNorm: "ln", nn.RMSNorm: "rms",
+}  # fmt: skip
+
+
+@module_rule(*_NORM_PREFIX)
+def norm(b: LayoutBuilder, op: Op):
+    """Normalization keeps the neurons; its per-channel state becomes node features.
+
+    BatchNorm / InstanceNorm normalize each channel separately (axis 1): the affine ``weight``,
+    ``bias`` and the running statistics (which change the function in eval mode) are node features
+    ``bn_weight, bn_bias, bn_mean, bn_var``. LayerNorm / RMSNorm normalize over the last axis: all
+    neurons of the layer enter one statistic, which is permutation invariant, so the space stays
+    permutable as one. GroupNorm couples the channels of each contiguous group: unless it has one
+    group or one channel per group, a permutation could mix groups, so its space is fixed.
+    ``num_batches_tracked`` belongs to no neuron and is kept as an extra.
+    """
+    m, path = op.module, b.path(op.node.target)
+    x, meta = op.args[0], op.metas[0]
+    prefix = _NORM_PREFIX[type(m)]
+    if prefix in ("ln", "rms"):
+        if len(m.normalized_shape) != 1:
+            raise UnsupportedOperation(
+                f"{op.where}: normalizes over {len(m.normalized_shape)} axes {tuple(m.normalized_shape)}; "
+                "only normalization over the neuron axis alone is supported"
+            )
+        axis, size = x.dim() - 1, m.normalized_shape[0]
+    else:
+        axis, size = 1, x.shape[1]
+    li = b.as_layer(meta, axis, size, op.where)
+    if prefix == "gn" and m.num_groups not in (1, m.num_channels):
+        b.fix(li, f"GroupNorm with {m.num_groups} groups at {path!r}")
+    names = {"weight": "weight", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    for attr, value in m.state_dict().items():
+        key = b.qualify(path, attr)
+        if attr in names:
+            b.node_param(li, f"{prefix}_{names[attr]}", key, tuple(value.shape), op.where)
+        elif value.dim() == 0:
+            b.extra(key, (), value.dtype, op.where)
+        else:
+            raise UnsupportedOperation(f"{op.where}: no place for state {key!r} of shape {tuple(value.shape)}")
+    b.restrict_scaling(li, "none")
+    return Feat(li, axis)
+
+
 # -------------------------------------------------------- neuron-wise ops
 POINTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
