@@ -1,0 +1,118 @@
+r"""Message passing over weight-graph edge blocks, behind one function with swappable backends.
+
+For one edge block, with sender states already projected (``send = A h_u``), receiver states
+already projected (``recv = B h_v + b``) and raw edge features ``x_uv`` lifted by ``C``:
+
+.. math::
+
+    m_v = \bigoplus_{u \to v} \phi\big(A h_u + B h_v + C x_{uv}\big)
+
+where :math:`\bigoplus` is one or more aggregators (sum, mean, max, min, std; their results are
+concatenated) and :math:`\phi` a pointwise nonlinearity. The linear map that usually follows the
+aggregation is left to the caller (it commutes with sum and mean, so a fused backend never needs it).
+
+The block structure stays explicit, so a backend can exploit it:
+
+* ``kind="dense"``: every ``(out, in)`` pair of the block's two layers is an edge; ``edge`` is
+  ``(B, out, in, K)`` (the parameter in its native shape with the kernel flattened into ``K``).
+  ``reverse=False`` sends from the block's input layer (columns) to its output layer (rows);
+  ``reverse=True`` sends from rows to columns, from the same edge tensor (no transpose is made).
+* ``kind="identity"``: a residual connection, edge ``i -> i``; ``edge`` is ``None`` (the edge
+  feature is the constant 1, so ``C x`` is ``edge_weight[0]``) or a ``(B, n, K)`` edge state.
+
+Because ``C`` acts on the raw ``K``-dimensional edge features inside the kernel, a backend can
+re-lift the weights at every layer and never hold an ``E x H`` edge state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import WgraphError
+from . import reference
+from .spec import ACTIVATIONS, AGGREGATORS, BLOCK_KINDS
+
+
+class KernelError(WgraphError):
+    """Bad arguments to :func:`message_pass`, or an unknown backend."""
+
+
+_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference.message_pass}
+
+
+def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
+    """Make ``fn`` selectable as ``message_pass(..., backend=name)``.
+
+    ``fn`` receives the arguments of :func:`message_pass` after validation (``aggr`` as a tuple,
+    without ``backend``) and must return what the reference backend returns.
+    """
+    _BACKENDS[name] = fn
+
+
+def available_backends() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+def message_pass(
+    send: torch.Tensor,
+    recv: torch.Tensor,
+    edge: torch.Tensor | None,
+    edge_weight: torch.Tensor,
+    *,
+    kind: str = "dense",
+    reverse: bool = False,
+    aggr: str | tuple[str, ...] | list[str] = "sum",
+    act: str = "relu",
+    backend: str = "reference",
+) -> torch.Tensor:
+    """Aggregated messages of one edge block, one row per receiving node.
+
+    Args:
+        send: ``(B, n_send, H)`` projected sender states ``A h_u``.
+        recv: ``(B, n_recv, H)`` projected receiver states ``B h_v`` (plus any bias).
+        edge: dense: ``(B, out, in, K)``; identity: ``None`` or ``(B, n, K)``.
+        edge_weight: ``(K, H)``, the map ``C`` applied to edge features (``x @ edge_weight``).
+        kind: ``"dense"`` or ``"identity"``.
+        reverse: dense blocks only: ``False`` sends columns -> rows (``n_send = in``,
+            ``n_recv = out``), ``True`` rows -> columns (``n_send = out``, ``n_recv = in``).
+        aggr: one aggregator name or a sequence of them (see :data:`AGGREGATORS`).
+        act: the nonlinearity ``phi`` (a key of :data:`ACTIVATIONS`).
+        backend: a name from :func:`available_backends`.
+
+    Returns:
+        ``(B, n_recv, H * len(aggr))``, aggregators concatenated in the given order.
+    """
+    aggr = (aggr,) if isinstance(aggr, str) else tuple(aggr)
+    if backend not in _BACKENDS:
+        raise KernelError(f"unknown message-passing backend {backend!r}; available: {list(_BACKENDS)}")
+    if kind not in BLOCK_KINDS:
+        raise KernelError(f"unknown block kind {kind!r}; expected one of {list(BLOCK_KINDS)}")
+    if not aggr or any(a not in AGGREGATORS for a in aggr):
+        raise KernelError(f"aggr must be a non-empty list of {list(AGGREGATORS)}, got {list(aggr)}")
+    if act not in ACTIVATIONS:
+        raise KernelError(f"unknown activation {act!r}; expected one of {list(ACTIVATIONS)}")
+    if send.dim() != 3 or recv.dim() != 3 or send.shape[0] != recv.shape[0] or send.shape[2] != recv.shape[2]:
+        raise KernelError(f"send and recv must be (B, n, H) with equal B and H, got {tuple(send.shape)}, {tuple(recv.shape)}")
+    B, H = send.shape[0], send.shape[2]
+    if edge_weight.dim() != 2 or edge_weight.shape[1] != H:
+        raise KernelError(f"edge_weight must be (K, {H}), got {tuple(edge_weight.shape)}")
+    K = edge_weight.shape[0]
+    if kind == "dense":
+        out, inn = (recv.shape[1], send.shape[1]) if not reverse else (send.shape[1], recv.shape[1])
+        if edge is None or tuple(edge.shape) != (B, out, inn, K):
+            got = None if edge is None else tuple(edge.shape)
+            raise KernelError(f"dense block: edge must be (B, out, in, K) = {(B, out, inn, K)}, got {got}")
+    else:
+        n = recv.shape[1]
+        if send.shape[1] != n:
+            raise KernelError(f"identity block: send and recv must have the same nodes, got {send.shape[1]} and {n}")
+        if edge is None and K != 1:
+            raise KernelError(f"identity block without edge state: edge_weight must be (1, H), got {tuple(edge_weight.shape)}")
+        if edge is not None and tuple(edge.shape) != (B, n, K):
+            raise KernelError(f"identity block: edge must be (B, n, K) = {(B, n, K)}, got {tuple(edge.shape)}")
+    return _BACKENDS[backend](send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act)
+
+
+__all__ = ["message_pass", "register_backend", "available_backends", "KernelError", "AGGREGATORS", "ACTIVATIONS"]

@@ -1,0 +1,224 @@
+r"""Encoders: from a WeightGraph's raw tensors to hidden node states and edge lifts.
+
+**Edge features.** Each dense block keeps its native edge feature: a scalar for ``Linear``, the
+``kh * kw`` kernel for ``Conv2d`` (flattened), and so on. :class:`EdgeEncoder` holds one linear lift
+per kernel shape, :math:`L_k: \mathbb{R}^{K} \to \mathbb{R}^{H}`, so nothing is padded to a maximum
+kernel size. Identity (residual) edges carry the constant 1, lifted by a learned embedding. The lift
+is *not applied* here: a message-passing layer composes it with its own edge map ``C`` and hands
+``C L_k`` to the kernel, which re-lifts the raw weights in every layer (no ``E x H`` edge state).
+
+Optional Gaussian Fourier features replace ``x`` by
+:math:`[x, \sin(2\pi x\Omega), \cos(2\pi x\Omega)]` with a fixed random
+:math:`\Omega \in \mathbb{R}^{K \times m}`, :math:`\Omega_{ij} \sim \mathcal{N}(0, s^2)`.
+
+**Input normalization** (:class:`InputNormalization`): per edge block a mean and standard deviation
+over all its weights, per layer and node-feature column the same over its nodes, computed from a zoo
+by :meth:`InputNormalization.fit` and stored as buffers (so they are saved in the model's
+``state_dict``). Block- and layer-wide statistics are invariant under neuron permutations.
+
+**Node states** (:class:`NodeEncoder`):
+
+.. math::
+
+    h^0_v = b + \sum_f x_{vf}\, w_{\mathrm{name}(f)} + E_{\mathrm{kind}}[k_v] + E_{\mathrm{depth}}[d_v]
+            + [v \text{ fixed}]\; E_{\mathrm{pos}}[k_v, p_v]
+
+with one learned vector per node-feature column *name* (``bias``, later normalization statistics;
+graphs whose layouts have different columns share the vectors of common names). Position
+embeddings :math:`E_{\mathrm{pos}}` are added only to nodes of non-permutable neuron spaces (input
+and output neurons), so they break exactly the symmetries the network does not have.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import WgraphError
+from ..graph import NODE_KINDS, Layout, WeightGraph
+
+
+class EncoderError(WgraphError):
+    """A graph the encoders were not built for (unknown kernel shape, node feature, depth, ...)."""
+
+
+def kernel_key(kernel: tuple[int, ...]) -> str:
+    """Name of the edge type of a dense block with this kernel: ``"linear"``, ``"k3x3"``, ..."""
+    return "linear" if not kernel else "k" + "x".join(map(str, kernel))
+
+
+class EdgeEncoder(nn.Module):
+    """Per-kernel-shape linear lifts of raw edge features, and the identity-edge embedding."""
+
+    def __init__(self, layouts: list[Layout], hidden: int, fourier_features: int = 0, fourier_scale: float = 1.0):
+        super().__init__()
+        self.hidden = hidden
+        self.fourier_features = fourier_features
+        kernels = sorted({b.kernel for lay in layouts for b in lay.blocks if b.kind == "dense"})
+        self.lifts = nn.ModuleDict()
+        for k in kernels:
+            K = math.prod(k)
+            self.lifts[kernel_key(k)] = nn.Linear(K * (1 + 2 * fourier_features), hidden)
+            if fourier_features:
+                self.register_buffer(f"omega_{kernel_key(k)}", torch.randn(K, K * fourier_features) * fourier_scale)
+        self.identity = nn.Parameter(torch.randn(1, hidden) / math.sqrt(hidden))
+
+    def _lift(self, kernel: tuple[int, ...]) -> nn.Linear:
+        key = kernel_key(kernel)
+        if key not in self.lifts:
+            raise EncoderError(
+                f"no edge encoder for kernel shape {kernel} ({key!r}); this model knows {list(self.lifts)}: "
+                f"build it with the layouts of every architecture it will see"
+            )
+        return self.lifts[key]
+
+    def features(self, x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
+        """``(B, out, in, *kernel)`` block -> ``(B, out, in, K')`` edge features (Fourier if enabled)."""
+        x = x.reshape(*x.shape[:3], -1)
+        if not self.fourier_features:
+            return x
+        proj = 2 * math.pi * x @ getattr(self, f"omega_{kernel_key(kernel)}")
+        return torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=-1)
+
+    def lift(self, kernel: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W, b)`` with edge embedding ``x @ W + b``; ``kernel=None`` is the identity edge (x = 1)."""
+        if kernel is None:
+            return self.identity, torch.zeros_like(self.identity[0])
+        lin = self._lift(kernel)
+        return lin.weight.t(), lin.bias
+
+
+class InputNormalization(nn.Module):
+    """Per-block edge and per-layer node-feature standardization, fitted on a zoo.
+
+    Buffers ``edge_stats_{i}`` ``(num_blocks, 2)`` and ``node_stats_{i}`` ``(num_layers, F, 2)``
+    (mean, std) for the ``i``-th layout the model was built with. Until :meth:`fit` is called the
+    statistics are ``(0, 1)``: the identity.
+    """
+
+    def __init__(self, layouts: list[Layout]):
+        super().__init__()
+        self.layouts = list(layouts)
+        for i, lay in enumerate(self.layouts):
+            self.register_buffer(f"edge_stats_{i}", torch.tensor([[0.0, 1.0]]).repeat(len(lay.blocks), 1))
+            node = torch.zeros(len(lay.layers), len(lay.node_features), 2)
+            node[..., 1] = 1
+            self.register_buffer(f"node_stats_{i}", node)
+
+    def index(self, layout: Layout) -> int:
+        for i, lay in enumerate(self.layouts):
+            if lay is layout or lay == layout:
+                return i
+        raise EncoderError(
+            f"this model was built for {len(self.layouts)} layout(s) and this graph's layout is not one of them "
+            f"(its normalization statistics are per layout): build the model with every layout it will see"
+        )
+
+    @torch.no_grad()
+    def fit(self, graphs: WeightGraph | list[WeightGraph]) -> None:
+        """Compute the statistics from a zoo: one WeightGraph or a list (of any known layouts)."""
+        graphs = [graphs] if isinstance(graphs, WeightGraph) else list(graphs)
+        by_layout: dict[int, list[WeightGraph]] = {}
+        for g in graphs:
+            by_layout.setdefault(self.index(g.layout), []).append(g)
+        for i, gs in by_layout.items():
+            g = WeightGraph.cat(gs) if len(gs) > 1 else gs[0]
+            lay = g.layout
+            edge = getattr(self, f"edge_stats_{i}")
+            for bi, e in enumerate(g.edges):
+                if e is not None:
+                    edge[bi] = torch.stack(_mean_std(e.double())).to(edge)
+            node = getattr(self, f"node_stats_{i}")
+            for li, layer in enumerate(lay.layers):
+                x = g.nodes[:, layer.start : layer.stop].double()
+                for f in range(x.shape[-1]):
+                    node[li, f] = torch.stack(_mean_std(x[..., f])).to(node)
+
+    def forward(self, graph: WeightGraph) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Standardized ``(nodes, edges)`` of ``graph``."""
+        i = self.index(graph.layout)
+        lay = graph.layout
+        edge = getattr(self, f"edge_stats_{i}").to(graph.dtype)
+        node = getattr(self, f"node_stats_{i}").to(graph.dtype)
+        edges = [None if e is None else (e - edge[bi, 0]) / edge[bi, 1] for bi, e in enumerate(graph.edges)]
+        per_node = node[lay.node_layer.to(graph.device)]  # (N, F, 2)
+        nodes = (graph.nodes - per_node[..., 0]) / per_node[..., 1]
+        return nodes, edges
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = x.mean()
+    std = x.std(unbiased=False) if x.numel() > 1 else torch.zeros_like(mean)
+    return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+_layout_cache: dict[Layout, dict[str, torch.Tensor]] = {}
+
+
+def layout_tensors(layout: Layout) -> dict[str, torch.Tensor]:
+    """Per-node index tensors of ``layout`` (cached): ``kind``, ``depth``, ``position``, ``fixed``."""
+    t = _layout_cache.get(layout)
+    if t is None:
+        fixed = torch.zeros(layout.num_nodes, dtype=torch.bool)
+        for layer in layout.layers:
+            if not layout.spaces[layer.space].permutable:
+                fixed[layer.start : layer.stop] = True
+        t = {
+            "kind": layout.node_kind,
+            "depth": layout.node_depth,
+            "position": layout.node_position,
+            "layer": layout.node_layer,
+            "fixed": fixed,
+        }
+        if len(_layout_cache) > 256:
+            _layout_cache.clear()
+        _layout_cache[layout] = t
+    return t
+
+
+class NodeEncoder(nn.Module):
+    """Initial node states from node features and kind / depth / position embeddings."""
+
+    def __init__(
+        self, layouts: list[Layout], hidden: int, *, positions: bool = True, max_positions: int = 1024, max_depth: int = 64
+    ):
+        super().__init__()
+        names = sorted({f for lay in layouts for f in lay.node_features})
+        self.columns = nn.ParameterDict({n: nn.Parameter(torch.randn(hidden) / math.sqrt(hidden)) for n in names})
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.kind = nn.Embedding(len(NODE_KINDS), hidden)
+        self.depth = nn.Embedding(max_depth, hidden)
+        self.positions = positions
+        self.max_positions = max_positions
+        self.max_depth = max_depth
+        if positions:
+            self.position = nn.Embedding(len(NODE_KINDS) * max_positions, hidden)
+        for lay in layouts:
+            self.check(lay)
+
+    def check(self, layout: Layout) -> None:
+        for f in layout.node_features:
+            if f not in self.columns:
+                raise EncoderError(f"no node encoder for node feature {f!r}; this model knows {list(self.columns)}")
+        deepest = max((l.depth for l in layout.layers), default=0)
+        if deepest >= self.max_depth:
+            raise EncoderError(f"layer depth {deepest} exceeds the depth embedding (max_depth = {self.max_depth})")
+        if self.positions:
+            t = layout_tensors(layout)
+            if t["fixed"].any() and int(t["position"][t["fixed"]].max()) >= self.max_positions:
+                raise EncoderError(
+                    f"a fixed (input/output) layer has more than max_positions = {self.max_positions} neurons"
+                )
+
+    def forward(self, layout: Layout, nodes: torch.Tensor) -> torch.Tensor:
+        """``(B, N, F)`` (normalized) node features -> ``(B, N, H)`` initial node states."""
+        self.check(layout)
+        t = {k: v.to(nodes.device) for k, v in layout_tensors(layout).items()}
+        w = torch.stack([self.columns[f] for f in layout.node_features]).to(nodes.dtype)  # (F, H)
+        h = nodes @ w + self.bias + self.kind(t["kind"]) + self.depth(t["depth"])
+        if self.positions:
+            idx = t["kind"] * self.max_positions + t["position"].clamp_max(self.max_positions - 1)
+            h = h + self.position(idx) * t["fixed"][:, None].to(h.dtype)
+        return h

@@ -1,0 +1,365 @@
+r"""The graph NFN: bidirectional message passing over a WeightGraph's edge blocks.
+
+Node states start from :class:`~wgraph.nn.encoders.NodeEncoder`. Each :class:`GNNLayer` sends
+messages along every edge block in both directions, with separate maps per direction
+(:math:`d \in \{\rightarrow, \leftarrow\}`; forward goes from a block's input layer to its output
+layer, backward the other way):
+
+.. math::
+
+    m^{d}_v = P^{d}\Big( \bigoplus_{u \in \mathcal{N}^d(v)}
+              \phi\big(A^{d} h_u + B^{d} h_v + C^{d} L_{k}\, x_{uv}\big) \Big)
+
+    h_v \leftarrow \mathrm{Norm}\Big(h_v + U\big[\,h_v \,\Vert\, m^{\rightarrow}_v \,\Vert\,
+    m^{\leftarrow}_v\big]\Big)
+
+where :math:`x_{uv}` is the raw (normalized) edge feature of the block (a scalar weight, a flattened
+conv kernel, or the constant 1 of a residual edge), :math:`L_k` the edge encoder's lift for its
+kernel shape (composed with :math:`C^d` and applied inside the kernel, so the weights are re-lifted
+at every layer and no ``E x H`` edge state is kept), :math:`\bigoplus` one aggregator or several
+concatenated (PNA-style ``mean, max, std``), :math:`U` a two-layer MLP and Norm a LayerNorm (or
+nothing). A node that receives messages from several blocks sums the per-block aggregates. All
+message passing goes through :func:`wgraph.kernels.message_pass`.
+
+With ``edge_updates = true`` every edge keeps a state :math:`e_{uv}` (initially :math:`L_k x_{uv}`)
+that each layer updates after the nodes, :math:`e_{uv} \leftarrow e_{uv} + O\,\phi(E e_{uv} + S h_u
++ D h_v)`, and messages read :math:`C^d e_{uv}` instead. This materializes ``E x H`` per layer.
+
+Every operation is per node, per edge, or a sum / mean / max over a set of edges that a neuron
+permutation only reorders, so node states are equivariant; position embeddings are added only to
+neurons no permutation moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from ..errors import WgraphError
+from ..graph import Layout, WeightGraph
+from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, message_pass
+from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
+from .readout import POOLS, InvariantReadout, ParameterHead, _Act
+
+
+class ConfigError(WgraphError):
+    """A bad model configuration: an unknown key, a wrong type, or an unknown choice."""
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class ReadoutConfig:
+    """The ``[readout]`` table of a preset (see :class:`~wgraph.nn.readout.InvariantReadout`)."""
+
+    pool: tuple[str, ...] = ("mean",)
+    per_layer: bool = False
+    output_states: bool = True
+    hidden: int = 64
+
+
+@dataclass
+class GNNConfig:
+    """Hyperparameters of :class:`GraphNFN`; a preset file (``type = "gnn"``) holds these keys."""
+
+    hidden: int = 64
+    layers: int = 4
+    aggr: tuple[str, ...] = ("mean",)
+    act: str = "relu"
+    norm: str = "layer"
+    edge_updates: bool = False
+    fourier_features: int = 0
+    fourier_scale: float = 1.0
+    normalize_inputs: bool = True
+    positions: bool = True
+    max_positions: int = 1024
+    max_depth: int = 64
+    head: str = "invariant"
+    out_dim: int = 1
+    backend: str = "reference"
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GNNConfig:
+        """Build from a dict (a parsed preset without its ``type``); unknown keys are errors."""
+        d = dict(d)
+        readout = d.pop("readout", {})
+        if not isinstance(readout, dict):
+            raise ConfigError(f"readout must be a table, got {readout!r}")
+        cfg = cls(**_typed(cls, d, ""), readout=ReadoutConfig(**_typed(ReadoutConfig, readout, "readout.")))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def choice(key, value, allowed):
+            if value not in allowed:
+                raise ConfigError(f"{key} = {value!r} is not one of {list(allowed)}")
+
+        for a in self.aggr:
+            choice("aggr", a, AGGREGATORS)
+        if not self.aggr:
+            raise ConfigError("aggr must name at least one aggregator")
+        for p in self.readout.pool:
+            choice("readout.pool", p, POOLS)
+        choice("act", self.act, ACTIVATIONS)
+        choice("norm", self.norm, ("layer", "none"))
+        choice("head", self.head, ("invariant", "parameters"))
+        choice("backend", self.backend, available_backends())
+        for key in ("hidden", "layers", "max_positions", "max_depth", "out_dim"):
+            if getattr(self, key) < (0 if key == "layers" else 1):
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.fourier_features < 0:
+            raise ConfigError(f"fourier_features must be >= 0, got {self.fourier_features}")
+
+
+def _typed(cls, d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Check keys and value types of ``d`` against the fields of dataclass ``cls``."""
+    known = {f.name: f for f in fields(cls) if f.name != "readout"}
+    out = {}
+    for key, value in d.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {prefix}{key!r}; known keys: {sorted(prefix + k for k in known)}")
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{prefix}{key} must be a list of strings, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{prefix}{key} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{prefix}{key} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{prefix}{key} must be a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{prefix}{key} must be a string, got {value!r}")
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- layers
+EdgeInput = tuple  # (x, w, b): edge embedding x @ w + b, or (state, None, None) with edge states
+
+
+class _Direction(nn.Module):
+    """The maps A, B (+bias), C and P of one message direction."""
+
+    def __init__(self, hidden: int, n_aggr: int):
+        super().__init__()
+        self.send = nn.Linear(hidden, hidden, bias=False)
+        self.recv = nn.Linear(hidden, hidden)
+        self.edge = nn.Linear(hidden, hidden, bias=False)
+        self.post = nn.Linear(hidden * n_aggr, hidden)
+
+    def edge_map(self, w: torch.Tensor | None, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``C`` composed with the edge lift ``(w, b)``: the kernel's ``(K, H)`` weight and a bias."""
+        c = self.edge.weight.t()
+        if w is None:
+            return c, None
+        return w @ c, b @ c
+
+
+class GNNLayer(nn.Module):
+    """One round of bidirectional message passing, node update, and optional edge update."""
+
+    def __init__(self, hidden: int, aggr=("mean",), act="relu", norm="layer", edge_updates=False, backend="reference"):
+        super().__init__()
+        self.aggr, self.act, self.backend = tuple(aggr), act, backend
+        self.fwd = _Direction(hidden, len(self.aggr))
+        self.bwd = _Direction(hidden, len(self.aggr))
+        self.update = nn.Sequential(nn.Linear(3 * hidden, hidden), _Act(act), nn.Linear(hidden, hidden))
+        self.norm = nn.LayerNorm(hidden) if norm == "layer" else nn.Identity()
+        self.edge_update = _EdgeUpdate(hidden, act) if edge_updates else None
+
+    def _messages(self, d: _Direction, layout: Layout, h: torch.Tensor, edge_inputs, reverse: bool) -> torch.Tensor:
+        send_all, recv_all = d.send(h), d.recv(h)
+        acc = h.new_zeros(h.shape[0], h.shape[1], h.shape[2] * len(self.aggr))
+        for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
+            src, dst = layout.layers[blk.src], layout.layers[blk.dst]
+            s, r = (src, dst) if not reverse else (dst, src)
+            weight, bias = d.edge_map(w, b)
+            recv = recv_all[:, r.start : r.stop]
+            if bias is not None:
+                recv = recv + bias
+            m = message_pass(
+                send_all[:, s.start : s.stop], recv, x, weight,
+                kind=blk.kind, reverse=reverse, aggr=self.aggr, act=self.act, backend=self.backend,
+            )  # fmt: skip
+            acc[:, r.start : r.stop] += m
+        return d.post(acc)
+
+    def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list[EdgeInput]):
+        m_f = self._messages(self.fwd, layout, h, edge_inputs, reverse=False)
+        m_b = self._messages(self.bwd, layout, h, edge_inputs, reverse=True)
+        h = self.norm(h + self.update(torch.cat([h, m_f, m_b], dim=-1)))
+        if self.edge_update is not None:
+            edge_inputs = self.edge_update(layout, h, edge_inputs)
+        return h, edge_inputs
+
+
+class _EdgeUpdate(nn.Module):
+    """``e <- e + O phi(E e + S h_u + D h_v)`` for every edge state."""
+
+    def __init__(self, hidden: int, act: str):
+        super().__init__()
+        self.act = act
+        self.e = nn.Linear(hidden, hidden)
+        self.s = nn.Linear(hidden, hidden, bias=False)
+        self.d = nn.Linear(hidden, hidden, bias=False)
+        self.o = nn.Linear(hidden, hidden)
+
+    def forward(self, layout: Layout, h: torch.Tensor, edge_inputs):
+        phi = ACTIVATIONS[self.act]
+        hs, hd = self.s(h), self.d(h)
+        out = []
+        for blk, (e, _, _) in zip(layout.blocks, edge_inputs):
+            src, dst = layout.layers[blk.src], layout.layers[blk.dst]
+            a, c = hs[:, src.start : src.stop], hd[:, dst.start : dst.stop]
+            z = self.e(e) + (a + c if blk.kind == "identity" else a[:, None] + c[:, :, None])
+            out.append((e + self.o(phi(z)), None, None))
+        return out
+
+
+# ----------------------------------------------------------------------------- model
+Graphs = Union[WeightGraph, list]
+
+
+def _layouts(arg) -> list[Layout]:
+    items = arg if isinstance(arg, (list, tuple)) else [arg]
+    out: list[Layout] = []
+    for x in items:
+        lay = x.layout if isinstance(x, WeightGraph) else x
+        if not isinstance(lay, Layout):
+            raise ConfigError(f"expected a Layout or WeightGraph (or a list of them), got {type(x).__name__}")
+        if lay not in out:
+            out.append(lay)
+    if not out:
+        raise ConfigError("a model needs at least one layout")
+    return out
+
+
+class GraphNFN(nn.Module):
+    """Graph neural functional: encoders, :class:`GNNLayer` stack, and a readout or parameter head.
+
+    Args:
+        layouts: the :class:`~wgraph.Layout` (or WeightGraph) of every architecture the model will
+            see; a list for mixed-architecture batches. They fix the kernel shapes and node features
+            to encode, the normalization statistics, and the readout's input size.
+        config: a :class:`GNNConfig` (defaults if omitted); ``overrides`` replace its top-level keys.
+
+    ``model(graph)`` takes a WeightGraph of B networks, or a list of WeightGraphs of any of the
+    model's layouts (processed together, with the same result as one by one), and returns
+    ``(B, out_dim)`` (``head = "invariant"``, networks in input order) or, for
+    ``head = "parameters"``, a WeightGraph (a list for a list input) of the input's layout.
+    """
+
+    def __init__(self, layouts, config: GNNConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or GNNConfig()
+        if overrides:
+            base = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "readout"}
+            cfg = GNNConfig(**{**base, **_typed(GNNConfig, overrides, "")}, readout=cfg.readout)
+        cfg.validate()
+        self.config = cfg
+        self.layouts = _layouts(layouts)
+        H = cfg.hidden
+        self.normalization = InputNormalization(self.layouts) if cfg.normalize_inputs else None
+        self.edge_encoder = EdgeEncoder(self.layouts, H, cfg.fourier_features, cfg.fourier_scale)
+        self.node_encoder = NodeEncoder(
+            self.layouts, H, positions=cfg.positions, max_positions=cfg.max_positions, max_depth=cfg.max_depth
+        )
+        self.layers = nn.ModuleList(
+            GNNLayer(H, cfg.aggr, cfg.act, cfg.norm, cfg.edge_updates, cfg.backend) for _ in range(cfg.layers)
+        )
+        if cfg.head == "invariant":
+            r = cfg.readout
+            self.head = InvariantReadout(
+                self.layouts, H, cfg.out_dim, pool=r.pool, per_layer=r.per_layer,
+                output_states=r.output_states, mlp_hidden=r.hidden, act=cfg.act,
+            )  # fmt: skip
+        else:
+            self.head = ParameterHead(self.layouts, H, cfg.act)
+
+    # ------------------------------------------------------------------ pieces
+    def fit_normalization(self, graphs: Graphs) -> None:
+        """Fit the per-block / per-layer input statistics on a zoo (stored in ``state_dict``)."""
+        if self.normalization is None:
+            raise ConfigError("this model was built with normalize_inputs = false")
+        self.normalization.fit(graphs)
+
+    def encode(self, graph: WeightGraph) -> tuple[torch.Tensor, list[EdgeInput]]:
+        """Initial node states ``(B, N, H)`` and per-block edge inputs ``(x, w, b)``."""
+        if self.normalization is not None:
+            nodes, edges = self.normalization(graph)
+        else:
+            nodes, edges = graph.nodes, graph.edges
+        lay = graph.layout
+        h = self.node_encoder(lay, nodes)
+        inputs: list[EdgeInput] = []
+        for blk, e in zip(lay.blocks, edges):
+            if blk.kind == "identity":
+                w, b = self.edge_encoder.lift(None)
+                inputs.append((None, w, b))
+            else:
+                w, b = self.edge_encoder.lift(blk.kernel)
+                inputs.append((self.edge_encoder.features(e, blk.kernel), w, b))
+        if self.config.edge_updates:  # materialize the edge states L_k x
+            B = graph.batch_size
+            states = []
+            for blk, (x, w, b) in zip(lay.blocks, inputs):
+                if x is None:
+                    x = w[0].expand(B, lay.layers[blk.dst].size, -1)
+                else:
+                    x = x @ w + b
+                states.append((x, None, None))
+            inputs = states
+        return h, inputs
+
+    def node_states(self, graph: WeightGraph) -> tuple[torch.Tensor, list[EdgeInput]]:
+        """Node states ``(B, N, H)`` after every layer (equivariant), and the final edge inputs."""
+        h, inputs = self.encode(graph)
+        for layer in self.layers:
+            h, inputs = layer(graph.layout, h, inputs)
+        return h, inputs
+
+    def _forward_one(self, graph: WeightGraph):
+        h, inputs = self.node_states(graph)
+        if isinstance(self.head, InvariantReadout):
+            return self.head(graph.layout, h)
+        return self.head(graph.layout, h, inputs)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, graph: Graphs):
+        if isinstance(graph, WeightGraph):
+            return self._forward_one(graph)
+        graphs = list(graph)
+        if not graphs or not all(isinstance(g, WeightGraph) for g in graphs):
+            raise ConfigError("expected a WeightGraph or a non-empty list of WeightGraphs")
+        # Graphs of one layout run as one batch; results come back in input order.
+        groups: list[tuple[Layout, list[int]]] = []
+        for i, g in enumerate(graphs):
+            for lay, idx in groups:
+                if lay is g.layout or lay == g.layout:
+                    idx.append(i)
+                    break
+            else:
+                groups.append((g.layout, [i]))
+        results: list = [None] * len(graphs)
+        for _, idx in groups:
+            batch = WeightGraph.cat([graphs[i] for i in idx]) if len(idx) > 1 else graphs[idx[0]]
+            out = self._forward_one(batch)
+            start = 0
+            for i in idx:
+                n = graphs[i].batch_size
+                results[i] = out[start : start + n]
+                start += n
+        if isinstance(self.head, InvariantReadout):
+            return torch.cat(results)
+        return results
