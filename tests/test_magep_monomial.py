@@ -107,3 +107,21 @@ def test_parameter_counts_and_shapes():
     assert pool(out).shape == (3, 4, pool.out_features) == (3, 4, nL * (n0 + 1))
     assert isinstance(activation_for(lay), nn.ReLU)
     assert isinstance(activation_for(LAYOUTS["tanh_mlp"]()), nn.Tanh)
+
+
+@pytest.mark.parametrize("kind", ["monomial", "magep"])
+@pytest.mark.parametrize("arch", ["tanh_mlp", "relu_cnn"])
+def test_preset_models_are_scale_invariant(scaled, kind, arch):
+    from wgraph.nn.presets import from_preset
+
+    g = random_graph(LAYOUTS[arch](), 3, seed=5, dtype=torch.float64, scale=0.5)
+    model = from_preset(kind, g, hidden=3, layers=2, out_dim=2, head_hidden=8).double()
+    assert model(g).shape == (3, 2)
+    assert_invariant(model, g)
+
+
+def test_wrong_activation_for_the_group_is_an_error():
+    from wgraph.nn.ps_models import PSConfigError, from_config
+
+    with pytest.raises(PSConfigError, match="does not commute"):
+        from_config({"type": "monomial", "act": "relu"}, LAYOUTS["tanh_mlp"]())

@@ -111,3 +111,34 @@ def test_errors():
     one = wgraph.to_graph(torch.nn.Sequential(torch.nn.Linear(3, 2)), torch.randn(1, 3)).layout
     with pytest.raises(WeightSpaceError, match="at least 2 layers"):
         HNPLinear(one, 1, 1)
+
+
+# ------------------------------------------------------------------ models and presets
+@pytest.mark.parametrize("kind", ["np", "hnp"])
+def test_preset_models_are_invariant(kind):
+    from wgraph.nn.presets import from_preset
+
+    g = random_graph(LAYOUTS["cnn"](), 3, seed=2, dtype=torch.float64)
+    model = from_preset(kind, g, hidden=4, layers=2, out_dim=2, head_hidden=8).double()
+    assert model(g).shape == (3, 2)
+    assert_invariant(model, g)
+    if kind == "hnp":
+        enc = from_preset(kind, g, hidden=3, layers=1, encoding="sinusoidal").double()
+        assert_invariant(enc, g)
+
+
+def test_config_errors_name_the_key():
+    from wgraph.nn.ps_models import PSConfigError, from_config
+
+    lay = LAYOUTS["mlp3"]()
+    with pytest.raises(PSConfigError, match="'widht'"):
+        from_config({"type": "np", "widht": 3}, lay)
+    with pytest.raises(PSConfigError, match="'io_mixing'"):
+        from_config({"type": "np", "io_mixing": True}, lay)  # a monomial-only key
+    with pytest.raises(PSConfigError, match="unknown parameter-sharing model type"):
+        from_config({"type": "nope"}, lay)
+    with pytest.raises(PSConfigError, match="'hidden' must be a positive integer"):
+        from_config({"type": "hnp", "hidden": 0}, lay)
+    with pytest.raises(PSConfigError, match="one architecture"):
+        from_config({"type": "np"}, [lay, lay])
+    assert issubclass(PSConfigError, wgraph.WgraphError)
