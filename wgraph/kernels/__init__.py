@@ -17,8 +17,12 @@ The block structure stays explicit, so a backend can exploit it:
   ``(B, out, in, K)`` (the parameter in its native shape with the kernel flattened into ``K``).
   ``reverse=False`` sends from the block's input layer (columns) to its output layer (rows);
   ``reverse=True`` sends from rows to columns, from the same edge tensor (no transpose is made).
-* ``kind="identity"``: a residual connection, edge ``i -> i``; ``edge`` is ``None`` (the edge
-  feature is the constant 1, so ``C x`` is ``edge_weight[0]``) or a ``(B, n, K)`` edge state.
+* ``kind="identity"`` / ``"copy"``: edges of value 1 from source ``i`` to targets
+  ``i * inner + s`` for ``s < inner`` (``inner = 1``: a residual connection ``i -> i``; a copy block
+  of a flatten has one target per spatial position). The caller passes the sources and targets
+  the block covers (``send``/``recv`` sliced to them); ``inner`` follows from their sizes.
+  ``edge`` is ``None`` (the edge feature is the constant 1, so ``C x`` is ``edge_weight[0]``) or a
+  ``(B, n_targets, K)`` edge state in target order. ``reverse=True`` sends targets -> sources.
 
 Because ``C`` acts on the raw ``K``-dimensional edge features inside the kernel, a backend can
 re-lift the weights at every layer and never hold an ``E x H`` edge state.
@@ -74,9 +78,10 @@ def message_pass(
         recv: ``(B, n_recv, H)`` projected receiver states ``B h_v`` (plus any bias).
         edge: dense: ``(B, out, in, K)``; identity: ``None`` or ``(B, n, K)``.
         edge_weight: ``(K, H)``, the map ``C`` applied to edge features (``x @ edge_weight``).
-        kind: ``"dense"`` or ``"identity"``.
-        reverse: dense blocks only: ``False`` sends columns -> rows (``n_send = in``,
-            ``n_recv = out``), ``True`` rows -> columns (``n_send = out``, ``n_recv = in``).
+        kind: ``"dense"``, ``"identity"`` or ``"copy"``.
+        reverse: dense blocks: ``False`` sends columns -> rows (``n_send = in``, ``n_recv = out``),
+            ``True`` rows -> columns (``n_send = out``, ``n_recv = in``); identity / copy blocks:
+            ``False`` sends sources -> targets, ``True`` targets -> sources.
         aggr: one aggregator name or a sequence of them (see :data:`AGGREGATORS`).
         act: the nonlinearity ``phi`` (a key of :data:`ACTIVATIONS`).
         backend: a name from :func:`available_backends`.
@@ -105,13 +110,16 @@ def message_pass(
             got = None if edge is None else tuple(edge.shape)
             raise KernelError(f"dense block: edge must be (B, out, in, K) = {(B, out, inn, K)}, got {got}")
     else:
-        n = recv.shape[1]
-        if send.shape[1] != n:
-            raise KernelError(f"identity block: send and recv must have the same nodes, got {send.shape[1]} and {n}")
+        n_src, n_tgt = (send.shape[1], recv.shape[1]) if not reverse else (recv.shape[1], send.shape[1])
+        if n_src == 0 or n_tgt % n_src or (kind == "identity" and n_tgt != n_src):
+            raise KernelError(
+                f"{kind} block: targets must be a multiple of sources (equal for identity), got {n_src} sources "
+                f"and {n_tgt} targets"
+            )
         if edge is None and K != 1:
-            raise KernelError(f"identity block without edge state: edge_weight must be (1, H), got {tuple(edge_weight.shape)}")
-        if edge is not None and tuple(edge.shape) != (B, n, K):
-            raise KernelError(f"identity block: edge must be (B, n, K) = {(B, n, K)}, got {tuple(edge.shape)}")
+            raise KernelError(f"{kind} block without edge state: edge_weight must be (1, H), got {tuple(edge_weight.shape)}")
+        if edge is not None and tuple(edge.shape) != (B, n_tgt, K):
+            raise KernelError(f"{kind} block: edge must be (B, targets, K) = {(B, n_tgt, K)}, got {tuple(edge.shape)}")
     return _BACKENDS[backend](send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act)
 
 

@@ -49,14 +49,8 @@ def message_pass(
 ) -> torch.Tensor:
     """See :func:`wgraph.kernels.message_pass` (arguments already validated)."""
     phi = _activation(act)
-    if kind == "identity":
-        # One edge per node (i -> i), so every aggregator sees exactly one message.
-        lift = edge_weight[0] if edge is None else edge @ edge_weight
-        m = phi(send + recv + lift)
-        outs = []
-        for a in aggr:
-            outs.append(torch.sqrt(torch.zeros_like(m) + std_eps) if a == "std" else m)
-        return torch.cat(outs, dim=-1)
+    if kind != "dense":
+        return _fanout(phi, send, recv, edge, edge_weight, reverse, aggr)
     # Dense block: edge is (B, out, in, K). Forward: receivers are the block's rows (out),
     # senders its columns (in). Reverse: receivers are the columns, senders the rows.
     lift = edge @ edge_weight  # (B, out, in, H)
@@ -65,3 +59,19 @@ def message_pass(
         return _reduce(phi(z), 2, aggr)
     z = send[:, :, None, :] + recv[:, None, :, :] + lift
     return _reduce(phi(z), 1, aggr)
+
+
+def _fanout(phi, send, recv, edge, edge_weight, reverse, aggr):
+    """Identity / copy blocks: source ``i`` feeds targets ``i * inner + s`` (``s < inner``).
+
+    Forward, every target receives exactly one message; reverse, every source aggregates ``inner``.
+    """
+    B, H = send.shape[0], send.shape[2]
+    c = send.shape[1] if not reverse else recv.shape[1]
+    inner = (recv.shape[1] if not reverse else send.shape[1]) // c
+    lift = edge_weight[0] if edge is None else (edge @ edge_weight).reshape(B, c, inner, H)
+    if not reverse:
+        z = send[:, :, None, :] + recv.reshape(B, c, inner, H) + lift
+        return _reduce(phi(z).reshape(B, c * inner, 1, H), 2, aggr)
+    z = send.reshape(B, c, inner, H) + recv[:, :, None, :] + lift
+    return _reduce(phi(z), 2, aggr)

@@ -3,9 +3,10 @@ r"""Encoders: from a WeightGraph's raw tensors to hidden node states and edge li
 **Edge features.** Each dense block keeps its native edge feature: a scalar for ``Linear``, the
 ``kh * kw`` kernel for ``Conv2d`` (flattened), and so on. :class:`EdgeEncoder` holds one linear lift
 per kernel shape, :math:`L_k: \mathbb{R}^{K} \to \mathbb{R}^{H}`, so nothing is padded to a maximum
-kernel size. Identity (residual) edges carry the constant 1, lifted by a learned embedding. The lift
-is *not applied* here: a message-passing layer composes it with its own edge map ``C`` and hands
-``C L_k`` to the kernel, which re-lifts the raw weights in every layer (no ``E x H`` edge state).
+kernel size. Identity (residual) and copy edges carry the constant 1, lifted by a learned embedding
+per block kind. The lift is *not applied* here: a message-passing layer composes it with its own
+edge map ``C`` and hands ``C L_k`` to the kernel, which re-lifts the raw weights in every layer (no
+``E x H`` edge state).
 
 Optional Gaussian Fourier features replace ``x`` by
 :math:`[x, \sin(2\pi x\Omega), \cos(2\pi x\Omega)]` with a fixed random
@@ -25,8 +26,10 @@ by :meth:`InputNormalization.fit` and stored as buffers (so they are saved in th
 
 with one learned vector per node-feature column *name* (``bias``, later normalization statistics;
 graphs whose layouts have different columns share the vectors of common names). Position
-embeddings :math:`E_{\mathrm{pos}}` are added only to nodes of non-permutable neuron spaces (input
-and output neurons), so they break exactly the symmetries the network does not have.
+embeddings :math:`E_{\mathrm{pos}}` are added only to nodes that no neuron permutation moves (input
+and output neurons), so they break exactly the symmetries the network does not have. Nodes of a
+flattened feature map (neuron ``c`` at spatial position ``s``) also get a spatial embedding
+:math:`E_{\mathrm{spatial}}[s]`, which permutations of ``c`` leave in place.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ import torch
 from torch import nn
 
 from ..errors import WgraphError
-from ..graph import NODE_KINDS, Layout, WeightGraph
+from ..graph import NODE_KINDS, EdgeBlock, Layout, WeightGraph
+
+#: Block kinds without a tensor: their edges carry the constant 1.
+STRUCTURAL_KINDS = ("identity", "copy")
 
 
 class EncoderError(WgraphError):
@@ -50,7 +56,7 @@ def kernel_key(kernel: tuple[int, ...]) -> str:
 
 
 class EdgeEncoder(nn.Module):
-    """Per-kernel-shape linear lifts of raw edge features, and the identity-edge embedding."""
+    """Per-kernel-shape linear lifts of raw edge features; embeddings of identity and copy edges."""
 
     def __init__(self, layouts: list[Layout], hidden: int, fourier_features: int = 0, fourier_scale: float = 1.0):
         super().__init__()
@@ -63,7 +69,10 @@ class EdgeEncoder(nn.Module):
             self.lifts[kernel_key(k)] = nn.Linear(K * (1 + 2 * fourier_features), hidden)
             if fourier_features:
                 self.register_buffer(f"omega_{kernel_key(k)}", torch.randn(K, K * fourier_features) * fourier_scale)
-        self.identity = nn.Parameter(torch.randn(1, hidden) / math.sqrt(hidden))
+        # Edges without a tensor carry the constant 1: a learned embedding per block kind.
+        self.structural = nn.ParameterDict(
+            {f"{k}_edge": nn.Parameter(torch.randn(1, hidden) / math.sqrt(hidden)) for k in STRUCTURAL_KINDS}
+        )
 
     def _lift(self, kernel: tuple[int, ...]) -> nn.Linear:
         key = kernel_key(kernel)
@@ -82,11 +91,14 @@ class EdgeEncoder(nn.Module):
         proj = 2 * math.pi * x @ getattr(self, f"omega_{kernel_key(kernel)}")
         return torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=-1)
 
-    def lift(self, kernel: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W, b)`` with edge embedding ``x @ W + b``; ``kernel=None`` is the identity edge (x = 1)."""
-        if kernel is None:
-            return self.identity, torch.zeros_like(self.identity[0])
-        lin = self._lift(kernel)
+    def lift(self, block: EdgeBlock) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W, b)`` with edge embedding ``x @ W + b``; for identity / copy blocks ``x = 1``."""
+        if block.kind != "dense":
+            if f"{block.kind}_edge" not in self.structural:
+                raise EncoderError(f"no edge encoder for block kind {block.kind!r} (block {block.name!r})")
+            e = self.structural[f"{block.kind}_edge"]
+            return e, torch.zeros_like(e[0])
+        lin = self._lift(block.kernel)
         return lin.weight.t(), lin.bias
 
 
@@ -158,19 +170,35 @@ _layout_cache: dict[Layout, dict[str, torch.Tensor]] = {}
 
 
 def layout_tensors(layout: Layout) -> dict[str, torch.Tensor]:
-    """Per-node index tensors of ``layout`` (cached): ``kind``, ``depth``, ``position``, ``fixed``."""
+    """Per-node index tensors of ``layout`` (cached).
+
+    ``kind``, ``depth``, ``position``, ``layer`` as in :class:`~wgraph.Layout`; ``fixed``: the node
+    is moved by no neuron permutation (input / output neurons, and hidden neurons some op singles
+    out); ``spatial``: for a node of a composite layer that mirrors neuron ``c`` of a space at
+    ``inner > 1`` positions (a flattened feature map), its position ``s < inner``, else ``-1``.
+    """
     t = _layout_cache.get(layout)
     if t is None:
-        fixed = torch.zeros(layout.num_nodes, dtype=torch.bool)
-        for layer in layout.layers:
-            if not layout.spaces[layer.space].permutable:
-                fixed[layer.start : layer.stop] = True
+        moved = torch.zeros(layout.num_nodes, dtype=torch.bool)
+        spatial = torch.full((layout.num_nodes,), -1, dtype=torch.long)
+        for space in layout.spaces:
+            for li, off, inner in getattr(space, "segments", ()):
+                base = layout.layers[li].start + off
+                if inner > 1:
+                    spatial[base : base + space.size * inner] = torch.arange(inner).repeat(space.size)
+                if space.permutable:
+                    moved[base : base + space.size * inner] = True
+            if space.permutable:
+                for li in space.layers:
+                    start = layout.layers[li].start
+                    moved[start : start + space.size] = True
         t = {
             "kind": layout.node_kind,
             "depth": layout.node_depth,
             "position": layout.node_position,
             "layer": layout.node_layer,
-            "fixed": fixed,
+            "fixed": ~moved,
+            "spatial": spatial,
         }
         if len(_layout_cache) > 256:
             _layout_cache.clear()
@@ -195,6 +223,7 @@ class NodeEncoder(nn.Module):
         self.max_depth = max_depth
         if positions:
             self.position = nn.Embedding(len(NODE_KINDS) * max_positions, hidden)
+            self.spatial = nn.Embedding(max_positions, hidden)
         for lay in layouts:
             self.check(lay)
 
@@ -211,6 +240,8 @@ class NodeEncoder(nn.Module):
                 raise EncoderError(
                     f"a fixed (input/output) layer has more than max_positions = {self.max_positions} neurons"
                 )
+            if int(t["spatial"].max()) >= self.max_positions:
+                raise EncoderError(f"a flattened feature map has more than max_positions = {self.max_positions} positions")
 
     def forward(self, layout: Layout, nodes: torch.Tensor) -> torch.Tensor:
         """``(B, N, F)`` (normalized) node features -> ``(B, N, H)`` initial node states."""
@@ -221,4 +252,6 @@ class NodeEncoder(nn.Module):
         if self.positions:
             idx = t["kind"] * self.max_positions + t["position"].clamp_max(self.max_positions - 1)
             h = h + self.position(idx) * t["fixed"][:, None].to(h.dtype)
+            has = t["spatial"] >= 0
+            h = h + self.spatial(t["spatial"].clamp_min(0)) * has[:, None].to(h.dtype)
         return h

@@ -148,6 +148,19 @@ def _typed(cls, d: dict[str, Any], prefix: str) -> dict[str, Any]:
 EdgeInput = tuple  # (x, w, b): edge embedding x @ w + b, or (state, None, None) with edge states
 
 
+def block_nodes(layout: Layout, blk) -> tuple[slice, slice]:
+    """Node ranges a block connects: ``(sources, targets)``.
+
+    Dense and identity blocks connect their two whole layers; a copy block connects ``count``
+    source neurons from ``src_offset`` to ``count * inner`` target nodes from ``dst_offset``.
+    """
+    s, d = layout.layers[blk.src], layout.layers[blk.dst]
+    if blk.kind != "copy":
+        return slice(s.start, s.stop), slice(d.start, d.stop)
+    a, b = s.start + blk.src_offset, d.start + blk.dst_offset
+    return slice(a, a + blk.count), slice(b, b + blk.count * blk.inner)
+
+
 class _Direction(nn.Module):
     """The maps A, B (+bias), C and P of one message direction."""
 
@@ -182,17 +195,17 @@ class GNNLayer(nn.Module):
         send_all, recv_all = d.send(h), d.recv(h)
         acc = h.new_zeros(h.shape[0], h.shape[1], h.shape[2] * len(self.aggr))
         for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
-            src, dst = layout.layers[blk.src], layout.layers[blk.dst]
+            src, dst = block_nodes(layout, blk)
             s, r = (src, dst) if not reverse else (dst, src)
             weight, bias = d.edge_map(w, b)
-            recv = recv_all[:, r.start : r.stop]
+            recv = recv_all[:, r]
             if bias is not None:
                 recv = recv + bias
             m = message_pass(
-                send_all[:, s.start : s.stop], recv, x, weight,
+                send_all[:, s], recv, x, weight,
                 kind=blk.kind, reverse=reverse, aggr=self.aggr, act=self.act, backend=self.backend,
             )  # fmt: skip
-            acc[:, r.start : r.stop] += m
+            acc[:, r] += m
         return d.post(acc)
 
     def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list[EdgeInput]):
@@ -220,9 +233,12 @@ class _EdgeUpdate(nn.Module):
         hs, hd = self.s(h), self.d(h)
         out = []
         for blk, (e, _, _) in zip(layout.blocks, edge_inputs):
-            src, dst = layout.layers[blk.src], layout.layers[blk.dst]
-            a, c = hs[:, src.start : src.stop], hd[:, dst.start : dst.stop]
-            z = self.e(e) + (a + c if blk.kind == "identity" else a[:, None] + c[:, :, None])
+            src, dst = block_nodes(layout, blk)
+            a, c = hs[:, src], hd[:, dst]
+            if blk.kind == "dense":
+                z = self.e(e) + a[:, None] + c[:, :, None]
+            else:  # source i feeds targets i * inner + s
+                z = self.e(e) + a.repeat_interleave(c.shape[1] // a.shape[1], dim=1) + c
             out.append((e + self.o(phi(z)), None, None))
         return out
 
@@ -304,18 +320,15 @@ class GraphNFN(nn.Module):
         h = self.node_encoder(lay, nodes)
         inputs: list[EdgeInput] = []
         for blk, e in zip(lay.blocks, edges):
-            if blk.kind == "identity":
-                w, b = self.edge_encoder.lift(None)
-                inputs.append((None, w, b))
-            else:
-                w, b = self.edge_encoder.lift(blk.kernel)
-                inputs.append((self.edge_encoder.features(e, blk.kernel), w, b))
+            w, b = self.edge_encoder.lift(blk)
+            inputs.append((None if e is None else self.edge_encoder.features(e, blk.kernel), w, b))
         if self.config.edge_updates:  # materialize the edge states L_k x
             B = graph.batch_size
             states = []
             for blk, (x, w, b) in zip(lay.blocks, inputs):
                 if x is None:
-                    x = w[0].expand(B, lay.layers[blk.dst].size, -1)
+                    targets = block_nodes(lay, blk)[1]
+                    x = w[0].expand(B, targets.stop - targets.start, -1)
                 else:
                     x = x @ w + b
                 states.append((x, None, None))

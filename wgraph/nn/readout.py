@@ -141,7 +141,7 @@ class ParameterHead(nn.Module):
         send, recv = self.send(h), self.recv(h)
         edges: list[torch.Tensor | None] = []
         for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
-            if blk.kind == "identity":
+            if blk.kind != "dense":
                 edges.append(None)
                 continue
             s, d = layout.layers[blk.src], layout.layers[blk.dst]
