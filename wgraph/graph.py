@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +47,7 @@ def intersect_scaling(a: str, b: str) -> str:
         return b
     return "none"
 
-BLOCK_KINDS = ("dense", "identity", "copy")
+BLOCK_KINDS = ("dense", "grouped", "identity", "copy")
 FORMAT_VERSION = 1
 
 
@@ -83,6 +84,9 @@ class NeuronSpace:
     ordered by the data and the task, so permuting them changes the function. ``scaling``: the
     per-neuron scaling group the space admits besides permutations (:data:`SCALING_GROUPS`).
     ``note`` says why a space of hidden neurons is not permutable (an op that singles them out).
+    ``segments`` lists where the space's neurons reappear in composite layers (concatenations,
+    flattened feature maps): ``(layer, offset, inner)`` means node ``offset + c * inner + s`` of
+    that layer moves with neuron ``c`` of the space, for every ``s < inner``.
     """
 
     name: str
@@ -91,6 +95,7 @@ class NeuronSpace:
     permutable: bool
     scaling: str = "none"
     note: str = ""
+    segments: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class EdgeBlock:
 
     ``kind == "dense"``: the weight ``param`` of shape ``(dst.size, src.size, *kernel)``; edge
     ``(o, i)`` has feature vector ``W[o, i].flatten()`` of length ``prod(kernel)``.
+    ``kind == "grouped"``: a grouped convolution with ``groups`` groups, weight of native shape
+    ``(out, in // groups, *kernel)``: destination ``o`` in group ``o // (out // groups)`` reads the
+    ``in // groups`` sources of that group; edge ``(o, j)`` carries ``W[o, j]`` (block diagonal).
     ``kind == "identity"``: a residual connection, edge ``i -> i`` with value 1, no parameter.
     ``kind == "copy"``: neurons that reappear in a composite layer (a concatenation, or a flatten
     that gives every channel one node per spatial position): edges with value 1 from source neuron
@@ -116,6 +124,7 @@ class EdgeBlock:
     dst_offset: int = 0
     inner: int = 1
     count: int = 0
+    groups: int = 1
 
     @property
     def kernel_numel(self) -> int:
@@ -124,7 +133,7 @@ class EdgeBlock:
     @property
     def has_tensor(self) -> bool:
         """Whether the block holds a parameter (dense) or only structure (identity, copy)."""
-        return self.kind == "dense"
+        return self.kind in ("dense", "grouped")
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,7 @@ class Layout:
         b = self.blocks[i]
         if not b.has_tensor:
             return (self.block_num_edges(i),)
-        return (self.layers[b.dst].size, self.layers[b.src].size, *b.kernel)
+        return (self.layers[b.dst].size, self.layers[b.src].size // b.groups, *b.kernel)
 
     def block_num_edges(self, i: int) -> int:
         b = self.blocks[i]
@@ -181,7 +190,7 @@ class Layout:
             return self.layers[b.dst].size
         if b.kind == "copy":
             return b.count * b.inner
-        return self.layers[b.dst].size * self.layers[b.src].size
+        return self.layers[b.dst].size * self.layers[b.src].size // b.groups
 
     @property
     def num_edges(self) -> int:
@@ -226,6 +235,24 @@ class Layout:
         """``(N,)`` position of every node within its layer (the input/output position)."""
         return self._per_node(lambda li, l: torch.arange(l.size))
 
+    def node_permutation(self, perms: dict[int, torch.Tensor], batch_size: int) -> torch.Tensor:
+        """``(B, N)`` gather index: new node ``n`` of network ``b`` is old node ``out[b, n]``.
+
+        ``perms[space]`` is a ``(B, size)`` permutation of that space's neurons; it moves the nodes
+        of every layer in the space and every segment of a composite layer that mirrors them.
+        """
+        idx = torch.arange(self.num_nodes).expand(batch_size, -1).clone()
+        for si, p in perms.items():
+            space = self.spaces[si]
+            for li in space.layers:
+                start = self.layers[li].start
+                idx[:, start : start + space.size] = start + p
+            for li, off, inner in space.segments:
+                base = self.layers[li].start + off
+                pos = p[:, :, None] * inner + torch.arange(inner)
+                idx[:, base + torch.arange(space.size * inner).view(space.size, inner)] = base + pos
+        return idx
+
     # -------------------------------------------------------------- edge lists
     @cached_property
     def edge_index(self) -> torch.Tensor:
@@ -248,8 +275,11 @@ class Layout:
         elif b.kind == "copy":
             src = s.start + b.src_offset + torch.arange(b.count).repeat_interleave(b.inner)
             dst = d.start + b.dst_offset + torch.arange(b.count * b.inner)
-        else:
-            dst, src = torch.meshgrid(torch.arange(d.start, d.stop), torch.arange(s.start, s.stop), indexing="ij")
+        else:  # dense (groups == 1) and grouped: row-major over (out, in // groups)
+            out, in_g = d.size, s.size // b.groups
+            o, j = torch.meshgrid(torch.arange(out), torch.arange(in_g), indexing="ij")
+            dst = d.start + o
+            src = s.start + (o // (out // b.groups)) * in_g + j
         return torch.stack([src.reshape(-1), dst.reshape(-1)])
 
     @cached_property
@@ -263,7 +293,7 @@ class Layout:
     @cached_property
     def max_kernel(self) -> int:
         """Length of the longest edge feature vector (1 for a pure MLP)."""
-        return max([b.kernel_numel for b in self.blocks if b.kind == "dense"] + [1])
+        return max([b.kernel_numel for b in self.blocks if b.has_tensor] + [1])
 
     # ---------------------------------------------------------------- summary
     def summary(self) -> str:
@@ -320,7 +350,10 @@ class Layout:
             )
         return cls(
             layers=tuple(NeuronLayer(**x) for x in d["layers"]),
-            spaces=tuple(NeuronSpace(**{**x, "layers": tuple(x["layers"])}) for x in d["spaces"]),
+            spaces=tuple(
+                NeuronSpace(**{**x, "layers": tuple(x["layers"]), "segments": tuple(map(tuple, x.get("segments", ())))})
+                for x in d["spaces"]
+            ),
             blocks=tuple(EdgeBlock(**{**x, "kernel": tuple(x["kernel"])}) for x in d["blocks"]),
             params=tuple(ParamSlot(**{**x, "shape": tuple(x["shape"])}) for x in d["params"]),
             node_features=tuple(d["node_features"]),
@@ -433,13 +466,16 @@ class WeightGraph:
         if slot.where == "edges":
             return self.edges[slot.index]
         layer = self.layout.layers[slot.index]
-        return self.nodes[:, layer.start : layer.stop, slot.feature]
+        return self.nodes[:, layer.start : layer.stop, slot.feature].reshape(self.batch_size, *slot.shape)
 
     def to_state_dict(self, index: int = 0) -> dict[str, torch.Tensor]:
         """The state dict of network ``index``: tensors bit-identical to those converted."""
         if not -self.batch_size <= index < self.batch_size:
             raise IndexError(f"network index {index} out of range for a batch of {self.batch_size}")
-        return {p.name: self.param(p.name)[index].clone().contiguous() for p in self.layout.params}
+        sd = OrderedDict((p.name, self.param(p.name)[index].clone().contiguous()) for p in self.layout.params)
+        if "state_dict_metadata" in self.layout.meta:  # module versions, as in ``Module.state_dict()``
+            sd._metadata = OrderedDict((k, dict(v)) for k, v in self.layout.meta["state_dict_metadata"].items())
+        return sd
 
     @property
     def has_nonfinite(self) -> dict[str, list[int]]:
@@ -485,6 +521,31 @@ class WeightGraph:
         ]
         extras = {p.name: torch.cat([g.extras[p.name] for g in graphs]) for p in lay.extra_params}
         return WeightGraph(lay, torch.cat([g.nodes for g in graphs]), edges, extras)
+
+    def reindex(self, idx: torch.Tensor) -> WeightGraph:
+        """Gather nodes by a ``(B, N)`` node permutation ``idx`` (new node ``n`` = old ``idx[b, n]``),
+        moving every weight with its neurons: ``W'[b, o, i] = W[b, idx_dst[o], idx_src[i]]``.
+
+        ``idx`` must respect the layout's symmetries (use :meth:`Layout.node_permutation`); grouped
+        blocks are only moved along their output axis, which is exact for the permutations the
+        layout allows (depthwise blocks tie input and output; other groupings are fixed).
+        """
+        lay, B = self.layout, self.batch_size
+        idx = idx.to(self.device)
+        rows = torch.arange(B, device=self.device)[:, None]
+        edges = []
+        for blk, e in zip(lay.blocks, self.edges):
+            if e is None:
+                edges.append(None)
+                continue
+            s, d = lay.layers[blk.src], lay.layers[blk.dst]
+            pd = idx[:, d.start : d.stop] - d.start
+            if blk.kind == "grouped":
+                edges.append(e[rows, pd])
+            else:
+                ps = idx[:, s.start : s.stop] - s.start
+                edges.append(e[rows[:, :, None], pd[:, :, None], ps[:, None, :]])
+        return WeightGraph(lay, self.nodes[rows, idx], edges, dict(self.extras))
 
     def permute(self, perm) -> WeightGraph:
         """Apply a neuron permutation (:class:`wgraph.symmetry.Symmetry`); see :mod:`wgraph.symmetry`."""
@@ -625,15 +686,10 @@ class WeightGraph:
                 for u, v in zip(src, dst):
                     g.add_edge(u, v, block=blk.name, kind=blk.kind, param=None, value=1.0)
                 continue
-            w = self.edges[i][index]
-            vals = w.reshape(d.size, s.size, -1).tolist()
-            for o in range(d.size):
-                for j in range(s.size):
-                    v = vals[o][j]
-                    g.add_edge(
-                        s.start + j, d.start + o, block=blk.name, kind="dense", param=blk.param,
-                        value=v[0] if not blk.kernel else v,
-                    )
+            vals = self.edges[i][index].reshape(lay.block_num_edges(i), -1).tolist()
+            src, dst = lay.block_edge_index(i).tolist()
+            for u, v, val in zip(src, dst, vals):
+                g.add_edge(u, v, block=blk.name, kind=blk.kind, param=blk.param, value=val[0] if not blk.kernel else val)
         return g
 
     # --------------------------------------------------------------- files

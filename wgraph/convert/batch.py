@@ -120,5 +120,5 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
             edges[slot.index] = t
         else:
             layer = layout.layers[slot.index]
-            nodes[:, layer.start : layer.stop, slot.feature] = t
+            nodes[:, layer.start : layer.stop, slot.feature] = t.reshape(B, layer.size)
     return WeightGraph(layout, nodes, edges, extras)

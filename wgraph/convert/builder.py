@@ -36,6 +36,13 @@ class Raw:
     source: str
 
 
+@dataclass(frozen=True)
+class Param:
+    """Meta of a parameter or buffer read directly (``self.weight`` in a custom forward)."""
+
+    name: str
+
+
 class LayoutBuilder:
     def __init__(self, prefix: str = ""):
         self.prefix = prefix  # stripped from module paths (set when a bare leaf module is wrapped)
@@ -60,10 +67,59 @@ class LayoutBuilder:
         return f"{path}.{attr}" if path else attr
 
     # ----------------------------------------------------------------- layers
-    def new_layer(self, name: str, size: int, depth: int, kind: str = "hidden") -> int:
-        self.layers.append({"name": name, "kind": kind, "depth": depth, "size": int(size), "scaling": "real"})
+    def new_layer(self, name: str, size: int, depth: int, kind: str = "hidden", segments=None) -> int:
+        """A layer of ``size`` new neurons; with ``segments`` a composite layer (see :meth:`concat`)."""
+        self.layers.append(
+            {"name": name, "kind": kind, "depth": depth, "size": int(size), "scaling": "real", "segments": segments}
+        )
         self._parent.append(len(self._parent))
         return len(self.layers) - 1
+
+    def segments(self, li: int) -> list[tuple[int, int, int]]:
+        """``(primary layer, offset, inner)`` pieces of layer ``li``: node ``offset + c * inner + s``
+        of ``li`` is neuron ``c`` of the primary layer, for ``s < inner``."""
+        segs = self.layers[li]["segments"]
+        return [(li, 0, 1)] if segs is None else segs
+
+    # ------------------------------------------------------- composite layers
+    def concat(self, name: str, parts: list[int]) -> int:
+        """Concatenation along the neuron axis: a composite layer whose nodes mirror the parts'.
+
+        Its neurons are permuted by the parts' own permutations (block-diagonally), so it adds no
+        symmetry of its own; copy blocks connect each part to its slice.
+        """
+        segs, off = [], 0
+        for p in parts:
+            segs += [(l, off + o, inner) for l, o, inner in self.segments(p)]
+            off += self.size(p)
+        li = self.new_layer(name, off, max(self.depth(p) for p in parts), segments=segs)
+        off = 0
+        for p in parts:
+            self.blocks.append(EdgeBlock(f"cat:{self.layers[p]['name']}->{name}", "copy", p, li, dst_offset=off, count=self.size(p)))
+            off += self.size(p)
+            self.restrict_scaling(p, "none")
+        self.restrict_scaling(li, "none")
+        return li
+
+    def spread(self, name: str, src: int, inner: int) -> int:
+        """Flatten of a neuron axis with ``inner`` trailing positions: one node per (neuron, position),
+        each tied to its neuron (node ``c * inner + s`` moves with neuron ``c``)."""
+        segs = [(l, o * inner, k * inner) for l, o, k in self.segments(src)]
+        li = self.new_layer(name, self.size(src) * inner, self.depth(src), segments=segs)
+        self.blocks.append(EdgeBlock(f"flatten:{self.layers[src]['name']}", "copy", src, li, inner=inner, count=self.size(src)))
+        self.restrict_scaling(src, "none")
+        self.restrict_scaling(li, "none")
+        return li
+
+    def split(self, name: str, src: int, offset: int, size: int, where: str) -> int:
+        """A slice of a layer's neurons. A permutation could move neurons across the slice
+        boundary, so the source's space becomes non-permutable (and so is the slice)."""
+        self.fix(src, f"split at {where}")
+        li = self.new_layer(name, size, self.depth(src))
+        self.fix(li, f"split at {where}")
+        self.blocks.append(EdgeBlock(f"split:{self.layers[src]['name']}->{name}", "copy", src, li, src_offset=offset, count=size))
+        self.restrict_scaling(li, "none")
+        return li
 
     def input_layer(self, source: str, axis: int, size: int) -> int:
         """The input layer for raw tensor ``source`` read along ``axis`` (created once)."""
@@ -101,6 +157,8 @@ class LayoutBuilder:
         return self.layers[li]["depth"]
 
     def mark_output(self, li: int) -> None:
+        if self.layers[li]["segments"] is not None:  # a composite output fixes what it mirrors
+            self.fix(li, "part of the output")
         if self.layers[li]["kind"] == "hidden":
             self.layers[li]["kind"] = "output"
 
@@ -121,6 +179,24 @@ class LayoutBuilder:
         """A weight ``param`` of shape ``(dst.size, src.size, *kernel)`` from ``src`` to ``dst``."""
         self.blocks.append(EdgeBlock(name=name, kind="dense", src=src, dst=dst, param=param, kernel=tuple(shape[2:])))
         self._claim(param, ParamSlot(param, tuple(shape), "edges", len(self.blocks) - 1), where)
+
+    def grouped(self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], groups: int, where: str) -> None:
+        """A grouped convolution's weight ``(out, in // groups, *kernel)``: block diagonal.
+
+        A depthwise convolution (``groups == in == out``) connects channel ``c`` to channel ``c``
+        only, so source and destination share one permutation (tied). Other groupings would need
+        permutations that keep the groups: not modelled, so both spaces are fixed.
+        """
+        self.blocks.append(
+            EdgeBlock(name=name, kind="grouped", src=src, dst=dst, param=param, kernel=tuple(shape[2:]), groups=groups)
+        )
+        self._claim(param, ParamSlot(param, tuple(shape), "edges", len(self.blocks) - 1), where)
+        if groups == self.size(src) == self.size(dst):
+            self.tie(src, dst)
+        else:
+            self.fix(src, f"grouped convolution ({groups} groups) at {where}")
+            self.fix(dst, f"grouped convolution ({groups} groups) at {where}")
+        self.restrict_scaling(src, "none")
 
     def node_param(self, layer: int, feature: str, param: str, shape: tuple[int, ...], where: str) -> None:
         """A per-neuron vector ``param`` (e.g. a bias) stored in node feature column ``feature``."""
@@ -150,10 +226,16 @@ class LayoutBuilder:
 
     def fix(self, li: int, reason: str) -> None:
         """Layer ``li``'s neurons may not be permuted (its whole space becomes non-permutable)."""
-        self._fixed.setdefault(self._find(li), reason)
+        for l, _, _ in self.segments(li):
+            self._fixed.setdefault(self._find(l), reason)
 
     def tie(self, a: int, b: int) -> None:
         """Layers ``a`` and ``b`` must be permuted by one permutation."""
+        if self.layers[a]["segments"] is not None or self.layers[b]["segments"] is not None:
+            # Tying composite layers would need segment-wise ties: fix them instead (exact, safe).
+            self.fix(a, "residual with a concatenated/flattened layer")
+            self.fix(b, "residual with a concatenated/flattened layer")
+            return
         ra, rb = self._find(a), self._find(b)
         if self.size(a) != self.size(b):
             raise UnsupportedOperation(
@@ -167,16 +249,26 @@ class LayoutBuilder:
 
     # ------------------------------------------------------------------ build
     def build(self, state_keys: list[str], meta: dict | None = None) -> Layout:
+        primary = [li for li, l in enumerate(self.layers) if l["segments"] is None]
         roots: dict[int, int] = {}
-        for li in range(len(self.layers)):
+        for li in primary:
             roots.setdefault(self._find(li), len(roots))
         layers, start = [], 0
         for li, l in enumerate(self.layers):
-            layers.append(NeuronLayer(l["name"], l["kind"], l["depth"], start, l["size"], roots[self._find(li)], l["scaling"]))
+            space = roots[self._find(li)] if l["segments"] is None else -1
+            scaling = l["scaling"] if l["segments"] is None else "none"
+            layers.append(NeuronLayer(l["name"], l["kind"], l["depth"], start, l["size"], space, scaling))
             start += l["size"]
         spaces = []
         for root, si in roots.items():
             members = tuple(li for li in range(len(layers)) if layers[li].space == si)
+            segments = tuple(
+                (li, off, inner)
+                for li, l in enumerate(self.layers)
+                if l["segments"] is not None
+                for src, off, inner in l["segments"]
+                if self._find(src) == root
+            )
             spaces.append(
                 NeuronSpace(
                     name=layers[members[0]].name,
@@ -184,6 +276,7 @@ class LayoutBuilder:
                     size=layers[root].size,
                     permutable=all(layers[li].kind == "hidden" for li in members) and root not in self._fixed,
                     note=self._fixed.get(root, ""),
+                    segments=segments,
                     # Tied layers would need one scaling through every op between them: not modelled.
                     scaling=(
                         layers[members[0]].scaling

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedOperation
-from .builder import Feat, LayoutBuilder, Raw
+from .builder import Feat, LayoutBuilder, Param, Raw
 
 Rule = Callable[[LayoutBuilder, "Op"], Any]
 
@@ -127,17 +127,18 @@ def linear(b: LayoutBuilder, op: Op):
 
 @module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv(b: LayoutBuilder, op: Op):
-    """Convolution: a dense (out, in, *kernel) block; the kernel is each edge's feature vector."""
+    """Convolution: a dense (out, in, *kernel) block; the kernel is each edge's feature vector.
+    Grouped and depthwise convolutions give block-diagonal ``grouped`` blocks."""
     m, path = op.module, b.path(op.node.target)
-    if m.groups != 1:
-        raise UnsupportedOperation(
-            f"{op.where}: grouped/depthwise convolution (groups={m.groups}) is not supported yet"
-        )
     x, meta = op.args[0], op.metas[0]
     axis = x.dim() - 1 - len(m.kernel_size)
     src = b.as_layer(meta, axis, m.in_channels, op.where)
     dst = b.new_layer(path or type(m).__name__, m.out_channels, b.depth(src) + 1)
-    b.dense(b.qualify(path, "weight"), src, dst, b.qualify(path, "weight"), tuple(m.weight.shape), op.where)
+    key = b.qualify(path, "weight")
+    if m.groups == 1:
+        b.dense(key, src, dst, key, tuple(m.weight.shape), op.where)
+    else:
+        b.grouped(key, src, dst, key, tuple(m.weight.shape), m.groups, op.where)
     if m.bias is not None:
         b.node_param(dst, "bias", b.qualify(path, "bias"), tuple(m.bias.shape), op.where)
     return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
@@ -227,20 +228,20 @@ def _scaling_of(op: Op, n_feats: int) -> str:
 def _pointwise(b: LayoutBuilder, op: Op):
     """An op applied to each neuron separately (or softmax across neurons): neurons unchanged.
 
-    Permuting neurons commutes with it, so the result carries the argument's meta. Any second
-    tensor argument must be a scalar: a per-channel constant would pin the neurons in place.
+    Permuting neurons commutes with it, so the result carries the argument's meta. Any other
+    tensor argument must be a scalar (a per-channel constant would pin the neurons in place) or the
+    neurons of another layer, which :func:`_merge` ties to this one.
     """
     feats = _feats(op)
     if not feats:
         return _raw_or_none(op)
     (x, meta), *others = feats
+    if any(m.layer != meta.layer for _, m in others):
+        return _merge(b, op)
     for v, m in op.tensors():
-        if isinstance(m, Feat) and m.layer != meta.layer:
-            raise UnsupportedOperation(
-                f"{op.where}: combines the neurons of layers {b.layers[meta.layer]['name']!r} and "
-                f"{b.layers[m.layer]['name']!r} elementwise (gating); this is not supported yet"
-            )
-        if m != meta and v.numel() != 1:
+        if isinstance(m, Param):
+            _per_neuron_param(b, op, v, m, x, meta)
+        elif m != meta and v.numel() != 1:
             raise UnsupportedOperation(
                 f"{op.where}: combines hidden neurons with a non-scalar tensor of shape {tuple(v.shape)}; "
                 "only scalars may be mixed into hidden activations"
@@ -249,6 +250,68 @@ def _pointwise(b: LayoutBuilder, op: Op):
         raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
     b.restrict_scaling(meta.layer, _scaling_of(op, len(feats)))
     return meta
+
+
+_PARAM_FEATURE = {operator.mul: "scale", torch.mul: "scale", "mul": "scale", "__mul__": "scale",
+                  operator.add: "shift", torch.add: "shift", "add": "shift", "__add__": "shift"}  # fmt: skip
+
+
+def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: torch.Tensor, meta: Feat) -> None:
+    """``x * self.gamma`` / ``x + self.beta`` with one value per neuron (ConvNeXt's layer scale, a
+    learned shift): a node feature ``scale`` / ``shift``. A scalar parameter is kept as an extra."""
+    if v.numel() == 1:
+        b.extra(m.name, tuple(v.shape), v.dtype, op.where)
+        return
+    feature = _PARAM_FEATURE.get(op.node.target)
+    axis = meta.axis - (x.dim() - v.dim())
+    per_neuron = 0 <= axis < v.dim() and v.shape[axis] == x.shape[meta.axis] and v.numel() == v.shape[axis]
+    if feature is None or not per_neuron:
+        raise UnsupportedOperation(
+            f"{op.where}: parameter {m.name!r} of shape {tuple(v.shape)} enters hidden activations of shape "
+            f"{tuple(x.shape)}; only per-neuron scales (x * p) and shifts (x + p) are supported"
+        )
+    b.node_param(meta.layer, feature, m.name, tuple(v.shape), op.where)
+
+
+_MERGE_LABEL = {operator.add: "skip", operator.iadd: "skip", torch.add: "skip", "add": "skip", "add_": "skip",
+                "__add__": "skip", "__iadd__": "skip", operator.mul: "gate", torch.mul: "gate", "mul": "gate",
+                "__mul__": "gate"}  # fmt: skip
+
+
+def _merge(b: LayoutBuilder, op: Op):
+    """Two layers combined neuron by neuron: ``a + f(a)`` (residual), ``x * gate(x)`` (squeeze-
+    excitation), ... Neuron ``c`` of one meets neuron ``c`` of the other, so both layers must be
+    permuted alike: they are tied into one space, and an identity block joins them. The result
+    keeps the later layer's nodes. Broadcasting is allowed along the other axes (``(B, C, H, W) *
+    (B, C, 1, 1)``), not along the neuron axis.
+    """
+    tensors = [(v, m) for v, m in op.tensors() if isinstance(m, Feat) or (isinstance(m, Raw) and v.numel() != 1)]
+    if len(tensors) != 2 or any(m is None and v.numel() != 1 for v, m in op.tensors()):
+        raise UnsupportedOperation(f"{op.where}: combines {len(op.tensors())} tensors elementwise; only two layers can be joined")
+    (va, ma), (vb, mb) = tensors
+    ref, ref_v = (ma, va) if isinstance(ma, Feat) else (mb, vb)
+    out_axis = op.out.dim() - ref_v.dim() + ref.axis
+
+    def layer_of(v, m):
+        axis = out_axis - (op.out.dim() - v.dim())
+        if not 0 <= axis < v.dim() or v.shape[axis] != op.out.shape[out_axis]:
+            raise UnsupportedOperation(
+                f"{op.where}: combines tensors of shapes {tuple(va.shape)} and {tuple(vb.shape)} whose neuron "
+                "axes do not line up (broadcasting along the neuron axis)"
+            )
+        return b.as_layer(m, axis, v.shape[axis], op.where)
+
+    la, lb = layer_of(va, ma), layer_of(vb, mb)
+    if la == lb:
+        b.restrict_scaling(la, "none")
+        return Feat(la, out_axis)
+    src, dst = sorted((la, lb))
+    label = _MERGE_LABEL.get(op.node.target, "merge")
+    b.restrict_scaling(src, "none")
+    b.restrict_scaling(dst, "none")
+    b.identity(f"{label}:{b.layers[src]['name']}->{b.layers[dst]['name']}", src, dst)
+    b.tie(src, dst)
+    return Feat(dst, out_axis)
 
 
 module_rule(*POINTWISE_MODULES)(_pointwise)
@@ -272,35 +335,15 @@ method_rule(
 @function_rule(operator.add, operator.iadd, torch.add)
 @method_rule("add", "add_", "__add__", "__iadd__")
 def add(b: LayoutBuilder, op: Op):
-    """``a + b``. A scalar is pointwise; two different layers form a residual connection.
-
-    The residual ``y = a + f(a)`` keeps the later layer's nodes for ``y``, adds an identity block
-    from the earlier layer, and ties both layers into one neuron space: a permutation of ``a``'s
-    neurons must be the same permutation of ``f(a)``'s for the sum to stay aligned.
-    """
-    feats = _feats(op)
-    tensors = [(v, m) for v, m in op.tensors() if v.numel() != 1 or isinstance(m, Feat)]
-    if len(feats) == 0 or len(tensors) == 1 or any(m is None for _, m in tensors):
-        return _pointwise(b, op)  # scalars are fine; a non-scalar constant is rejected there
-    if len(tensors) != 2:
-        raise UnsupportedOperation(f"{op.where}: addition of {len(tensors)} tensors")
-    (va, ma), (vb, mb) = tensors
-    if tuple(va.shape) != tuple(vb.shape):
-        raise UnsupportedOperation(
-            f"{op.where}: adds tensors of shapes {tuple(va.shape)} and {tuple(vb.shape)}; "
-            "only same-shape residual additions are supported"
-        )
-    axis = (ma if isinstance(ma, Feat) else mb).axis
-    la = b.as_layer(ma, axis, va.shape[axis], op.where)
-    lb = b.as_layer(mb, axis, vb.shape[axis], op.where)
-    if la == lb:
-        return Feat(la, axis)
-    src, dst = sorted((la, lb))
-    b.restrict_scaling(src, "none")
-    b.restrict_scaling(dst, "none")
-    b.identity(f"skip:{b.layers[src]['name']}->{b.layers[dst]['name']}", src, dst)
-    b.tie(src, dst)
-    return Feat(dst, axis)
+    """``a + b``. A scalar is pointwise; two layers (or a layer and the raw input) form a
+    residual connection (:func:`_merge`): ``y = a + f(a)`` keeps ``f(a)``'s nodes for ``y``, adds
+    an identity block from ``a`` and ties both layers into one neuron space."""
+    carriers = [m for v, m in op.tensors() if isinstance(m, Feat) or (isinstance(m, Raw) and v.numel() != 1)]
+    if any(isinstance(m, Param) for _, m in op.tensors()) and not any(isinstance(m, Feat) for m in carriers):
+        raise UnsupportedOperation(f"{op.where}: a parameter is added to the raw input; this is not supported yet")
+    if any(isinstance(m, Feat) for m in carriers) and len(carriers) == 2:
+        return _merge(b, op)
+    return _pointwise(b, op)
 
 
 # ------------------------------------------------------------------- pooling
@@ -336,7 +379,7 @@ function_rule(*POOL_FUNCTIONS)(_pool)
 
 
 # ------------------------------------------------------- shape manipulation
-def _reshaped(op: Op, x: torch.Tensor, meta: Feat, out_shape: tuple[int, ...]):
+def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: tuple[int, ...]):
     """Where the neuron axis of ``x`` lands in a reshape to ``out_shape``, if it stays intact.
 
     In row-major order the neuron axis ``a`` of size C survives as output axis ``j`` exactly when
@@ -351,10 +394,17 @@ def _reshaped(op: Op, x: torch.Tensor, meta: Feat, out_shape: tuple[int, ...]):
     ]  # fmt: skip
     if found:  # unique when C > 1; with C == 1 any size-1 axis holds the single neuron
         return Feat(meta.layer, min(found, key=lambda j: abs(j - meta.axis)))
+    # Flatten of the neuron axis with the axes after it: one node per (neuron, position).
+    for t in range(1, x.dim() - meta.axis):
+        inner = math.prod(x.shape[meta.axis + 1 : meta.axis + 1 + t])
+        rest = math.prod(x.shape[meta.axis + 1 + t :])
+        for j, s in enumerate(out_shape):
+            if s == C * inner and math.prod(out_shape[:j]) == prefix and math.prod(out_shape[j + 1 :]) == rest:
+                name = f"{b.layers[meta.layer]['name']}:flat"
+                return Feat(b.spread(name, meta.layer, inner), j)
     raise UnsupportedOperation(
-        f"{op.where}: reshapes {tuple(x.shape)} -> {tuple(out_shape)}, merging the {C} neurons on axis "
-        f"{meta.axis} with other axes (e.g. flatten after a convolution without global pooling); "
-        "this is not supported yet: pool globally before flattening"
+        f"{op.where}: reshapes {tuple(x.shape)} -> {tuple(out_shape)}, splitting or reordering the {C} "
+        f"neurons on axis {meta.axis} (e.g. a channel shuffle); this is not supported yet"
     )
 
 
@@ -365,11 +415,11 @@ def reshape(b: LayoutBuilder, op: Op):
     x, meta = op.args[0], op.metas[0]
     if not isinstance(meta, Feat):
         return meta
-    return _reshaped(op, x, meta, tuple(op.out.shape))
+    return _reshaped(b, op, x, meta, tuple(op.out.shape))
 
 
-@function_rule(torch.transpose)
-@method_rule("transpose", "permute", "t", "movedim")
+@function_rule(torch.transpose, torch.permute, torch.movedim, torch.swapaxes, torch.t)
+@method_rule("transpose", "permute", "t", "movedim", "swapaxes")
 def transpose(b: LayoutBuilder, op: Op):
     """Axis reorderings move the neuron axis; find it by applying the same op to axis labels."""
     x, meta = op.args[0], op.metas[0]
@@ -418,12 +468,152 @@ def getitem(b: LayoutBuilder, op: Op):
     """Indexing shapes and tuples is fine; indexing hidden activations would single out neurons."""
     x, meta = op.args[0], op.metas[0]
     if isinstance(meta, Feat):
-        raise UnsupportedOperation(
-            f"{op.where}: indexes a hidden activation ({op.node.args[1]!r}); reading individual "
-            "hidden channels is not supported yet"
-        )
+        axis = _indexed_axis(x, op.args[1], meta.axis)
+        if axis is None:
+            raise UnsupportedOperation(
+                f"{op.where}: indexes a hidden activation ({op.node.args[1]!r}) along its neuron axis; "
+                "reading individual hidden channels is not supported yet"
+            )
+        return Feat(meta.layer, axis)
     if isinstance(x, torch.Tensor):
         return meta
     if isinstance(meta, (tuple, list)):
         return meta[op.args[1]] if isinstance(op.args[1], int) else None
     return None
+
+
+# ------------------------------------------------------ concatenation / split
+@function_rule(torch.cat, torch.concat, torch.concatenate)
+def cat(b: LayoutBuilder, op: Op):
+    """Concatenation along the neuron axis gives a composite layer (:meth:`LayoutBuilder.concat`);
+    along another axis (tokens, batch) the parts must be neurons of one layer."""
+    parts, metas = op.args[0], op.metas[0]
+    dim = op.arg(1, "dim", 0) % parts[0].dim()
+    feats = [m for m in metas if isinstance(m, Feat)]
+    if not feats:
+        return next((m for m in metas if isinstance(m, Raw)), None)
+    if any(m.axis != dim for m in feats):
+        if all(isinstance(m, Feat) and m.layer == feats[0].layer and m.axis == feats[0].axis for m in metas):
+            return feats[0]
+        raise UnsupportedOperation(
+            f"{op.where}: concatenates hidden activations with other tensors along axis {dim}, which is not "
+            "their neuron axis; only parts from one layer can be joined this way"
+        )
+    layers = [b.as_layer(m, dim, t.shape[dim], op.where) for t, m in zip(parts, metas)]
+    return Feat(b.concat(op.node.name, layers), dim)
+
+
+@function_rule(torch.split, torch.chunk, torch.tensor_split)
+@method_rule("split", "chunk", "tensor_split")
+def split(b: LayoutBuilder, op: Op):
+    """Splitting along the neuron axis makes the source non-permutable (:meth:`LayoutBuilder.split`);
+    along another axis every piece keeps the same neurons."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return tuple(meta for _ in op.out)
+    dim = op.arg(2, "dim", 0) % x.dim()
+    if dim != meta.axis:
+        return tuple(Feat(meta.layer, meta.axis) for _ in op.out)
+    pieces, off = [], 0
+    for i, t in enumerate(op.out):
+        n = t.shape[dim]
+        pieces.append(Feat(b.split(f"{b.layers[meta.layer]['name']}:split{i}", meta.layer, off, n, op.where), dim))
+        off += n
+    return tuple(pieces)
+
+
+def _indexed_axis(x: torch.Tensor, index, axis: int) -> int | None:
+    """Where ``axis`` of ``x`` lands in ``x[index]``, or None if the index does not keep it whole."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (torch.Tensor, list)) for i in index):
+        return None
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    expanded = []
+    for i in index:
+        expanded += [slice(None)] * (x.dim() - n_real) if i is Ellipsis else [i]
+    expanded += [slice(None)] * (x.dim() + expanded.count(None) - len(expanded))
+    src, out = 0, 0
+    for i in expanded:
+        if i is None:
+            out += 1
+            continue
+        if src == axis:
+            return out if i == slice(None) else None
+        src += 1
+        out += 0 if isinstance(i, int) else 1
+    return None
+
+
+# ---------------------------------------------------------- functional forms
+def _param_arg(op: Op, i: int, name: str) -> tuple[torch.Tensor | None, Param | None]:
+    if len(op.args) > i:
+        return op.args[i], op.metas[i]
+    return op.kwargs.get(name), op.kwmetas.get(name)
+
+
+def _require_param(op: Op, value, meta, what: str) -> Param | None:
+    if value is None:
+        return None
+    if not isinstance(meta, Param):
+        raise UnsupportedOperation(f"{op.where}: the {what} is computed, not a parameter; only parameters are supported")
+    return meta
+
+
+@function_rule(F.linear)
+def linear_functional(b: LayoutBuilder, op: Op):
+    """``F.linear(x, self.weight, self.bias)``: the same block as ``nn.Linear``."""
+    x, meta = op.args[0], op.metas[0]
+    w = _require_param(op, *_param_arg(op, 1, "weight"), "weight")
+    bias_v, bias_m = _param_arg(op, 2, "bias")
+    bias = _require_param(op, bias_v, bias_m, "bias")
+    out_f, in_f = op.args[1].shape
+    src = b.as_layer(meta, x.dim() - 1, in_f, op.where)
+    dst = b.new_layer(w.name.rsplit(".", 1)[0] or w.name, out_f, b.depth(src) + 1)
+    b.dense(w.name, src, dst, w.name, (out_f, in_f), op.where)
+    if bias is not None:
+        b.node_param(dst, "bias", bias.name, tuple(bias_v.shape), op.where)
+    return Feat(dst, op.out.dim() - 1)
+
+
+@function_rule(F.layer_norm)
+def layer_norm_functional(b: LayoutBuilder, op: Op):
+    """``F.layer_norm(x, shape, self.weight, self.bias)`` over the neuron axis (as ``nn.LayerNorm``)."""
+    x, meta = op.args[0], op.metas[0]
+    shape = tuple(op.arg(1, "normalized_shape"))
+    if len(shape) != 1:
+        raise UnsupportedOperation(f"{op.where}: layer norm over {len(shape)} axes is not supported")
+    li = b.as_layer(meta, x.dim() - 1, shape[0], op.where)
+    for i, name, feature in ((2, "weight", "ln_weight"), (3, "bias", "ln_bias")):
+        v, m = _param_arg(op, i, name)
+        p = _require_param(op, v, m, name)
+        if p is not None:
+            b.node_param(li, feature, p.name, tuple(v.shape), op.where)
+    b.restrict_scaling(li, "none")
+    return Feat(li, x.dim() - 1)
+
+
+@method_rule("expand", "expand_as", "repeat")
+def expand(b: LayoutBuilder, op: Op):
+    """Broadcasting copies keep neurons if they only grow other (or new leading) axes."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        if isinstance(meta, Param):
+            raise UnsupportedOperation(f"{op.where}: parameter {meta.name!r} is expanded; this is not supported yet")
+        return meta
+    axis = meta.axis + op.out.dim() - x.dim()
+    if op.out.shape[axis] != x.shape[meta.axis]:
+        raise UnsupportedOperation(f"{op.where}: repeats the neuron axis")
+    return Feat(meta.layer, axis)
+
+
+def _register_torchvision_ops() -> None:
+    """torchvision's stochastic depth scales whole samples (identity in eval mode): neuron-wise."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # torchvision is optional
+        return
+    FUNCTION_RULES[stochastic_depth] = _pointwise
+    SCALING[stochastic_depth] = "real"
+
+
+_register_torchvision_ops()

@@ -8,15 +8,16 @@ by the per-op rules of :mod:`wgraph.convert.rules`.
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from ..errors import ConversionError, UnsupportedOperation
+from ..errors import ConversionError, UnsupportedOperation, WgraphError
 from ..graph import Layout
 from . import rules
-from .builder import Feat, LayoutBuilder, Raw
+from .builder import Feat, LayoutBuilder, Param, Raw
 
 
 def _target_name(target) -> str:
@@ -29,7 +30,10 @@ def _target_name(target) -> str:
 def _location(node: fx.Node) -> str:
     """The user's source line that created ``node`` (from the recorded stack trace)."""
     st = node.stack_trace or ""
-    lines = [l.strip() for l in st.strip().splitlines() if l.strip().startswith("File ")]
+    torch_dir = str(Path(torch.__file__).parent)
+    lines = [
+        l.strip() for l in st.strip().splitlines() if l.strip().startswith("File ") and torch_dir not in l
+    ]
     return f" at {lines[-1]}" if lines else ""
 
 
@@ -67,11 +71,10 @@ class LayoutInterpreter(fx.Interpreter):
             return Raw(n.name) if isinstance(out, torch.Tensor) else None
         if n.op == "get_attr":
             name = str(n.target)
-            if any(p == name or p.startswith(name + ".") for p in self.param_names):
-                raise UnsupportedOperation(
-                    f"{self._where(n)}: parameter/buffer {name!r} is used functionally (outside its module's "
-                    "own forward); this is not supported yet: wrap it in a module such as nn.Linear"
-                )
+            if name in self.param_names:
+                return Param(b.path(name))
+            if any(p.startswith(name + ".") for p in self.param_names):
+                raise UnsupportedOperation(f"{self._where(n)}: reads the module {name!r} as a value")
             return None
         if n.op == "output":
             for m in _flatten(fx.node.map_arg(n.args[0], lambda a: self.metas[a])):
@@ -93,8 +96,16 @@ class LayoutInterpreter(fx.Interpreter):
             rule = rules.METHOD_RULES.get(n.target)
         if rule is not None:
             return rule(b, op)
+        if isinstance(n.target, type) and issubclass(n.target, tuple):  # a namedtuple of outputs
+            return tuple(metas) + tuple(kwmetas.values())
 
         # No rule: fine only if neither parameters nor hidden neurons are involved.
+        params = [m.name for m in _flatten((metas, kwmetas)) if isinstance(m, Param)]
+        if params:
+            raise UnsupportedOperation(
+                f"{op.where}: parameter {params[0]!r} is used by {_target_name(n.target)}, which has no "
+                f"conversion rule.\n  Supported {rules.supported_ops()}"
+            )
         has_params = module is not None and any(True for _ in module.parameters())
         touches_hidden = any(isinstance(m, Feat) for m in _flatten((metas, kwmetas)))
         if not has_params and not touches_hidden:
@@ -154,31 +165,66 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
     if not state_keys:
         raise ConversionError(f"{type(model).__name__} has no parameters: there is no weight graph to build")
     inputs = _as_tuple(example_input)
+    # A bare leaf module (e.g. one nn.Linear) is traced inside a wrapper so its rule applies.
+    leaf = rules.find_module_rule(model) is not None
+    root = nn.Sequential(model) if leaf else model
+
+    def check_runs() -> None:
+        """Raise ConversionError if the model itself fails on the example input."""
+        try:
+            model(*inputs)
+        except Exception as e:
+            shapes = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in inputs)
+            raise ConversionError(
+                f"{type(model).__name__} does not run on the example input ({shapes}): {type(e).__name__}: {e}"
+            ) from None
+
+    def interpret(record: bool, inputs=inputs) -> LayoutBuilder:
+        builder = LayoutBuilder(prefix="0." if leaf else "")
+        try:
+            gm = trace(root, concrete_args, record)
+        except UnsupportedOperation:
+            check_runs()  # a bad example input is the better explanation
+            raise
+        try:
+            LayoutInterpreter(gm, builder, set(state_keys)).run(*inputs)
+        except WgraphError:
+            raise
+        except Exception as e:
+            check_runs()
+            raise ConversionError(f"interpreting the traced {type(model).__name__} failed: {type(e).__name__}: {e}") from None
+        return builder
+
+    def interpret_in(train: bool) -> LayoutBuilder:
+        model.train(train)
+        # Training-mode BatchNorm needs two samples: repeat a batch of one along axis 0.
+        xs = tuple(torch.cat([t, t]) if train and isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 1 else t for t in inputs)
+        try:
+            try:
+                return interpret(False, xs)
+            except UnsupportedOperation:
+                return interpret(True, xs)  # raises again, now with the source location
+        except WgraphError as e:  # drop the fx interpreter's "While executing ..." appendix
+            raise type(e)(str(e.args[0]).split("\n\nWhile executing")[0]) from None
+
     was_training = model.training
-    model.eval()  # no running-statistics updates, deterministic dropout
+    mode = "eval"
     try:
         with torch.no_grad():
-            try:
-                model(*inputs)
-            except Exception as e:
-                raise ConversionError(
-                    f"{type(model).__name__} does not run on the example input "
-                    f"({', '.join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in inputs)}): "
-                    f"{type(e).__name__}: {e}"
-                ) from None
-            # A bare leaf module (e.g. one nn.Linear) is traced inside a wrapper so its rule applies.
-            leaf = rules.find_module_rule(model) is not None
-            root = nn.Sequential(model) if leaf else model
-
-            def interpret(record: bool) -> LayoutBuilder:
-                builder = LayoutBuilder(prefix="0." if leaf else "")
-                LayoutInterpreter(trace(root, concrete_args, record), builder, set(state_keys)).run(*inputs)
-                return builder
-
-            try:
-                builder = interpret(record=False)
-            except UnsupportedOperation:
-                builder = interpret(record=True)  # raises again, now with the source location
+            builder = interpret_in(train=False)  # no statistics updates, deterministic dropout
+            if any(k not in builder.slots for k in state_keys):
+                # Parameters unused in eval mode (e.g. auxiliary heads): trace the training graph,
+                # restoring the buffers that training-mode BatchNorm updates.
+                saved = {k: v.clone() for k, v in model.named_buffers()}
+                try:
+                    train_builder = interpret_in(train=True)
+                    if all(k in train_builder.slots for k in state_keys):
+                        builder, mode = train_builder, "train"
+                except WgraphError:
+                    pass
+                finally:
+                    for k, v in model.named_buffers():
+                        v.copy_(saved[k])
     finally:
         model.train(was_training)
     missing = [k for k in state_keys if k not in builder.slots]
@@ -189,7 +235,10 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
         )
     if not builder.blocks:
         raise ConversionError(f"{type(model).__name__}: no weight connects any neurons")
-    return builder.build(state_keys, meta={"model": type(model).__name__})
+    # Module versions (``state_dict()._metadata``) that some modules check when loading.
+    metadata = {k: dict(v) for k, v in getattr(model.state_dict(), "_metadata", {}).items()}
+    meta = {"model": type(model).__name__, "traced_in": mode, "state_dict_metadata": metadata}
+    return builder.build(state_keys, meta=meta)
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()

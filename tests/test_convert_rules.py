@@ -1,0 +1,241 @@
+"""One test per conversion rule of the arbitrary-model converter: normalization, grouped and
+depthwise convolution, gating, concatenation, split, flatten of feature maps, functional
+parameters. Each checks the structure the rule builds, the exact round trip, and that a random
+symmetry preserves the function (float64)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import wgraph
+
+from conftest import assert_state_dict_exact, outputs_match
+
+
+def _check(model, x, seed=0):
+    """Round trip exact, symmetry function-preserving; returns the graph."""
+    torch.manual_seed(seed)
+    model = model.double().eval()
+    with torch.no_grad():  # make normalization statistics matter
+        for k, buf in model.named_buffers():
+            if k.endswith("running_mean"):
+                buf.normal_(0, 0.5)
+            elif k.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    x = x.double()
+    g = wgraph.to_graph(model, x)
+    assert_state_dict_exact(g.to_state_dict(), model.state_dict())
+    sym = wgraph.random_symmetry(g, seed=seed)
+    outputs_match(model, g.permute(sym), x)
+    back = g.permute(sym).permute(sym.inverse())
+    assert torch.equal(back.nodes, g.nodes)
+    return g
+
+
+def test_batchnorm_statistics_are_node_features():
+    m = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    g = _check(m, torch.randn(2, 3, 8, 8))
+    feats = g.layout.node_features
+    assert {"bn_weight", "bn_bias", "bn_mean", "bn_var"} <= set(feats)
+    conv = g.layout.layers[1]
+    torch.testing.assert_close(g.nodes[0, conv.start : conv.stop, feats.index("bn_var")], m[1].running_var.double())
+    assert [p.name for p in g.layout.extra_params] == ["1.num_batches_tracked"]
+    assert g.extras["1.num_batches_tracked"].dtype == torch.int64
+    assert [s.permutable for s in g.layout.spaces] == [False, True, False]
+
+
+def test_batchnorm_on_the_input_and_batchnorm1d():
+    m = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2))
+    g = _check(m, torch.randn(3, 4))
+    assert g.layout.layers[0].kind == "input"
+
+
+def test_layernorm_keeps_one_permutable_space():
+    m = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 6), nn.RMSNorm(6), nn.Linear(6, 2))
+    g = _check(m, torch.randn(3, 5, 4))
+    assert [s.permutable for s in g.layout.spaces] == [False, True, True, False]
+
+
+def test_groupnorm_with_groups_fixes_the_space():
+    m = nn.Sequential(nn.Conv1d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.GroupNorm(1, 4),
+                      nn.Conv1d(4, 6, 1), nn.InstanceNorm1d(6, affine=True), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                      nn.Linear(6, 2))  # fmt: skip
+    g = _check(m, torch.randn(2, 2, 10))
+    spaces = g.layout.spaces
+    assert not spaces[1].permutable and "GroupNorm with 4 groups" in spaces[1].note
+    assert spaces[2].permutable and spaces[3].permutable
+
+
+def test_depthwise_convolution_ties_its_channels():
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, groups=8, padding=1), nn.ReLU6(),
+                      nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))  # fmt: skip
+    g = _check(m, torch.randn(2, 3, 6, 6))
+    dw = [b for b in g.layout.blocks if b.kind == "grouped"]
+    assert len(dw) == 1 and dw[0].groups == 8
+    assert g.edges[g.layout.blocks.index(dw[0])].shape == (1, 8, 1, 3, 3)
+    hidden = [s for s in g.layout.spaces if s.permutable]
+    assert [len(s.layers) for s in hidden] == [2, 1]  # the depthwise input and output share one space
+
+
+def test_grouped_convolution_is_exact_but_fixed():
+    m = nn.Sequential(nn.Conv2d(4, 8, 1), nn.ReLU(), nn.Conv2d(8, 6, 3, groups=2), nn.ReLU(), nn.Conv2d(6, 5, 1),
+                      nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(5, 2))  # fmt: skip
+    g = _check(m, torch.randn(2, 4, 7, 7))
+    spaces = g.layout.spaces
+    assert not spaces[1].permutable and not spaces[2].permutable and spaces[3].permutable
+    data = g.to_pyg()  # block-diagonal edges: output channel o reads only its group's inputs
+    blk = g.layout.blocks.index(next(b for b in g.layout.blocks if b.kind == "grouped"))
+    src, dst = data.edge_index[:, data.edge_block == blk]
+    l8, l6 = g.layout.layers[1], g.layout.layers[2]
+    assert torch.equal((src - l8.start) // 4, (dst - l6.start) // 3)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c=6):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3)
+        self.fc1, self.fc2 = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        h = F.silu(self.conv(x))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(h, 1)))))
+        h = h * s
+        return self.head(h.mean((2, 3)))
+
+
+def test_gating_ties_the_gate_to_the_features():
+    g = _check(SqueezeExcite(), torch.randn(2, 3, 6, 6))
+    gate = [b for b in g.layout.blocks if b.name.startswith("gate:")]
+    assert len(gate) == 1
+    tied = [s for s in g.layout.spaces if len(s.layers) == 2]
+    assert len(tied) == 1 and tied[0].permutable
+
+
+class Inception(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(9, 6, 1)
+        self.fc = nn.Linear(6 * 4, 3)
+
+    def forward(self, x):
+        h = torch.cat([F.relu(self.a(x)), self.b(x)], dim=1)
+        h = F.adaptive_avg_pool2d(self.c(h), 2)
+        return self.fc(torch.flatten(h, 1))
+
+
+def test_concat_and_flatten_are_composite_layers():
+    g = _check(Inception(), torch.randn(2, 3, 6, 6))
+    lay = g.layout
+    composite = [l for l in lay.layers if l.space == -1]
+    assert [l.size for l in composite] == [9, 24]  # the concatenation, the flattened 6 x 2 x 2 map
+    assert sum(b.kind == "copy" for b in lay.blocks) == 3
+    c = next(s for s in lay.spaces if lay.layers[s.layers[0]].name == "c")
+    assert c.permutable and c.segments == ((lay.layers.index(composite[1]), 0, 4),)
+
+
+def test_split_fixes_the_source():
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 6), nn.Linear(2, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            u, v = self.a(x).split([2, 4], dim=-1)
+            return self.c(torch.relu(self.b(u)) + v)
+
+    g = _check(Split(), torch.randn(2, 3))
+    names = {g.layout.layers[li].name: s for s in g.layout.spaces for li in s.layers}
+    assert not names["a"].permutable and "split" in names["a"].note
+    assert not names["b"].permutable  # tied (by the residual) to a piece of the split
+
+
+def test_crop_of_spatial_axes_keeps_neurons():
+    class Crop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 4, 1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x))[:, :, 1:-1, ::2].amax(dim=(2, 3)))
+
+    _check(Crop(), torch.randn(2, 2, 6, 6))
+
+
+class LayerScaleBlock(nn.Module):
+    """ConvNeXt-style: permutes to channels-last, functional layer norm, per-channel layer scale."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 1)
+        self.ln_w, self.ln_b = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, c)), nn.Parameter(torch.randn(8))
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.w2 = nn.Parameter(torch.randn(c, 8))
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = F.layer_norm(h.permute(0, 2, 3, 1), (h.shape[1],), self.ln_w, self.ln_b)
+        y = F.linear(F.gelu(F.linear(y, self.w1, self.b1)), self.w2).permute(0, 3, 1, 2)
+        h = h + self.gamma * y
+        return self.head(h.mean((2, 3)))
+
+
+def test_functional_linear_layer_norm_and_layer_scale():
+    g = _check(LayerScaleBlock(), torch.randn(2, 3, 5, 5))
+    feats = g.layout.node_features
+    assert {"ln_weight", "ln_bias", "scale"} <= set(feats)
+    assert "w1" in [b.param for b in g.layout.blocks]
+
+
+def test_scalar_parameter_is_kept_as_extra():
+    class Temp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+            self.t = nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x) * self.t))
+
+    g = _check(Temp(), torch.randn(2, 3))
+    assert [p.name for p in g.layout.extra_params] == ["t"]
+
+
+def test_auxiliary_heads_are_traced_in_training_mode():
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.aux = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return (self.b(h), self.aux(h)) if self.training else self.b(h)
+
+    g = _check(Aux(), torch.randn(1, 3))
+    assert g.layout.meta["traced_in"] == "train"
+    assert sum(l.kind == "output" for l in g.layout.layers) == 2
+
+
+def test_stochastic_depth_and_module_versions():
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.ops import StochasticDepth
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.sd = StochasticDepth(0.2, "row")
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.c(h + self.sd(torch.relu(self.b(h))))
+
+    _check(Block(), torch.randn(2, 3))
+    mnas = torchvision.models.mnasnet0_5()  # checks the state-dict version metadata on load
+    g = wgraph.to_graph(mnas, torch.randn(1, 3, 32, 32))
+    wgraph.load_into(copy.deepcopy(mnas), g)
