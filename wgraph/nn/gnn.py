@@ -107,11 +107,12 @@ class GNNConfig:
         choice("norm", self.norm, ("layer", "none"))
         choice("head", self.head, ("invariant", "parameters"))
         choice("backend", self.backend, available_backends())
-        for key in ("hidden", "layers", "max_positions", "max_depth", "out_dim"):
-            if getattr(self, key) < (0 if key == "layers" else 1):
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if self.fourier_features < 0:
-            raise ConfigError(f"fourier_features must be >= 0, got {self.fourier_features}")
+        for key in ("hidden", "max_positions", "max_depth", "out_dim", "layers", "fourier_features"):
+            least = 0 if key in ("layers", "fourier_features") else 1
+            if getattr(self, key) < least:
+                raise ConfigError(f"{key} must be >= {least}, got {getattr(self, key)}")
+        if self.readout.hidden < 1:
+            raise ConfigError(f"readout.hidden must be >= 1, got {self.readout.hidden}")
 
 
 def _typed(cls, d: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def _typed(cls, d: dict[str, Any], prefix: str) -> dict[str, Any]:
     out = {}
     for key, value in d.items():
         if key not in known:
-            raise ConfigError(f"unknown key {prefix}{key!r}; known keys: {sorted(prefix + k for k in known)}")
+            raise ConfigError(f"unknown key {prefix + key!r}; known keys: {sorted(prefix + k for k in known)}")
         default = getattr(cls(), key)
         if isinstance(default, tuple):
             if isinstance(value, str):

@@ -1,0 +1,107 @@
+"""Presets: models/gnn*.toml build GraphNFNs; unknown keys, types and values are errors naming them."""
+
+import sys
+import types
+from dataclasses import fields
+
+import pytest
+import torch
+
+import wgraph
+from wgraph.nn import ConfigError, GNNConfig, GraphNFN, PresetError, ReadoutConfig, from_preset, load_preset
+from wgraph.nn.presets import MODELS_DIR
+from wgraph.zoo import mlp
+
+
+@pytest.fixture(scope="module")
+def graph():
+    torch.manual_seed(0)
+    return wgraph.to_graph(mlp([4, 6, 3]), torch.randn(1, 4))
+
+
+def write(tmp_path, text, name="p.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("name", ["gnn", "gnn-pna"])
+def test_shipped_presets_build_and_list_every_key(name, graph):
+    cfg = load_preset(name)
+    assert cfg["type"] == "gnn"
+    # every hyperparameter is spelled out in the file, so the file documents the model
+    assert set(cfg) - {"type"} == {f.name for f in fields(GNNConfig)}
+    assert set(cfg["readout"]) == {f.name for f in fields(ReadoutConfig)}
+    model = from_preset(name, graph)
+    assert isinstance(model, GraphNFN)
+    assert model(graph).shape == (1, cfg["out_dim"])
+    assert model.config.aggr == tuple(cfg["aggr"])
+
+
+def test_pna_preset_uses_three_aggregators(graph):
+    assert from_preset("gnn-pna", graph).config.aggr == ("mean", "max", "std")
+
+
+def test_path_and_overrides(tmp_path, graph):
+    p = write(tmp_path, 'type = "gnn"\nhidden = 8\nlayers = 1\n[readout]\npool = ["max"]\n')
+    model = from_preset(p, graph, out_dim=3, readout={"hidden": 5})
+    assert (model.config.hidden, model.config.layers, model.config.out_dim) == (8, 1, 3)
+    assert model.config.readout.pool == ("max",) and model.config.readout.hidden == 5
+    assert model(graph).shape == (1, 3)
+    assert from_preset(str(p), graph.layout).config.hidden == 8  # a str path and a bare Layout
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('type = "gnn"\nhiden = 8\n', "unknown key 'hiden'"),
+        ('type = "gnn"\n[readout]\npooling = ["mean"]\n', "unknown key 'readout.pooling'"),
+        ('type = "gnn"\nhidden = "wide"\n', "hidden must be an integer"),
+        ('type = "gnn"\nedge_updates = 1\n', "edge_updates must be true or false"),
+        ('type = "gnn"\naggr = ["mean", "median"]\n', "aggr = 'median'"),
+        ('type = "gnn"\nnorm = "batch"\n', "norm = 'batch'"),
+        ('type = "gnn"\nbackend = "triton-someday"\n', "backend = 'triton-someday'"),
+        ('type = "gnn"\nreadout = 3\n', "readout must be a table"),
+        ('type = "gnn"\nlayers = -1\n', "layers must be >= 0, got -1"),
+    ],
+)
+def test_bad_gnn_presets_name_the_problem(tmp_path, graph, text, match):
+    with pytest.raises(ConfigError, match=match):
+        from_preset(write(tmp_path, text), graph)
+
+
+def test_unknown_type_names_value_and_known_types(tmp_path, graph):
+    with pytest.raises(PresetError, match=r"unknown preset type 'transformer'.*'gnn'.*'np'"):
+        from_preset(write(tmp_path, 'type = "transformer"\n'), graph)
+
+
+def test_missing_type_missing_file_bad_toml(tmp_path, graph):
+    with pytest.raises(PresetError, match="'type'"):
+        from_preset(write(tmp_path, "hidden = 8\n"), graph)
+    with pytest.raises(PresetError, match="no preset named 'nope'.*gnn-pna"):
+        from_preset("nope", graph)
+    with pytest.raises(PresetError, match="does not exist"):
+        from_preset(tmp_path / "missing.toml", graph)
+    with pytest.raises(PresetError, match="not valid TOML"):
+        from_preset(write(tmp_path, "type = \n"), graph)
+
+
+def test_bad_override_is_an_error(graph):
+    with pytest.raises(ConfigError, match="unknown key 'width'"):
+        from_preset("gnn", graph, width=3)
+    with pytest.raises(PresetError, match="cannot override the preset's type"):
+        from_preset("gnn", graph, type="np")
+
+
+def test_parameter_sharing_types_are_delegated(tmp_path, graph, monkeypatch):
+    """type != "gnn" goes to wgraph.nn.ps_models.from_config(config, layout), the whole dict."""
+    calls = []
+    fake = types.ModuleType("wgraph.nn.ps_models")
+    fake.from_config = lambda config, layout: calls.append((config, layout)) or "built"
+    monkeypatch.setitem(sys.modules, "wgraph.nn.ps_models", fake)
+    assert from_preset(write(tmp_path, 'type = "hnp"\nhidden = 4\n'), graph) == "built"
+    assert calls == [({"type": "hnp", "hidden": 4}, graph)]
+
+
+def test_models_dir_is_the_repository_models_folder():
+    assert (MODELS_DIR / "gnn.toml").is_file() and (MODELS_DIR / "gnn-pna.toml").is_file()
