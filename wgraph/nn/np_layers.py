@@ -90,13 +90,17 @@ class _Terms(nn.Module):
 
 def _apply(M: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
     """``(out, X) @ (B, X, n) -> (B, out, n)``."""
-    return torch.matmul(M, feat)
+    return torch.bmm(M.expand(feat.shape[0], *M.shape), feat)
 
 
 def _mix(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """Channel mixing of a ``(B, X, o, i)`` tensor: ``(B, out, o, i)``, no copy of ``W``."""
+    """Channel mixing of a ``(B, X, o, i)`` tensor: ``(B, out, o, i)``.
+
+    An explicit ``bmm`` with ``M`` broadcast over the batch: ``torch.matmul(M, W)`` would fold
+    it into one matrix product on a transposed copy of ``W``, kept for the backward pass.
+    """
     B, X, o, i = W.shape
-    return torch.matmul(M, W.reshape(B, X, o * i)).view(B, M.shape[0], o, i)
+    return torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i)).view(B, M.shape[0], o, i)
 
 
 class NPLinear(nn.Module):
@@ -138,7 +142,7 @@ class NPLinear(nn.Module):
             b[-1] = b[-1] + self.out_bias_embed
         r = [w.mean(-2) for w in W]
         c = [w.mean(-1) for w in W]
-        g = torch.cat([w.mean((-2, -1)) for w in W] + [v.mean(-1) for v in b], -1)
+        g = torch.cat([x.mean(-1) for x in r] + [v.mean(-1) for v in b], -1)
         out_w, out_b = [], []
         for i in range(L):
             T, U = self.w[i], self.b[i]
@@ -199,7 +203,7 @@ class HNPLinear(nn.Module):
         r = [w.mean(-2) for w in W]
         c = [w.mean(-1) for w in W]
         g = torch.cat(
-            [w.mean((-2, -1)) for w in W] + [v.mean(-1) for v in b] + [r[0].flatten(1), c[-1].flatten(1), b[-1].flatten(1)], -1
+            [x.mean(-1) for x in r] + [v.mean(-1) for v in b] + [r[0].flatten(1), c[-1].flatten(1), b[-1].flatten(1)], -1
         )
         n1 = W[0].shape[2]
         # W_0 row by row: (B, n_1, C K_0 n_0), index (channel * n_0 + input)
