@@ -16,6 +16,11 @@ ARCHS = {
     "mlp": (lambda: mlp([5, 7, 6, 3]), (1, 5)),
     "cnn": (lambda: small_cnn(channels=4, classes=3), (1, 1, 16, 16)),
     "resnet": (lambda: resnet_mlp(6, 4, 2, 3), (1, 6)),  # identity blocks, one tied space
+    "cnn-bn": (  # batch-norm statistics as node features
+        lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3)).eval(),
+        (1, 1, 8, 8),
+    ),  # fmt: skip
 }
 
 VARIANTS = {
@@ -28,7 +33,13 @@ VARIANTS = {
 def graph_of(arch: str, batch: int = 2, seed: int = 0) -> wgraph.WeightGraph:
     make, shape = ARCHS[arch]
     torch.manual_seed(seed)
-    sds = [make().state_dict() for _ in range(batch)]
+    sds = []
+    for _ in range(batch):
+        m = make()
+        for name, buf in m.named_buffers():  # nontrivial running statistics
+            if buf.is_floating_point():
+                buf.copy_(torch.rand_like(buf) + 0.5)
+        sds.append(m.state_dict())
     return wgraph.to_graph_batch(sds, make(), torch.randn(shape)).to(torch.float64)
 
 
@@ -121,7 +132,8 @@ def test_parameter_head_writes_back_every_parameter(arch):
     model = ARCHS[arch][0]()
     sd = out.to_state_dict(1)
     assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in model.state_dict().items()}
-    assert all(torch.isfinite(v).all() and v.abs().max() > 0 for v in sd.values())
+    extras = {p.name for p in g.layout.params if p.where == "extra"}  # e.g. num_batches_tracked: kept at 0
+    assert all(torch.isfinite(v).all() and v.abs().max() > 0 for k, v in sd.items() if k not in extras)
     inputs = g.layout.layers[0]
     assert torch.equal(out.nodes[:, inputs.start : inputs.stop], torch.zeros_like(out.nodes[:, inputs.start : inputs.stop]))
     wgraph.load_into(model, out, 0)  # a valid state dict for the architecture
@@ -129,14 +141,15 @@ def test_parameter_head_writes_back_every_parameter(arch):
 
 @pytest.mark.parametrize("head", ["invariant", "parameters"])
 def test_mixed_architecture_batch_equals_separate(head):
-    graphs = [graph_of("mlp", 2, seed=1), graph_of("cnn", 1, seed=2), graph_of("resnet", 2, seed=3), graph_of("mlp", 3, seed=4)]
+    graphs = [graph_of("mlp", 2, seed=1), graph_of("cnn", 1, seed=2), graph_of("resnet", 2, seed=3), graph_of("mlp", 3, seed=4),
+              graph_of("cnn-bn", 2, seed=5)]  # fmt: skip
     readout = ReadoutConfig(pool=("mean", "sum"), hidden=16)  # per_layer would need equal depths
     model = build([g.layout for g in graphs], fit=graphs, readout=readout, head=head, aggr=["mean", "max"])
     with torch.no_grad():
         mixed = model(graphs)
         alone = [model(g) for g in graphs]
     if head == "invariant":
-        assert mixed.shape == (8, 1)
+        assert mixed.shape == (10, 1)
         torch.testing.assert_close(mixed, torch.cat(alone), rtol=0, atol=1e-12)
     else:
         assert len(mixed) == len(graphs)
@@ -168,6 +181,26 @@ def test_normalization_is_fitted_and_saved():
     fresh = build(g)
     fresh.load_state_dict(model.state_dict())  # statistics travel in the state dict
     torch.testing.assert_close(fresh(g).detach(), after, rtol=0, atol=0)
+
+
+def test_statistics_are_tied_to_their_layout():
+    g_mlp, g_res = graph_of("mlp"), graph_of("resnet")
+    a = build([g_mlp.layout, g_res.layout], fit=[g_mlp, g_res], readout=ReadoutConfig())
+    b = build([g_res.layout, g_mlp.layout], readout=ReadoutConfig())
+    with pytest.raises(RuntimeError):  # shapes differ: load_state_dict refuses
+        b.load_state_dict(a.state_dict())
+    same_shapes = build([graph_of("mlp").layout], readout=ReadoutConfig())
+    other = wgraph.to_graph(mlp([5, 6, 7, 3]), torch.randn(1, 5)).to(torch.float64)  # same block / layer counts
+    c = build([other.layout], fit=other, readout=ReadoutConfig())
+    same_shapes.load_state_dict(c.state_dict())
+    with pytest.raises(EncoderError, match="another architecture"):
+        same_shapes(g_mlp)
+
+
+def test_graph_without_hidden_neurons():
+    g = wgraph.to_graph(nn.Linear(3, 2), torch.randn(1, 3)).to(torch.float64)
+    assert build(g, fit=g)(g).shape == (1, 1)
+    assert build(g, head="parameters")(g).to_state_dict()["weight"].shape == (2, 3)
 
 
 def test_unknown_architectures_are_errors():

@@ -34,6 +34,8 @@ flattened feature map (neuron ``c`` at spatial position ``s``) also get a spatia
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import torch
@@ -106,14 +108,16 @@ class InputNormalization(nn.Module):
     """Per-block edge and per-layer node-feature standardization, fitted on a zoo.
 
     Buffers ``edge_stats_{i}`` ``(num_blocks, 2)`` and ``node_stats_{i}`` ``(num_layers, F, 2)``
-    (mean, std) for the ``i``-th layout the model was built with. Until :meth:`fit` is called the
-    statistics are ``(0, 1)``: the identity.
+    (mean, std) for the ``i``-th layout the model was built with, and ``layout_key_{i}``, a
+    fingerprint of that layout, so that statistics loaded from a ``state_dict`` are never applied
+    to another architecture. Until :meth:`fit` is called the statistics are ``(0, 1)``: the identity.
     """
 
     def __init__(self, layouts: list[Layout]):
         super().__init__()
         self.layouts = list(layouts)
         for i, lay in enumerate(self.layouts):
+            self.register_buffer(f"layout_key_{i}", torch.tensor(layout_fingerprint(lay)))
             self.register_buffer(f"edge_stats_{i}", torch.tensor([[0.0, 1.0]]).repeat(len(lay.blocks), 1))
             node = torch.zeros(len(lay.layers), len(lay.node_features), 2)
             node[..., 1] = 1
@@ -122,6 +126,11 @@ class InputNormalization(nn.Module):
     def index(self, layout: Layout) -> int:
         for i, lay in enumerate(self.layouts):
             if lay is layout or lay == layout:
+                if int(getattr(self, f"layout_key_{i}")) != layout_fingerprint(layout):
+                    raise EncoderError(
+                        f"the normalization statistics of layout {i} belong to another architecture: the state dict "
+                        f"was saved by a model built with other layouts (or in another order)"
+                    )
                 return i
         raise EncoderError(
             f"this model was built for {len(self.layouts)} layout(s) and this graph's layout is not one of them "
@@ -167,6 +176,18 @@ def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _layout_cache: dict[Layout, dict[str, torch.Tensor]] = {}
+_fingerprints: dict[Layout, int] = {}
+
+
+def layout_fingerprint(layout: Layout) -> int:
+    """A stable 63-bit hash of the layout's structure (``meta`` excluded)."""
+    key = _fingerprints.get(layout)
+    if key is None:
+        d = layout.to_dict()
+        d.pop("meta", None)
+        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).digest()
+        key = _fingerprints[layout] = int.from_bytes(digest[:8], "little") >> 1
+    return key
 
 
 def layout_tensors(layout: Layout) -> dict[str, torch.Tensor]:
