@@ -209,6 +209,8 @@ def test_unknown_architectures_are_errors():
         build(g_mlp)(g_cnn)
     with pytest.raises(EncoderError, match="k3x3"):
         build(g_mlp, normalize_inputs=False, readout=ReadoutConfig())(g_cnn)
+    with pytest.raises(wgraph.WgraphError, match="float32 but the model is torch.float64"):
+        build(g_mlp)(g_mlp.to(torch.float32))
 
 
 def test_copy_blocks_flatten_and_concat():

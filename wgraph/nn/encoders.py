@@ -116,6 +116,8 @@ class InputNormalization(nn.Module):
     def __init__(self, layouts: list[Layout]):
         super().__init__()
         self.layouts = list(layouts)
+        self._verified: set[int] = set()
+        self.register_load_state_dict_post_hook(lambda module, keys: module._verified.clear())
         for i, lay in enumerate(self.layouts):
             self.register_buffer(f"layout_key_{i}", torch.tensor(layout_fingerprint(lay)))
             self.register_buffer(f"edge_stats_{i}", torch.tensor([[0.0, 1.0]]).repeat(len(lay.blocks), 1))
@@ -126,11 +128,13 @@ class InputNormalization(nn.Module):
     def index(self, layout: Layout) -> int:
         for i, lay in enumerate(self.layouts):
             if lay is layout or lay == layout:
-                if int(getattr(self, f"layout_key_{i}")) != layout_fingerprint(layout):
-                    raise EncoderError(
-                        f"the normalization statistics of layout {i} belong to another architecture: the state dict "
-                        f"was saved by a model built with other layouts (or in another order)"
-                    )
+                if i not in self._verified:  # once after construction or loading (avoids a sync per call)
+                    if int(getattr(self, f"layout_key_{i}")) != layout_fingerprint(layout):
+                        raise EncoderError(
+                            f"the normalization statistics of layout {i} belong to another architecture: the state "
+                            f"dict was saved by a model built with other layouts (or in another order)"
+                        )
+                    self._verified.add(i)
                 return i
         raise EncoderError(
             f"this model was built for {len(self.layouts)} layout(s) and this graph's layout is not one of them "
@@ -193,7 +197,8 @@ def layout_fingerprint(layout: Layout) -> int:
 def layout_tensors(layout: Layout) -> dict[str, torch.Tensor]:
     """Per-node index tensors of ``layout`` (cached).
 
-    ``kind``, ``depth``, ``position``, ``layer`` as in :class:`~wgraph.Layout`; ``fixed``: the node
+    ``kind``, ``depth``, ``position``, ``layer`` as in :class:`~wgraph.Layout`; ``input_nodes``,
+    ``hidden_nodes``, ``output_nodes``: the node indices of each kind; ``fixed``: the node
     is moved by no neuron permutation (input / output neurons, and hidden neurons some op singles
     out); ``spatial``: for a node of a composite layer that mirrors neuron ``c`` of a space at
     ``inner > 1`` positions (a flattened feature map), its position ``s < inner``, else ``-1``.
@@ -213,8 +218,10 @@ def layout_tensors(layout: Layout) -> dict[str, torch.Tensor]:
                 for li in space.layers:
                     start = layout.layers[li].start
                     moved[start : start + space.size] = True
+        kind = layout.node_kind
         t = {
-            "kind": layout.node_kind,
+            "kind": kind,
+            **{f"{k}_nodes": (kind == i).nonzero().flatten() for i, k in enumerate(NODE_KINDS)},
             "depth": layout.node_depth,
             "position": layout.node_position,
             "layer": layout.node_layer,

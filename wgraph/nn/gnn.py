@@ -313,6 +313,9 @@ class GraphNFN(nn.Module):
 
     def encode(self, graph: WeightGraph) -> tuple[torch.Tensor, list[EdgeInput]]:
         """Initial node states ``(B, N, H)`` and per-block edge inputs ``(x, w, b)``."""
+        own = self.node_encoder.bias.dtype
+        if graph.dtype != own:
+            raise ConfigError(f"the graph is {graph.dtype} but the model is {own}: convert one (graph.to(...) or model.to(...))")
         if self.normalization is not None:
             nodes, edges = self.normalization(graph)
         else:

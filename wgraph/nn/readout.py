@@ -91,8 +91,8 @@ class InvariantReadout(nn.Module):
         """``(B, N, H)`` node states of graphs of ``layout`` -> ``(B, out_dim)``."""
         t = layout_tensors(layout)
         parts = []
-        for k in range(len(NODE_KINDS)):
-            idx = (t["kind"] == k).nonzero().flatten().to(h.device)
+        for kind in NODE_KINDS:
+            idx = t[f"{kind}_nodes"].to(h.device)
             parts += [_pool(h[:, idx], p) for p in self.pool]
         if self.per_layer:
             if len(layout.layers) != self.n_layers:
@@ -100,7 +100,7 @@ class InvariantReadout(nn.Module):
             for layer in layout.layers:
                 parts += [_pool(h[:, layer.start : layer.stop], p) for p in self.pool]
         if self.output_states:
-            idx = (t["kind"] == NODE_KINDS.index("output")).nonzero().flatten().to(h.device)
+            idx = t["output_nodes"].to(h.device)
             if len(idx) != self.n_out:
                 raise ReadoutError(f"readout built for {self.n_out} output neurons, graph has {len(idx)}")
             parts.append(h[:, idx].reshape(h.shape[0], -1))
