@@ -144,6 +144,12 @@ class ParamSlot:
     ``where == "nodes"``: a vector stored in node-feature column ``feature`` of layer ``index``.
     ``where == "extra"``: state that belongs to no neuron (e.g. BatchNorm's ``num_batches_tracked``),
     kept as is in :attr:`WeightGraph.extras` with its own ``dtype`` so the round trip stays exact.
+
+    ``parts``: a parameter that feeds several blocks or layers (attention's packed ``in_proj``)
+    is the concatenation along its first axis of the blocks (``edges``) or layers (``nodes``)
+    listed, ``index`` being the first. ``transposed``: the block holds the parameter viewed as
+    ``(in, out)`` and transposed to ``(out, in)`` (``x @ W``, positional embeddings
+    ``(1, tokens, C)``, embedding tables ``(tokens, C)``).
     """
 
     name: str
@@ -152,6 +158,13 @@ class ParamSlot:
     index: int
     feature: int = -1
     dtype: str | None = None
+    parts: tuple[int, ...] = ()
+    transposed: bool = False
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """The blocks (``edges``) or layers (``nodes``) that hold the parameter."""
+        return self.parts or (self.index,)
 
     @property
     def numel(self) -> int:
@@ -355,7 +368,9 @@ class Layout:
                 for x in d["spaces"]
             ),
             blocks=tuple(EdgeBlock(**{**x, "kernel": tuple(x["kernel"])}) for x in d["blocks"]),
-            params=tuple(ParamSlot(**{**x, "shape": tuple(x["shape"])}) for x in d["params"]),
+            params=tuple(
+                ParamSlot(**{**x, "shape": tuple(x["shape"]), "parts": tuple(x.get("parts", ()))}) for x in d["params"]
+            ),
             node_features=tuple(d["node_features"]),
             meta=d.get("meta", {}),
         )
@@ -460,13 +475,18 @@ class WeightGraph:
         idx = self.layout.param_index.get(name)
         if idx is None:
             raise StateDictError(f"no parameter {name!r} in this graph; it has {list(self.layout.param_index)}")
-        slot = self.layout.params[idx]
+        slot, B = self.layout.params[idx], self.batch_size
         if slot.where == "extra":
             return self.extras[name]
         if slot.where == "edges":
-            return self.edges[slot.index]
-        layer = self.layout.layers[slot.index]
-        return self.nodes[:, layer.start : layer.stop, slot.feature].reshape(self.batch_size, *slot.shape)
+            parts = [self.edges[i] for i in slot.targets]
+            if slot.transposed:
+                return parts[0].transpose(1, 2).reshape(B, *slot.shape)
+        else:
+            layers = [self.layout.layers[i] for i in slot.targets]
+            parts = [self.nodes[:, l.start : l.stop, slot.feature] for l in layers]
+        value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return value.reshape(B, *slot.shape)
 
     def to_state_dict(self, index: int = 0) -> dict[str, torch.Tensor]:
         """The state dict of network ``index``: tensors bit-identical to those converted."""

@@ -117,8 +117,15 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
                 raise IncompatibleBatchError(f"{slot.name!r} is {t.dtype} on {t.device}, expected {slot.dtype} on {device}")
             extras[slot.name] = t
         elif slot.where == "edges":
-            edges[slot.index] = t
+            if slot.transposed:
+                blk = layout.block_shape(slot.index)
+                t = t.reshape(B, blk[1], blk[0]).transpose(1, 2)
+            sizes = [layout.block_shape(i)[0] for i in slot.targets]
+            for i, piece in zip(slot.targets, t.split(sizes, dim=1)):
+                edges[i] = piece if len(sizes) == 1 else piece.contiguous()
         else:
-            layer = layout.layers[slot.index]
-            nodes[:, layer.start : layer.stop, slot.feature] = t.reshape(B, layer.size)
+            layers = [layout.layers[i] for i in slot.targets]
+            pieces = t.reshape(B, -1).split([l.size for l in layers], dim=1)
+            for layer, piece in zip(layers, pieces):
+                nodes[:, layer.start : layer.stop, slot.feature] = piece
     return WeightGraph(layout, nodes, edges, extras)

@@ -41,6 +41,8 @@ class Param:
     """Meta of a parameter or buffer read directly (``self.weight`` in a custom forward)."""
 
     name: str
+    shape: tuple[int, ...] = ()
+    dtype: torch.dtype = torch.float32
 
 
 class LayoutBuilder:
@@ -139,6 +141,10 @@ class LayoutBuilder:
         """Layer index of a Feat/Raw argument read along ``axis`` (normalized, non-negative)."""
         if isinstance(meta, Raw):
             return self.input_layer(meta.source, axis, size)
+        if isinstance(meta, Param):  # a buffer of constants used as data (e.g. coordinates)
+            if meta.name not in self.slots:
+                self.extra(meta.name, meta.shape, meta.dtype, where)
+            return self.input_layer(meta.name, axis, size)
         if isinstance(meta, Feat):
             # A single neuron on a different size-1 axis is the same neuron (reshapes of size-1
             # axes are ambiguous); with two or more neurons the axes must agree.
@@ -175,10 +181,35 @@ class LayoutBuilder:
             )
         self.slots[param] = slot
 
-    def dense(self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], where: str) -> None:
-        """A weight ``param`` of shape ``(dst.size, src.size, *kernel)`` from ``src`` to ``dst``."""
-        self.blocks.append(EdgeBlock(name=name, kind="dense", src=src, dst=dst, param=param, kernel=tuple(shape[2:])))
-        self._claim(param, ParamSlot(param, tuple(shape), "edges", len(self.blocks) - 1), where)
+    def dense(
+        self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], where: str, transposed: bool = False
+    ) -> None:
+        """A weight ``param`` of shape ``(dst.size, src.size, *kernel)`` from ``src`` to ``dst``
+        (``transposed``: a parameter laid out ``(src.size, dst.size)``, e.g. ``x @ W``)."""
+        kernel = () if transposed else tuple(shape[2:])
+        self.blocks.append(EdgeBlock(name=name, kind="dense", src=src, dst=dst, param=param, kernel=kernel))
+        slot = ParamSlot(param, tuple(shape), "edges", len(self.blocks) - 1, transposed=transposed)
+        self._claim(param, slot, where)
+
+    def dense_parts(self, param: str, shape: tuple[int, ...], parts: list[tuple[int, int]], where: str) -> None:
+        """One weight whose row blocks feed different layers: rows of part ``k`` go from
+        ``parts[k][0]`` to ``parts[k][1]`` (attention's packed query/key/value projection)."""
+        first = len(self.blocks)
+        for k, (src, dst) in enumerate(parts):
+            self.blocks.append(EdgeBlock(f"{param}[{k}]", "dense", src, dst, param=param, kernel=tuple(shape[2:])))
+        slot = ParamSlot(param, tuple(shape), "edges", first, parts=tuple(range(first, len(self.blocks))))
+        self._claim(param, slot, where)
+
+    def node_param_parts(self, layers: list[int], feature: str, param: str, shape: tuple[int, ...], where: str) -> None:
+        """One vector split over several layers' node feature ``feature`` (a packed bias)."""
+        for li in layers:
+            if (li, feature) in self._columns:
+                raise UnsupportedOperation(f"{where}: layer {self.layers[li]['name']!r} already has a {feature!r} parameter")
+            self._columns.add((li, feature))
+        if feature not in self.node_features:
+            self.node_features.append(feature)
+        col = self.node_features.index(feature)
+        self._claim(param, ParamSlot(param, tuple(shape), "nodes", layers[0], col, parts=tuple(layers)), where)
 
     def grouped(self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], groups: int, where: str) -> None:
         """A grouped convolution's weight ``(out, in // groups, *kernel)``: block diagonal.
@@ -209,6 +240,20 @@ class LayoutBuilder:
         if feature not in self.node_features:
             self.node_features.append(feature)
         self._claim(param, ParamSlot(param, tuple(shape), "nodes", layer, self.node_features.index(feature)), where)
+
+    def free_layer(self, li: int, features: list[str], name: str) -> int:
+        """``li`` if its node-feature columns ``features`` are free, else a fresh layer tied to it.
+
+        A second normalization (or scale) on the same neurons, as in pre-norm transformers where
+        the stream meets several LayerNorms, gets its own nodes: an identity block joins them and
+        they share one permutation, so the parameters of both round-trip and permute exactly.
+        """
+        if not any((li, f) in self._columns for f in features):
+            return li
+        new = self.new_layer(name, self.size(li), self.depth(li))
+        self.identity(f"norm:{self.layers[li]['name']}->{name}", li, new)
+        self.tie(li, new)
+        return new
 
     def extra(self, param: str, shape: tuple[int, ...], dtype: torch.dtype, where: str) -> None:
         """State that belongs to no neuron (kept beside the graph, round-tripped exactly)."""

@@ -51,6 +51,11 @@ class Op:
             return self.args[i]
         return self.kwargs.get(name, default)
 
+    def meta(self, i: int, name: str):
+        if len(self.args) > i:
+            return self.metas[i]
+        return self.kwmetas.get(name)
+
 
 MODULE_RULES: list[tuple[tuple[type, ...], Rule]] = []
 FUNCTION_RULES: dict[Callable, Rule] = {}
@@ -177,9 +182,11 @@ def norm(b: LayoutBuilder, op: Op):
     else:
         axis, size = 1, x.shape[1]
     li = b.as_layer(meta, axis, size, op.where)
+    names = {"weight": "weight", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    features = [f"{prefix}_{names[a]}" for a in m.state_dict() if a in names]
+    li = b.free_layer(li, features, path)
     if prefix == "gn" and m.num_groups not in (1, m.num_channels):
         b.fix(li, f"GroupNorm with {m.num_groups} groups at {path!r}")
-    names = {"weight": "weight", "bias": "bias", "running_mean": "mean", "running_var": "var"}
     for attr, value in m.state_dict().items():
         key = b.qualify(path, attr)
         if attr in names:
@@ -264,7 +271,15 @@ def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: to
         return
     feature = _PARAM_FEATURE.get(op.node.target)
     axis = meta.axis - (x.dim() - v.dim())
-    per_neuron = 0 <= axis < v.dim() and v.shape[axis] == x.shape[meta.axis] and v.numel() == v.shape[axis]
+    C = x.shape[meta.axis]
+    per_neuron = 0 <= axis < v.dim() and v.shape[axis] == C and v.numel() == C
+    if feature == "shift" and not per_neuron and meta.axis == x.dim() - 1 and v.shape[-1] == C:
+        # A learned positional embedding (1, tokens, C): one input node per position, its
+        # values the edges from that position to the C neurons.
+        pos = b.new_layer(m.name, v.numel() // C, 0, kind="input")
+        b.dense(m.name, pos, meta.layer, m.name, m.shape, op.where, transposed=True)
+        b.restrict_scaling(meta.layer, "none")
+        return
     if feature is None or not per_neuron:
         raise UnsupportedOperation(
             f"{op.where}: parameter {m.name!r} of shape {tuple(v.shape)} enters hidden activations of shape "
@@ -492,6 +507,8 @@ def cat(b: LayoutBuilder, op: Op):
     feats = [m for m in metas if isinstance(m, Feat)]
     if not feats:
         return next((m for m in metas if isinstance(m, Raw)), None)
+    if any(isinstance(m, Param) for m in metas) and all(m.axis != dim for m in feats):
+        return _cat_tokens(b, op, parts, metas, feats[0], dim)
     if any(m.axis != dim for m in feats):
         if all(isinstance(m, Feat) and m.layer == feats[0].layer and m.axis == feats[0].axis for m in metas):
             return feats[0]
@@ -583,22 +600,22 @@ def layer_norm_functional(b: LayoutBuilder, op: Op):
     if len(shape) != 1:
         raise UnsupportedOperation(f"{op.where}: layer norm over {len(shape)} axes is not supported")
     li = b.as_layer(meta, x.dim() - 1, shape[0], op.where)
+    li = b.free_layer(li, ["ln_weight", "ln_bias"], op.node.name)
     for i, name, feature in ((2, "weight", "ln_weight"), (3, "bias", "ln_bias")):
         v, m = _param_arg(op, i, name)
         p = _require_param(op, v, m, name)
         if p is not None:
             b.node_param(li, feature, p.name, tuple(v.shape), op.where)
     b.restrict_scaling(li, "none")
-    return Feat(li, x.dim() - 1)
+    return Feat(li, x.dim() - 1)  # (layer_norm_functional)
 
 
 @method_rule("expand", "expand_as", "repeat")
 def expand(b: LayoutBuilder, op: Op):
-    """Broadcasting copies keep neurons if they only grow other (or new leading) axes."""
+    """Broadcasting copies keep neurons if they only grow other (or new leading) axes. An expanded
+    parameter stays a parameter (e.g. a class token expanded over the batch)."""
     x, meta = op.args[0], op.metas[0]
     if not isinstance(meta, Feat):
-        if isinstance(meta, Param):
-            raise UnsupportedOperation(f"{op.where}: parameter {meta.name!r} is expanded; this is not supported yet")
         return meta
     axis = meta.axis + op.out.dim() - x.dim()
     if op.out.shape[axis] != x.shape[meta.axis]:
@@ -606,14 +623,158 @@ def expand(b: LayoutBuilder, op: Op):
     return Feat(meta.layer, axis)
 
 
+def _swin_attention(b: LayoutBuilder, op: Op):
+    """torchvision's ``shifted_window_attention``: attention within windows, as for
+    ``nn.MultiheadAttention`` (heads fixed); the relative position bias and ``logit_scale`` act per
+    head, so they stay outside the permutable neurons."""
+    x, meta = op.args[0], op.metas[0]
+    get = lambda i, n: (op.arg(i, n), op.meta(i, n))  # noqa: E731
+    (qkv_w, qkv_wm), (proj_w, proj_wm) = get(1, "qkv_weight"), get(2, "proj_weight")
+    (qkv_b, qkv_bm), (proj_b, proj_bm) = get(9, "qkv_bias"), get(10, "proj_bias")
+    bias_m = get(3, "relative_position_bias")[1]
+    scale_v, scale_m = get(11, "logit_scale")
+    for v_, m_, what in ((qkv_w, qkv_wm, "qkv_weight"), (proj_w, proj_wm, "proj_weight"), (qkv_b, qkv_bm, "qkv_bias"),
+                         (proj_b, proj_bm, "proj_bias")):  # fmt: skip
+        if v_ is not None and not isinstance(m_, Param):
+            raise UnsupportedOperation(f"{op.where}: {what} is not a parameter")
+    E = x.shape[-1]
+    src = b.as_layer(meta, x.dim() - 1, E, op.where)
+    path = qkv_wm.name.rsplit(".", 2)[0]
+    o = _attention_layers(
+        b, op, path, [src] * 3, E, qkv_wm.name, tuple(qkv_w.shape), qkv_bm.name if qkv_b is not None else None,
+        tuple(qkv_b.shape) if qkv_b is not None else (), proj_wm.name, tuple(proj_w.shape),
+        proj_bm.name if proj_b is not None else None, tuple(proj_b.shape) if proj_b is not None else (),
+    )  # fmt: skip
+    if isinstance(bias_m, Feat):  # Swin v2: a small MLP computes the bias per head
+        b.fix(bias_m.layer, f"attention heads at {path!r}")
+    if isinstance(scale_m, Param):
+        b.extra(scale_m.name, scale_m.shape, scale_m.dtype, op.where)
+    return Feat(o, op.out.dim() - 1)
+
+
+def _swin_position_bias(b: LayoutBuilder, op: Op):
+    """Relative position bias of one window attention: a table per head, kept as extras (or the
+    per-head output of Swin v2's bias MLP, passed on)."""
+    table, index = op.metas[0], op.metas[1]
+    for m in (table, index):
+        if isinstance(m, Param) and m.name not in b.slots:
+            b.extra(m.name, m.shape, m.dtype, op.where)
+    return table if isinstance(table, Feat) else None
+
+
+def _swin_patch_merging(b: LayoutBuilder, op: Op):
+    """Patch merging stacks the four 2x2 neighbours' channels: the same neurons four times."""
+    x, meta = op.args[0], op.metas[0]
+    li = b.as_layer(meta, x.dim() - 1, x.shape[-1], op.where)
+    return Feat(b.concat(f"{b.layers[li]['name']}:merge", [li] * 4), op.out.dim() - 1)
+
+
 def _register_torchvision_ops() -> None:
-    """torchvision's stochastic depth scales whole samples (identity in eval mode): neuron-wise."""
+    """Rules for torchvision's fx-wrapped functions (only if torchvision is installed)."""
     try:
+        from torchvision.models import swin_transformer as swin
         from torchvision.ops import stochastic_depth
     except ImportError:  # torchvision is optional
         return
-    FUNCTION_RULES[stochastic_depth] = _pointwise
+    FUNCTION_RULES[stochastic_depth] = _pointwise  # scales whole samples; identity in eval mode
     SCALING[stochastic_depth] = "real"
+    FUNCTION_RULES[swin.shifted_window_attention] = _swin_attention
+    FUNCTION_RULES[swin._get_relative_position_bias] = _swin_position_bias
+    FUNCTION_RULES[swin._patch_merging_pad] = _swin_patch_merging
 
 
 _register_torchvision_ops()
+
+
+def _cat_tokens(b: LayoutBuilder, op: Op, parts, metas, meta: Feat, dim: int):
+    """``cat([class_token.expand(...), x], dim=tokens)``: a learned token is one more value per
+    neuron, a node feature ``token`` of the neurons' layer."""
+    for t, m in zip(parts, metas):
+        if isinstance(m, Feat):
+            if m != meta:
+                raise UnsupportedOperation(f"{op.where}: joins tokens of different layers")
+        elif isinstance(m, Param):
+            C = t.shape[meta.axis]
+            if math.prod(m.shape) != C or m.shape[-1] != C or meta.axis != t.dim() - 1:
+                raise UnsupportedOperation(f"{op.where}: parameter {m.name!r} of shape {m.shape} joins the tokens")
+            b.node_param(meta.layer, "token", m.name, m.shape, op.where)
+        else:
+            raise UnsupportedOperation(f"{op.where}: joins hidden tokens with a non-parameter tensor")
+    return meta
+
+
+@module_rule(nn.Embedding)
+def embedding(b: LayoutBuilder, op: Op):
+    """A lookup table ``(tokens, C)``: token ids are input nodes (never permuted), the table the
+    edges from each token to the C neurons of a new layer."""
+    m, path = op.module, b.path(op.node.target)
+    if m.max_norm is not None:
+        raise UnsupportedOperation(f"{op.where}: Embedding(max_norm=...) rewrites its weights in forward")
+    tokens = b.new_layer(path or "embedding", m.num_embeddings, 0, kind="input")
+    out = b.new_layer(f"{path}:out" if path else "embedding:out", m.embedding_dim, 1)
+    key = b.qualify(path, "weight")
+    b.dense(key, tokens, out, key, tuple(m.weight.shape), op.where, transposed=True)
+    return Feat(out, op.out.dim() - 1)
+
+
+@function_rule(operator.matmul, torch.matmul)
+@method_rule("matmul", "__matmul__")
+def matmul(b: LayoutBuilder, op: Op):
+    """``x @ self.W`` with ``W`` of shape ``(in, out)``: a dense block held transposed."""
+    (x, meta), (w, wm) = (op.args[0], op.metas[0]), (op.args[1], op.metas[1])
+    if not isinstance(wm, Param) or w.dim() != 2 or isinstance(meta, Param):
+        raise UnsupportedOperation(f"{op.where}: only activation @ parameter (a 2-D weight) is supported")
+    src = b.as_layer(meta, x.dim() - 1, w.shape[0], op.where)
+    dst = b.new_layer(wm.name, w.shape[1], b.depth(src) + 1)
+    b.dense(wm.name, src, dst, wm.name, tuple(w.shape), op.where, transposed=True)
+    return Feat(dst, op.out.dim() - 1)
+
+
+def _attention_layers(b: LayoutBuilder, op: Op, path: str, srcs: list[int], E: int, in_w: str, in_shape, in_b, in_b_shape,
+                      out_w: str, out_shape, out_b, out_b_shape) -> int:  # fmt: skip
+    """Q, K, V and O layers of an attention block with a packed ``(3E, E)`` input projection."""
+    depth = max(b.depth(s) for s in srcs) + 1
+    q, k, v = (b.new_layer(f"{path}.{n}", E, depth) for n in ("q", "k", "v"))
+    b.dense_parts(in_w, in_shape, list(zip(srcs, (q, k, v))), op.where)
+    if in_b is not None:
+        b.node_param_parts([q, k, v], "bias", in_b, in_b_shape, op.where)
+    b.identity(f"attn:{path}", k, q)
+    b.tie(q, k)
+    for li in (q, v):
+        b.fix(li, f"attention heads at {path!r}")
+        b.restrict_scaling(li, "none")
+    o = b.new_layer(f"{path}.out", E, depth + 1)
+    b.dense(out_w, v, o, out_w, out_shape, op.where)
+    if out_b is not None:
+        b.node_param(o, "bias", out_b, out_b_shape, op.where)
+    return o
+
+
+@module_rule(nn.MultiheadAttention)
+def attention(b: LayoutBuilder, op: Op):
+    """Multi-head attention: layers Q, K, V (from the packed ``in_proj``) and O (``out_proj``).
+
+    ``softmax(Q_h K_h^T) V_h`` is unchanged when the query and key dimensions of a head share a
+    permutation, so Q and K are tied (with an identity block ``attn:`` pairing them); V's
+    dimensions feed ``out_proj``, whose input side follows V. Permutations of whole heads are not
+    modelled yet: Q, K and V are fixed. The residual stream around the block stays permutable.
+    """
+    m, path = op.module, b.path(op.node.target)
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise UnsupportedOperation(f"{op.where}: MultiheadAttention with kdim/vdim, bias_k/bias_v or add_zero_attn")
+    E = m.embed_dim
+    srcs = []
+    for i, name in enumerate(("query", "key", "value")):
+        t, meta = op.arg(i, name), op.meta(i, name)
+        srcs.append(b.as_layer(meta, t.dim() - 1, E, op.where))
+    has_b, has_ob = m.in_proj_bias is not None, m.out_proj.bias is not None
+    o = _attention_layers(
+        b, op, path, srcs, E,
+        b.qualify(path, "in_proj_weight"), tuple(m.in_proj_weight.shape),
+        b.qualify(path, "in_proj_bias") if has_b else None, (3 * E,),
+        b.qualify(path, "out_proj.weight"), tuple(m.out_proj.weight.shape),
+        b.qualify(path, "out_proj.bias") if has_ob else None, (E,),
+    )  # fmt: skip
+    out = op.out[0] if isinstance(op.out, tuple) else op.out
+    result = Feat(o, out.dim() - 1)
+    return (result, None) if isinstance(op.out, tuple) else result

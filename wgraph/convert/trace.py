@@ -72,7 +72,7 @@ class LayoutInterpreter(fx.Interpreter):
         if n.op == "get_attr":
             name = str(n.target)
             if name in self.param_names:
-                return Param(b.path(name))
+                return Param(b.path(name), tuple(out.shape), out.dtype)
             if any(p.startswith(name + ".") for p in self.param_names):
                 raise UnsupportedOperation(f"{self._where(n)}: reads the module {name!r} as a value")
             return None
