@@ -130,6 +130,8 @@ def worker(spec_json: str) -> None:
         loss.backward()
         times.append(time.perf_counter() - t)
         del out, loss
+        for p in [*ws, *bs, *layer.parameters()]:
+            p.grad = None  # each repetition starts from the same state
         if times[0] > 10:
             break
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -224,7 +226,8 @@ def main() -> None:
                 case = {"name": name, "desc": desc, "arch": arch, "batch": batch, "width": width, "layer": layer, "impl": impl}
                 rec = run_one(case, args.timeout, args.mem_cap_gb)
                 records.append(rec)
-                print(f"{name:>3} {layer:>3} {impl:>6}: {_fmt(rec, 'time_s'):>12} {_fmt(rec, 'peak_mb'):>10}", flush=True)
+                res = f"{_fmt(rec, 'time_s'):>10} {_fmt(rec, 'peak_mb'):>9}" if rec["status"] == "ok" else rec["status"]
+                print(f"{name:>3} {layer:>3} {impl:>6}: {res}", flush=True)
     meta = {
         "machine": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,

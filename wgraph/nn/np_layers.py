@@ -103,6 +103,62 @@ def _mix(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i)).view(B, M.shape[0], o, i)
 
 
+class _MixBroadcast(torch.autograd.Function):
+    """``z[b,:,j,k] = M W[b,:,j,k] + row[b,:,k] + col[b,:,j] + const[b,:]`` in one op.
+
+    The NP weight update. Forward: one ``bmm`` and in-place broadcast adds; backward: one ``bmm``
+    for ``dW``, sums of ``dz`` for the broadcast terms. Keeps only ``M`` and ``W`` for backward
+    (autograd's in-place adds on a view of the ``bmm`` result would clone ``dz`` per term).
+    """
+
+    @staticmethod
+    def forward(ctx, M, W, row, col, const):
+        z = _mix(M, W)
+        z += row[:, :, None, :]
+        z += col[:, :, :, None]
+        z += const[:, :, None, None]
+        ctx.save_for_backward(M, W)
+        return z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dz):
+        M, W = ctx.saved_tensors
+        B, X, o, i = W.shape
+        dz3 = dz.reshape(B, -1, o * i)
+        dM = dW = None
+        if ctx.needs_input_grad[0]:
+            dM = torch.bmm(dz3, W.reshape(B, X, o * i).transpose(1, 2)).sum(0)
+        if ctx.needs_input_grad[1]:
+            dW = torch.bmm(M.T.expand(B, *M.T.shape), dz3).view(W.shape)
+        dcol = dz.sum(-1)
+        return dM, dW, dz.sum(-2), dcol, dcol.sum(-1)
+
+
+class _RowColMean(torch.autograd.Function):
+    """``(W.mean(-2), W.mean(-1))`` with one fused backward: ``dW = dr / o + dc / i`` broadcast,
+    a single full-size tensor instead of one per mean."""
+
+    @staticmethod
+    def forward(ctx, W):
+        ctx.shape = W.shape
+        return W.mean(-2), W.mean(-1)
+
+    @staticmethod
+    def backward(ctx, dr, dc):
+        o, i = ctx.shape[-2:]
+        if dr is None:
+            dr = dc.new_zeros(*ctx.shape[:-2], i)
+        if dc is None:
+            dc = dr.new_zeros(*ctx.shape[:-2], o)
+        return (dr / o).unsqueeze(-2) + (dc / i).unsqueeze(-1)
+
+
+def _row_col_means(W: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    rc = [_RowColMean.apply(w) for w in W]
+    return [x[0] for x in rc], [x[1] for x in rc]
+
+
 class NPLinear(nn.Module):
     """NP layer: equivariant to permutations of every neuron space (see the module docstring).
 
@@ -140,18 +196,14 @@ class NPLinear(nn.Module):
             W[0] = W[0] + self.in_embed[:, None, :]
             W[-1] = W[-1] + self.out_embed[:, :, None]
             b[-1] = b[-1] + self.out_bias_embed
-        r = [w.mean(-2) for w in W]
-        c = [w.mean(-1) for w in W]
+        r, c = _row_col_means(W)
         g = torch.cat([x.mean(-1) for x in r] + [v.mean(-1) for v in b], -1)
         out_w, out_b = [], []
         for i in range(L):
             T, U = self.w[i], self.b[i]
             rows = torch.cat([r[i]] + ([c[i - 1], b[i - 1]] if i > 0 else []), 1)
             cols = torch.cat([c[i], b[i]] + ([r[i + 1]] if i < L - 1 else []), 1)
-            z = _mix(T["self"], W[i])
-            z += _apply(T["row"], rows)[:, :, None, :]
-            z += _apply(T["col"], cols)[:, :, :, None]
-            z += (g @ T["glob"].T + T.const)[:, :, None, None]
+            z = _MixBroadcast.apply(T["self"], W[i], _apply(T["row"], rows), _apply(T["col"], cols), g @ T["glob"].T + T.const)
             out_w.append(unflatten_kernel(z, self.spec.kernels[i]))
             out_b.append(_apply(U["col"], cols) + (g @ U["glob"].T + U.const)[:, :, None])
         return WeightSpace(out_w, out_b, self.spec)
@@ -200,8 +252,7 @@ class HNPLinear(nn.Module):
         W = [flatten_kernel(w) for w in x.weights]
         b = list(x.biases)
         B = W[0].shape[0]
-        r = [w.mean(-2) for w in W]
-        c = [w.mean(-1) for w in W]
+        r, c = _row_col_means(W)
         g = torch.cat(
             [x.mean(-1) for x in r] + [v.mean(-1) for v in b] + [r[0].flatten(1), c[-1].flatten(1), b[-1].flatten(1)], -1
         )
@@ -233,10 +284,7 @@ class HNPLinear(nn.Module):
                 if i == 1:
                     rowf = rowf + torch.matmul(W0rows, T["big"].T).transpose(1, 2)
                 cols = torch.cat([c[i], b[i], r[i + 1]] + ([W[-1].flatten(1, 2)] if i == L - 2 else []), 1)
-                z = _mix(T["self"], W[i])
-                z += rowf[:, :, None, :]
-                z += _apply(T["col"], cols)[:, :, :, None]
-                z += (g @ T["glob"].T + T.const)[:, :, None, None]
+                z = _MixBroadcast.apply(T["self"], W[i], rowf, _apply(T["col"], cols), g @ T["glob"].T + T.const)
                 out_w.append(unflatten_kernel(z, spec.kernels[i]))
                 U = self.layers[i]["b"]
                 out_b.append(_apply(U["col"], cols) + (g @ U["glob"].T + U.const)[:, :, None])
