@@ -111,7 +111,8 @@ class EdgeBlock:
     ``kind == "copy"``: neurons that reappear in a composite layer (a concatenation, or a flatten
     that gives every channel one node per spatial position): edges with value 1 from source neuron
     ``src_offset + i`` to destination nodes ``dst_offset + i * inner + s`` for ``s < inner``,
-    ``i < count``; no parameter.
+    ``i < count``; no parameter. With ``index``, source neuron ``index[i]`` instead of
+    ``src_offset + i`` (a fixed reordering such as a channel shuffle).
     """
 
     name: str
@@ -125,6 +126,7 @@ class EdgeBlock:
     inner: int = 1
     count: int = 0
     groups: int = 1
+    index: tuple[int, ...] = ()
 
     @property
     def kernel_numel(self) -> int:
@@ -286,7 +288,8 @@ class Layout:
         if b.kind == "identity":
             src, dst = torch.arange(s.start, s.stop), torch.arange(d.start, d.stop)
         elif b.kind == "copy":
-            src = s.start + b.src_offset + torch.arange(b.count).repeat_interleave(b.inner)
+            i = torch.tensor(b.index, dtype=torch.long) if b.index else b.src_offset + torch.arange(b.count)
+            src = s.start + i.repeat_interleave(b.inner)
             dst = d.start + b.dst_offset + torch.arange(b.count * b.inner)
         else:  # dense (groups == 1) and grouped: row-major over (out, in // groups)
             out, in_g = d.size, s.size // b.groups
@@ -367,7 +370,9 @@ class Layout:
                 NeuronSpace(**{**x, "layers": tuple(x["layers"]), "segments": tuple(map(tuple, x.get("segments", ())))})
                 for x in d["spaces"]
             ),
-            blocks=tuple(EdgeBlock(**{**x, "kernel": tuple(x["kernel"])}) for x in d["blocks"]),
+            blocks=tuple(
+                EdgeBlock(**{**x, "kernel": tuple(x["kernel"]), "index": tuple(x.get("index", ()))}) for x in d["blocks"]
+            ),
             params=tuple(
                 ParamSlot(**{**x, "shape": tuple(x["shape"]), "parts": tuple(x.get("parts", ()))}) for x in d["params"]
             ),

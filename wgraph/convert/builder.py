@@ -37,6 +37,17 @@ class Raw:
 
 
 @dataclass(frozen=True)
+class SplitFeat:
+    """Meta of a tensor whose neuron axis is split in two (``view(B, g, C // g, ...)``): neuron
+    ``c = major * sizes[1] + minor`` sits at index ``major`` of axis ``axes[0]`` and ``minor`` of
+    axis ``axes[1]``. Only a reshape that merges the two again gives neurons back."""
+
+    layer: int
+    axes: tuple[int, int]
+    sizes: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Param:
     """Meta of a parameter or buffer read directly (``self.weight`` in a custom forward)."""
 
@@ -110,6 +121,17 @@ class LayoutBuilder:
         li = self.new_layer(name, self.size(src) * inner, self.depth(src), segments=segs)
         self.blocks.append(EdgeBlock(f"flatten:{self.layers[src]['name']}", "copy", src, li, inner=inner, count=self.size(src)))
         self.restrict_scaling(src, "none")
+        self.restrict_scaling(li, "none")
+        return li
+
+    def reorder(self, name: str, src: int, index: list[int], where: str) -> int:
+        """Neurons of ``src`` in a fixed new order (new neuron ``i`` is ``index[i]``, e.g. a channel
+        shuffle). A permutation of ``src`` would induce a different one on the result, which the
+        layout does not express, so both are fixed."""
+        self.fix(src, f"channel reordering at {where}")
+        li = self.new_layer(name, len(index), self.depth(src))
+        self.fix(li, f"channel reordering at {where}")
+        self.blocks.append(EdgeBlock(f"reorder:{self.layers[src]['name']}->{name}", "copy", src, li, count=len(index), index=tuple(index)))
         self.restrict_scaling(li, "none")
         return li
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedOperation
-from .builder import Feat, LayoutBuilder, Param, Raw
+from .builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
 
 Rule = Callable[[LayoutBuilder, "Op"], Any]
 
@@ -240,6 +240,12 @@ def _pointwise(b: LayoutBuilder, op: Op):
     neurons of another layer, which :func:`_merge` ties to this one.
     """
     feats = _feats(op)
+    splits = [m for _, m in op.tensors() if isinstance(m, SplitFeat)]
+    if splits:
+        if len(op.tensors()) != 1 or tuple(op.out.shape) != tuple(op.args[0].shape):
+            raise UnsupportedOperation(f"{op.where}: combines a tensor whose neuron axis is split with other tensors")
+        b.restrict_scaling(splits[0].layer, _scaling_of(op, 1))
+        return splits[0]
     if not feats:
         return _raw_or_none(op)
     (x, meta), *others = feats
@@ -409,6 +415,13 @@ def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: 
     ]  # fmt: skip
     if found:  # unique when C > 1; with C == 1 any size-1 axis holds the single neuron
         return Feat(meta.layer, min(found, key=lambda j: abs(j - meta.axis)))
+    # The neuron axis split in two consecutive axes (the first half of a channel shuffle).
+    for j in range(len(out_shape) - 1):
+        if (
+            out_shape[j] * out_shape[j + 1] == C and min(out_shape[j], out_shape[j + 1]) > 1
+            and math.prod(out_shape[:j]) == prefix and math.prod(out_shape[j + 2 :]) == suffix
+        ):  # fmt: skip
+            return SplitFeat(meta.layer, (j, j + 1), (out_shape[j], out_shape[j + 1]))
     # Flatten of the neuron axis with the axes after it: one node per (neuron, position).
     for t in range(1, x.dim() - meta.axis):
         inner = math.prod(x.shape[meta.axis + 1 : meta.axis + 1 + t])
@@ -428,6 +441,8 @@ def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: 
 @method_rule("flatten", "view", "reshape", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as")
 def reshape(b: LayoutBuilder, op: Op):
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat):
+        return _merge_split(b, op, x, meta, tuple(op.out.shape))
     if not isinstance(meta, Feat):
         return meta
     return _reshaped(b, op, x, meta, tuple(op.out.shape))
@@ -438,15 +453,17 @@ def reshape(b: LayoutBuilder, op: Op):
 def transpose(b: LayoutBuilder, op: Op):
     """Axis reorderings move the neuron axis; find it by applying the same op to axis labels."""
     x, meta = op.args[0], op.metas[0]
-    if not isinstance(meta, Feat):
+    if not isinstance(meta, (Feat, SplitFeat)):
         return meta
     # Apply the same op to an empty tensor whose axis sizes are distinct primes (no memory on "meta").
     primes = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29)[: x.dim()]
     probe = torch.empty(primes, device="meta")
     name = op.node.target
     fn = getattr(probe, name) if isinstance(name, str) else (lambda *a, **k: name(probe, *a, **k))
-    moved = fn(*op.args[1:], **op.kwargs)
-    return Feat(meta.layer, list(moved.shape).index(primes[meta.axis]))
+    moved = list(fn(*op.args[1:], **op.kwargs).shape)
+    if isinstance(meta, SplitFeat):
+        return SplitFeat(meta.layer, tuple(moved.index(primes[a]) for a in meta.axes), meta.sizes)
+    return Feat(meta.layer, moved.index(primes[meta.axis]))
 
 
 REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin)
@@ -778,3 +795,21 @@ def attention(b: LayoutBuilder, op: Op):
     out = op.out[0] if isinstance(op.out, tuple) else op.out
     result = Feat(o, out.dim() - 1)
     return (result, None) if isinstance(op.out, tuple) else result
+
+
+def _merge_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, out_shape: tuple[int, ...]):
+    """A reshape that merges the two halves of a split neuron axis back into one axis: the
+    neurons come back in the order the axes now have (transposed halves: a channel shuffle)."""
+    a0, a1 = meta.axes
+    lo, hi = min(a0, a1), max(a0, a1)
+    C = meta.sizes[0] * meta.sizes[1]
+    prefix = math.prod(x.shape[:lo])
+    j = next((j for j in range(len(out_shape)) if out_shape[j] == C and math.prod(out_shape[:j]) == prefix), None)
+    if hi != lo + 1 or j is None or math.prod(out_shape[j + 1 :]) != math.prod(x.shape[hi + 1 :]):
+        raise UnsupportedOperation(f"{op.where}: reshapes a tensor whose neuron axis is split, without merging it back")
+    labels = torch.arange(C).view(meta.sizes)
+    order = labels if a0 < a1 else labels.T
+    index = order.reshape(-1).tolist()
+    if index == list(range(C)):
+        return Feat(meta.layer, j)
+    return Feat(b.reorder(f"{b.layers[meta.layer]['name']}:shuffle", meta.layer, index, op.where), j)

@@ -17,7 +17,7 @@ from torch import fx, nn
 from ..errors import ConversionError, UnsupportedOperation, WgraphError
 from ..graph import Layout
 from . import rules
-from .builder import Feat, LayoutBuilder, Param, Raw
+from .builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
 
 
 def _target_name(target) -> str:
@@ -107,7 +107,7 @@ class LayoutInterpreter(fx.Interpreter):
                 f"conversion rule.\n  Supported {rules.supported_ops()}"
             )
         has_params = module is not None and any(True for _ in module.parameters())
-        touches_hidden = any(isinstance(m, Feat) for m in _flatten((metas, kwmetas)))
+        touches_hidden = any(isinstance(m, (Feat, SplitFeat)) for m in _flatten((metas, kwmetas)))
         if not has_params and not touches_hidden:
             return rules._raw_or_none(op) if isinstance(out, torch.Tensor) else None
         raise UnsupportedOperation(
