@@ -11,7 +11,7 @@ from torch import nn
 
 import wgraph
 from wgraph.nn import EncoderError, GNNConfig, GraphNFN, ReadoutConfig
-from wgraph.testing import assert_equivariant, assert_invariant, equivariance_error
+from wgraph.testing import assert_equivariant, assert_invariant
 from wgraph.zoo import mlp, resnet_mlp, small_cnn
 
 ARCHS = {

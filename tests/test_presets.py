@@ -8,7 +8,16 @@ import pytest
 import torch
 
 import wgraph
-from wgraph.nn import ConfigError, GNNConfig, GraphNFN, PresetError, ReadoutConfig, from_preset, load_preset
+from wgraph.nn import (
+    ConfigError,
+    GNNConfig,
+    GraphNFN,
+    PresetError,
+    ReadoutConfig,
+    available_presets,
+    from_preset,
+    load_preset,
+)
 from wgraph.nn.presets import MODELS_DIR
 from wgraph.zoo import mlp
 
@@ -103,5 +112,6 @@ def test_parameter_sharing_types_are_delegated(tmp_path, graph, monkeypatch):
     assert calls == [({"type": "hnp", "hidden": 4}, graph)]
 
 
-def test_models_dir_is_the_repository_models_folder():
+def test_models_dir_holds_the_shipped_presets():
     assert (MODELS_DIR / "gnn.toml").is_file() and (MODELS_DIR / "gnn-pna.toml").is_file()
+    assert {"gnn", "gnn-pna"} <= set(available_presets())

@@ -19,8 +19,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: Where named presets live (shipped with the package).
-MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
+#: Where named presets live: ``models/`` at the repository root (a source checkout or editable
+#: install), or ``wgraph/models/`` if a build copies them into the package.
+_PACKAGE = Path(__file__).resolve().parent.parent
+MODELS_DIR = next((d for d in (_PACKAGE / "models", _PACKAGE.parent / "models") if d.is_dir()), _PACKAGE.parent / "models")
 GNN_TYPES = ("gnn",)
 PS_TYPES = ("np", "hnp", "magep", "monomial")
 KNOWN_TYPES = GNN_TYPES + PS_TYPES
