@@ -239,3 +239,16 @@ def test_stochastic_depth_and_module_versions():
     mnas = torchvision.models.mnasnet0_5()  # checks the state-dict version metadata on load
     g = wgraph.to_graph(mnas, torch.randn(1, 3, 32, 32))
     wgraph.load_into(copy.deepcopy(mnas), g)
+
+
+def test_transposed_convolution_and_prelu():
+    m = nn.Sequential(nn.Conv2d(2, 6, 3), nn.PReLU(6), nn.ConvTranspose2d(6, 4, 3, stride=2), nn.PReLU(),
+                      nn.Conv2d(4, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))  # fmt: skip
+    with torch.no_grad():
+        m[1].weight.uniform_(-0.5, 0.5)
+    g = _check(m, torch.randn(2, 2, 6, 6))
+    lay = g.layout
+    ct = next(p for p in lay.params if p.name == "2.weight")
+    assert ct.transposed and g.edges[ct.index].shape == (1, 4, 6, 3, 3)
+    assert "prelu" in lay.node_features and [p.name for p in lay.extra_params] == ["3.weight"]
+    assert [s.scaling for s in lay.spaces if s.permutable] == ["positive", "positive", "real"]

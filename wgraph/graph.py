@@ -150,8 +150,8 @@ class ParamSlot:
     ``parts``: a parameter that feeds several blocks or layers (attention's packed ``in_proj``)
     is the concatenation along its first axis of the blocks (``edges``) or layers (``nodes``)
     listed, ``index`` being the first. ``transposed``: the block holds the parameter viewed as
-    ``(in, out)`` and transposed to ``(out, in)`` (``x @ W``, positional embeddings
-    ``(1, tokens, C)``, embedding tables ``(tokens, C)``).
+    ``(in, out, *kernel)`` with its first two axes swapped (``x @ W``, positional embeddings
+    ``(1, tokens, C)``, embedding tables ``(tokens, C)``, transposed convolutions).
     """
 
     name: str
@@ -485,7 +485,7 @@ class WeightGraph:
             return self.extras[name]
         if slot.where == "edges":
             parts = [self.edges[i] for i in slot.targets]
-            if slot.transposed:
+            if slot.transposed:  # stored (out, in, *k); the parameter is laid out (in, out, *k)
                 return parts[0].transpose(1, 2).reshape(B, *slot.shape)
         else:
             layers = [self.layout.layers[i] for i in slot.targets]

@@ -119,7 +119,7 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
         elif slot.where == "edges":
             if slot.transposed:
                 blk = layout.block_shape(slot.index)
-                t = t.reshape(B, blk[1], blk[0]).transpose(1, 2)
+                t = t.reshape(B, blk[1], blk[0], *blk[2:]).transpose(1, 2)
             sizes = [layout.block_shape(i)[0] for i in slot.targets]
             for i, piece in zip(slot.targets, t.split(sizes, dim=1)):
                 edges[i] = piece if len(sizes) == 1 else piece.contiguous()

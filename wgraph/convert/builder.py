@@ -204,11 +204,12 @@ class LayoutBuilder:
         self.slots[param] = slot
 
     def dense(
-        self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], where: str, transposed: bool = False
-    ) -> None:
+        self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], where: str,
+        transposed: bool = False, kernel: tuple[int, ...] | None = None,
+    ) -> None:  # fmt: skip
         """A weight ``param`` of shape ``(dst.size, src.size, *kernel)`` from ``src`` to ``dst``
-        (``transposed``: a parameter laid out ``(src.size, dst.size)``, e.g. ``x @ W``)."""
-        kernel = () if transposed else tuple(shape[2:])
+        (``transposed``: a parameter laid out ``(src.size, dst.size, *kernel)``, e.g. ``x @ W``)."""
+        kernel = tuple(kernel) if kernel is not None else () if transposed else tuple(shape[2:])
         self.blocks.append(EdgeBlock(name=name, kind="dense", src=src, dst=dst, param=param, kernel=kernel))
         slot = ParamSlot(param, tuple(shape), "edges", len(self.blocks) - 1, transposed=transposed)
         self._claim(param, slot, where)

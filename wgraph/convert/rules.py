@@ -149,6 +149,45 @@ def conv(b: LayoutBuilder, op: Op):
     return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
 
 
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@module_rule(*_CONV_TRANSPOSE)
+def conv_transpose(b: LayoutBuilder, op: Op):
+    """Transposed convolution: weight ``(in, out, *kernel)``, held as a dense ``(out, in, *kernel)``
+    block with the first two axes swapped."""
+    m, path = op.module, b.path(op.node.target)
+    if m.groups != 1:
+        raise UnsupportedOperation(f"{op.where}: grouped transposed convolution (groups={m.groups}) is not supported yet")
+    x, meta = op.args[0], op.metas[0]
+    axis = x.dim() - 1 - len(m.kernel_size)
+    src = b.as_layer(meta, axis, m.in_channels, op.where)
+    dst = b.new_layer(path or type(m).__name__, m.out_channels, b.depth(src) + 1)
+    key = b.qualify(path, "weight")
+    b.dense(key, src, dst, key, tuple(m.weight.shape), op.where, transposed=True, kernel=tuple(m.kernel_size))
+    if m.bias is not None:
+        b.node_param(dst, "bias", b.qualify(path, "bias"), tuple(m.bias.shape), op.where)
+    return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
+
+
+@module_rule(nn.PReLU)
+def prelu(b: LayoutBuilder, op: Op):
+    """PReLU: one learned slope per channel (axis 1) is a node feature ``prelu``; a single shared
+    slope is kept as an extra. Positive scalings commute with it."""
+    m, path = op.module, b.path(op.node.target)
+    x, meta = op.args[0], op.metas[0]
+    axis = 1 if x.dim() > 1 else 0
+    li = b.as_layer(meta, axis, x.shape[axis], op.where)
+    key = b.qualify(path, "weight")
+    if m.num_parameters == 1:
+        b.extra(key, tuple(m.weight.shape), m.weight.dtype, op.where)
+    else:
+        li = b.free_layer(li, ["prelu"], path)
+        b.node_param(li, "prelu", key, tuple(m.weight.shape), op.where)
+    b.restrict_scaling(li, "positive")
+    return Feat(li, axis)
+
+
 # ------------------------------------------------------------- normalization
 _NORM_PREFIX = {
     nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn", nn.BatchNorm3d: "bn", nn.SyncBatchNorm: "bn",
