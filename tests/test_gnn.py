@@ -276,6 +276,17 @@ def test_statistics_are_tied_to_their_layout():
         same_shapes(g_mlp)
 
 
+def test_overrides():
+    g = graph_of("mlp")
+    m = GraphNFN(g, GNNConfig(hidden=4), layers=1, readout={"pool": ["max"]})
+    assert (m.config.hidden, m.config.layers, m.config.readout.pool, m.config.readout.hidden) == (4, 1, ("max",), 64)
+    assert GraphNFN(g, readout=ReadoutConfig(hidden=3)).config.readout.hidden == 3
+    with pytest.raises(wgraph.WgraphError, match="unknown key 'readout.size'"):
+        GraphNFN(g, readout={"size": 3})
+    with pytest.raises(wgraph.WgraphError, match="aggr = 'median'"):
+        GraphNFN(g, aggr=["median"])
+
+
 def test_graph_without_hidden_neurons():
     g = wgraph.to_graph(nn.Linear(3, 2), torch.randn(1, 3)).to(torch.float64)
     assert build(g, fit=g)(g).shape == (1, 1)
@@ -345,4 +356,4 @@ def test_learning_regresses_a_function_of_the_weights():
     finally:
         torch.set_num_threads(threads)
     assert final < initial / 10, (initial, final)
-    assert held_out < 0.15 * y_test.var().item(), (held_out, y_test.var().item())
+    assert held_out < 0.1 * y_test.var().item(), (held_out, y_test.var().item())

@@ -32,7 +32,7 @@ neurons no permutation moves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Union
 
 import torch
@@ -269,7 +269,8 @@ class GraphNFN(nn.Module):
         layouts: the :class:`~wgraph.Layout` (or WeightGraph) of every architecture the model will
             see; a list for mixed-architecture batches. They fix the kernel shapes and node features
             to encode, the normalization statistics, and the readout's input size.
-        config: a :class:`GNNConfig` (defaults if omitted); ``overrides`` replace its top-level keys.
+        config: a :class:`GNNConfig` (defaults if omitted); ``overrides`` replace its top-level keys
+            (``readout`` takes a :class:`ReadoutConfig` or a dict of its keys to change).
 
     ``model(graph)`` takes a WeightGraph of B networks, or a list of WeightGraphs of any of the
     model's layouts (processed together, with the same result as one by one), and returns
@@ -281,8 +282,11 @@ class GraphNFN(nn.Module):
         super().__init__()
         cfg = config or GNNConfig()
         if overrides:
+            readout = overrides.pop("readout", cfg.readout)
+            if isinstance(readout, dict):
+                readout = ReadoutConfig(**{**asdict(cfg.readout), **_typed(ReadoutConfig, readout, "readout.")})
             base = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "readout"}
-            cfg = GNNConfig(**{**base, **_typed(GNNConfig, overrides, "")}, readout=cfg.readout)
+            cfg = GNNConfig(**{**base, **_typed(GNNConfig, overrides, "")}, readout=readout)
         cfg.validate()
         self.config = cfg
         self.layouts = _layouts(layouts)
