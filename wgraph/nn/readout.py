@@ -19,12 +19,14 @@ every parameter element is predicted from the states it touches:
 
 .. math::
 
-    \hat W_{vu} = L_k\, \phi\big(A h_u + B h_v + C x_{uv}\big) \in \mathbb{R}^{K}, \qquad
+    \hat W_{vu} = M_k\, \phi\big(A h_u + B h_v + C e_{uv}\big) \in \mathbb{R}^{K}, \qquad
     \hat x_{vf} = \langle w_f, h_v \rangle + c_f
 
-with :math:`L_k` one output map per kernel shape and one :math:`(w_f, c_f)` per node-feature name.
-Node-feature slots that hold no parameter (e.g. the bias of an input neuron) are set to zero. Each
-output depends only on the states of its own edge's endpoints, so the head is equivariant.
+with :math:`e_{uv}` the edge's embedding (the lifted weight :math:`L_k x_{uv}`, or its state with
+edge updates), :math:`M_k` one output map per kernel shape (``prod(kernel)`` outputs) and one
+:math:`(w_f, c_f)` per node-feature name. Node-feature slots that hold no parameter (e.g. the bias
+of an input neuron) are set to zero. Each output depends only on its own edge (or node) and the
+states of its endpoints, so the head is equivariant.
 """
 
 from __future__ import annotations
