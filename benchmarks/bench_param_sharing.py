@@ -141,7 +141,7 @@ def worker(spec_json: str) -> None:
 # ------------------------------------------------------------------ driver
 def run_one(case: dict, timeout: float, cap_gb: float) -> dict:
     est = estimate_gb(case, case["layer"])
-    rec = {**case, "estimate_gb": round(est, 2)}
+    rec = {**case, "estimate_gb": round(est, 2), "params": _num_params(_layout(case["arch"]), case["layer"], case["width"])}
     if est > cap_gb:
         return {**rec, "status": f"skipped: estimated {est:.1f} GB > {cap_gb:g} GB cap"}
     t = time.perf_counter()
@@ -159,7 +159,7 @@ def run_one(case: dict, timeout: float, cap_gb: float) -> dict:
 
 def _fmt(r: dict, key: str) -> str:
     if r.get("status") != "ok":
-        return r.get("status", "")
+        return r.get("status", "") if key == "time_s" else "-"
     return f"{r['time_s']:.3g} s" if key == "time_s" else f"{r['peak_mb']:.0f} MB"
 
 
@@ -183,12 +183,10 @@ def write(records: list[dict], quick: bool, meta: dict) -> None:
         ok = w.get("status") == "ok" and n.get("status") == "ok"
         sp = f"{n['time_s'] / w['time_s']:.2f}x" if ok else "-"
         mr = f"{w['peak_mb'] / max(n['peak_mb'], 1e-9):.2f}" if ok else "-"
-        params = w.get("params", n.get("params", "-"))
+        params = w.get("params", n.get("params", 0))
         lines.append(
             f"| {name}: {w.get('desc', n.get('desc'))} | {layer.upper()} | {params:,} | {_fmt(w, 'time_s')} | "
             f"{_fmt(n, 'time_s')} | {_fmt(w, 'peak_mb')} | {_fmt(n, 'peak_mb')} | {sp} | {mr} |"
-            if isinstance(params, int)
-            else f"| {name} | {layer.upper()} | - | {_fmt(w, 'time_s')} | {_fmt(n, 'time_s')} | {_fmt(w, 'peak_mb')} | {_fmt(n, 'peak_mb')} | {sp} | {mr} |"
         )
     lines += [
         "",

@@ -95,3 +95,13 @@ def test_flatten_kernel_round_trip_and_order():
 def test_spec_is_cached_per_layout():
     lay = wgraph.to_graph(mlp((3, 4, 2)), torch.randn(1, 3)).layout
     assert ChainSpec.from_layout(lay) is ChainSpec.from_layout(lay)
+
+
+def test_flatten_without_global_pooling_is_rejected():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    try:
+        g = wgraph.to_graph(model, torch.randn(1, 1, 6, 6))
+    except wgraph.UnsupportedOperation:
+        pytest.skip("this converter does not support flatten of feature maps")
+    with pytest.raises(WeightSpaceError, match="not a chain"):
+        WeightSpace.from_graph(g)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..graph import Layout
@@ -203,9 +204,9 @@ class NPLinear(nn.Module):
             T, U = self.w[i], self.b[i]
             rows = torch.cat([r[i]] + ([c[i - 1], b[i - 1]] if i > 0 else []), 1)
             cols = torch.cat([c[i], b[i]] + ([r[i + 1]] if i < L - 1 else []), 1)
-            z = _MixBroadcast.apply(T["self"], W[i], _apply(T["row"], rows), _apply(T["col"], cols), g @ T["glob"].T + T.const)
+            z = _MixBroadcast.apply(T["self"], W[i], _apply(T["row"], rows), _apply(T["col"], cols), F.linear(g, T["glob"], T.const))
             out_w.append(unflatten_kernel(z, self.spec.kernels[i]))
-            out_b.append(_apply(U["col"], cols) + (g @ U["glob"].T + U.const)[:, :, None])
+            out_b.append(_apply(U["col"], cols) + F.linear(g, U["glob"], U.const)[:, :, None])
         return WeightSpace(out_w, out_b, self.spec)
 
     def extra_repr(self) -> str:
@@ -264,9 +265,9 @@ class HNPLinear(nn.Module):
             T = self.layers[i]["w"]
             if i == 0:
                 small = [r[1], b[0]] + ([W[1].flatten(1, 2)] if L == 2 else [])
-                y = torch.matmul(W0rows, T["big"].T)  # (B, n_1, co K_0 n_0 + co)
+                y = F.linear(W0rows, T["big"])  # (B, n_1, co K_0 n_0 + co)
                 y += _apply(T["small"], torch.cat(small, 1)).transpose(1, 2)
-                y += (g @ T["glob"].T + T.const)[:, None, :]
+                y += F.linear(g, T["glob"], T.const)[:, None, :]
                 split = y.shape[-1] - co
                 z = y[..., :split].view(B, n1, -1, n0).permute(0, 2, 1, 3)
                 out_w.append(unflatten_kernel(z, spec.kernels[0]))
@@ -274,20 +275,20 @@ class HNPLinear(nn.Module):
             elif i == L - 1:
                 z = _apply(T["small"], torch.cat([W[i].flatten(1, 2), c[i - 1]], 1))  # (B, co K nL, n_{L-1})
                 if L == 2:
-                    z += torch.matmul(W0rows, T["big"].T).transpose(1, 2)
-                z += (g @ T["glob"].T + T.const)[:, :, None]
+                    z += F.linear(W0rows, T["big"]).transpose(1, 2)
+                z += F.linear(g, T["glob"], T.const)[:, :, None]
                 out_w.append(unflatten_kernel(z.view(B, -1, nL, z.shape[-1]), spec.kernels[i]))
                 U = self.layers[i]["b"]
-                out_b.append((g @ U["glob"].T + U.const).view(B, co, nL))
+                out_b.append(F.linear(g, U["glob"], U.const).view(B, co, nL))
             else:
                 rowf = _apply(T["row"], torch.cat([r[i], c[i - 1], b[i - 1]], 1))
                 if i == 1:
-                    rowf = rowf + torch.matmul(W0rows, T["big"].T).transpose(1, 2)
+                    rowf = rowf + F.linear(W0rows, T["big"]).transpose(1, 2)
                 cols = torch.cat([c[i], b[i], r[i + 1]] + ([W[-1].flatten(1, 2)] if i == L - 2 else []), 1)
-                z = _MixBroadcast.apply(T["self"], W[i], rowf, _apply(T["col"], cols), g @ T["glob"].T + T.const)
+                z = _MixBroadcast.apply(T["self"], W[i], rowf, _apply(T["col"], cols), F.linear(g, T["glob"], T.const))
                 out_w.append(unflatten_kernel(z, spec.kernels[i]))
                 U = self.layers[i]["b"]
-                out_b.append(_apply(U["col"], cols) + (g @ U["glob"].T + U.const)[:, :, None])
+                out_b.append(_apply(U["col"], cols) + F.linear(g, U["glob"], U.const)[:, :, None])
         return WeightSpace(out_w, out_b, spec)
 
     def extra_repr(self) -> str:

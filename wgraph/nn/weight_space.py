@@ -90,9 +90,14 @@ def _chain_spec(layout: Layout) -> ChainSpec:
         )
 
     layers, blocks = layout.layers, layout.blocks
+    what = {
+        "identity": "a residual (identity) connection",
+        "copy": "a copy of neurons into a composite layer (a concatenation, or a flatten without global pooling)",
+        "grouped": "a grouped convolution",
+    }
     for blk in blocks:
-        if blk.kind == "identity":
-            fail(f"block {blk.name!r} is a residual (identity) connection from layer "
+        if blk.kind != "dense":
+            fail(f"block {blk.name!r} is {what.get(blk.kind, repr(blk.kind) + ' block')} from layer "
                  f"{layers[blk.src].name!r} to layer {layers[blk.dst].name!r}")
     if len(blocks) < 1 or len(layers) != len(blocks) + 1:
         fail(f"{len(layers)} neuron layers and {len(blocks)} weight blocks (a chain has one block per layer step)")
