@@ -108,37 +108,52 @@ def brute_force_layer(model: GraphNFN, g: wgraph.WeightGraph, h: torch.Tensor) -
     return layer.norm(h + layer.update(torch.cat([h, *msgs], dim=-1)))
 
 
-def conversion_cases():
-    """Models with copy blocks (flatten of a conv map, concatenation), if the converter has them."""
+class Cat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 2), nn.Linear(5, 2)
 
-    class Cat(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 2), nn.Linear(5, 2)
-
-        def forward(self, x):
-            return self.c(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
-
-    cases = [
-        (nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)), torch.randn(1, 1, 6, 6)),
-        (Cat(), torch.randn(1, 4)),
-    ]
-    graphs = []
-    for model, x in cases:
-        try:
-            graphs.append(wgraph.to_graph(model, x).to(torch.float64))
-        except Exception as e:  # the converter learns these ops in issue 3
-            pytest.skip(f"converter cannot convert {type(model).__name__} yet: {type(e).__name__}: {e}")
-    return graphs
+    def forward(self, x):
+        return self.c(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
 
 
-@pytest.mark.parametrize("arch", [*ARCHS, "flatten", "concat"])
+class Shuffle(nn.Module):
+    """Grouped and depthwise convolutions around a channel shuffle (a copy block with an index)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=2)
+        self.c, self.d = nn.Conv2d(4, 4, 1, groups=4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        B, C, H, W = h.shape
+        h = h.view(B, 2, C // 2, H, W).transpose(1, 2).reshape(B, C, H, W)
+        return self.d(torch.relu(self.c(h)).mean((2, 3)))
+
+
+CONVERTED = {  # composite layers and structural blocks, as the converter produces them
+    "flatten": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5)), (1, 1, 6, 6)),
+    "concat": (Cat, (1, 4)),
+    "shuffle": (Shuffle, (1, 1, 8, 8)),
+}
+
+
+def converted(name: str, batch: int = 2) -> wgraph.WeightGraph:
+    make, shape = CONVERTED[name]
+    torch.manual_seed(0)
+    try:
+        return wgraph.to_graph_batch([make().state_dict() for _ in range(batch)], make(), torch.randn(shape)).to(
+            torch.float64
+        )
+    except Exception as e:  # the converter learns these ops in issue 3
+        pytest.skip(f"converter cannot convert {name!r} yet: {type(e).__name__}: {e}")
+
+
+@pytest.mark.parametrize("arch", [*ARCHS, *CONVERTED])
 def test_layer_matches_edge_by_edge_computation(arch):
-    """Block slicing, directions and copy offsets agree with the graph's own edge list."""
-    if arch in ("flatten", "concat"):
-        g = conversion_cases()[0 if arch == "flatten" else 1]
-    else:
-        g = graph_of(arch)
+    """Block slicing, directions, groups and copy offsets / indices agree with the graph's edge list."""
+    g = converted(arch) if arch in CONVERTED else graph_of(arch)
     model = build(g, normalize_inputs=False, aggr=["sum"], readout=ReadoutConfig())
     with torch.no_grad():
         h, inputs = model.encode(g)
@@ -303,14 +318,25 @@ def test_unknown_architectures_are_errors():
         build(g_mlp)(g_mlp.to(torch.float32))
 
 
-def test_copy_blocks_flatten_and_concat():
+@pytest.mark.parametrize("name", ["flatten", "concat"])
+def test_copy_blocks_respect_symmetry(name):
     """Composite layers (a flatten of a conv map, a concatenation) through copy blocks."""
-    for g in conversion_cases():
-        assert any(b.kind == "copy" for b in g.layout.blocks)
-        g = wgraph.WeightGraph.cat([g, g.permute(wgraph.random_symmetry(g, seed=9))])
-        for kw in ({}, {"edge_updates": True}):
-            assert_invariant(build(g, fit=g, **kw), g)
-            assert_equivariant(build(g, fit=g, head="parameters", **kw), g)
+    g = converted(name)
+    assert any(b.kind == "copy" for b in g.layout.blocks)
+    assert any(s.permutable and s.size > 1 for s in g.layout.spaces)
+    for kw in ({}, {"edge_updates": True}):
+        assert_invariant(build(g, fit=g, **kw), g)
+        assert_equivariant(build(g, fit=g, head="parameters", **kw), g)
+
+
+def test_grouped_and_reordered_blocks_write_back():
+    g = converted("shuffle")
+    kinds = {b.kind for b in g.layout.blocks}
+    assert "grouped" in kinds and any(b.kind == "copy" and b.index for b in g.layout.blocks)
+    out = build(g, fit=g, head="parameters", edge_updates=True)(g)
+    sd = out.to_state_dict(0)
+    assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in Shuffle().state_dict().items()}
+    assert build(g, fit=g, aggr=["mean", "max", "std"])(g).shape == (2, 1)
 
 
 def test_learning_regresses_a_function_of_the_weights():

@@ -65,6 +65,25 @@ def test_dense_matches_per_edge_loop(gen, aggr, reverse, act):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_grouped_matches_per_edge_loop(gen, groups, reverse):
+    out_n, in_n = 2 * groups, 3 * groups
+    in_g, out_g = in_n // groups, out_n // groups
+    x, w = rnd(gen, B, out_n, in_g, K), rnd(gen, K, H)
+    n_send, n_recv = (in_n, out_n) if not reverse else (out_n, in_n)
+    send, recv = rnd(gen, B, n_send, H), rnd(gen, B, n_recv, H)
+    edges, feats = [], []
+    for o in range(out_n):
+        for j in range(in_g):
+            i = (o // out_g) * in_g + j  # the group's j-th input
+            edges.append((i, o) if not reverse else (o, i))
+            feats.append(x[:, o, j])
+    aggr = ("sum", "max", "std")
+    got = message_pass(send, recv, x, w, kind="grouped", groups=groups, reverse=reverse, aggr=aggr)
+    torch.testing.assert_close(got, brute_force(send, recv, edges, feats, w, aggr, "relu"), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind,count,inner", [("identity", 4, 1), ("copy", 3, 1), ("copy", 3, 4)])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
@@ -139,9 +158,13 @@ def test_bad_arguments_name_the_value(gen, kwargs, match):
 
 def test_bad_shapes(gen):
     send, recv, w = rnd(gen, B, 3, H), rnd(gen, B, 4, H), rnd(gen, K, H)
-    with pytest.raises(KernelError, match=r"\(B, out, in, K\)"):
+    with pytest.raises(KernelError, match=r"\(B, out, in // groups, K\)"):
         message_pass(send, recv, rnd(gen, B, 3, 4, K), w)  # transposed edge tensor
     with pytest.raises(KernelError, match="edge_weight"):
         message_pass(send, recv, rnd(gen, B, 4, 3, K), rnd(gen, K, H + 1))
+    with pytest.raises(KernelError, match="only valid"):
+        message_pass(send, recv, rnd(gen, B, 4, 3, K), w, groups=2)
+    with pytest.raises(KernelError, match="do not split into 2 groups"):
+        message_pass(send, recv, rnd(gen, B, 4, 1, K), w, kind="grouped", groups=2)
     with pytest.raises(KernelError, match="multiple of sources"):
         message_pass(send, recv, None, rnd(gen, 1, H), kind="identity")

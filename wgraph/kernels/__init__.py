@@ -17,6 +17,9 @@ The block structure stays explicit, so a backend can exploit it:
   ``(B, out, in, K)`` (the parameter in its native shape with the kernel flattened into ``K``).
   ``reverse=False`` sends from the block's input layer (columns) to its output layer (rows);
   ``reverse=True`` sends from rows to columns, from the same edge tensor (no transpose is made).
+* ``kind="grouped"``: a grouped convolution, block diagonal with ``groups`` groups: ``edge`` is
+  ``(B, out, in // groups, K)`` and row ``o`` reads the ``in // groups`` columns of its group
+  ``o // (out // groups)``.
 * ``kind="identity"`` / ``"copy"``: edges of value 1 from source ``i`` to targets
   ``i * inner + s`` for ``s < inner`` (``inner = 1``: a residual connection ``i -> i``; a copy block
   of a flatten has one target per spatial position). The caller passes the sources and targets
@@ -36,6 +39,7 @@ import torch
 
 from ..errors import WgraphError
 from . import reference
+from .blocks import block_nodes, pair_sum
 from .spec import ACTIVATIONS, AGGREGATORS, BLOCK_KINDS
 
 
@@ -50,7 +54,8 @@ def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
     """Make ``fn`` selectable as ``message_pass(..., backend=name)``.
 
     ``fn`` receives the arguments of :func:`message_pass` after validation (``aggr`` as a tuple,
-    without ``backend``) and must return what the reference backend returns.
+    without ``backend``; ``groups`` only when it is not 1) and must return what the reference
+    backend returns.
     """
     _BACKENDS[name] = fn
 
@@ -69,6 +74,7 @@ def message_pass(
     reverse: bool = False,
     aggr: str | tuple[str, ...] | list[str] = "sum",
     act: str = "relu",
+    groups: int = 1,
     backend: str = "reference",
 ) -> torch.Tensor:
     """Aggregated messages of one edge block, one row per receiving node.
@@ -78,11 +84,12 @@ def message_pass(
         recv: ``(B, n_recv, H)`` projected receiver states ``B h_v`` (plus any bias).
         edge: dense: ``(B, out, in, K)``; identity: ``None`` or ``(B, n, K)``.
         edge_weight: ``(K, H)``, the map ``C`` applied to edge features (``x @ edge_weight``).
-        kind: ``"dense"``, ``"identity"`` or ``"copy"``.
-        reverse: dense blocks: ``False`` sends columns -> rows (``n_send = in``, ``n_recv = out``),
+        kind: ``"dense"``, ``"grouped"``, ``"identity"`` or ``"copy"``.
+        reverse: dense / grouped blocks: ``False`` sends columns -> rows (``n_send = in``, ``n_recv = out``),
             ``True`` rows -> columns (``n_send = out``, ``n_recv = in``); identity / copy blocks:
             ``False`` sends sources -> targets, ``True`` targets -> sources.
         aggr: one aggregator name or a sequence of them (see :data:`AGGREGATORS`).
+        groups: grouped blocks: the number of groups (1 for every other kind).
         act: the nonlinearity ``phi`` (a key of :data:`ACTIVATIONS`).
         backend: a name from :func:`available_backends`.
 
@@ -104,11 +111,16 @@ def message_pass(
     if edge_weight.dim() != 2 or edge_weight.shape[1] != H:
         raise KernelError(f"edge_weight must be (K, {H}), got {tuple(edge_weight.shape)}")
     K = edge_weight.shape[0]
-    if kind == "dense":
+    if groups < 1 or (groups > 1 and kind != "grouped"):
+        raise KernelError(f"groups = {groups} is only valid (and > 1) for grouped blocks, not {kind!r}")
+    if kind in ("dense", "grouped"):
         out, inn = (recv.shape[1], send.shape[1]) if not reverse else (send.shape[1], recv.shape[1])
-        if edge is None or tuple(edge.shape) != (B, out, inn, K):
+        if out % groups or inn % groups:
+            raise KernelError(f"grouped block: {out} rows and {inn} columns do not split into {groups} groups")
+        want = (B, out, inn // groups, K)
+        if edge is None or tuple(edge.shape) != want:
             got = None if edge is None else tuple(edge.shape)
-            raise KernelError(f"dense block: edge must be (B, out, in, K) = {(B, out, inn, K)}, got {got}")
+            raise KernelError(f"{kind} block: edge must be (B, out, in // groups, K) = {want}, got {got}")
     else:
         n_src, n_tgt = (send.shape[1], recv.shape[1]) if not reverse else (recv.shape[1], send.shape[1])
         if n_src == 0 or n_tgt % n_src or (kind == "identity" and n_tgt != n_src):
@@ -120,7 +132,11 @@ def message_pass(
             raise KernelError(f"{kind} block without edge state: edge_weight must be (1, H), got {tuple(edge_weight.shape)}")
         if edge is not None and tuple(edge.shape) != (B, n_tgt, K):
             raise KernelError(f"{kind} block: edge must be (B, targets, K) = {(B, n_tgt, K)}, got {tuple(edge.shape)}")
-    return _BACKENDS[backend](send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act)
+    extra = {"groups": groups} if groups != 1 else {}
+    return _BACKENDS[backend](send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, **extra)
 
 
-__all__ = ["message_pass", "register_backend", "available_backends", "KernelError", "AGGREGATORS", "ACTIVATIONS"]
+__all__ = [
+    "message_pass", "register_backend", "available_backends", "KernelError", "AGGREGATORS", "ACTIVATIONS",
+    "block_nodes", "pair_sum",
+]  # fmt: skip

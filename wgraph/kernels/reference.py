@@ -46,11 +46,21 @@ def message_pass(
     reverse: bool,
     aggr: tuple[str, ...],
     act: str,
+    groups: int = 1,
 ) -> torch.Tensor:
     """See :func:`wgraph.kernels.message_pass` (arguments already validated)."""
     phi = _activation(act)
-    if kind != "dense":
+    if kind in ("identity", "copy"):
         return _fanout(phi, send, recv, edge, edge_weight, reverse, aggr)
+    if groups > 1:  # block diagonal: fold the groups into the batch
+        B, G = send.shape[0], groups
+
+        def fold(t):
+            return t.reshape(B * G, t.shape[1] // G, *t.shape[2:])
+
+        edge = edge.reshape(B * G, edge.shape[1] // G, *edge.shape[2:])
+        out = message_pass(fold(send), fold(recv), edge, edge_weight, kind="dense", reverse=reverse, aggr=aggr, act=act)
+        return out.reshape(B, -1, out.shape[-1])
     # Dense block: edge is (B, out, in, K). Forward: receivers are the block's rows (out),
     # senders its columns (in). Reverse: receivers are the columns, senders the rows.
     lift = edge @ edge_weight  # (B, out, in, H)

@@ -22,4 +22,4 @@ ACTIVATIONS = {
 #: Added under the square root of the ``std`` aggregator (keeps its gradient finite).
 std_eps = 1e-6
 
-BLOCK_KINDS = ("dense", "identity", "copy")
+BLOCK_KINDS = ("dense", "grouped", "identity", "copy")

@@ -64,7 +64,7 @@ class EdgeEncoder(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.fourier_features = fourier_features
-        kernels = sorted({b.kernel for lay in layouts for b in lay.blocks if b.kind == "dense"})
+        kernels = sorted({b.kernel for lay in layouts for b in lay.blocks if b.has_tensor})
         self.lifts = nn.ModuleDict()
         for k in kernels:
             K = math.prod(k)
@@ -86,7 +86,9 @@ class EdgeEncoder(nn.Module):
         return self.lifts[key]
 
     def features(self, x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
-        """``(B, out, in, *kernel)`` block -> ``(B, out, in, K')`` edge features (Fourier if enabled)."""
+        """``(B, out, in, *kernel)`` block -> ``(B, out, in, K')`` edge features (Fourier if enabled).
+
+        (A grouped block has ``in // groups`` columns; its kernels share the lift of their shape.)"""
         x = x.reshape(*x.shape[:3], -1)
         if not self.fourier_features:
             return x
@@ -95,7 +97,7 @@ class EdgeEncoder(nn.Module):
 
     def lift(self, block: EdgeBlock) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W, b)`` with edge embedding ``x @ W + b``; for identity / copy blocks ``x = 1``."""
-        if block.kind != "dense":
+        if not block.has_tensor:
             if f"{block.kind}_edge" not in self.structural:
                 raise EncoderError(f"no edge encoder for block kind {block.kind!r} (block {block.name!r})")
             e = self.structural[f"{block.kind}_edge"]

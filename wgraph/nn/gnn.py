@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import WgraphError
 from ..graph import Layout, WeightGraph
-from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, message_pass
+from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, block_nodes, message_pass, pair_sum
 from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
 from .readout import POOLS, InvariantReadout, ParameterHead, _Act
 
@@ -149,19 +149,6 @@ def _typed(cls, d: dict[str, Any], prefix: str) -> dict[str, Any]:
 EdgeInput = tuple  # (x, w, b): edge embedding x @ w + b, or (state, None, None) with edge states
 
 
-def block_nodes(layout: Layout, blk) -> tuple[slice, slice]:
-    """Node ranges a block connects: ``(sources, targets)``.
-
-    Dense and identity blocks connect their two whole layers; a copy block connects ``count``
-    source neurons from ``src_offset`` to ``count * inner`` target nodes from ``dst_offset``.
-    """
-    s, d = layout.layers[blk.src], layout.layers[blk.dst]
-    if blk.kind != "copy":
-        return slice(s.start, s.stop), slice(d.start, d.stop)
-    a, b = s.start + blk.src_offset, d.start + blk.dst_offset
-    return slice(a, a + blk.count), slice(b, b + blk.count * blk.inner)
-
-
 class _Direction(nn.Module):
     """The maps A, B (+bias), C and P of one message direction."""
 
@@ -203,10 +190,13 @@ class GNNLayer(nn.Module):
             if bias is not None:
                 recv = recv + bias
             m = message_pass(
-                send_all[:, s], recv, x, weight,
-                kind=blk.kind, reverse=reverse, aggr=self.aggr, act=self.act, backend=self.backend,
+                send_all[:, s], recv, x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr,
+                act=self.act, groups=getattr(blk, "groups", 1), backend=self.backend,
             )  # fmt: skip
-            acc[:, r] += m
+            if isinstance(r, slice):
+                acc[:, r] += m
+            else:  # listed sources (a copy block with an index), possibly repeated
+                acc.index_add_(1, r.to(acc.device), m)
         return d.post(acc)
 
     def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list[EdgeInput]):
@@ -219,7 +209,7 @@ class GNNLayer(nn.Module):
 
 
 class _EdgeUpdate(nn.Module):
-    """``e <- e + O phi(E e + S h_u + D h_v)`` for every edge state."""
+    """``e <- e + O phi(E e + S h_u + D h_v)`` for every edge state (materialized: ``E x H``)."""
 
     def __init__(self, hidden: int, act: str):
         super().__init__()
@@ -236,8 +226,8 @@ class _EdgeUpdate(nn.Module):
         for blk, (e, _, _) in zip(layout.blocks, edge_inputs):
             src, dst = block_nodes(layout, blk)
             a, c = hs[:, src], hd[:, dst]
-            if blk.kind == "dense":
-                z = self.e(e) + a[:, None] + c[:, :, None]
+            if blk.has_tensor:
+                z = self.e(e) + pair_sum(a, c, getattr(blk, "groups", 1))
             else:  # source i feeds targets i * inner + s
                 z = self.e(e) + a.repeat_interleave(c.shape[1] // a.shape[1], dim=1) + c
             out.append((e + self.o(phi(z)), None, None))

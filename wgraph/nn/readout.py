@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import WgraphError
 from ..graph import NODE_KINDS, Layout, WeightGraph
-from ..kernels import ACTIVATIONS
+from ..kernels import ACTIVATIONS, pair_sum
 from .encoders import kernel_key, layout_tensors
 
 POOLS = ("mean", "max", "sum")
@@ -131,7 +131,7 @@ class ParameterHead(nn.Module):
         self.send = nn.Linear(hidden, hidden, bias=False)
         self.recv = nn.Linear(hidden, hidden)
         self.edge = nn.Linear(hidden, hidden, bias=False)
-        kernels = sorted({b.kernel for lay in layouts for b in lay.blocks if b.kind == "dense"})
+        kernels = sorted({b.kernel for lay in layouts for b in lay.blocks if b.has_tensor})
         self.edge_out = nn.ModuleDict({kernel_key(k): nn.Linear(hidden, math.prod(k)) for k in kernels})
         names = sorted({f for lay in layouts for f in lay.node_features})
         self.node_out = nn.ModuleDict({n: nn.Linear(hidden, 1) for n in names})
@@ -143,12 +143,13 @@ class ParameterHead(nn.Module):
         send, recv = self.send(h), self.recv(h)
         edges: list[torch.Tensor | None] = []
         for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
-            if blk.kind != "dense":
+            if not blk.has_tensor:
                 edges.append(None)
                 continue
             s, d = layout.layers[blk.src], layout.layers[blk.dst]
-            e = x if w is None else x @ w + b  # (B, out, in, H) edge embedding
-            z = phi(recv[:, d.start : d.stop, None] + send[:, None, s.start : s.stop] + self.edge(e))
+            e = x if w is None else x @ w + b  # (B, out, in // groups, H) edge embedding
+            pairs = pair_sum(send[:, s.start : s.stop], recv[:, d.start : d.stop], getattr(blk, "groups", 1))
+            z = phi(pairs + self.edge(e))
             edges.append(self.edge_out[kernel_key(blk.kernel)](z).reshape(B, *layout.block_shape(len(edges))))
         cols = [self.node_out[f](h)[..., 0] for f in layout.node_features]
         nodes = torch.stack(cols, dim=-1) * _param_mask(layout).to(h)
