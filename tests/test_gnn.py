@@ -132,10 +132,24 @@ class Shuffle(nn.Module):
         return self.d(torch.relu(self.c(h)).mean((2, 3)))
 
 
+class Attention(nn.Module):
+    """A post-norm attention block: tied residual stream, head-structured q/k/v layers, LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.att = nn.Linear(3, 8), nn.MultiheadAttention(8, 2, batch_first=True)
+        self.ln, self.out = nn.LayerNorm(8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.out(self.ln(h + self.att(h, h, h, need_weights=False)[0]).mean(1))
+
+
 CONVERTED = {  # composite layers and structural blocks, as the converter produces them
     "flatten": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5)), (1, 1, 6, 6)),
     "concat": (Cat, (1, 4)),
     "shuffle": (Shuffle, (1, 1, 8, 8)),
+    "attention": (Attention, (1, 5, 3)),
 }
 
 
@@ -318,15 +332,16 @@ def test_unknown_architectures_are_errors():
         build(g_mlp)(g_mlp.to(torch.float32))
 
 
-@pytest.mark.parametrize("name", ["flatten", "concat"])
-def test_copy_blocks_respect_symmetry(name):
-    """Composite layers (a flatten of a conv map, a concatenation) through copy blocks."""
+@pytest.mark.parametrize("name", ["flatten", "concat", "attention"])
+def test_converted_models_respect_symmetry(name):
+    """Composite layers (flatten of a conv map, concatenation) through copy blocks; an attention block."""
     g = converted(name)
-    assert any(b.kind == "copy" for b in g.layout.blocks)
     assert any(s.permutable and s.size > 1 for s in g.layout.spaces)
     for kw in ({}, {"edge_updates": True}):
         assert_invariant(build(g, fit=g, **kw), g)
         assert_equivariant(build(g, fit=g, head="parameters", **kw), g)
+    head = build(g, head="parameters")(g)
+    assert head.to_state_dict(1).keys() == CONVERTED[name][0]().state_dict().keys()
 
 
 def test_grouped_and_reordered_blocks_write_back():
