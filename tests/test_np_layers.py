@@ -142,3 +142,27 @@ def test_config_errors_name_the_key():
     with pytest.raises(PSConfigError, match="one architecture"):
         from_config({"type": "np"}, [lay, lay])
     assert issubclass(PSConfigError, wgraph.WgraphError)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 64, 65)])  # small and large o*i take different paths
+def test_fused_weight_update_gradients(shape):
+    from wgraph.nn.np_layers import _MixBroadcast, _row_col_means
+
+    B, X, o, i = shape
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(4, X, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(B, X, o, i, dtype=torch.float64, generator=g, requires_grad=True)
+    row = torch.randn(B, 4, i, dtype=torch.float64, generator=g, requires_grad=True)
+    col = torch.randn(B, 4, o, dtype=torch.float64, generator=g, requires_grad=True)
+    const = torch.randn(B, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    ref = torch.einsum("yx,bxjk->byjk", M, W) + row[:, :, None, :] + col[..., None] + const[..., None, None]
+    torch.testing.assert_close(_MixBroadcast.apply(M, W, row, col, const), ref)
+    if o * i < 1000:
+        assert torch.autograd.gradcheck(lambda *a: _MixBroadcast.apply(*a), (M, W, row, col, const))
+        assert torch.autograd.gradcheck(lambda w: _row_col_means([w])[0][0] * 2 + _row_col_means([w])[1][0].sum(), (W,))
+    else:
+        dz = torch.randn_like(ref)
+        got = torch.autograd.grad(_MixBroadcast.apply(M, W, row, col, const), (M, W, row, col, const), dz)
+        want = torch.autograd.grad(ref, (M, W, row, col, const), dz)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)

@@ -94,31 +94,42 @@ def _apply(M: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
     return torch.bmm(M.expand(feat.shape[0], *M.shape), feat)
 
 
-def _mix(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """Channel mixing of a ``(B, X, o, i)`` tensor: ``(B, out, o, i)``.
+def _channel_matmul(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``z[b, :, j, k] = M @ W[b, :, j, k]`` for ``W`` of shape ``(B, X, o, i)`` (no autograd graph
+    of its own when called from :class:`_MixBroadcast`).
 
-    An explicit ``bmm`` with ``M`` broadcast over the batch: ``torch.matmul(M, W)`` would fold
-    it into one matrix product on a transposed copy of ``W``, kept for the backward pass.
+    Large ``o i``: one ``bmm`` with ``M`` broadcast over the batch (no copy of ``W``). Small
+    ``o i`` (CNN channels, INRs): a batched product of many small matrices is slow, so ``W`` is
+    transposed to ``(X, B o i)`` (a transient copy) for one large matrix product.
     """
     B, X, o, i = W.shape
-    return torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i)).view(B, M.shape[0], o, i)
+    if o * i >= 4096:
+        return torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i)).view(B, M.shape[0], o, i)
+    Wt = W.transpose(0, 1).reshape(X, B * o * i)
+    return (M @ Wt).view(M.shape[0], B, o, i).transpose(0, 1).contiguous()
 
 
 class _MixBroadcast(torch.autograd.Function):
     """``z[b,:,j,k] = M W[b,:,j,k] + row[b,:,k] + col[b,:,j] + const[b,:]`` in one op.
 
-    The NP weight update. Forward: one ``bmm`` and in-place broadcast adds; backward: one ``bmm``
-    for ``dW``, sums of ``dz`` for the broadcast terms. Keeps only ``M`` and ``W`` for backward
-    (autograd's in-place adds on a view of the ``bmm`` result would clone ``dz`` per term).
+    The NP weight update (``row``, ``col``, ``const`` may be ``None``). Forward: one matrix product
+    and in-place broadcast adds; backward: one matrix product for ``dW`` and one for ``dM``, sums of
+    ``dz`` for the broadcast terms. Keeps only ``M`` and ``W`` for backward (autograd's in-place
+    adds on a view would clone ``dz`` per term; its matrix-product paths would keep a transposed
+    copy of ``W``).
     """
 
     @staticmethod
     def forward(ctx, M, W, row, col, const):
-        z = _mix(M, W)
-        z += row[:, :, None, :]
-        z += col[:, :, :, None]
-        z += const[:, :, None, None]
+        z = _channel_matmul(M, W)
+        if row is not None:
+            z += row[:, :, None, :]
+        if col is not None:
+            z += col[:, :, :, None]
+        if const is not None:
+            z += const[:, :, None, None]
         ctx.save_for_backward(M, W)
+        ctx.has = (row is not None, col is not None, const is not None)
         return z
 
     @staticmethod
@@ -126,14 +137,28 @@ class _MixBroadcast(torch.autograd.Function):
     def backward(ctx, dz):
         M, W = ctx.saved_tensors
         B, X, o, i = W.shape
-        dz3 = dz.reshape(B, -1, o * i)
         dM = dW = None
         if ctx.needs_input_grad[0]:
-            dM = torch.bmm(dz3, W.reshape(B, X, o * i).transpose(1, 2)).sum(0)
+            if o * i >= 4096:
+                dM = torch.bmm(dz.reshape(B, -1, o * i), W.reshape(B, X, o * i).transpose(1, 2)).sum(0)
+            else:
+                dM = dz.transpose(0, 1).reshape(-1, B * o * i) @ W.transpose(0, 1).reshape(X, B * o * i).T
         if ctx.needs_input_grad[1]:
-            dW = torch.bmm(M.T.expand(B, *M.T.shape), dz3).view(W.shape)
-        dcol = dz.sum(-1)
-        return dM, dW, dz.sum(-2), dcol, dcol.sum(-1)
+            dW = _channel_matmul(M.T, dz.contiguous())
+        has = ctx.has
+        dcol = dz.sum(-1) if has[1] or has[2] else None
+        return (
+            dM,
+            dW,
+            dz.sum(-2) if has[0] else None,
+            dcol if has[1] else None,
+            dcol.sum(-1) if has[2] else None,
+        )
+
+
+def _mix(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Channel mixing of a ``(B, X, o, i)`` tensor: ``(B, out, o, i)``."""
+    return _MixBroadcast.apply(M, W, None, None, None)
 
 
 class _RowColMean(torch.autograd.Function):
