@@ -90,8 +90,8 @@ class _Terms(nn.Module):
 
 
 def _apply(M: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
-    """``(out, X) @ (B, X, n) -> (B, out, n)``."""
-    return torch.bmm(M.expand(feat.shape[0], *M.shape), feat)
+    """``(out, X) @ (B, X, n) -> (B, out, n)``, as one matrix product over all ``B n`` columns."""
+    return F.linear(feat.transpose(1, 2), M).transpose(1, 2)
 
 
 def _channel_matmul(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
