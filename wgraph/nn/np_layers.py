@@ -138,13 +138,17 @@ class _MixBroadcast(torch.autograd.Function):
         M, W = ctx.saved_tensors
         B, X, o, i = W.shape
         dM = dW = None
-        if ctx.needs_input_grad[0]:
-            if o * i >= 4096:
+        if o * i >= 4096:
+            if ctx.needs_input_grad[0]:
                 dM = torch.bmm(dz.reshape(B, -1, o * i), W.reshape(B, X, o * i).transpose(1, 2)).sum(0)
-            else:
-                dM = dz.transpose(0, 1).reshape(-1, B * o * i) @ W.transpose(0, 1).reshape(X, B * o * i).T
-        if ctx.needs_input_grad[1]:
-            dW = _channel_matmul(M.T, dz.contiguous())
+            if ctx.needs_input_grad[1]:
+                dW = _channel_matmul(M.T, dz.contiguous())
+        else:  # one (Y, B o i) copy of dz serves both products
+            dzt = dz.transpose(0, 1).reshape(-1, B * o * i)
+            if ctx.needs_input_grad[0]:
+                dM = dzt @ W.transpose(0, 1).reshape(X, B * o * i).T
+            if ctx.needs_input_grad[1]:
+                dW = (M.T @ dzt).view(X, B, o, i).transpose(0, 1).contiguous()
         has = ctx.has
         dcol = dz.sum(-1) if has[1] or has[2] else None
         return (
