@@ -98,7 +98,9 @@ def find_module_rule(module: nn.Module) -> Rule | None:
 def supported_ops() -> str:
     """A readable list of everything the converter has a rule for."""
     mods = sorted({t.__name__ for types, _ in MODULE_RULES for t in types})
-    funcs = sorted({getattr(f, "__name__", str(f)) for f in FUNCTION_RULES})
+    funcs = sorted({getattr(f, "__name__", str(f)) for f in FUNCTION_RULES if not isinstance(f, torch._ops.OpOverload)})
+    n_aten = sum(isinstance(f, torch._ops.OpOverload) for f in FUNCTION_RULES)
+    funcs.append(f"and {n_aten} ATen ops (torch.export graphs)")
     meths = sorted(METHOD_RULES)
     return (
         f"modules: {', '.join(mods)}\n  functions: {', '.join(funcs)}\n  tensor methods: {', '.join(meths)}"
@@ -648,6 +650,27 @@ def linear_functional(b: LayoutBuilder, op: Op):
     return Feat(dst, op.out.dim() - 1)
 
 
+@function_rule(F.conv1d, F.conv2d, F.conv3d)
+def conv_functional(b: LayoutBuilder, op: Op):
+    """``F.conv2d(x, self.weight, self.bias, stride, padding, dilation, groups)``: as ``nn.Conv2d``."""
+    x, meta = op.args[0], op.metas[0]
+    w = _require_param(op, *_param_arg(op, 1, "weight"), "weight")
+    bias_v, bias_m = _param_arg(op, 2, "bias")
+    bias = _require_param(op, bias_v, bias_m, "bias")
+    groups = op.arg(6, "groups", 1)
+    shape = tuple(op.args[1].shape)
+    axis = x.dim() - 1 - (len(shape) - 2)
+    src = b.as_layer(meta, axis, shape[1] * groups, op.where)
+    dst = b.new_layer(w.name.rsplit(".", 1)[0] or w.name, shape[0], b.depth(src) + 1)
+    if groups == 1:
+        b.dense(w.name, src, dst, w.name, shape, op.where)
+    else:
+        b.grouped(w.name, src, dst, w.name, shape, groups, op.where)
+    if bias is not None:
+        b.node_param(dst, "bias", bias.name, tuple(bias_v.shape), op.where)
+    return Feat(dst, op.out.dim() - 1 - (len(shape) - 2))
+
+
 @function_rule(F.layer_norm)
 def layer_norm_functional(b: LayoutBuilder, op: Op):
     """``F.layer_norm(x, shape, self.weight, self.bias)`` over the neuron axis (as ``nn.LayerNorm``)."""
@@ -740,6 +763,114 @@ def _register_torchvision_ops() -> None:
 
 
 _register_torchvision_ops()
+
+
+# --------------------------------------------------- ATen ops (torch.export)
+def _addmm(b: LayoutBuilder, op: Op):
+    """``addmm(bias, x, W)`` = ``x @ W + bias`` with ``W`` of shape ``(in, out)`` (GPT-2's Conv1D)."""
+    (bias, bm), (x, meta), (w, wm) = zip(op.args[:3], op.metas[:3])
+    if not isinstance(wm, Param) or not isinstance(bm, Param):
+        raise UnsupportedOperation(f"{op.where}: addmm with computed weights is not supported")
+    src = b.as_layer(meta, x.dim() - 1, w.shape[0], op.where)
+    dst = b.new_layer(wm.name.rsplit(".", 1)[0], w.shape[1], b.depth(src) + 1)
+    b.dense(wm.name, src, dst, wm.name, tuple(w.shape), op.where, transposed=True)
+    b.node_param(dst, "bias", bm.name, tuple(bias.shape), op.where)
+    return Feat(dst, op.out.dim() - 1)
+
+
+def _embedding_functional(b: LayoutBuilder, op: Op):
+    """``embedding(W, ids)``: as :func:`embedding`, the table a parameter argument."""
+    w, wm = op.args[0], op.metas[0]
+    if not isinstance(wm, Param):
+        raise UnsupportedOperation(f"{op.where}: embedding of a computed table")
+    tokens = b.new_layer(wm.name, w.shape[0], 0, kind="input")
+    out = b.new_layer(f"{wm.name}:out", w.shape[1], 1)
+    b.dense(wm.name, tokens, out, wm.name, tuple(w.shape), op.where, transposed=True)
+    return Feat(out, op.out.dim() - 1)
+
+
+def _sdpa(b: LayoutBuilder, op: Op):
+    """``scaled_dot_product_attention(q, k, v)``: the output has v's neurons. Query and key
+    dimensions are tied; heads are not modelled yet, so q, k and v are fixed."""
+    metas = [op.metas[i] if len(op.args) > i else op.kwmetas.get(n) for i, n in enumerate(("query", "key", "value"))]
+    layers = [m.layer for m in metas if isinstance(m, (Feat, SplitFeat))]
+    if len(layers) != 3:
+        raise UnsupportedOperation(f"{op.where}: attention over inputs that are not hidden activations")
+    lq, lk, lv = layers
+    if lq != lk:
+        b.tie(lq, lk)
+    for li in (lq, lv):
+        b.fix(li, f"attention heads at {op.where}")
+        b.restrict_scaling(li, "none")
+    return metas[2]
+
+
+def _slice(b: LayoutBuilder, op: Op):
+    """``select``/``slice`` along a token or spatial axis keep the neurons; along the neuron axis
+    they would single neurons out."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    dim = op.arg(1, "dim", 0) % x.dim()
+    if dim == meta.axis:
+        if tuple(op.out.shape) == tuple(x.shape):
+            return meta
+        raise UnsupportedOperation(f"{op.where}: slices the neuron axis; reading individual hidden channels is not supported yet")
+    return Feat(meta.layer, meta.axis - (1 if op.out.dim() < x.dim() and dim < meta.axis else 0))
+
+
+def _register_aten_ops() -> None:
+    """The rules above, for the ATen ops that ``torch.export`` graphs are made of."""
+    aten = torch.ops.aten
+    pointwise = {
+        "real": [aten.mul.Tensor, aten.mul.Scalar, aten.neg.default, aten.dropout.default, aten.clone.default,
+                 aten.alias.default, aten.detach.default, aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout,
+                 aten.to.device, aten.lift_fresh_copy.default],
+        "positive": [aten.relu.default, aten.relu_.default, aten.leaky_relu.default, aten.abs.default],
+        "sign": [aten.tanh.default, aten.sin.default, aten.hardtanh.default],
+        "none": [aten.gelu.default, aten.silu.default, aten.sigmoid.default, aten.div.Tensor, aten.div.Scalar,
+                 aten.sub.Tensor, aten.sub.Scalar, aten.rsub.Scalar, aten.pow.Tensor_Scalar, aten.softmax.int,
+                 aten._softmax.default, aten.elu.default, aten.cos.default, aten.exp.default, aten.sqrt.default,
+                 aten.rsqrt.default, aten.clamp.default, aten.hardswish.default, aten.hardsigmoid.default,
+                 aten.mish.default, aten.erf.default, aten.relu6.default if hasattr(aten, "relu6") else aten.relu.default],
+    }  # fmt: skip
+    for group, ops in pointwise.items():
+        for o in ops:
+            FUNCTION_RULES.setdefault(o, _pointwise)
+            SCALING.setdefault(o, group)
+    _PARAM_FEATURE.update({aten.mul.Tensor: "scale", aten.add.Tensor: "shift"})
+    _MERGE_LABEL.update({aten.add.Tensor: "skip", aten.mul.Tensor: "gate"})
+    for o in (aten.add.Tensor, aten.add.Scalar):
+        FUNCTION_RULES[o] = add
+    for o in (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unsqueeze.default,
+              aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints):  # fmt: skip
+        FUNCTION_RULES[o] = reshape
+    for o in (aten.transpose.int, aten.permute.default, aten.t.default):
+        FUNCTION_RULES[o] = transpose
+    for o in (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default):
+        FUNCTION_RULES[o] = split
+    for o in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default):
+        FUNCTION_RULES[o] = reduce
+    for o in (aten.select.int, aten.slice.Tensor):
+        FUNCTION_RULES[o] = _slice
+    FUNCTION_RULES[aten._assert_tensor_metadata.default] = shape_query
+    FUNCTION_RULES[aten.cat.default] = cat
+    FUNCTION_RULES[aten.expand.default] = expand
+    FUNCTION_RULES[aten.linear.default] = linear_functional
+    for o in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default):
+        FUNCTION_RULES[o] = conv_functional
+    FUNCTION_RULES[aten.layer_norm.default] = layer_norm_functional
+    FUNCTION_RULES[aten.addmm.default] = _addmm
+    FUNCTION_RULES[aten.embedding.default] = _embedding_functional
+    FUNCTION_RULES[aten.scaled_dot_product_attention.default] = _sdpa
+    FUNCTION_RULES[F.scaled_dot_product_attention] = _sdpa
+    for o, d in ((aten.adaptive_avg_pool2d.default, 2), (aten.avg_pool2d.default, 2), (aten.max_pool2d.default, 2),
+                 (aten.adaptive_avg_pool1d.default, 1), (aten.avg_pool1d.default, 1), (aten.max_pool1d.default, 1)):  # fmt: skip
+        POOL_FUNCTIONS[o] = d
+        FUNCTION_RULES[o] = _pool
+
+
+_register_aten_ops()
 
 
 def _cat_tokens(b: LayoutBuilder, op: Op, parts, metas, meta: Feat, dim: int):
@@ -839,6 +970,8 @@ def attention(b: LayoutBuilder, op: Op):
 def _merge_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, out_shape: tuple[int, ...]):
     """A reshape that merges the two halves of a split neuron axis back into one axis: the
     neurons come back in the order the axes now have (transposed halves: a channel shuffle)."""
+    if out_shape == tuple(x.shape):
+        return meta
     a0, a1 = meta.axes
     lo, hi = min(a0, a1), max(a0, a1)
     C = meta.sizes[0] * meta.sizes[1]

@@ -157,8 +157,30 @@ def trace(model: nn.Module, concrete_args: dict | None = None, record_stack_trac
     return fx.GraphModule(model, graph)
 
 
-def build_layout(model: nn.Module, example_input, concrete_args: dict | None = None) -> Layout:
-    """Trace ``model`` and interpret it on ``example_input`` (a tensor or tuple of tensors)."""
+def export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
+    """``torch.export`` the model: an ATen-level graph whose parameters are ``get_attr`` nodes.
+
+    This front end handles forwards that plain ``torch.fx`` cannot trace (data-dependent Python
+    control flow, as in ``transformers`` models); the ATen ops get the same rules.
+    """
+    try:
+        return torch.export.export(model, inputs, strict=False).module()
+    except Exception as e:
+        raise UnsupportedOperation(
+            f"neither torch.fx nor torch.export can trace {type(model).__name__}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
+def build_layout(model: nn.Module, example_input, concrete_args: dict | None = None, tracer: str = "auto") -> Layout:
+    """Trace ``model`` and interpret it on ``example_input`` (a tensor or tuple of tensors).
+
+    ``tracer``: ``"fx"`` (``torch.fx.symbolic_trace``: module-level ops, source locations in
+    errors), ``"export"`` (``torch.export``: ATen ops, traces data-dependent Python control flow)
+    or ``"auto"`` (fx, and export where fx cannot trace).
+    """
+    if tracer not in ("auto", "fx", "export"):
+        raise ConversionError(f"tracer must be 'auto', 'fx' or 'export', got {tracer!r}")
     if not isinstance(model, nn.Module):
         raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
     state_keys = list(model.state_dict().keys())
@@ -179,10 +201,22 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
                 f"{type(model).__name__} does not run on the example input ({shapes}): {type(e).__name__}: {e}"
             ) from None
 
+    used = {"tracer": tracer}
+
     def interpret(record: bool, inputs=inputs) -> LayoutBuilder:
         builder = LayoutBuilder(prefix="0." if leaf else "")
         try:
-            gm = trace(root, concrete_args, record)
+            if tracer == "export":
+                gm = export(root, inputs)
+            else:
+                try:
+                    gm = trace(root, concrete_args, record)
+                    used["tracer"] = "fx"
+                except UnsupportedOperation:
+                    if tracer == "fx":
+                        raise
+                    gm = export(root, inputs)
+                    used["tracer"] = "export"
         except UnsupportedOperation:
             check_runs()  # a bad example input is the better explanation
             raise
@@ -237,23 +271,23 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
         raise ConversionError(f"{type(model).__name__}: no weight connects any neurons")
     # Module versions (``state_dict()._metadata``) that some modules check when loading.
     metadata = {k: dict(v) for k, v in getattr(model.state_dict(), "_metadata", {}).items()}
-    meta = {"model": type(model).__name__, "traced_in": mode, "state_dict_metadata": metadata}
+    meta = {"model": type(model).__name__, "traced_in": mode, "tracer": used["tracer"], "state_dict_metadata": metadata}
     return builder.build(state_keys, meta=meta)
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def layout_of(model: nn.Module, example_input, concrete_args: dict | None = None) -> Layout:
-    """:func:`build_layout`, cached per model object and input signature."""
+def layout_of(model: nn.Module, example_input, concrete_args: dict | None = None, tracer: str = "auto") -> Layout:
+    """:func:`build_layout`, cached per model object, input signature and tracer."""
     sig = tuple(
         (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t) for t in _as_tuple(example_input)
     )
-    key = (sig, repr(sorted((concrete_args or {}).items())))
+    key = (sig, repr(sorted((concrete_args or {}).items())), tracer)
     try:
         per_model = _CACHE.setdefault(model, {})
     except TypeError:
         per_model = {}
     if key not in per_model:
-        per_model[key] = build_layout(model, example_input, concrete_args)
+        per_model[key] = build_layout(model, example_input, concrete_args, tracer)
     return per_model[key]

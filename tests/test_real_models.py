@@ -1,0 +1,97 @@
+"""Real architectures: a diverse torchvision subset and `transformers` GPT-2 / BERT / ViT built
+from small configs (nothing downloaded). Each converts with a bit-exact round trip, and a random
+symmetry preserves the function in float64 (the full torchvision corpus runs as
+benchmarks/convert_corpus.py)."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import wgraph
+
+from conftest import assert_state_dict_exact
+
+
+def _calibrate(model, x):
+    """No vacuous checks: perturb zero-initialized heads, set BatchNorm statistics from a batch."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        model(x)
+    return model.eval()
+
+
+def _check(model, x, min_permutable=1, dtype=torch.float64):
+    torch.manual_seed(0)
+    rtol = 1e-6 if dtype == torch.float64 else 1e-4
+    model = model.to(dtype)
+    if x.is_floating_point():
+        x = x.to(dtype)
+        _calibrate(model, x)
+    model.eval()
+    g = wgraph.to_graph(model, x[:1])
+    assert_state_dict_exact(g.to_state_dict(), model.state_dict())
+    assert sum(s.size for s in g.layout.spaces if s.permutable) >= min_permutable
+    permuted = wgraph.load_into(copy.deepcopy(model), g.permute(wgraph.random_symmetry(g, seed=0)))
+    with torch.no_grad():
+        a, b = model(x), permuted(x)
+    a, b = (a if torch.is_tensor(a) else a[0]), (b if torch.is_tensor(b) else b[0])
+    assert (a[0] - a[1]).abs().max() > 1e-6 * a.abs().max(), "outputs do not depend on the input: vacuous check"
+    torch.testing.assert_close(b, a, rtol=rtol, atol=rtol * a.abs().max().item())
+    return g
+
+
+# input size; models built on depthwise convolutions are checked in float32 (rtol 1e-4), because
+# PyTorch's float64 depthwise convolution on CPU is two orders of magnitude slower. A wrong
+# permutation changes outputs at order 1, far above either tolerance.
+TORCHVISION = {
+    "resnet18": 64, "densenet121": 64, "vit_b_16": 64, "swin_t": 64, "regnet_y_400mf": 64, "squeezenet1_0": 64,
+    "mobilenet_v3_small": 32, "efficientnet_b0": 32, "convnext_tiny": 32, "shufflenet_v2_x0_5": 32,
+}  # fmt: skip
+DEPTHWISE = {"mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "shufflenet_v2_x0_5", "regnet_y_400mf"}
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_torchvision_models(name):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    s = TORCHVISION[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kwargs = {"image_size": s} if name.startswith("vit") else {}  # the same architecture on fewer tokens
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    dtype = torch.float32 if name in DEPTHWISE else torch.float64
+    _check(model, torch.randn(2, 3, s, s), min_permutable=100, dtype=dtype)
+
+
+def _hf(name):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if name == "gpt2":
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16, use_cache=False,
+                                      attn_implementation="sdpa", bos_token_id=0, eos_token_id=0)  # fmt: skip
+        return transformers.GPT2Model(cfg), torch.randint(0, 50, (2, 8))
+    if name == "bert":
+        cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                      vocab_size=50, max_position_embeddings=16, attn_implementation="sdpa")  # fmt: skip
+        return transformers.BertModel(cfg), torch.randint(0, 50, (2, 8))
+    cfg = transformers.ViTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                 image_size=32, patch_size=8, num_labels=3, attn_implementation="sdpa")  # fmt: skip
+    return transformers.ViTForImageClassification(cfg), torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "vit"])
+def test_transformers_models(name):
+    model, x = _hf(name)
+    g = _check(model.eval(), x, min_permutable=64)
+    assert g.layout.meta["tracer"] == "export"  # their forward cannot be traced by torch.fx
+    embeddings = [l for l in g.layout.layers if l.kind == "input"]
+    if name != "vit":
+        assert embeddings[0].size == 50  # one input node per vocabulary token
