@@ -95,3 +95,26 @@ def test_transformers_models(name):
     embeddings = [l for l in g.layout.layers if l.kind == "input"]
     if name != "vit":
         assert embeddings[0].size == 50  # one input node per vocabulary token
+
+
+def test_parameter_head_covers_packed_attention_parameters():
+    """The per-parameter head writes every parameter, including the q/k/v parts of a packed bias."""
+    from torch import nn
+
+    from wgraph.nn import GraphNFN
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.attn, self.out = nn.Linear(3, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(h + self.attn(h, h, h, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    g = wgraph.to_graph(Block(), torch.randn(1, 5, 3))
+    out = GraphNFN([g.layout], head="parameters")(g)
+    sd = out.to_state_dict()
+    assert sd["attn.in_proj_bias"].shape == (24,)
+    assert (sd["attn.in_proj_bias"][8:] != 0).all()  # the k and v parts are written, not left zero

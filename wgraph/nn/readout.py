@@ -161,6 +161,7 @@ def _param_mask(layout: Layout) -> torch.Tensor:
     m = torch.zeros(layout.num_nodes, len(layout.node_features))
     for p in layout.params:
         if p.where == "nodes":
-            layer = layout.layers[p.index]
-            m[layer.start : layer.stop, p.feature] = 1
+            for li in p.targets:  # a packed vector (e.g. attention's in_proj_bias) spans several layers
+                layer = layout.layers[li]
+                m[layer.start : layer.stop, p.feature] = 1
     return m
