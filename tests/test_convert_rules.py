@@ -252,3 +252,51 @@ def test_transposed_convolution_and_prelu():
     assert ct.transposed and g.edges[ct.index].shape == (1, 4, 6, 3, 3)
     assert "prelu" in lay.node_features and [p.name for p in lay.extra_params] == ["3.weight"]
     assert [s.scaling for s in lay.spaces if s.permutable] == ["positive", "positive", "real"]
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.inp = nn.Linear(3, d)
+        self.ln = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 16), nn.GELU(), nn.Linear(16, d))
+        self.out = nn.Linear(d, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        y = self.ln(h)
+        h = h + self.attn(y, y, y, need_weights=False)[0]
+        h = h + self.mlp(h)
+        return self.out(h.mean(1))
+
+
+def test_attention_heads_move_as_blocks():
+    g = _check(AttentionBlock(), torch.randn(2, 5, 3))
+    lay = g.layout
+    q = next(s for s in lay.spaces if s.name == "attn.q")
+    v = next(s for s in lay.spaces if s.name == "attn.v")
+    assert q.permutable and v.permutable and q.heads == v.heads == 2 and q.head_group == v.head_group >= 0
+    assert [lay.layers[li].name for li in q.layers] == ["attn.q", "attn.k"]
+    # over many draws whole heads do get swapped, and always consistently in q/k and v
+    swapped = 0
+    for seed in range(20):
+        sym = wgraph.random_symmetry(g, seed=seed)
+        pq, pv = sym.perms[lay.spaces.index(q)], sym.perms[lay.spaces.index(v)]
+        hq, hv = pq.view(2, 4) // 4, pv.view(2, 4) // 4
+        assert (hq == hq[:, :1]).all() and torch.equal(hq[:, 0], hv[:, 0])
+        swapped += int(hq[0, 0] == 1)
+    assert 0 < swapped < 20
+
+
+def test_a_permutation_that_ignores_heads_changes_the_function():
+    """Negative control: mixing dimensions of different heads is not a symmetry."""
+    torch.manual_seed(0)
+    model = AttentionBlock().double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    g = wgraph.to_graph(model, x)
+    si = next(i for i, s in enumerate(g.layout.spaces) if s.name == "attn.q")
+    bad = wgraph.Symmetry({si: torch.tensor([0, 1, 2, 4, 3, 5, 6, 7])})  # swaps a dim of head 0 with head 1
+    other = wgraph.load_into(copy.deepcopy(model), g.permute(bad))
+    with torch.no_grad():
+        assert (other(x) - model(x)).abs().max() > 1e-6

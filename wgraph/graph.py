@@ -87,6 +87,11 @@ class NeuronSpace:
     ``segments`` lists where the space's neurons reappear in composite layers (concatenations,
     flattened feature maps): ``(layer, offset, inner)`` means node ``offset + c * inner + s`` of
     that layer moves with neuron ``c`` of the space, for every ``s < inner``.
+    ``heads > 1``: attention dimensions in ``heads`` contiguous blocks. A permutation may only
+    reorder dimensions within a head and move whole heads; spaces with the same ``head_group``
+    (the query/key space and the value space of one attention) move their heads together, and
+    ``head_group == -1`` means heads stay in place (a per-head parameter outside the graph, such
+    as a relative position bias table, pins them).
     """
 
     name: str
@@ -96,6 +101,8 @@ class NeuronSpace:
     scaling: str = "none"
     note: str = ""
     segments: tuple[tuple[int, int, int], ...] = ()
+    heads: int = 1
+    head_group: int = -1
 
 
 @dataclass(frozen=True)

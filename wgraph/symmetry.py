@@ -109,8 +109,9 @@ def random_symmetry(
 ) -> Symmetry:
     """A random function-preserving neuron permutation of ``graph``.
 
-    Every permutable space with two or more neurons gets a non-identity permutation; input and
-    output neurons are never moved. ``per_network=True`` draws an independent permutation for each
+    Every permutable space with two or more neurons gets a non-identity permutation (attention
+    spaces, ``NeuronSpace.heads > 1``: within heads, and of whole heads where they may move);
+    input and output neurons are never moved. ``per_network=True`` draws an independent permutation for each
     network of the batch (a ``(B, size)`` tensor per space), useful as data augmentation.
 
     ``scale=True`` also draws per-neuron factors for every permutable space whose scaling group
@@ -123,13 +124,16 @@ def random_symmetry(
     seed = seed if seed is not None else int(torch.randint(2**31, ()).item())
     gen = torch.Generator().manual_seed(seed)
     n = B if per_network else 1
-    perms = {}
+    perms, head_perms = {}, {}
     for si, space in enumerate(layout.spaces):
         if not space.permutable or space.size < 2:
             continue
-        p = torch.stack([torch.randperm(space.size, generator=gen) for _ in range(n)])
-        ident = (p == torch.arange(space.size)).all(dim=1)
-        p[ident] = torch.roll(torch.arange(space.size), 1)  # never the identity
+        if space.heads > 1:
+            p = _head_permutation(space, n, gen, head_perms)
+        else:
+            p = torch.stack([torch.randperm(space.size, generator=gen) for _ in range(n)])
+            ident = (p == torch.arange(space.size)).all(dim=1)
+            p[ident] = torch.roll(torch.arange(space.size), 1)  # never the identity
         perms[si] = p if per_network else p[0]
     scales = {}
     if scale:
@@ -146,6 +150,24 @@ def random_symmetry(
                 s = torch.where(flips, -s, s)
             scales[si] = s if per_network else s[0]
     return Symmetry(perms, scales)
+
+
+def _head_permutation(space, n: int, gen: torch.Generator, head_perms: dict) -> torch.Tensor:
+    """``(n, size)`` permutation of an attention space: new head ``h`` is old head ``sigma[h]``
+    (shared by the spaces of one head group; the identity if heads stay in place), and within it
+    the dimensions follow their own random permutation (non-trivial when a head has two or more)."""
+    H, D = space.heads, space.size // space.heads
+    if space.head_group >= 0:
+        if space.head_group not in head_perms:
+            head_perms[space.head_group] = torch.stack([torch.randperm(H, generator=gen) for _ in range(n)])
+        sigma = head_perms[space.head_group]
+    else:
+        sigma = torch.arange(H).expand(n, H)
+    within = torch.stack([torch.stack([torch.randperm(D, generator=gen) for _ in range(H)]) for _ in range(n)])
+    if D >= 2:
+        ident = (within == torch.arange(D)).all(dim=(1, 2))
+        within[ident, 0] = torch.roll(torch.arange(D), 1)
+    return (sigma[:, :, None] * D + within).reshape(n, H * D)
 
 
 def permute(graph: WeightGraph, sym: Symmetry) -> WeightGraph:

@@ -65,6 +65,8 @@ class LayoutBuilder:
         self._parent: list[int] = []
         self._inputs: dict[tuple[str, int], int] = {}
         self._fixed: dict[int, str] = {}  # union-find root -> why its space cannot be permuted
+        self._heads: dict[int, tuple[int, int]] = {}  # root -> (heads, head group or -1)
+        self._head_groups = 0
         self._columns: set[tuple[int, str]] = set()  # (layer, node feature) already holding a parameter
         self.node_features = ["bias"]
 
@@ -297,6 +299,21 @@ class LayoutBuilder:
         for l, _, _ in self.segments(li):
             self._fixed.setdefault(self._find(l), reason)
 
+    def heads(self, layers: list[int], n_heads: int, movable: bool, where: str) -> None:
+        """Attention layers whose dimensions form ``n_heads`` heads; with ``movable``, whole heads
+        may be permuted, the same way in all of ``layers`` (one head group)."""
+        group = self._head_groups if movable else -1
+        self._head_groups += movable
+        for li in layers:
+            if self.layers[li]["segments"] is not None:
+                self.fix(li, f"attention heads on a composite layer at {where}")
+                continue
+            root = self._find(li)
+            if self._heads.get(root, (n_heads, group)) != (n_heads, group):
+                self.fix(li, f"two attention head structures meet at {where}")
+            self._heads[root] = (n_heads, group)
+            self.restrict_scaling(li, "none")
+
     def tie(self, a: int, b: int) -> None:
         """Layers ``a`` and ``b`` must be permuted by one permutation."""
         if self.layers[a]["segments"] is not None or self.layers[b]["segments"] is not None:
@@ -314,6 +331,10 @@ class LayoutBuilder:
             self._parent[hi] = lo
             if hi in self._fixed:
                 self._fixed.setdefault(lo, self._fixed.pop(hi))
+            if hi in self._heads:
+                moved = self._heads.pop(hi)
+                if self._heads.setdefault(lo, moved) != moved:
+                    self._fixed.setdefault(lo, "two attention head structures tied together")
 
     # ------------------------------------------------------------------ build
     def build(self, state_keys: list[str], meta: dict | None = None) -> Layout:
@@ -345,6 +366,8 @@ class LayoutBuilder:
                     permutable=all(layers[li].kind == "hidden" for li in members) and root not in self._fixed,
                     note=self._fixed.get(root, ""),
                     segments=segments,
+                    heads=self._heads.get(root, (1, -1))[0],
+                    head_group=self._heads.get(root, (1, -1))[1],
                     # Tied layers would need one scaling through every op between them: not modelled.
                     scaling=(
                         layers[members[0]].scaling

@@ -704,8 +704,8 @@ def expand(b: LayoutBuilder, op: Op):
 
 def _swin_attention(b: LayoutBuilder, op: Op):
     """torchvision's ``shifted_window_attention``: attention within windows, as for
-    ``nn.MultiheadAttention`` (heads fixed); the relative position bias and ``logit_scale`` act per
-    head, so they stay outside the permutable neurons."""
+    ``nn.MultiheadAttention``. The relative position bias and ``logit_scale`` are per-head
+    parameters kept outside the graph, so whole heads stay in place; dimensions within a head move."""
     x, meta = op.args[0], op.metas[0]
     get = lambda i, n: (op.arg(i, n), op.meta(i, n))  # noqa: E731
     (qkv_w, qkv_wm), (proj_w, proj_wm) = get(1, "qkv_weight"), get(2, "proj_weight")
@@ -723,6 +723,7 @@ def _swin_attention(b: LayoutBuilder, op: Op):
         b, op, path, [src] * 3, E, qkv_wm.name, tuple(qkv_w.shape), qkv_bm.name if qkv_b is not None else None,
         tuple(qkv_b.shape) if qkv_b is not None else (), proj_wm.name, tuple(proj_w.shape),
         proj_bm.name if proj_b is not None else None, tuple(proj_b.shape) if proj_b is not None else (),
+        op.arg(5, "num_heads"), False,
     )  # fmt: skip
     if isinstance(bias_m, Feat):  # Swin v2: a small MLP computes the bias per head
         b.fix(bias_m.layer, f"attention heads at {path!r}")
@@ -790,18 +791,23 @@ def _embedding_functional(b: LayoutBuilder, op: Op):
 
 
 def _sdpa(b: LayoutBuilder, op: Op):
-    """``scaled_dot_product_attention(q, k, v)``: the output has v's neurons. Query and key
-    dimensions are tied; heads are not modelled yet, so q, k and v are fixed."""
+    """``scaled_dot_product_attention(q, k, v, attn_mask)``: the output has v's neurons. Query and
+    key layers are tied; a neuron axis split into (heads, head_dim) gives the head structure of
+    :func:`_attention_layers`, whole heads movable unless the mask differs between heads."""
     metas = [op.metas[i] if len(op.args) > i else op.kwmetas.get(n) for i, n in enumerate(("query", "key", "value"))]
-    layers = [m.layer for m in metas if isinstance(m, (Feat, SplitFeat))]
-    if len(layers) != 3:
+    if not all(isinstance(m, (Feat, SplitFeat)) for m in metas):
         raise UnsupportedOperation(f"{op.where}: attention over inputs that are not hidden activations")
-    lq, lk, lv = layers
+    lq, lk, lv = (m.layer for m in metas)
+    heads = {m.sizes[0] if isinstance(m, SplitFeat) else 1 for m in metas}
+    if len(heads) != 1 or lq in (lv,) or lk == lv:
+        for li in (lq, lk, lv):
+            b.fix(li, f"attention at {op.where}")
+        return metas[2]
+    mask = op.arg(3, "attn_mask")
+    movable = mask is None or not isinstance(mask, torch.Tensor) or mask.dim() < 3 or mask.shape[-3] == 1
     if lq != lk:
         b.tie(lq, lk)
-    for li in (lq, lv):
-        b.fix(li, f"attention heads at {op.where}")
-        b.restrict_scaling(li, "none")
+    b.heads([lq, lv], heads.pop(), movable, op.where)
     return metas[2]
 
 
@@ -918,8 +924,14 @@ def matmul(b: LayoutBuilder, op: Op):
 
 
 def _attention_layers(b: LayoutBuilder, op: Op, path: str, srcs: list[int], E: int, in_w: str, in_shape, in_b, in_b_shape,
-                      out_w: str, out_shape, out_b, out_b_shape) -> int:  # fmt: skip
-    """Q, K, V and O layers of an attention block with a packed ``(3E, E)`` input projection."""
+                      out_w: str, out_shape, out_b, out_b_shape, n_heads: int, movable: bool) -> int:  # fmt: skip
+    """Q, K, V and O layers of an attention block with a packed ``(3E, E)`` input projection.
+
+    ``softmax(Q_h K_h^T / sqrt(d)) V_h`` is unchanged when the query and key dimensions of head
+    ``h`` share a permutation (Q and K are tied, an ``attn:`` identity block pairs them), when the
+    value dimensions of a head are permuted together with ``out_proj``'s inputs (V feeds O), and
+    when whole heads move, the same way for Q/K and V (one head group).
+    """
     depth = max(b.depth(s) for s in srcs) + 1
     q, k, v = (b.new_layer(f"{path}.{n}", E, depth) for n in ("q", "k", "v"))
     b.dense_parts(in_w, in_shape, list(zip(srcs, (q, k, v))), op.where)
@@ -927,9 +939,7 @@ def _attention_layers(b: LayoutBuilder, op: Op, path: str, srcs: list[int], E: i
         b.node_param_parts([q, k, v], "bias", in_b, in_b_shape, op.where)
     b.identity(f"attn:{path}", k, q)
     b.tie(q, k)
-    for li in (q, v):
-        b.fix(li, f"attention heads at {path!r}")
-        b.restrict_scaling(li, "none")
+    b.heads([q, v], n_heads, movable, op.where)
     o = b.new_layer(f"{path}.out", E, depth + 1)
     b.dense(out_w, v, o, out_w, out_shape, op.where)
     if out_b is not None:
@@ -939,13 +949,8 @@ def _attention_layers(b: LayoutBuilder, op: Op, path: str, srcs: list[int], E: i
 
 @module_rule(nn.MultiheadAttention)
 def attention(b: LayoutBuilder, op: Op):
-    """Multi-head attention: layers Q, K, V (from the packed ``in_proj``) and O (``out_proj``).
-
-    ``softmax(Q_h K_h^T) V_h`` is unchanged when the query and key dimensions of a head share a
-    permutation, so Q and K are tied (with an identity block ``attn:`` pairing them); V's
-    dimensions feed ``out_proj``, whose input side follows V. Permutations of whole heads are not
-    modelled yet: Q, K and V are fixed. The residual stream around the block stays permutable.
-    """
+    """Multi-head attention: layers Q, K, V (from the packed ``in_proj``) and O (``out_proj``),
+    with head structure (:func:`_attention_layers`)."""
     m, path = op.module, b.path(op.node.target)
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
         raise UnsupportedOperation(f"{op.where}: MultiheadAttention with kdim/vdim, bias_k/bias_v or add_zero_attn")
@@ -960,7 +965,7 @@ def attention(b: LayoutBuilder, op: Op):
         b.qualify(path, "in_proj_weight"), tuple(m.in_proj_weight.shape),
         b.qualify(path, "in_proj_bias") if has_b else None, (3 * E,),
         b.qualify(path, "out_proj.weight"), tuple(m.out_proj.weight.shape),
-        b.qualify(path, "out_proj.bias") if has_ob else None, (E,),
+        b.qualify(path, "out_proj.bias") if has_ob else None, (E,), m.num_heads, True,
     )  # fmt: skip
     out = op.out[0] if isinstance(op.out, tuple) else op.out
     result = Feat(o, out.dim() - 1)
