@@ -192,6 +192,7 @@ def write(records: list[dict], quick: bool, meta: dict) -> None:
         "",
         "Speed-up: nfn time / wgraph time. Memory ratio: wgraph peak / nfn peak (below 1: wgraph is leaner).",
         "SIREN weight spaces are built from a tanh MLP of the same shape (the activation does not change them).",
+        "The machine's 2 cores were shared with other jobs: repeated runs vary by about 30% in time.",
         "HNP's first layer mixes all `n_0 x width` entries of a row of W_0, so it has about "
         "`2 (n_0 width)^2` parameters (1.3 billion for case a): that cost is in the HNP equations, not in "
         "either implementation; case a8 measures HNP on case a's networks at width 8.",
