@@ -8,7 +8,9 @@ nothing downloaded), in its own subprocess so that memory of one cannot affect t
 * check that ``random_symmetry`` preserves the function: the permuted weights, written back,
   give the same outputs in eval mode (float64 and rtol 1e-6 for models under 150M parameters,
   float32 and rtol 1e-4 above and for models with grouped/depthwise convolutions, whose float64
-  CPU kernels are two orders of magnitude slower; a wrong permutation changes outputs at order 1). Parameters get small noise and BatchNorm statistics are set from a
+  CPU kernels are two orders of magnitude slower; a wrong permutation changes outputs at order 1).
+  In float32 the tolerance is at least 10x the network's own rounding noise, measured as the
+  difference between the model computed in two memory layouts. Parameters get small noise and BatchNorm statistics are set from a
   random calibration batch first, so that zero-initialized heads and vanishing signals cannot make
   the check vacuous; the outputs must also differ between the two inputs.
 
@@ -92,9 +94,18 @@ def run_one(name: str) -> dict:
     permuted = wgraph.load_into(copy.deepcopy(model), g2)
     with torch.no_grad():
         a, b = model(x), permuted(x)
+        if dtype == torch.float32:
+            # Rounding-noise floor of this network in float32: the same model computed with another
+            # memory layout (other kernels, other summation orders). Deep networks with large
+            # activations reach 1e-3 this way; a wrong permutation gives errors of order 1.
+            cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            noise = ((cl(x.to(memory_format=torch.channels_last)) - a).abs().max() / a.abs().max()).item()
+            rtol = max(rtol, 10 * noise)
+            res["float32_noise"] = noise
     err = ((a - b).abs().max() / a.abs().max()).item()
-    informative = bool((a[0] - a[1]).abs().max() > 1e3 * rtol * a.abs().max())  # outputs depend on the input
-    res.update(check_dtype=str(dtype).removeprefix("torch."), rel_error=err, function_preserved=err <= rtol and informative)
+    informative = bool((a[0] - a[1]).abs().max() > 1e-3 * a.abs().max())  # outputs depend on the input
+    res.update(check_dtype=str(dtype).removeprefix("torch."), rel_error=err, tolerance=rtol,
+               function_preserved=err <= rtol and informative)
     res["status"] = "ok" if res["exact"] and res["function_preserved"] else "wrong"
     return res
 
