@@ -210,3 +210,23 @@ def test_assert_invariant_warns_when_vacuous():
     g = wgraph.to_graph(nn.Linear(3, 2), torch.randn(1, 3))
     with pytest.warns(UserWarning, match="vacuous"):
         assert_invariant(lambda gr: gr.nodes.sum(), g)
+
+
+def test_assert_invariant_with_scalings_on_the_network_function():
+    """The network's own outputs are invariant under function-preserving permutations and scalings;
+    the sum of squared weights is invariant under permutations only."""
+    import copy
+
+    torch.manual_seed(0)
+    model = mlp((3, 6, 5, 2)).double()  # ReLU: positive scalings
+    g = wgraph.to_graph(model, torch.randn(1, 3, dtype=torch.float64))
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def outputs(gr):
+        return wgraph.load_into(copy.deepcopy(model), gr)(x)
+
+    assert_invariant(outputs, g, scale=True)
+    norm = lambda gr: sum(e.pow(2).sum() for e in gr.edges if e is not None)  # noqa: E731
+    assert_invariant(norm, g)
+    with pytest.raises(AssertionError, match="not invariant"):
+        assert_invariant(norm, g, scale=True)

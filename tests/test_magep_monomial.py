@@ -25,11 +25,10 @@ LAYOUTS = {
 
 @pytest.fixture
 def scaled(monkeypatch):
-    """Make wgraph.testing draw scaled symmetries (permutation + per-neuron factors).
-
-    wgraph.testing's helpers call random_symmetry(graph, seed=...); with scale=True those
-    symmetries also rescale neurons, and output WeightGraphs are rescaled alike by permute().
-    """
+    """Make wgraph.testing's helpers draw scaled symmetries (permutation + per-neuron factors),
+    as if every call passed ``scale=True``."""
+    draw = wgraph.testing._symmetries
+    monkeypatch.setattr(wgraph.testing, "_symmetries", lambda graph, trials, seed, scale=False: draw(graph, trials, seed, True))
     monkeypatch.setattr(wgraph.testing, "random_symmetry", functools.partial(wgraph.random_symmetry, scale=True))
 
 

@@ -55,14 +55,7 @@ class Symmetry:
     def node_permutation(self, layout: Layout, batch_size: int) -> torch.Tensor:
         """``(B, N)`` gather index over all nodes: new node ``n`` is old node ``out[b, n]``."""
         perms = {si: _check(p, layout.spaces[si].size, batch_size, si, "permutation") for si, p in self.perms.items()}
-        if hasattr(layout, "node_permutation"):
-            return layout.node_permutation(perms, batch_size)
-        idx = torch.arange(layout.num_nodes).expand(batch_size, -1).clone()
-        for si, p in perms.items():
-            for li in layout.spaces[si].layers:
-                layer = layout.layers[li]
-                idx[:, layer.start : layer.stop] = layer.start + p
-        return idx
+        return layout.node_permutation(perms, batch_size)
 
     def node_scale(self, layout: Layout, batch_size: int, dtype=torch.float64) -> torch.Tensor:
         """``(B, N)`` factor of every new node (1 for nodes of unscaled spaces)."""
@@ -73,7 +66,7 @@ class Symmetry:
             for li in space.layers:
                 start = layout.layers[li].start
                 out[:, start : start + space.size] = s
-            for li, off, inner in getattr(space, "segments", ()):
+            for li, off, inner in space.segments:
                 base = layout.layers[li].start + off
                 out[:, base : base + space.size * inner] = s.repeat_interleave(inner, dim=1)
         return out
@@ -184,21 +177,7 @@ def permute(graph: WeightGraph, sym: Symmetry) -> WeightGraph:
                 f"space {si} ({layout.spaces[si].name!r}) is not permutable: it holds input or output neurons"
             )
     idx = sym.node_permutation(layout, B).to(graph.device)
-    if hasattr(graph, "reindex"):
-        out = graph.reindex(idx)
-    else:
-        rows = torch.arange(B, device=graph.device)[:, None]
-        edges = []
-        for blk, e in zip(layout.blocks, graph.edges):
-            if e is None:
-                edges.append(None)
-                continue
-            s, d = layout.layers[blk.src], layout.layers[blk.dst]
-            pd = idx[:, d.start : d.stop] - d.start
-            ps = idx[:, s.start : s.stop] - s.start
-            edges.append(e[rows[:, :, None], pd[:, :, None], ps[:, None, :]])
-        extras = getattr(graph, "extras", None)
-        out = WeightGraph(layout, graph.nodes[rows, idx], edges, *([dict(extras)] if extras is not None else []))
+    out = graph.reindex(idx)
     if sym.scales:
         out = _rescale(out, sym)
     return out
@@ -244,5 +223,4 @@ def _rescale(graph: WeightGraph, sym: Symmetry) -> WeightGraph:
             continue
         f = factor.view(B, *e.shape[1:3], *(1,) * (e.dim() - 3))
         edges.append(e * f)
-    extras = getattr(graph, "extras", None)
-    return WeightGraph(layout, nodes, edges, *([dict(extras)] if extras is not None else []))
+    return WeightGraph(layout, nodes, edges, dict(graph.extras))

@@ -41,6 +41,8 @@ def _permute_output(out, graph: WeightGraph, sym: Symmetry):
         return out.permute(sym)
     if isinstance(out, (tuple, list)):
         return type(out)(_permute_output(o, graph, sym) for o in out)
+    if sym.scales:
+        raise AssertionError("scaled symmetries act on WeightGraph outputs only, not on (B, N, ...) tensors")
     idx = sym.node_permutation(graph.layout, graph.batch_size).to(out.device)
     if out.dim() < 2 or out.shape[:2] != idx.shape:
         raise AssertionError(
@@ -49,26 +51,31 @@ def _permute_output(out, graph: WeightGraph, sym: Symmetry):
     return out[torch.arange(out.shape[0], device=out.device)[:, None], idx]
 
 
-def _symmetries(graph: WeightGraph, trials: int, seed: int):
-    syms = [random_symmetry(graph, seed=seed + t) for t in range(trials)]
+def _symmetries(graph: WeightGraph, trials: int, seed: int, scale: bool = False):
+    syms = [random_symmetry(graph, seed=seed + t, scale=scale) for t in range(trials)]
     if all(s.is_identity() for s in syms):
         warnings.warn("the graph has no non-trivial neuron permutation: the symmetry check is vacuous", stacklevel=3)
     return syms
 
 
-def equivariance_error(fn, graph: WeightGraph, *, invariant: bool = False, trials: int = 3, seed: int = 0) -> float:
-    """Largest ``|fn(g.permute(p)) - p(fn(g))|`` (``p`` the identity on outputs if ``invariant``)."""
+def equivariance_error(
+    fn, graph: WeightGraph, *, invariant: bool = False, trials: int = 3, seed: int = 0, scale: bool = False
+) -> float:
+    """Largest ``|fn(g.permute(p)) - p(fn(g))|`` (``p`` the identity on outputs if ``invariant``).
+
+    ``scale=True`` draws symmetries with per-neuron scalings too (``random_symmetry(scale=True)``).
+    """
     with torch.no_grad():
         out = fn(graph)
         errs = []
-        for sym in _symmetries(graph, trials, seed):
+        for sym in _symmetries(graph, trials, seed, scale):
             expected = out if invariant else _permute_output(out, graph, sym)
             errs.append(_compare(fn(graph.permute(sym)), expected))
     return max(errs)
 
 
-def _assert(fn, graph, invariant, trials, seed, atol, rtol):
-    err = equivariance_error(fn, graph, invariant=invariant, trials=trials, seed=seed)
+def _assert(fn, graph, invariant, trials, seed, atol, rtol, scale=False):
+    err = equivariance_error(fn, graph, invariant=invariant, trials=trials, seed=seed, scale=scale)
     with torch.no_grad():
         tol = atol + rtol * _scale(fn(graph))
     what = "invariant" if invariant else "equivariant"
@@ -76,12 +83,18 @@ def _assert(fn, graph, invariant, trials, seed, atol, rtol):
         raise AssertionError(f"not {what} under neuron permutations: max error {err:.3e} > tolerance {tol:.3e}")
 
 
-def assert_invariant(fn, graph: WeightGraph, *, trials: int = 3, seed: int = 0, atol: float = 1e-8, rtol: float = 1e-6):
-    """Assert ``fn(g.permute(p)) == fn(g)`` for random function-preserving permutations ``p``."""
-    _assert(fn, graph, True, trials, seed, atol, rtol)
+def assert_invariant(
+    fn, graph: WeightGraph, *, trials: int = 3, seed: int = 0, atol: float = 1e-8, rtol: float = 1e-6, scale: bool = False
+):
+    """Assert ``fn(g.permute(p)) == fn(g)`` for random function-preserving permutations ``p``
+    (with ``scale=True``, permutations and scalings)."""
+    _assert(fn, graph, True, trials, seed, atol, rtol, scale)
 
 
-def assert_equivariant(fn, graph: WeightGraph, *, trials: int = 3, seed: int = 0, atol: float = 1e-8, rtol: float = 1e-6):
+def assert_equivariant(
+    fn, graph: WeightGraph, *, trials: int = 3, seed: int = 0, atol: float = 1e-8, rtol: float = 1e-6, scale: bool = False
+):
     """Assert ``fn(g.permute(p)) == fn(g).permute(p)`` (WeightGraph outputs) or the node-permuted
-    ``(B, N, ...)`` tensor, for random function-preserving permutations ``p``."""
-    _assert(fn, graph, False, trials, seed, atol, rtol)
+    ``(B, N, ...)`` tensor, for random function-preserving permutations ``p`` (``scale=True``:
+    with scalings; WeightGraph outputs only)."""
+    _assert(fn, graph, False, trials, seed, atol, rtol, scale)

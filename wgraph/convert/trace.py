@@ -212,10 +212,13 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
                 try:
                     gm = trace(root, concrete_args, record)
                     used["tracer"] = "fx"
-                except UnsupportedOperation:
+                except UnsupportedOperation as fx_error:
                     if tracer == "fx":
                         raise
-                    gm = export(root, inputs)
+                    try:
+                        gm = export(root, inputs)
+                    except UnsupportedOperation as export_error:
+                        raise UnsupportedOperation(f"{fx_error}\n  torch.export failed too: {export_error}") from None
                     used["tracer"] = "export"
         except UnsupportedOperation:
             check_runs()  # a bad example input is the better explanation
