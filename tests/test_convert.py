@@ -177,7 +177,7 @@ def test_example_input_that_does_not_run():
         wgraph.to_graph(nn.Linear(3, 2), torch.randn(2, 5))
 
 
-def test_unsupported_functional_parameter_and_shared_module():
+def test_unsupported_functional_parameter():
     class Functional(nn.Module):
         def __init__(self):
             super().__init__()
@@ -188,10 +188,6 @@ def test_unsupported_functional_parameter_and_shared_module():
 
     with pytest.raises(wgraph.UnsupportedOperation, match="parameter 'w' is used by .*einsum"):
         wgraph.to_graph(Functional(), torch.randn(2, 3))
-
-    lin = nn.Linear(3, 3)
-    with pytest.raises(wgraph.UnsupportedOperation, match="used a second time"):
-        wgraph.to_graph(nn.Sequential(lin, nn.ReLU(), lin), torch.randn(2, 3))
 
 
 def test_unused_parameter_is_an_error():

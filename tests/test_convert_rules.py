@@ -300,3 +300,50 @@ def test_a_permutation_that_ignores_heads_changes_the_function():
     other = wgraph.load_into(copy.deepcopy(model), g.permute(bad))
     with torch.no_grad():
         assert (other(x) - model(x)).abs().max() > 1e-6
+
+
+def test_shared_module_ties_its_layers():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.mid, self.out = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.inp(x))
+            h = torch.tanh(self.mid(h))
+            return self.out(torch.tanh(self.mid(h)))  # the same module twice
+
+    g = _check(Shared(), torch.randn(2, 3))
+    lay = g.layout
+    shared = [b for b in lay.blocks if b.kind == "shared"]
+    assert len(shared) == 1 and shared[0].param == "mid.weight"
+    assert len([s for s in lay.spaces if s.permutable]) == 1  # inp, mid (twice): one tied space
+    data = g.to_pyg()  # the shared block's edges carry the weight's values
+    blk = lay.blocks.index(shared[0])
+    torch.testing.assert_close(data.edge_attr[data.edge_block == blk, 0], g.param("mid.weight")[0].flatten())
+
+
+def test_tied_embedding_and_output_layer():
+    class TiedLM(nn.Module):
+        def __init__(self, vocab=11, d=6):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, d)
+            self.mlp = nn.Sequential(nn.Linear(d, 8), nn.GELU(), nn.Linear(8, d))
+            self.head = nn.Linear(d, vocab, bias=False)
+            self.head.weight = self.emb.weight  # tied
+
+        def forward(self, ids):
+            h = self.emb(ids)
+            return self.head(h + self.mlp(h))
+
+    torch.manual_seed(0)
+    model = TiedLM().double().eval()
+    ids = torch.randint(0, 11, (2, 5))
+    g = wgraph.to_graph(model, ids)
+    assert list(g.to_state_dict()) == list(model.state_dict())
+    assert_state_dict_exact(g.to_state_dict(), model.state_dict())
+    assert [b.kind for b in g.layout.blocks].count("shared") == 1
+    permuted = wgraph.load_into(copy.deepcopy(model), g.permute(wgraph.random_symmetry(g, seed=0)))
+    torch.testing.assert_close(permuted(ids), model(ids))
+    stream = [s for s in g.layout.spaces if s.permutable and s.size == 6]
+    assert len(stream) == 1  # embedding output and residual stream: one space, tied to the head's input

@@ -47,7 +47,7 @@ def intersect_scaling(a: str, b: str) -> str:
         return b
     return "none"
 
-BLOCK_KINDS = ("dense", "grouped", "identity", "copy")
+BLOCK_KINDS = ("dense", "grouped", "identity", "copy", "shared")
 FORMAT_VERSION = 1
 
 
@@ -114,6 +114,9 @@ class EdgeBlock:
     ``kind == "grouped"``: a grouped convolution with ``groups`` groups, weight of native shape
     ``(out, in // groups, *kernel)``: destination ``o`` in group ``o // (out // groups)`` reads the
     ``in // groups`` sources of that group; edge ``(o, j)`` carries ``W[o, j]`` (block diagonal).
+    ``kind == "shared"``: a second use of the weight of dense block ``index[0]`` (a shared module
+    or tied weights), with the same edges as a dense block; no tensor of its own: its edge values
+    are that block's weight, transposed if ``index[1] == 1`` (the weight used as ``W^T``).
     ``kind == "identity"``: a residual connection, edge ``i -> i`` with value 1, no parameter.
     ``kind == "copy"``: neurons that reappear in a composite layer (a concatenation, or a flatten
     that gives every channel one node per spatial position): edges with value 1 from source neuron
@@ -153,6 +156,8 @@ class ParamSlot:
     ``where == "nodes"``: a vector stored in node-feature column ``feature`` of layer ``index``.
     ``where == "extra"``: state that belongs to no neuron (e.g. BatchNorm's ``num_batches_tracked``),
     kept as is in :attr:`WeightGraph.extras` with its own ``dtype`` so the round trip stays exact.
+    ``where == "alias"``: a second name of the tensor ``alias_of`` (tied weights appear under
+    both names in a state dict); stored once, returned under both names.
 
     ``parts``: a parameter that feeds several blocks or layers (attention's packed ``in_proj``)
     is the concatenation along its first axis of the blocks (``edges``) or layers (``nodes``)
@@ -169,6 +174,7 @@ class ParamSlot:
     dtype: str | None = None
     parts: tuple[int, ...] = ()
     transposed: bool = False
+    alias_of: str | None = None
 
     @property
     def targets(self) -> tuple[int, ...]:
@@ -212,7 +218,7 @@ class Layout:
             return self.layers[b.dst].size
         if b.kind == "copy":
             return b.count * b.inner
-        return self.layers[b.dst].size * self.layers[b.src].size // b.groups
+        return self.layers[b.dst].size * self.layers[b.src].size // b.groups  # dense, grouped, shared
 
     @property
     def num_edges(self) -> int:
@@ -488,6 +494,8 @@ class WeightGraph:
         if idx is None:
             raise StateDictError(f"no parameter {name!r} in this graph; it has {list(self.layout.param_index)}")
         slot, B = self.layout.params[idx], self.batch_size
+        if slot.where == "alias":
+            return self.param(slot.alias_of)
         if slot.where == "extra":
             return self.extras[name]
         if slot.where == "edges":
@@ -597,7 +605,11 @@ class WeightGraph:
         for i, (blk, e) in enumerate(zip(lay.blocks, self.edges)):
             n = lay.block_num_edges(i)
             part = self.nodes.new_zeros(self.batch_size, n, K)
-            if not blk.has_tensor:
+            if blk.kind == "shared":
+                w = self.edges[blk.index[0]]
+                w = w.transpose(1, 2) if blk.index[1] else w
+                part[..., : blk.kernel_numel] = w.reshape(self.batch_size, n, blk.kernel_numel)
+            elif not blk.has_tensor:
                 part[..., 0] = 1
             else:
                 part[..., : blk.kernel_numel] = e.reshape(self.batch_size, n, blk.kernel_numel)
@@ -713,6 +725,13 @@ class WeightGraph:
                 g.add_node(n, kind=layer.kind, layer=layer.name, depth=layer.depth, position=p, **attrs)
         for i, blk in enumerate(lay.blocks):
             s, d = lay.layers[blk.src], lay.layers[blk.dst]
+            if blk.kind == "shared":
+                w = self.edges[blk.index[0]][index]
+                vals = (w.transpose(0, 1) if blk.index[1] else w).reshape(lay.block_num_edges(i), -1).tolist()
+                src, dst = lay.block_edge_index(i).tolist()
+                for u, v, val in zip(src, dst, vals):
+                    g.add_edge(u, v, block=blk.name, kind="shared", param=blk.param, value=val[0] if not blk.kernel else val)
+                continue
             if not blk.has_tensor:
                 src, dst = lay.block_edge_index(i).tolist()
                 for u, v in zip(src, dst):

@@ -98,7 +98,7 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
     ``{name: (B, *shape)}`` (as a zoo stores them; these are used without a copy).
     """
     stacked = _check_stacked(layout, state_dicts) if isinstance(state_dicts, Mapping) else _stack_checkpoints(layout, state_dicts)
-    extra = {p.name for p in layout.extra_params}
+    extra = {p.name for p in layout.extra_params} | {p.name for p in layout.params if p.where == "alias"}
     kinds = {(t.dtype, t.device) for k, t in stacked.items() if k not in extra}
     if len(kinds) > 1:
         detail = ", ".join(f"{k!r}: {t.dtype} on {t.device}" for k, t in stacked.items() if k not in extra)
@@ -112,6 +112,10 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
     extras = {}
     for slot in layout.params:
         t = stacked[slot.name]
+        if slot.where == "alias":
+            if not torch.equal(t, stacked[slot.alias_of]):
+                raise StateDictError(f"{slot.name!r} is tied to {slot.alias_of!r} in this architecture, but differs from it")
+            continue
         if slot.where == "extra":
             if str(t.dtype).removeprefix("torch.") != slot.dtype or t.device != device:
                 raise IncompatibleBatchError(f"{slot.name!r} is {t.dtype} on {t.device}, expected {slot.dtype} on {device}")

@@ -9,7 +9,7 @@ Ties are kept in a union-find forest; :meth:`LayoutBuilder.build` turns its root
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -57,7 +57,7 @@ class Param:
 
 
 class LayoutBuilder:
-    def __init__(self, prefix: str = ""):
+    def __init__(self, prefix: str = "", aliases: dict[str, str] | None = None):
         self.prefix = prefix  # stripped from module paths (set when a bare leaf module is wrapped)
         self.layers: list[dict] = []
         self.blocks: list[EdgeBlock] = []
@@ -69,6 +69,7 @@ class LayoutBuilder:
         self._head_groups = 0
         self._columns: set[tuple[int, str]] = set()  # (layer, node feature) already holding a parameter
         self.node_features = ["bias"]
+        self.aliases = aliases or {}  # second names of tied tensors -> the first name
 
     def path(self, target: str) -> str:
         """The module path of fx target ``target`` in the user's model."""
@@ -198,6 +199,9 @@ class LayoutBuilder:
 
     # ----------------------------------------------------------------- blocks
     def _claim(self, param: str, slot: ParamSlot, where: str) -> None:
+        if param in self.aliases:
+            param = self.aliases[param]
+            slot = replace(slot, name=param)
         if param in self.slots:
             raise UnsupportedOperation(
                 f"{where}: parameter {param!r} is used a second time (shared module or tied weight); "
@@ -210,11 +214,35 @@ class LayoutBuilder:
         transposed: bool = False, kernel: tuple[int, ...] | None = None,
     ) -> None:  # fmt: skip
         """A weight ``param`` of shape ``(dst.size, src.size, *kernel)`` from ``src`` to ``dst``
-        (``transposed``: a parameter laid out ``(src.size, dst.size, *kernel)``, e.g. ``x @ W``)."""
+        (``transposed``: a parameter laid out ``(src.size, dst.size, *kernel)``, e.g. ``x @ W``).
+        A parameter already used by another dense block becomes a :meth:`shared` block."""
         kernel = tuple(kernel) if kernel is not None else () if transposed else tuple(shape[2:])
+        param = self.aliases.get(param, param)
+        prev = self.slots.get(param)
+        if prev is not None and prev.where == "edges" and not prev.parts and self.blocks[prev.index].kind == "dense":
+            return self.shared(name, src, dst, prev, transposed, where)
         self.blocks.append(EdgeBlock(name=name, kind="dense", src=src, dst=dst, param=param, kernel=kernel))
         slot = ParamSlot(param, tuple(shape), "edges", len(self.blocks) - 1, transposed=transposed)
         self._claim(param, slot, where)
+
+    def shared(self, name: str, src: int, dst: int, prev: ParamSlot, transposed: bool, where: str) -> None:
+        """A second use of a weight (a shared module, or tied weights such as an embedding reused
+        as the output layer): one parameter, one tensor, held by the first block; this block only
+        refers to it. Its layers are tied to the first block's: the same orientation ties source to
+        source and destination to destination, the reverse orientation (``W`` used as ``W^T``)
+        source to destination and destination to source."""
+        first = self.blocks[prev.index]
+        reverse = transposed != prev.transposed
+        pairs = ((src, first.dst), (dst, first.src)) if reverse else ((src, first.src), (dst, first.dst))
+        for a, b in pairs:
+            if self.size(a) != self.size(b):
+                raise UnsupportedOperation(f"{where}: parameter {prev.name!r} is reused with other shapes")
+            if a != b:
+                self.tie(a, b)
+        self.blocks.append(
+            EdgeBlock(name=name, kind="shared", src=src, dst=dst, param=prev.name, kernel=first.kernel,
+                      index=(prev.index, int(reverse)))  # fmt: skip
+        )
 
     def dense_parts(self, param: str, shape: tuple[int, ...], parts: list[tuple[int, int]], where: str) -> None:
         """One weight whose row blocks feed different layers: rows of part ``k`` go from
@@ -256,6 +284,10 @@ class LayoutBuilder:
 
     def node_param(self, layer: int, feature: str, param: str, shape: tuple[int, ...], where: str) -> None:
         """A per-neuron vector ``param`` (e.g. a bias) stored in node feature column ``feature``."""
+        prev = self.slots.get(self.aliases.get(param, param))
+        if prev is not None and prev.where == "nodes" and prev.feature == self.node_features.index(feature):
+            self.tie(prev.index, layer)  # the bias of a shared module: same neurons, stored once
+            return
         if (layer, feature) in self._columns:
             raise UnsupportedOperation(
                 f"{where}: layer {self.layers[layer]['name']!r} already has a {feature!r} parameter; "
@@ -376,7 +408,10 @@ class LayoutBuilder:
                     ),
                 )
             )
-        params = tuple(self.slots[k] for k in state_keys)
+        params = tuple(
+            self.slots[k] if k in self.slots else ParamSlot(k, self.slots[self.aliases[k]].shape, "alias", -1, alias_of=self.aliases[k])
+            for k in state_keys
+        )
         return Layout(
             layers=tuple(layers),
             spaces=tuple(spaces),

@@ -187,6 +187,15 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
     if not state_keys:
         raise ConversionError(f"{type(model).__name__} has no parameters: there is no weight graph to build")
     inputs = _as_tuple(example_input)
+    # Tied tensors appear under several state-dict names: map every later name to the first.
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = id(t)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
     # A bare leaf module (e.g. one nn.Linear) is traced inside a wrapper so its rule applies.
     leaf = rules.find_module_rule(model) is not None
     root = nn.Sequential(model) if leaf else model
@@ -204,7 +213,7 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
     used = {"tracer": tracer}
 
     def interpret(record: bool, inputs=inputs) -> LayoutBuilder:
-        builder = LayoutBuilder(prefix="0." if leaf else "")
+        builder = LayoutBuilder(prefix="0." if leaf else "", aliases=aliases)
         try:
             if tracer == "export":
                 gm = export(root, inputs)
@@ -249,13 +258,13 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
     try:
         with torch.no_grad():
             builder = interpret_in(train=False)  # no statistics updates, deterministic dropout
-            if any(k not in builder.slots for k in state_keys):
+            if any(k not in builder.slots and k not in builder.aliases for k in state_keys):
                 # Parameters unused in eval mode (e.g. auxiliary heads): trace the training graph,
                 # restoring the buffers that training-mode BatchNorm updates.
                 saved = {k: v.clone() for k, v in model.named_buffers()}
                 try:
                     train_builder = interpret_in(train=True)
-                    if all(k in train_builder.slots for k in state_keys):
+                    if all(k in train_builder.slots or k in train_builder.aliases for k in state_keys):
                         builder, mode = train_builder, "train"
                 except WgraphError:
                     pass
@@ -264,7 +273,7 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
                         v.copy_(saved[k])
     finally:
         model.train(was_training)
-    missing = [k for k in state_keys if k not in builder.slots]
+    missing = [k for k in state_keys if k not in builder.slots and k not in builder.aliases]
     if missing:
         raise UnsupportedOperation(
             f"{type(model).__name__}: state-dict entries {missing} are not used by forward on the example input "
