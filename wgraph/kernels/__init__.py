@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from ..errors import WgraphError
-from . import reference
+from . import fused, reference
 from .blocks import block_nodes, pair_sum
 from .spec import ACTIVATIONS, AGGREGATORS, BLOCK_KINDS
 
@@ -58,6 +58,11 @@ def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
     backend returns.
     """
     _BACKENDS[name] = fn
+
+
+# ``fused``: dense and grouped blocks tile by tile with node-sized accumulators and recomputation in
+# the backward pass (sum / mean); other aggregators and identity / copy blocks use the reference.
+register_backend("fused", fused.message_pass)
 
 
 def available_backends() -> tuple[str, ...]:

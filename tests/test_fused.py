@@ -1,0 +1,198 @@
+"""The ``fused`` message-passing backend against ``reference``: values, gradients, tiling, whole model."""
+
+import pytest
+import torch
+
+import wgraph
+import wgraph.kernels.fused as fused
+from wgraph.kernels import available_backends, message_pass
+from wgraph.nn import GraphNFN
+
+B, H, K = 3, 6, 4
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def rnd(gen, *shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen, dtype=dtype)
+
+
+def block_inputs(gen, kind, reverse, out_n=5, in_n=4, groups=1, dtype=torch.float32, b=B, h=H, k=K):
+    n_send, n_recv = (in_n, out_n) if not reverse else (out_n, in_n)
+    send, recv = rnd(gen, b, n_send, h, dtype=dtype), rnd(gen, b, n_recv, h, dtype=dtype)
+    edge = rnd(gen, b, out_n, in_n // groups, k, dtype=dtype)
+    weight = rnd(gen, k, h, dtype=dtype)
+    return [t.requires_grad_() for t in (send, recv, edge, weight)]
+
+
+def outputs_and_grads(backend, inputs, gen_seed=1, **kwargs):
+    out = message_pass(*inputs, backend=backend, **kwargs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(gen_seed), dtype=out.dtype)
+    grads = torch.autograd.grad(out, inputs, g)
+    return out.detach(), grads
+
+
+def assert_close_rel(a, b, rtol=1e-5):
+    """Relative agreement: max abs difference at most rtol times the largest magnitude (plus a floor)."""
+    scale = max(b.abs().max().item(), 1.0)
+    assert (a - b).abs().max().item() <= rtol * scale, (a - b).abs().max().item()
+
+
+def test_fused_is_registered():
+    assert "fused" in available_backends()
+
+
+@pytest.mark.parametrize("aggr", [("sum",), ("mean",), ("sum", "mean")])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu", "silu", "identity"])
+@pytest.mark.parametrize("tile_bytes", [None, 1])  # default budget: one tile; 1 byte: one row per tile
+def test_dense_matches_reference(gen, monkeypatch, aggr, reverse, act, tile_bytes):
+    if tile_bytes is not None:
+        monkeypatch.setattr(fused, "TILE_BYTES", tile_bytes)
+    inputs = block_inputs(gen, "dense", reverse)
+    kw = dict(kind="dense", reverse=reverse, aggr=aggr, act=act)
+    ref, ref_g = outputs_and_grads("reference", inputs, **kw)
+    out, out_g = outputs_and_grads("fused", inputs, **kw)
+    assert out.shape == ref.shape == (B, 4 if reverse else 5, H * len(aggr))
+    assert_close_rel(out, ref)
+    for a, b in zip(out_g, ref_g):
+        assert_close_rel(a, b)
+
+
+@pytest.mark.parametrize("aggr", [("sum",), ("mean",)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_grouped_conv_matches_reference(gen, monkeypatch, aggr, reverse):
+    monkeypatch.setattr(fused, "TILE_BYTES", 2 * 3 * H * 4)  # two rows per tile: several tiles per group
+    inputs = block_inputs(gen, "grouped", reverse, out_n=6, in_n=9, groups=3)
+    kw = dict(kind="grouped", reverse=reverse, aggr=aggr, act="relu", groups=3)
+    ref, ref_g = outputs_and_grads("reference", inputs, **kw)
+    out, out_g = outputs_and_grads("fused", inputs, **kw)
+    assert out.shape == ref.shape
+    assert_close_rel(out, ref)
+    for a, b in zip(out_g, ref_g):
+        assert_close_rel(a, b)
+
+
+def test_tiles_cover_the_block_once():
+    cases = [(3, 5, 100, 1), (3, 5, 100, 250), (3, 5, 100, 1000), (3, 5, 100, 10**9), (1, 7, 8, 24)]
+    for B_, out, row_bytes, budget in cases:
+        seen = torch.zeros(B_, out, dtype=torch.long)
+        n = 0
+        for bs, rs in fused._tiles(B_, out, row_bytes, budget):
+            seen[bs, rs] += 1
+            n += 1
+            rows = (bs.stop - bs.start) * (rs.stop - rs.start)
+            assert rows == 1 or rows * row_bytes <= budget
+        assert torch.equal(seen, torch.ones_like(seen))
+        if budget < row_bytes:
+            assert n == B_ * out  # one row of one network per tile
+
+
+def test_many_tiles_large_block(gen, monkeypatch):
+    """A block split into many tiles (tiles of several rows, rows not dividing evenly), both directions."""
+    monkeypatch.setattr(fused, "TILE_BYTES", 3 * 17 * 8 * 4)  # 3 rows of one network
+    for reverse in (False, True):
+        inputs = block_inputs(gen, "dense", reverse, out_n=20, in_n=17, b=2, h=8, k=9)
+        kw = dict(kind="dense", reverse=reverse, aggr=("mean", "sum"), act="relu")
+        assert len(list(fused._tiles(2, 20, 17 * 8 * 4, fused.TILE_BYTES))) == 14
+        ref, ref_g = outputs_and_grads("reference", inputs, **kw)
+        out, out_g = outputs_and_grads("fused", inputs, **kw)
+        assert_close_rel(out, ref)
+        for a, b in zip(out_g, ref_g):
+            assert_close_rel(a, b)
+
+
+@pytest.mark.parametrize("kind,groups", [("dense", 1), ("grouped", 2)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_fused(gen, monkeypatch, kind, groups, reverse):
+    monkeypatch.setattr(fused, "TILE_BYTES", 1)  # every row its own tile
+    send, recv, edge, weight = block_inputs(
+        gen, kind, reverse, out_n=4, in_n=2, groups=groups, dtype=torch.float64, b=2, h=3, k=2
+    )
+    kw = dict(kind=kind, reverse=reverse, aggr=("sum", "mean"), act="tanh", groups=groups, backend="fused")
+
+    def fn(s, r, e, w):
+        return message_pass(s, r, e, w, **kw)
+
+    assert torch.autograd.gradcheck(fn, (send, recv, edge, weight))
+
+
+def test_gradcheck_fused_relu_and_partial_requires_grad(gen):
+    """Edge features without gradient (raw weights): only send, recv and the edge map get gradients."""
+    send, recv, edge, weight = block_inputs(gen, "dense", False, out_n=3, in_n=2, dtype=torch.float64, b=1, h=3, k=2)
+    edge = edge.detach()
+
+    def fn(s, r, w):
+        return message_pass(s, r, edge, w, aggr="mean", act="relu", backend="fused")
+
+    assert torch.autograd.gradcheck(fn, (send, recv, weight))
+
+
+def test_forward_saves_no_message_tensor(gen):
+    """The autograd graph holds only the inputs: nothing of size B x out x in x H is saved."""
+    send, recv, edge, weight = block_inputs(gen, "dense", False, out_n=30, in_n=20, b=2, h=16, k=1)
+    out = message_pass(send, recv, edge, weight, aggr="sum", backend="fused")
+    saved = out.grad_fn.saved_tensors
+    assert len(saved) == 4
+    assert max(t.numel() for t in saved) == edge.numel() < 2 * 30 * 20 * 16
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kind="dense", aggr=("max",)),
+        dict(kind="dense", aggr=("sum", "std")),
+        dict(kind="identity", aggr=("sum",)),
+    ],
+)
+def test_fallbacks_match_reference(gen, kwargs):
+    if kwargs["kind"] == "identity":
+        send, recv, weight = rnd(gen, B, 4, H), rnd(gen, B, 4, H), rnd(gen, 1, H)
+        inputs = [t.requires_grad_() for t in (send, recv, weight)]
+        args = (inputs[0], inputs[1], None, inputs[2])
+    else:
+        inputs = block_inputs(gen, "dense", False)
+        args = tuple(inputs)
+    ref = message_pass(*args, backend="reference", **kwargs)
+    out = message_pass(*args, backend="fused", **kwargs)
+    assert torch.equal(out, ref)
+
+
+def _cnn_graphs(n=3):
+    import wgraph.zoo
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 28, 28)
+    return wgraph.WeightGraph.cat([wgraph.to_graph(wgraph.zoo.small_cnn(), x) for _ in range(n)])
+
+
+@pytest.mark.parametrize("aggr", [("mean",), ("sum", "mean")])
+def test_graph_nfn_fused_equals_reference(monkeypatch, aggr):
+    monkeypatch.setattr(fused, "TILE_BYTES", 2 * 16 * 16 * 4)  # two rows of a 16 x 16 conv block per tile
+    graph = _cnn_graphs()
+    assert graph.batch_size == 3
+    kinds = [(b.kind, tuple(b.kernel)) for b in graph.layout.blocks]
+    assert ("dense", (3, 3)) in kinds and ("dense", ()) in kinds  # conv and linear blocks both go through fused
+    results = {}
+    for backend in ("reference", "fused"):
+        torch.manual_seed(1)
+        model = GraphNFN(graph.layout, hidden=16, layers=2, aggr=aggr, backend=backend)
+        out = model(graph)
+        loss = (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum()
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        results[backend] = (out.detach(), grads, [n for n, _ in model.named_parameters()])
+    (r_out, r_g, names), (f_out, f_g, _) = results["reference"], results["fused"]
+    assert_close_rel(f_out, r_out)
+    assert [g is None for g in f_g] == [g is None for g in r_g]
+    used = [(n, a, b) for n, a, b in zip(names, f_g, r_g) if b is not None]
+    for name, a, b in used:
+        assert_close_rel(a, b, rtol=1e-5)
+    # gradients reach the message maps (A, B, C) of every layer and direction through the fused kernel
+    flowing = {n for n, _, b in used if b.abs().max() > 0}
+    for i in range(2):
+        for d in ("fwd", "bwd"):
+            for m in ("send", "recv", "edge"):
+                assert f"layers.{i}.{d}.{m}.weight" in flowing, (i, d, m)

@@ -1,0 +1,215 @@
+r"""Fused message-passing backend (CPU and any device): tiles, node-sized accumulators, recomputation.
+
+For a dense block with edge features ``x`` of shape ``(B, out, in, K)``, sender states
+``s = A h_u`` and receiver states ``r = B h_v (+ b)`` this computes exactly what
+:mod:`wgraph.kernels.reference` computes,
+
+.. math::
+
+    z_{vu} = s_u + r_v + x_{vu} C, \qquad
+    m_v = \sum_{u \to v} \phi(z_{vu}) \quad\text{(sum)}, \qquad
+    m_v = \frac{1}{|\{u \to v\}|} \sum_{u \to v} \phi(z_{vu}) \quad\text{(mean)},
+
+without ever holding the ``(B, out, in, H)`` tensor of pre-activations or messages. The block is
+cut into tiles of whole rows (and, when one row of the whole batch is already larger than the
+budget, of batch entries) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
+:data:`TILE_BYTES` bytes (at least one row of one network per tile). Dense blocks need no index
+tensors: a tile is a slice of ``x`` and of the node states.
+
+Forward (a custom :class:`torch.autograd.Function`): for each tile, ``z`` is formed, ``phi`` applied
+in place and the tile reduced into a ``(B, n_recv, H)`` accumulator (the rows' own outputs for
+``reverse=False``; a sum over the tile's rows for ``reverse=True``). Only the inputs (which the
+caller holds anyway) are saved for backward.
+
+Backward: each tile's ``z`` is recomputed and, with ``G = g \odot \phi'(z)`` (``g`` the incoming
+gradient of the receivers, divided by the sender count for ``mean``),
+
+* ``dL/dr_v = \sum_u G_{vu}``, ``dL/ds_u = \sum_v G_{vu}`` (sums over the tile's in / row axis),
+* ``dL/dx_{vu} = G_{vu} C^T`` (edge-sized, like ``x`` itself; only when ``x`` requires grad),
+* ``dL/dC = \sum x_{vu}^T G_{vu}`` (accumulated over tiles).
+
+Peak extra memory is therefore a few tiles plus node-sized accumulators (and ``dL/dx`` when the edge
+features require gradients).
+
+Supported here: ``kind="dense"`` and ``kind="grouped"`` (grouped blocks fold their groups into the
+batch, as the reference does: the fold is a reshape of node states, not of messages), both
+directions, aggregators ``sum`` and ``mean`` (any combination of them: one pass computes the sum,
+the mean is the sum over the sender count). Everything else falls back to
+:func:`wgraph.kernels.reference.message_pass`:
+
+* aggregators ``max``, ``min`` and ``std`` (a call that asks for any of them goes to the reference
+  as a whole);
+* ``kind="identity"`` and ``"copy"`` blocks: every target has exactly one source, so their messages
+  are node-sized already and there is nothing to fuse.
+
+The backward is first-order only (``once_differentiable``): double backward through the fused
+path raises an error; use the reference backend for higher-order gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import reference
+from .spec import ACTIVATIONS
+
+#: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation (at least one row of one
+#: network is processed at a time, whatever the budget). Module-level so tests can force many tiles.
+TILE_BYTES = 4 << 20
+
+_FUSED_AGGR = ("sum", "mean")
+
+
+def _tiles(B: int, out: int, row_bytes: int, budget: int):
+    """``(batch slice, row slice)`` pairs covering ``B x out`` with at most ``budget`` bytes each
+    (``row_bytes``: one row of one network)."""
+    per_tile = max(1, budget // max(1, row_bytes))  # rows of one network per tile
+    if per_tile >= out:
+        nb = max(1, min(B, per_tile // max(1, out)))
+        for b0 in range(0, B, nb):
+            yield slice(b0, min(B, b0 + nb)), slice(0, out)
+    else:
+        for b0 in range(B):
+            for r0 in range(0, out, per_tile):
+                yield slice(b0, b0 + 1), slice(r0, min(out, r0 + per_tile))
+
+
+def _preact(send, recv, edge, weight, reverse, bs, rs):
+    """Pre-activation ``z`` of one tile: ``(b, rows, in, H)`` (rows: the block's out axis)."""
+    z = edge[bs, rs] @ weight
+    if not reverse:  # receivers are the rows, senders the columns
+        z += recv[bs, rs, None, :]
+        z += send[bs, None, :, :]
+    else:  # senders are the rows, receivers the columns
+        z += send[bs, rs, None, :]
+        z += recv[bs, None, :, :]
+    return z
+
+
+def _apply_act_(z: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "relu":
+        return z.relu_()
+    if act == "identity":
+        return z
+    if act == "tanh":
+        return z.tanh_()
+    return ACTIVATIONS[act](z)
+
+
+def _act_grad(z: torch.Tensor, g: torch.Tensor, act: str) -> torch.Tensor:
+    """``g * phi'(z)`` (``g`` broadcast to ``z``); may overwrite ``z``."""
+    if act == "relu":
+        return torch.where(z > 0, g, 0.0)
+    if act == "identity":
+        return g.expand_as(z).clone()
+    if act == "tanh":
+        t = z.tanh_()
+        return (1 - t * t).mul_(g)
+    if act == "silu":
+        sg = torch.sigmoid(z)
+        return (sg * (1 + z * (1 - sg))).mul_(g)
+    if act == "gelu":  # exact (erf) GELU: Phi(z) + z * pdf(z)
+        cdf = 0.5 * (1 + torch.erf(z * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * z * z) * 0.3989422804014327
+        return (cdf + z * pdf).mul_(g)
+    with torch.enable_grad():  # any other activation: its own autograd, tile by tile
+        zz = z.detach().requires_grad_()
+        (dz,) = torch.autograd.grad(ACTIVATIONS[act](zz), zz, g.expand_as(z))
+    return dz
+
+
+class _DenseSum(torch.autograd.Function):
+    """Sum over senders of ``phi(z)`` for one dense block, tile by tile (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int):
+        B, out, inn, _ = edge.shape
+        H = weight.shape[1]
+        n_recv = inn if reverse else out
+        acc = send.new_zeros(B, n_recv, H)
+        row_bytes = inn * H * edge.element_size()
+        for bs, rs in _tiles(B, out, row_bytes, budget):
+            m = _apply_act_(_preact(send, recv, edge, weight, reverse, bs, rs), act)
+            if not reverse:
+                acc[bs, rs] = m.sum(2)
+            else:
+                acc[bs] += m.sum(1)
+        ctx.save_for_backward(send, recv, edge, weight)
+        ctx.reverse, ctx.act, ctx.budget = reverse, act, budget
+        return acc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        send, recv, edge, weight = ctx.saved_tensors
+        reverse, act = ctx.reverse, ctx.act
+        need_s, need_r, need_e, need_w = ctx.needs_input_grad[:4]
+        B, out, inn, K = edge.shape
+        H = weight.shape[1]
+        gs = torch.zeros_like(send) if need_s else None
+        gr = torch.zeros_like(recv) if need_r else None
+        ge = torch.empty_like(edge) if need_e else None
+        gw = torch.zeros_like(weight) if need_w else None
+        row_bytes = inn * H * edge.element_size()
+        for bs, rs in _tiles(B, out, row_bytes, ctx.budget):
+            z = _preact(send, recv, edge, weight, reverse, bs, rs)
+            g = grad[bs, rs, None, :] if not reverse else grad[bs, None, :, :]
+            G = _act_grad(z, g, act)  # (b, rows, in, H)
+            del z
+            row_sum = G.sum(2) if (need_s or need_r) else None  # per row: (b, rows, H)
+            col_sum = G.sum(1) if (need_s or need_r) else None  # per column: (b, in, H)
+            if not reverse:
+                if need_r:
+                    gr[bs, rs] += row_sum
+                if need_s:
+                    gs[bs] += col_sum
+            else:
+                if need_s:
+                    gs[bs, rs] += row_sum
+                if need_r:
+                    gr[bs] += col_sum
+            if need_e:
+                ge[bs, rs] = G @ weight.t()
+            if need_w:
+                gw += edge[bs, rs].reshape(-1, K).t() @ G.reshape(-1, H)
+        return gs, gr, ge, gw, None, None, None
+
+
+def message_pass(
+    send: torch.Tensor,
+    recv: torch.Tensor,
+    edge: torch.Tensor | None,
+    edge_weight: torch.Tensor,
+    *,
+    kind: str,
+    reverse: bool,
+    aggr: tuple[str, ...],
+    act: str,
+    groups: int = 1,
+    tile_bytes: int | None = None,
+) -> torch.Tensor:
+    """See :func:`wgraph.kernels.message_pass` (arguments already validated) and the module docstring.
+
+    ``tile_bytes`` overrides :data:`TILE_BYTES` for this call.
+    """
+    if kind not in ("dense", "grouped") or any(a not in _FUSED_AGGR for a in aggr):
+        return reference.message_pass(
+            send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
+        )
+    budget = TILE_BYTES if tile_bytes is None else tile_bytes
+    B = send.shape[0]
+    if groups > 1:  # block diagonal: fold the groups into the batch (node states and edge views only)
+
+        def fold(t):
+            return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
+
+        send, recv, edge = fold(send), fold(recv), fold(edge)
+    total = _DenseSum.apply(send, recv, edge, edge_weight, reverse, act, budget)
+    n_send = edge.shape[1] if reverse else edge.shape[2]
+    outs = [total if a == "sum" else total / n_send for a in aggr]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
+
+
+__all__ = ["message_pass", "TILE_BYTES"]
