@@ -77,13 +77,17 @@ def _tiles(B: int, out: int, row_bytes: int, budget: int):
 
 def _preact(send, recv, edge, weight, reverse, bs, rs):
     """Pre-activation ``z`` of one tile: ``(b, rows, in, H)`` (rows: the block's out axis)."""
-    z = edge[bs, rs] @ weight
     if not reverse:  # receivers are the rows, senders the columns
-        z += recv[bs, rs, None, :]
-        z += send[bs, None, :, :]
+        rows, cols = recv[bs, rs], send[bs]
     else:  # senders are the rows, receivers the columns
-        z += send[bs, rs, None, :]
-        z += recv[bs, None, :, :]
+        rows, cols = send[bs, rs], recv[bs]
+    z = rows[:, :, None, :] + cols[:, None, :, :]  # fresh and contiguous
+    e = edge[bs, rs]
+    K, H = weight.shape
+    if K == 1:  # a Linear weight: the lift is an outer product
+        z.addcmul_(e, weight[0])
+    else:
+        z.view(-1, H).addmm_(e.reshape(-1, K), weight)
     return z
 
 
@@ -100,7 +104,7 @@ def _apply_act_(z: torch.Tensor, act: str) -> torch.Tensor:
 def _act_grad(z: torch.Tensor, g: torch.Tensor, act: str) -> torch.Tensor:
     """``g * phi'(z)`` (``g`` broadcast to ``z``); may overwrite ``z``."""
     if act == "relu":
-        return torch.where(z > 0, g, 0.0)
+        return torch.ops.aten.threshold_backward(g.expand_as(z), z, 0)
     if act == "identity":
         return g.expand_as(z).clone()
     if act == "tanh":
