@@ -49,10 +49,11 @@ def test_fused_is_registered():
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("act", ["relu", "tanh", "gelu", "silu", "identity"])
 @pytest.mark.parametrize("tile_bytes", [None, 1])  # default budget: one tile; 1 byte: one row per tile
-def test_dense_matches_reference(gen, monkeypatch, aggr, reverse, act, tile_bytes):
+@pytest.mark.parametrize("k", [1, 4])  # K = 1 (a Linear weight) takes the outer-product path
+def test_dense_matches_reference(gen, monkeypatch, aggr, reverse, act, tile_bytes, k):
     if tile_bytes is not None:
-        monkeypatch.setattr(fused, "TILE_BYTES", tile_bytes)
-    inputs = block_inputs(gen, "dense", reverse)
+        monkeypatch.setattr(fused, "tile_budget", lambda: tile_bytes)
+    inputs = block_inputs(gen, "dense", reverse, k=k)
     kw = dict(kind="dense", reverse=reverse, aggr=aggr, act=act)
     ref, ref_g = outputs_and_grads("reference", inputs, **kw)
     out, out_g = outputs_and_grads("fused", inputs, **kw)
@@ -65,7 +66,8 @@ def test_dense_matches_reference(gen, monkeypatch, aggr, reverse, act, tile_byte
 @pytest.mark.parametrize("aggr", [("sum",), ("mean",)])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_grouped_conv_matches_reference(gen, monkeypatch, aggr, reverse):
-    monkeypatch.setattr(fused, "TILE_BYTES", 2 * 3 * H * 4)  # two rows per tile: several tiles per group
+    # two rows per tile: several tiles per group
+    monkeypatch.setattr(fused, "tile_budget", lambda: 2 * 3 * H * 4)
     inputs = block_inputs(gen, "grouped", reverse, out_n=6, in_n=9, groups=3)
     kw = dict(kind="grouped", reverse=reverse, aggr=aggr, act="relu", groups=3)
     ref, ref_g = outputs_and_grads("reference", inputs, **kw)
@@ -74,6 +76,11 @@ def test_grouped_conv_matches_reference(gen, monkeypatch, aggr, reverse):
     assert_close_rel(out, ref)
     for a, b in zip(out_g, ref_g):
         assert_close_rel(a, b)
+
+
+def test_default_budget_follows_tile_bytes(monkeypatch):
+    monkeypatch.setattr(fused, "TILE_BYTES", 1000)
+    assert fused.tile_budget() == 1000 * torch.get_num_threads()
 
 
 def test_tiles_cover_the_block_once():
@@ -93,11 +100,11 @@ def test_tiles_cover_the_block_once():
 
 def test_many_tiles_large_block(gen, monkeypatch):
     """A block split into many tiles (tiles of several rows, rows not dividing evenly), both directions."""
-    monkeypatch.setattr(fused, "TILE_BYTES", 3 * 17 * 8 * 4)  # 3 rows of one network
+    monkeypatch.setattr(fused, "tile_budget", lambda: 3 * 17 * 8 * 4)  # 3 rows of one network
     for reverse in (False, True):
         inputs = block_inputs(gen, "dense", reverse, out_n=20, in_n=17, b=2, h=8, k=9)
         kw = dict(kind="dense", reverse=reverse, aggr=("mean", "sum"), act="relu")
-        assert len(list(fused._tiles(2, 20, 17 * 8 * 4, fused.TILE_BYTES))) == 14
+        assert len(list(fused._tiles(2, 20, 17 * 8 * 4, fused.tile_budget()))) == 14
         ref, ref_g = outputs_and_grads("reference", inputs, **kw)
         out, out_g = outputs_and_grads("fused", inputs, **kw)
         assert_close_rel(out, ref)
@@ -108,7 +115,7 @@ def test_many_tiles_large_block(gen, monkeypatch):
 @pytest.mark.parametrize("kind,groups", [("dense", 1), ("grouped", 2)])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_fused(gen, monkeypatch, kind, groups, reverse):
-    monkeypatch.setattr(fused, "TILE_BYTES", 1)  # every row its own tile
+    monkeypatch.setattr(fused, "tile_budget", lambda: 1)  # every row its own tile
     send, recv, edge, weight = block_inputs(
         gen, kind, reverse, out_n=4, in_n=2, groups=groups, dtype=torch.float64, b=2, h=3, k=2
     )
@@ -120,9 +127,10 @@ def test_gradcheck_fused(gen, monkeypatch, kind, groups, reverse):
     assert torch.autograd.gradcheck(fn, (send, recv, edge, weight))
 
 
-def test_gradcheck_fused_relu_and_partial_requires_grad(gen):
+@pytest.mark.parametrize("k", [1, 2])
+def test_gradcheck_fused_relu_and_partial_requires_grad(gen, k):
     """Edge features without gradient (raw weights): only send, recv and the edge map get gradients."""
-    send, recv, edge, weight = block_inputs(gen, "dense", False, out_n=3, in_n=2, dtype=torch.float64, b=1, h=3, k=2)
+    send, recv, edge, weight = block_inputs(gen, "dense", False, out_n=3, in_n=2, dtype=torch.float64, b=1, h=3, k=k)
     edge = edge.detach()
 
     def fn(s, r, w):
@@ -171,7 +179,8 @@ def _cnn_graphs(n=3):
 
 @pytest.mark.parametrize("aggr", [("mean",), ("sum", "mean")])
 def test_graph_nfn_fused_equals_reference(monkeypatch, aggr):
-    monkeypatch.setattr(fused, "TILE_BYTES", 2 * 16 * 16 * 4)  # two rows of a 16 x 16 conv block per tile
+    # two rows of a 16 x 16 conv block per tile
+    monkeypatch.setattr(fused, "tile_budget", lambda: 2 * 16 * 16 * 4)
     graph = _cnn_graphs()
     assert graph.batch_size == 3
     kinds = [(b.kind, tuple(b.kernel)) for b in graph.layout.blocks]

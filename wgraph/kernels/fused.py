@@ -11,10 +11,10 @@ For a dense block with edge features ``x`` of shape ``(B, out, in, K)``, sender 
     m_v = \frac{1}{|\{u \to v\}|} \sum_{u \to v} \phi(z_{vu}) \quad\text{(mean)},
 
 without ever holding the ``(B, out, in, H)`` tensor of pre-activations or messages. The block is
-cut into tiles of whole rows (and, when one row of the whole batch is already larger than the
-budget, of batch entries) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
-:data:`TILE_BYTES` bytes (at least one row of one network per tile). Dense blocks need no index
-tensors: a tile is a slice of ``x`` and of the node states.
+cut into tiles (the whole block of several networks when one network's block fits the budget,
+otherwise a few rows of one network) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
+:func:`tile_budget` bytes (:data:`TILE_BYTES` per torch thread; at least one row of one network
+per tile). Dense blocks need no index tensors: a tile is a slice of ``x`` and of the node states.
 
 Forward (a custom :class:`torch.autograd.Function`): for each tile, ``z`` is formed, ``phi`` applied
 in place and the tile reduced into a ``(B, n_recv, H)`` accumulator (the rows' own outputs for
@@ -54,13 +54,19 @@ from torch.autograd.function import once_differentiable
 from . import reference
 from .spec import ACTIVATIONS
 
-#: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation (at least one row of one
-#: network is processed at a time, whatever the budget). Module-level so tests can force many tiles.
-#: 16 MB: on a loaded 2-core CPU with 2 threads, each op pays an OpenMP barrier, so fewer, larger
-#: tiles were faster (4 MB: 2.4x slower on benchmark case a); with 1 thread 4 and 16 MB were on par.
-TILE_BYTES = 16 << 20
+#: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation per torch thread (the
+#: budget is ``TILE_BYTES * torch.get_num_threads()``; at least one row of one network is processed
+#: at a time, whatever the budget). Module-level so tests can force many tiles. Measured on a loaded
+#: 2-core CPU (benchmarks/bench_message_pass.py): with 1 thread 4 MB tiles were as fast as 16 MB and
+#: took less memory; with 2 threads larger tiles mean fewer parallel regions (fewer barrier waits).
+TILE_BYTES = 4 << 20
 
 _FUSED_AGGR = ("sum", "mean")
+
+
+def tile_budget() -> int:
+    """Bytes one tile's pre-activation may take: :data:`TILE_BYTES` per torch thread."""
+    return TILE_BYTES * torch.get_num_threads()
 
 
 def _tiles(B: int, out: int, row_bytes: int, budget: int):
@@ -197,13 +203,13 @@ def message_pass(
 ) -> torch.Tensor:
     """See :func:`wgraph.kernels.message_pass` (arguments already validated) and the module docstring.
 
-    ``tile_bytes`` overrides :data:`TILE_BYTES` for this call.
+    ``tile_bytes`` overrides :func:`tile_budget` for this call.
     """
     if kind not in ("dense", "grouped") or any(a not in _FUSED_AGGR for a in aggr):
         return reference.message_pass(
             send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
         )
-    budget = TILE_BYTES if tile_bytes is None else tile_bytes
+    budget = tile_budget() if tile_bytes is None else tile_bytes
     B = send.shape[0]
     if groups > 1:  # block diagonal: fold the groups into the batch (node states and edge views only)
 
@@ -218,4 +224,4 @@ def message_pass(
     return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
 
 
-__all__ = ["message_pass", "TILE_BYTES"]
+__all__ = ["message_pass", "TILE_BYTES", "tile_budget"]
