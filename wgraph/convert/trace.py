@@ -127,6 +127,16 @@ def _flatten(x):
         yield x
 
 
+def _on_meta(module: nn.Module):
+    """Context in which ``module``'s parameters and buffers are "meta" tensors (shapes only, tied
+    tensors stay tied); the real ones are back afterwards. Nothing is copied."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    named = dict(module.named_parameters(remove_duplicate=False))
+    named.update(module.named_buffers(remove_duplicate=False))
+    return _reparametrize_module(module, {k: v.detach().to("meta") for k, v in named.items()}, tie_weights=True)
+
+
 def _as_tuple(example_input) -> tuple:
     return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
@@ -232,6 +242,19 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
         except UnsupportedOperation:
             check_runs()  # a bad example input is the better explanation
             raise
+        if used["tracer"] == "fx":
+            # Shapes are all the rules need: interpret a copy of the traced graph on the "meta"
+            # device first (no arithmetic, so converting a ResNet-50 costs milliseconds, not a
+            # forward pass), and only where an op cannot run on meta tensors, the real model.
+            meta_inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
+            try:
+                with _on_meta(gm):
+                    LayoutInterpreter(gm, builder, set(state_keys)).run(*meta_inputs)
+                return builder
+            except WgraphError:
+                raise
+            except Exception:
+                builder = LayoutBuilder(prefix="0." if leaf else "", aliases=aliases)
         try:
             LayoutInterpreter(gm, builder, set(state_keys)).run(*inputs)
         except WgraphError:
