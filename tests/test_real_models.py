@@ -118,3 +118,19 @@ def test_parameter_head_covers_packed_attention_parameters():
     sd = out.to_state_dict()
     assert sd["attn.in_proj_bias"].shape == (24,)
     assert (sd["attn.in_proj_bias"][8:] != 0).all()  # the k and v parts are written, not left zero
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_graph_nfn_symmetries_on_transformers(name):
+    """The graph NFN's readout is invariant and its per-parameter head equivariant on GPT-2 and
+    BERT graphs (embeddings, attention heads, packed projections, LayerNorms), float64."""
+    from wgraph.nn import GraphNFN
+    from wgraph.testing import assert_equivariant, assert_invariant
+
+    model, x = _hf(name)
+    g = wgraph.to_graph(model.eval(), x[:1]).to(torch.float64)
+    torch.manual_seed(0)
+    invariant = GraphNFN([g.layout], hidden=8, layers=2).double().eval()
+    assert_invariant(invariant, g, atol=1e-8)
+    head = GraphNFN([g.layout], hidden=8, layers=2, head="parameters").double().eval()
+    assert_equivariant(head, g, atol=1e-8)
