@@ -594,6 +594,20 @@ class WeightGraph:
         return permute(self, perm)
 
     # ------------------------------------------------------------- exports
+    def block_values(self, i: int) -> torch.Tensor:
+        """``(B, E_i, K_i)`` values of the edges of block ``i``, in :meth:`Layout.block_edge_index`
+        order: the weight's kernels (``K_i = prod(kernel)``) for dense and grouped blocks, the first
+        use's weight (transposed where it is used as ``W^T``) for shared blocks, 1 for identity and
+        copy edges."""
+        lay, blk, B = self.layout, self.layout.blocks[i], self.batch_size
+        n = lay.block_num_edges(i)
+        if blk.kind == "shared":
+            w = self.edges[blk.index[0]]
+            return (w.transpose(1, 2) if blk.index[1] else w).reshape(B, n, blk.kernel_numel)
+        if not blk.has_tensor:
+            return self.nodes.new_ones(B, n, 1)
+        return self.edges[i].reshape(B, n, blk.kernel_numel)
+
     def edge_attr(self) -> torch.Tensor:
         """``(B, E, K)`` edge features in :attr:`Layout.edge_index` order, zero-padded to ``K = max_kernel``.
 
@@ -602,17 +616,10 @@ class WeightGraph:
         lay = self.layout
         K = lay.max_kernel
         parts = []
-        for i, (blk, e) in enumerate(zip(lay.blocks, self.edges)):
-            n = lay.block_num_edges(i)
-            part = self.nodes.new_zeros(self.batch_size, n, K)
-            if blk.kind == "shared":
-                w = self.edges[blk.index[0]]
-                w = w.transpose(1, 2) if blk.index[1] else w
-                part[..., : blk.kernel_numel] = w.reshape(self.batch_size, n, blk.kernel_numel)
-            elif not blk.has_tensor:
-                part[..., 0] = 1
-            else:
-                part[..., : blk.kernel_numel] = e.reshape(self.batch_size, n, blk.kernel_numel)
+        for i in range(len(lay.blocks)):
+            values = self.block_values(i)
+            part = values.new_zeros(*values.shape[:2], K)
+            part[..., : values.shape[2]] = values
             parts.append(part)
         if not parts:
             return self.nodes.new_zeros(self.batch_size, 0, K)
@@ -724,23 +731,10 @@ class WeightGraph:
                 attrs = {name: feats[n][f] for f, name in enumerate(lay.node_features)}
                 g.add_node(n, kind=layer.kind, layer=layer.name, depth=layer.depth, position=p, **attrs)
         for i, blk in enumerate(lay.blocks):
-            s, d = lay.layers[blk.src], lay.layers[blk.dst]
-            if blk.kind == "shared":
-                w = self.edges[blk.index[0]][index]
-                vals = (w.transpose(0, 1) if blk.index[1] else w).reshape(lay.block_num_edges(i), -1).tolist()
-                src, dst = lay.block_edge_index(i).tolist()
-                for u, v, val in zip(src, dst, vals):
-                    g.add_edge(u, v, block=blk.name, kind="shared", param=blk.param, value=val[0] if not blk.kernel else val)
-                continue
-            if not blk.has_tensor:
-                src, dst = lay.block_edge_index(i).tolist()
-                for u, v in zip(src, dst):
-                    g.add_edge(u, v, block=blk.name, kind=blk.kind, param=None, value=1.0)
-                continue
-            vals = self.edges[i][index].reshape(lay.block_num_edges(i), -1).tolist()
+            vals = self.block_values(i)[index].tolist()
             src, dst = lay.block_edge_index(i).tolist()
             for u, v, val in zip(src, dst, vals):
-                g.add_edge(u, v, block=blk.name, kind=blk.kind, param=blk.param, value=val[0] if not blk.kernel else val)
+                g.add_edge(u, v, block=blk.name, kind=blk.kind, param=blk.param, value=val if blk.kernel else val[0])
         return g
 
     # --------------------------------------------------------------- files
