@@ -119,17 +119,42 @@ def _raw_or_none(op: Op):
 
 
 # ---------------------------------------------------------------- parametric
+def _weight_layer(
+    b: LayoutBuilder, op: Op, x: torch.Tensor, meta, axis: int, name: str, weight: str, shape: tuple[int, ...],
+    bias: tuple[str, tuple[int, ...]] | None = None, *, groups: int = 1, transposed: bool = False,
+) -> Feat:  # fmt: skip
+    """A new layer written by a weight read along ``axis`` of ``x`` (and a bias): the shape shared
+    by linear layers, convolutions and their functional forms.
+
+    ``shape`` is the weight's own shape: ``(out, in // groups, *kernel)``, or ``(in, out, *kernel)``
+    when ``transposed`` (``x @ W``, transposed convolutions). The result's neuron axis has as
+    many axes after it as ``axis`` has in ``x``.
+    """
+    n_out, n_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1] * groups)
+    src = b.as_layer(meta, axis, n_in, op.where)
+    dst = b.new_layer(name, n_out, b.depth(src) + 1)
+    if groups == 1:
+        b.dense(weight, src, dst, weight, shape, op.where, transposed=transposed, kernel=tuple(shape[2:]))
+    else:
+        b.grouped(weight, src, dst, weight, shape, groups, op.where)
+    if bias is not None:
+        b.node_param(dst, "bias", bias[0], bias[1], op.where)
+    return Feat(dst, op.out.dim() - (x.dim() - axis))
+
+
+def _module_bias(b: LayoutBuilder, path: str, m: nn.Module) -> tuple[str, tuple[int, ...]] | None:
+    return None if m.bias is None else (b.qualify(path, "bias"), tuple(m.bias.shape))
+
+
 @module_rule(nn.Linear)
 def linear(b: LayoutBuilder, op: Op):
     """``y = x W^T + b``: a new layer of ``out_features`` neurons, W is a dense (out, in) block."""
     m, path = op.module, b.path(op.node.target)
-    x, meta = op.args[0], op.metas[0]
-    src = b.as_layer(meta, x.dim() - 1, m.in_features, op.where)
-    dst = b.new_layer(path or type(m).__name__, m.out_features, b.depth(src) + 1)
-    b.dense(b.qualify(path, "weight"), src, dst, b.qualify(path, "weight"), tuple(m.weight.shape), op.where)
-    if m.bias is not None:
-        b.node_param(dst, "bias", b.qualify(path, "bias"), tuple(m.bias.shape), op.where)
-    return Feat(dst, op.out.dim() - 1)
+    x = op.args[0]
+    return _weight_layer(
+        b, op, x, op.metas[0], x.dim() - 1, path or type(m).__name__, b.qualify(path, "weight"),
+        tuple(m.weight.shape), _module_bias(b, path, m),
+    )  # fmt: skip
 
 
 @module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -137,18 +162,11 @@ def conv(b: LayoutBuilder, op: Op):
     """Convolution: a dense (out, in, *kernel) block; the kernel is each edge's feature vector.
     Grouped and depthwise convolutions give block-diagonal ``grouped`` blocks."""
     m, path = op.module, b.path(op.node.target)
-    x, meta = op.args[0], op.metas[0]
-    axis = x.dim() - 1 - len(m.kernel_size)
-    src = b.as_layer(meta, axis, m.in_channels, op.where)
-    dst = b.new_layer(path or type(m).__name__, m.out_channels, b.depth(src) + 1)
-    key = b.qualify(path, "weight")
-    if m.groups == 1:
-        b.dense(key, src, dst, key, tuple(m.weight.shape), op.where)
-    else:
-        b.grouped(key, src, dst, key, tuple(m.weight.shape), m.groups, op.where)
-    if m.bias is not None:
-        b.node_param(dst, "bias", b.qualify(path, "bias"), tuple(m.bias.shape), op.where)
-    return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
+    x = op.args[0]
+    return _weight_layer(
+        b, op, x, op.metas[0], x.dim() - 1 - len(m.kernel_size), path or type(m).__name__,
+        b.qualify(path, "weight"), tuple(m.weight.shape), _module_bias(b, path, m), groups=m.groups,
+    )  # fmt: skip
 
 
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -161,15 +179,11 @@ def conv_transpose(b: LayoutBuilder, op: Op):
     m, path = op.module, b.path(op.node.target)
     if m.groups != 1:
         raise UnsupportedOperation(f"{op.where}: grouped transposed convolution (groups={m.groups}) is not supported yet")
-    x, meta = op.args[0], op.metas[0]
-    axis = x.dim() - 1 - len(m.kernel_size)
-    src = b.as_layer(meta, axis, m.in_channels, op.where)
-    dst = b.new_layer(path or type(m).__name__, m.out_channels, b.depth(src) + 1)
-    key = b.qualify(path, "weight")
-    b.dense(key, src, dst, key, tuple(m.weight.shape), op.where, transposed=True, kernel=tuple(m.kernel_size))
-    if m.bias is not None:
-        b.node_param(dst, "bias", b.qualify(path, "bias"), tuple(m.bias.shape), op.where)
-    return Feat(dst, op.out.dim() - 1 - len(m.kernel_size))
+    x = op.args[0]
+    return _weight_layer(
+        b, op, x, op.metas[0], x.dim() - 1 - len(m.kernel_size), path or type(m).__name__,
+        b.qualify(path, "weight"), tuple(m.weight.shape), _module_bias(b, path, m), transposed=True,
+    )  # fmt: skip
 
 
 @module_rule(nn.PReLU)
@@ -634,41 +648,30 @@ def _require_param(op: Op, value, meta, what: str) -> Param | None:
     return meta
 
 
-@function_rule(F.linear)
-def linear_functional(b: LayoutBuilder, op: Op):
-    """``F.linear(x, self.weight, self.bias)``: the same block as ``nn.Linear``."""
-    x, meta = op.args[0], op.metas[0]
+def _functional_weights(op: Op) -> tuple[Param, tuple[str, tuple[int, ...]] | None]:
+    """The weight (argument 1) and bias (argument 2) parameters of ``F.linear`` / ``F.conv*``."""
     w = _require_param(op, *_param_arg(op, 1, "weight"), "weight")
     bias_v, bias_m = _param_arg(op, 2, "bias")
     bias = _require_param(op, bias_v, bias_m, "bias")
-    out_f, in_f = op.args[1].shape
-    src = b.as_layer(meta, x.dim() - 1, in_f, op.where)
-    dst = b.new_layer(w.name.rsplit(".", 1)[0] or w.name, out_f, b.depth(src) + 1)
-    b.dense(w.name, src, dst, w.name, (out_f, in_f), op.where)
-    if bias is not None:
-        b.node_param(dst, "bias", bias.name, tuple(bias_v.shape), op.where)
-    return Feat(dst, op.out.dim() - 1)
+    return w, None if bias is None else (bias.name, tuple(bias_v.shape))
+
+
+@function_rule(F.linear)
+def linear_functional(b: LayoutBuilder, op: Op):
+    """``F.linear(x, self.weight, self.bias)``: the same block as ``nn.Linear``."""
+    x = op.args[0]
+    w, bias = _functional_weights(op)
+    return _weight_layer(b, op, x, op.metas[0], x.dim() - 1, w.name.rsplit(".", 1)[0] or w.name, w.name, w.shape, bias)
 
 
 @function_rule(F.conv1d, F.conv2d, F.conv3d)
 def conv_functional(b: LayoutBuilder, op: Op):
     """``F.conv2d(x, self.weight, self.bias, stride, padding, dilation, groups)``: as ``nn.Conv2d``."""
-    x, meta = op.args[0], op.metas[0]
-    w = _require_param(op, *_param_arg(op, 1, "weight"), "weight")
-    bias_v, bias_m = _param_arg(op, 2, "bias")
-    bias = _require_param(op, bias_v, bias_m, "bias")
-    groups = op.arg(6, "groups", 1)
-    shape = tuple(op.args[1].shape)
-    axis = x.dim() - 1 - (len(shape) - 2)
-    src = b.as_layer(meta, axis, shape[1] * groups, op.where)
-    dst = b.new_layer(w.name.rsplit(".", 1)[0] or w.name, shape[0], b.depth(src) + 1)
-    if groups == 1:
-        b.dense(w.name, src, dst, w.name, shape, op.where)
-    else:
-        b.grouped(w.name, src, dst, w.name, shape, groups, op.where)
-    if bias is not None:
-        b.node_param(dst, "bias", bias.name, tuple(bias_v.shape), op.where)
-    return Feat(dst, op.out.dim() - 1 - (len(shape) - 2))
+    x = op.args[0]
+    w, bias = _functional_weights(op)
+    axis = x.dim() - 1 - (len(w.shape) - 2)
+    name = w.name.rsplit(".", 1)[0] or w.name
+    return _weight_layer(b, op, x, op.metas[0], axis, name, w.name, w.shape, bias, groups=op.arg(6, "groups", 1))
 
 
 @function_rule(F.layer_norm)
@@ -772,11 +775,8 @@ def _addmm(b: LayoutBuilder, op: Op):
     (bias, bm), (x, meta), (w, wm) = zip(op.args[:3], op.metas[:3])
     if not isinstance(wm, Param) or not isinstance(bm, Param):
         raise UnsupportedOperation(f"{op.where}: addmm with computed weights is not supported")
-    src = b.as_layer(meta, x.dim() - 1, w.shape[0], op.where)
-    dst = b.new_layer(wm.name.rsplit(".", 1)[0], w.shape[1], b.depth(src) + 1)
-    b.dense(wm.name, src, dst, wm.name, tuple(w.shape), op.where, transposed=True)
-    b.node_param(dst, "bias", bm.name, tuple(bias.shape), op.where)
-    return Feat(dst, op.out.dim() - 1)
+    name = wm.name.rsplit(".", 1)[0]
+    return _weight_layer(b, op, x, meta, x.dim() - 1, name, wm.name, wm.shape, (bm.name, tuple(bias.shape)), transposed=True)
 
 
 def _embedding_functional(b: LayoutBuilder, op: Op):
@@ -917,10 +917,7 @@ def matmul(b: LayoutBuilder, op: Op):
     (x, meta), (w, wm) = (op.args[0], op.metas[0]), (op.args[1], op.metas[1])
     if not isinstance(wm, Param) or w.dim() != 2 or isinstance(meta, Param):
         raise UnsupportedOperation(f"{op.where}: only activation @ parameter (a 2-D weight) is supported")
-    src = b.as_layer(meta, x.dim() - 1, w.shape[0], op.where)
-    dst = b.new_layer(wm.name, w.shape[1], b.depth(src) + 1)
-    b.dense(wm.name, src, dst, wm.name, tuple(w.shape), op.where, transposed=True)
-    return Feat(dst, op.out.dim() - 1)
+    return _weight_layer(b, op, x, meta, x.dim() - 1, wm.name, wm.name, wm.shape, transposed=True)
 
 
 def _attention_layers(b: LayoutBuilder, op: Op, path: str, srcs: list[int], E: int, in_w: str, in_shape, in_b, in_b_shape,
