@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from _worker import WorkerFailed, run_worker  # benchmarks/_worker.py, beside this script
+
 RESULTS = Path(__file__).parent / "results"
 
 # name: (description, architecture, batch, width)
@@ -132,15 +134,11 @@ def worker(spec_json: str) -> None:
 def run_one(case: dict, timeout: float) -> dict:
     t = time.perf_counter()
     try:
-        p = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True, timeout=timeout
-        )
+        res = run_worker(__file__, ["--worker", json.dumps(case)], timeout)
     except subprocess.TimeoutExpired:
         return {**case, "status": f"skipped: >{timeout:g}s"}
-    if p.returncode != 0:
-        last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
-        return {**case, "status": f"failed (exit {p.returncode}): {last}"}
-    res = json.loads(p.stdout.strip().splitlines()[-1])
+    except WorkerFailed as e:
+        return {**case, "status": f"failed (exit {e.returncode}): {e.last_line}"}
     return {**case, **res, "status": "ok", "wall_s": round(time.perf_counter() - t, 1)}
 
 

@@ -28,9 +28,10 @@ import json
 import math
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _worker import WorkerFailed, run_worker  # benchmarks/_worker.py, beside this script
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -146,14 +147,11 @@ def run_one(case: dict, timeout: float, cap_gb: float) -> dict:
         return {**rec, "status": f"skipped: estimated {est:.1f} GB > {cap_gb:g} GB cap"}
     t = time.perf_counter()
     try:
-        p = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True, timeout=timeout
-        )
+        res = run_worker(__file__, ["--worker", json.dumps(case)], timeout)
     except subprocess.TimeoutExpired:
         return {**rec, "status": f"skipped: >{timeout:g}s"}
-    if p.returncode != 0:
-        return {**rec, "status": f"failed (exit {p.returncode}): {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}"}
-    res = json.loads(p.stdout.strip().splitlines()[-1])
+    except WorkerFailed as e:
+        return {**rec, "status": f"failed (exit {e.returncode}): {e.last_line}"}
     return {**rec, **res, "status": "ok", "wall_s": round(time.perf_counter() - t, 1)}
 
 

@@ -25,9 +25,10 @@ import argparse
 import copy
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _worker import WorkerFailed, run_worker  # benchmarks/_worker.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -149,13 +150,9 @@ def main() -> None:
     rows = []
     for name in tqdm(names, desc="converting torchvision models", unit="model"):
         try:
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=args.timeout
-            )
-            line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-            row = json.loads(line) if out.returncode == 0 and line else {
-                "model": name, "status": "crashed", "error": (out.stderr.strip().splitlines() or ["?"])[-1]
-            }
+            row = run_worker(__file__, ["--one", name], args.timeout)
+        except WorkerFailed as e:
+            row = {"model": name, "status": "crashed", "error": e.last_line or "?"}
         except subprocess.TimeoutExpired:
             row = {"model": name, "status": "timeout", "error": f"more than {args.timeout} s"}
         rows.append(row)
