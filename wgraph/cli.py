@@ -1,8 +1,15 @@
-"""The ``wgraph`` command: ``convert``, ``info``, ``demo``."""
+"""The ``wgraph`` command: ``convert``, ``info``, ``demo``, and the subcommands of other modules.
+
+A module that adds a subcommand defines ``register(sub)``, which adds its parser to ``sub`` (an
+``argparse`` subparsers object) and sets ``fn`` (called with the parsed arguments, returns the exit
+status); it is listed in :data:`SUBCOMMAND_MODULES`. Keep those modules' imports light: heavy ones
+belong inside ``fn``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -57,6 +64,21 @@ def _demo(args) -> int:
     return run()
 
 
+#: Modules whose ``register(sub)`` adds a subcommand (``zoo``, ``train``, ``profile``).
+SUBCOMMAND_MODULES = ("wgraph.zoo.cli", "wgraph.tasks.cli", "wgraph.profile")
+
+
+def _register_modules(sub) -> None:
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a module still being written (development only)
+            if e.name is None or not name.startswith(e.name):
+                raise
+            continue
+        module.register(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wgraph", description="Neural networks as graphs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_info)
     p = sub.add_parser("demo", help="run the demo")
     p.set_defaults(fn=_demo)
+    _register_modules(sub)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -33,6 +33,8 @@ re-lift the weights at every layer and never hold an ``E x H`` edge state.
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from typing import Callable
 
 import torch
@@ -48,6 +50,17 @@ class KernelError(WgraphError):
 
 
 _BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference.message_pass}
+
+#: Backends whose module is imported on first use (they need optional packages: ``torch_geometric``,
+#: ``torch_scatter``, ``triton``). Each module defines ``message_pass`` with the backend signature.
+_LAZY: dict[str, str] = {
+    "pyg": "wgraph.kernels.pyg",
+    "scatter": "wgraph.kernels.scatter",
+    "triton": "wgraph.kernels.triton_fused",
+}
+
+#: Used when a lazy backend's optional dependency is missing (with a warning naming it).
+FALLBACK = "fused"
 
 
 def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
@@ -66,7 +79,35 @@ register_backend("fused", fused.message_pass)
 
 
 def available_backends() -> tuple[str, ...]:
-    return tuple(_BACKENDS)
+    """Every backend name :func:`message_pass` accepts, ``"auto"`` included."""
+    return (*_BACKENDS, *(n for n in _LAZY if n not in _BACKENDS), "auto")
+
+
+def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
+    """The backend that ``name`` runs on ``device``.
+
+    ``"auto"`` is ``"triton"`` on CUDA devices (when Triton imports) and ``"fused"`` elsewhere. A
+    lazy backend whose optional dependency does not import resolves to :data:`FALLBACK`, with a
+    warning that names the missing package.
+    """
+    if name == "auto":
+        name = "triton" if torch.device(device or "cpu").type == "cuda" else "fused"
+    if name in _BACKENDS:
+        return name
+    if name not in _LAZY:
+        raise KernelError(f"unknown message-passing backend {name!r}; available: {list(available_backends())}")
+    try:
+        module = importlib.import_module(_LAZY[name])
+    except ImportError as e:
+        warnings.warn(
+            f"message-passing backend {name!r} is unavailable ({e}); using {FALLBACK!r} instead. "
+            f"Install the missing package to use it.",
+            stacklevel=3,
+        )
+        _BACKENDS[name] = _BACKENDS[FALLBACK]
+        return name
+    register_backend(name, module.message_pass)
+    return name
 
 
 def message_pass(
@@ -96,14 +137,13 @@ def message_pass(
         aggr: one aggregator name or a sequence of them (see :data:`AGGREGATORS`).
         groups: grouped blocks: the number of groups (1 for every other kind).
         act: the nonlinearity ``phi`` (a key of :data:`ACTIVATIONS`).
-        backend: a name from :func:`available_backends`.
+        backend: a name from :func:`available_backends` (``"auto"``: see :func:`resolve_backend`).
 
     Returns:
         ``(B, n_recv, H * len(aggr))``, aggregators concatenated in the given order.
     """
     aggr = (aggr,) if isinstance(aggr, str) else tuple(aggr)
-    if backend not in _BACKENDS:
-        raise KernelError(f"unknown message-passing backend {backend!r}; available: {list(_BACKENDS)}")
+    backend = resolve_backend(backend, send.device)
     if kind not in BLOCK_KINDS:
         raise KernelError(f"unknown block kind {kind!r}; expected one of {list(BLOCK_KINDS)}")
     if not aggr or any(a not in AGGREGATORS for a in aggr):
@@ -142,6 +182,6 @@ def message_pass(
 
 
 __all__ = [
-    "message_pass", "register_backend", "available_backends", "KernelError", "AGGREGATORS", "ACTIVATIONS",
+    "message_pass", "register_backend", "available_backends", "resolve_backend", "KernelError", "AGGREGATORS", "ACTIVATIONS",
     "block_nodes", "pair_sum",
 ]  # fmt: skip
