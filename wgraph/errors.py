@@ -29,3 +29,7 @@ class SpecError(WgraphError):
 
 class FileFormatError(WgraphError):
     """A file could not be read or written (missing directory, not a wgraph file, ...)."""
+
+
+class ZooError(WgraphError):
+    """A model zoo directory is missing, incomplete, corrupted, or does not match its manifest."""

@@ -1,5 +1,18 @@
-"""Model zoos: reference architectures (:mod:`.archs`); generation and storage come later."""
+"""Model zoos: reference architectures (:mod:`.archs`), the in-memory :class:`Zoo` (:mod:`.dataset`),
+the directory format with resumable writing and verified loading (:mod:`.store`), and generators of
+real zoos trained on scikit-learn's ``digits``: small CNNs (:mod:`.cnn`) and SIREN INRs (:mod:`.inr`).
 
-from .archs import mlp, resnet_mlp, small_cnn
+>>> from wgraph.zoo import load_zoo
+>>> # zoo = load_zoo("zoos/cnn"); zoo.graphs()  -> WeightGraph of every network
+"""
 
-__all__ = ["mlp", "resnet_mlp", "small_cnn"]
+from .archs import ARCHITECTURES, digits_cnn, mlp, register_arch, resnet_mlp, siren, small_cnn
+from .cnn import generate_cnn_zoo
+from .dataset import Zoo
+from .inr import generate_inr_zoo
+from .store import ZooWriter, load_zoo
+
+__all__ = [
+    "Zoo", "ZooWriter", "load_zoo", "generate_cnn_zoo", "generate_inr_zoo",
+    "ARCHITECTURES", "register_arch", "digits_cnn", "siren", "mlp", "resnet_mlp", "small_cnn",
+]  # fmt: skip
