@@ -71,6 +71,8 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 #: Elements of one ``(BO, BI, BH)`` tile (registers of one program). Module-level so tests can force
 #: small tiles (many tiles per block, masked edges).
 TILE_ELEMS = 4096
+#: Warps per program (Triton's launch option).
+NUM_WARPS = 4
 #: Upper bound on the column block ``BI`` (``x`` is contiguous along columns: this is the width of a
 #: coalesced load). Module-level for tests.
 MAX_BI = 32
@@ -331,7 +333,7 @@ class _TritonDenseSum(torch.autograd.Function):
             a, c, edge, weight, acc, out, inn, H,
             a.stride(0), a.stride(1), c.stride(0), c.stride(1), *edge.stride(), weight.stride(0),
             acc.stride(0), acc.stride(1),
-            K=K, ACT=ACT_CODES[act], FIX_ROWS=not reverse, BO=BO, BI=BI, BH=BH,
+            K=K, ACT=ACT_CODES[act], FIX_ROWS=not reverse, BO=BO, BI=BI, BH=BH, num_warps=NUM_WARPS,
         )  # fmt: skip
         ctx.save_for_backward(send, recv, edge, weight)
         ctx.reverse, ctx.act = reverse, act
@@ -351,7 +353,7 @@ class _TritonDenseSum(torch.autograd.Function):
         BO, BI, BH = _tiles(out, inn, H)
         acc = _acc_dtype(send.dtype)
         dev = send.device
-        common = dict(K=K, ACT=ACT_CODES[act], G_ROWS=not reverse, BO=BO, BI=BI, BH=BH)
+        common = dict(K=K, ACT=ACT_CODES[act], G_ROWS=not reverse, BO=BO, BI=BI, BH=BH, num_warps=NUM_WARPS)
         da = dc = de = dw = None
         if need_a or need_e or need_w:
             n_prog = triton.cdiv(out, BO)
