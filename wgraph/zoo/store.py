@@ -296,8 +296,8 @@ class ZooWriter:
             for key in ("kind", "arch", "columns", "config"):
                 if self.manifest[key] != fresh[key]:
                     raise ZooError(
-                        f"{self.root}: holds a zoo generated with different {key} ({self.manifest[key]!r}, now "
-                        f"{fresh[key]!r}); use another directory or the same settings to resume"
+                        f"{self.root}: holds a zoo generated with different {key} ({_diff(self.manifest[key], fresh[key])}); "
+                        "use another directory, or the same settings to resume"
                     )
             self._drop_bad_shards()
         else:
@@ -371,6 +371,13 @@ class ZooWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _diff(stored: Any, now: Any) -> str:
+    if isinstance(stored, dict) and isinstance(now, dict):
+        keys = [k for k in {**stored, **now} if stored.get(k) != now.get(k)]
+        return ", ".join(f"{k}: {stored.get(k)!r} stored, {now.get(k)!r} now" for k in keys)
+    return f"{stored!r} stored, {now!r} now"
 
 
 def _lock(root: Path):
