@@ -6,6 +6,8 @@ per-parameter head), configured by :class:`GNNConfig` or a preset file via :func
 Parameter-sharing NFNs on a :class:`WeightSpace` view of chain networks: :class:`NPLinear`,
 :class:`HNPLinear` (Zhou et al.), :class:`MonomialLinear`, :class:`MAGEP`, their pools, and
 :class:`ParamSharingNFN` (presets ``np``, ``hnp``, ``monomial``, ``magep``).
+
+Baseline: :class:`StatNN`, an MLP on per-tensor weight statistics (preset ``statnn``).
 """
 
 from .encoders import EdgeEncoder, EncoderError, InputNormalization, NodeEncoder, kernel_key
@@ -15,6 +17,7 @@ from .magep import MAGEP
 from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, LearnedPosEmbedding, NPLinear, NPPool, TupleOp
 from .ps_models import ParamSharingNFN, PSConfigError
+from .statnn import StatNN
 from .readout import InvariantReadout, ParameterHead, ReadoutError
 from .weight_space import ChainSpec, WeightSpace, WeightSpaceError, random_graph
 
@@ -25,5 +28,5 @@ __all__ = [
     "ConfigError", "PresetError", "EncoderError", "ReadoutError",
     "WeightSpace", "WeightSpaceError", "ChainSpec", "random_graph", "NPLinear", "HNPLinear", "NPPool", "HNPPool",
     "LearnedPosEmbedding", "IOSinusoidalEncoding", "TupleOp", "MonomialLinear", "MonomialPool", "activation_for",
-    "MAGEP", "ParamSharingNFN", "PSConfigError",
+    "MAGEP", "ParamSharingNFN", "PSConfigError", "StatNN",
 ]  # fmt: skip

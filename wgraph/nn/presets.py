@@ -3,7 +3,8 @@
 Every preset has a top-level ``type``. ``type = "gnn"`` builds a :class:`~wgraph.nn.GraphNFN`
 from the remaining keys (those of :class:`~wgraph.nn.GNNConfig`, with a ``[readout]`` table);
 the parameter-sharing types (``np``, ``hnp``, ``magep``, ``monomial``) are built by
-``wgraph.nn.ps_models.from_config``. Unknown keys and unknown types are errors that name them.
+``wgraph.nn.ps_models.from_config``; ``type = "statnn"`` builds the weight-statistics baseline
+:class:`~wgraph.nn.StatNN`. Unknown keys and unknown types are errors that name them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 MODELS_DIR = next((d for d in (_PACKAGE / "models", _PACKAGE.parent / "models") if d.is_dir()), _PACKAGE.parent / "models")
 GNN_TYPES = ("gnn",)
 PS_TYPES = ("np", "hnp", "magep", "monomial")
-KNOWN_TYPES = GNN_TYPES + PS_TYPES
+STAT_TYPES = ("statnn",)
+KNOWN_TYPES = GNN_TYPES + PS_TYPES + STAT_TYPES
 
 
 class PresetError(ConfigError):
@@ -82,4 +84,8 @@ def from_preset(name_or_path: str | Path, layout, **overrides):
         from wgraph.nn.ps_models import from_config
 
         return from_config(config, layout)
+    if kind in STAT_TYPES:
+        from wgraph.nn.statnn import StatNN
+
+        return StatNN(layout, config)
     raise PresetError(f"unknown preset type {kind!r}; known types: {list(KNOWN_TYPES)}")

@@ -1,0 +1,18 @@
+"""Training tasks on model zoos: predict a classifier's test accuracy from its weights
+(``generalization``) and classify digit INRs by their weights (``inr-classify``).
+
+* :mod:`.spec`: the tasks (target column, split column, loss, metrics);
+* :mod:`.data`: a zoo as (graphs, targets, groups) and the split by group (training run / image);
+* :mod:`.metrics`: Kendall tau, R^2, accuracy;
+* :mod:`.models`: building a preset for a task;
+* :mod:`.checkpoint`: atomic, tensors-only training checkpoints;
+* :mod:`.distributed`: data-parallel setup under ``torchrun``;
+* :mod:`.trainer`: :func:`train`, the loop (seeds, progress, checkpoints, resume, results JSON);
+* :mod:`.cli`: ``wgraph train``.
+"""
+
+from .data import TaskData, split_groups, task_data
+from .spec import TASKS, Task, TaskError, get_task
+from .trainer import TrainConfig, train
+
+__all__ = ["TASKS", "Task", "TaskError", "get_task", "TaskData", "task_data", "split_groups", "TrainConfig", "train"]

@@ -1,0 +1,69 @@
+"""A zoo as task data (graphs, targets, groups) and the split into train / val / test by group.
+
+The split is by *group*: every network of one training run (generalization) or one image (INR
+classification) lands in the same part, so no part sees another part's runs (no leakage between the
+checkpoints of one run). Groups are shuffled with ``numpy.random.default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..graph import WeightGraph
+from .spec import Task, TaskError
+
+
+@dataclass
+class TaskData:
+    """``graphs``: a WeightGraph of N networks; ``targets``: ``(N,)``; ``groups``: ``(N,)`` split keys;
+    ``dropped``: networks of the zoo left out because their target is not finite (e.g. NaN)."""
+
+    graphs: WeightGraph
+    targets: torch.Tensor
+    groups: np.ndarray
+    dropped: int = 0
+
+    def __post_init__(self):
+        n = self.graphs.batch_size
+        if len(self.targets) != n or len(self.groups) != n:
+            raise TaskError(f"{n} networks but {len(self.targets)} targets and {len(self.groups)} groups")
+
+
+def task_data(zoo, task: Task, where: str = "the zoo") -> TaskData:
+    """The graphs, targets and groups of ``zoo`` (anything with ``table`` and ``graphs()``, e.g.
+    :class:`wgraph.zoo.Zoo`) for ``task``; a missing column raises :class:`TaskError` naming it."""
+    table = zoo.table
+    for col in (task.target, task.group):
+        if col not in table:
+            kind = getattr(zoo, "kind", "?")
+            raise TaskError(
+                f"task {task.name!r} needs the column {col!r}, but {where} (kind {kind!r}) has columns "
+                f"{sorted(table)}; generalization needs a CNN zoo (wgraph zoo cnn), inr-classify an INR zoo (wgraph zoo inr)"
+            )
+    column = np.asarray(table[task.target])
+    keep = np.isfinite(column.astype(np.float64))
+    if not keep.any():
+        raise TaskError(f"column {task.target!r} of {where} has no finite value")
+    graphs = zoo.graphs() if keep.all() else zoo.graphs(np.flatnonzero(keep))
+    return TaskData(graphs, task.targets(column[keep]), np.asarray(table[task.group])[keep], int((~keep).sum()))
+
+
+def split_groups(groups, seed: int = 0, val: float = 0.1, test: float = 0.1) -> dict[str, np.ndarray]:
+    """Indices ``{"train", "val", "test"}`` (sorted) splitting the *groups* ``val`` / ``test`` /
+    rest, at least one group in each part."""
+    groups = np.asarray(groups)
+    uniq = np.unique(groups)
+    n = len(uniq)
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise TaskError(f"val and test fractions must be in (0, 1) with a sum below 1, got {val} and {test}")
+    if n < 3:
+        raise TaskError(f"cannot split {n} group(s) into train, val and test: need at least 3")
+    n_val, n_test = max(1, round(val * n)), max(1, round(test * n))
+    if n_val + n_test >= n:
+        raise TaskError(f"{n} groups are too few for val={val} and test={test} with a non-empty training part")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = {"val": uniq[order[:n_val]], "test": uniq[order[n_val : n_val + n_test]], "train": uniq[order[n_val + n_test :]]}
+    return {name: np.flatnonzero(np.isin(groups, keys)) for name, keys in parts.items()}

@@ -1,0 +1,46 @@
+"""The model a preset describes, built for a task.
+
+``build_model(preset, layout, out_dim)`` calls :func:`wgraph.nn.from_preset` with the task's output
+size. The NP / HNP stacks have no input normalization of their own; here they read the weights
+standardized per tensor (one mean and std per weight block and per bias layer, fitted on the training
+zoo), a scalar affine map per tensor that keeps their permutation equivariance. The graph NFN and
+StatNN standardize their own inputs. :func:`fit_normalization` fits whichever the model has.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..graph import WeightGraph
+from ..nn import InputNormalization, from_preset, load_preset
+
+STANDARDIZED_TYPES = ("np", "hnp")
+
+
+class Standardized(nn.Module):
+    """``model`` applied to weights standardized by an :class:`~wgraph.nn.InputNormalization`."""
+
+    def __init__(self, model: nn.Module, layout):
+        super().__init__()
+        self.norm = InputNormalization([layout])
+        self.model = model
+
+    def fit_normalization(self, graphs: WeightGraph) -> None:
+        self.norm.fit(graphs)
+
+    def forward(self, graph: WeightGraph):
+        nodes, edges = self.norm(graph)
+        return self.model(WeightGraph(graph.layout, nodes, edges, graph.extras))
+
+
+def build_model(preset: str, layout, out_dim: int) -> nn.Module:
+    model = from_preset(preset, layout, out_dim=out_dim)
+    if load_preset(preset)["type"] in STANDARDIZED_TYPES:
+        model = Standardized(model, layout)
+    return model
+
+
+def fit_normalization(model: nn.Module, graphs: WeightGraph) -> None:
+    """Fit the model's input statistics on the training graphs, if it has any."""
+    if hasattr(model, "fit_normalization") and getattr(model, "normalization", True) is not None:
+        model.fit_normalization(graphs)

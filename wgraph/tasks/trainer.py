@@ -1,0 +1,286 @@
+"""The training loop: :func:`train` fits a preset to a task on a zoo and writes ``results.json``.
+
+Reproducibility and resume:
+
+* ``seed`` seeds ``torch``, ``numpy`` and ``random`` and the model's initialization; the order of
+  the training networks in epoch ``e`` is ``numpy.random.default_rng([seed, e]).permutation``, so
+  the data order is a function of ``(seed, step)``: nothing about it needs saving.
+* Every ``checkpoint_every`` steps and at every epoch end, rank 0 writes ``checkpoint.pt`` in the
+  output directory (atomically: :mod:`.checkpoint`): model, optimizer, step, RNG states, history,
+  best-validation state. ``resume=True`` continues from it (a run killed with ``kill -9`` and
+  started again with the same command ends exactly where an uninterrupted run would, on one
+  process); without ``resume``, an existing checkpoint is an error rather than silently overwritten.
+* Batches hold ``batch_size`` networks (the last incomplete batch of an epoch is dropped; the order
+  changes every epoch). Under ``torchrun`` each of the ``W`` ranks computes every ``W``-th network of
+  the batch and DDP averages the gradients, which equals the one-process gradient of the batch.
+* Validation metrics are computed at every epoch end; with ``select = "best-val"`` (default) the
+  model of the epoch with the best validation ``task.primary`` metric (Kendall tau, accuracy) is the
+  one tested at the end, with ``"last"`` the final one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import WgraphError
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import TaskData, split_groups, task_data
+from .distributed import Ranks, setup, teardown
+from .models import build_model, fit_normalization
+from .spec import Task, get_task
+
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+MODEL = "model.safetensors"
+DEFAULT_EPOCHS = 10
+#: Settings that may differ between a run and its resumption (everything else must match).
+RESUMABLE = ("zoo", "out", "epochs", "steps", "device", "resume", "progress", "checkpoint_every", "eval_batch_size")
+
+
+class TrainError(WgraphError):
+    """A training configuration that cannot run (e.g. an output directory holding another run)."""
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    model: str
+    zoo: str | None = None
+    out: str = "runs/train"
+    seed: int = 0
+    split_seed: int = 0
+    epochs: int | None = None  # default DEFAULT_EPOCHS when steps is not given either
+    steps: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    select: str = "best-val"
+    checkpoint_every: int = 100
+    eval_batch_size: int = 256
+    device: str = "cpu"
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.select not in ("best-val", "last"):
+            raise TrainError(f"select must be 'best-val' or 'last', got {self.select!r}")
+        for key in ("epochs", "steps"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise TrainError(f"{key} must be at least 1, got {v}")
+        for key in ("batch_size", "checkpoint_every", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise TrainError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise TrainError(f"lr must be positive, got {self.lr}")
+
+
+# --------------------------------------------------------------------------- seeds and RNG states
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training networks in ``epoch`` (a function of ``seed`` and ``epoch`` only)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG state as tensors, numbers and lists (what ``torch.load(weights_only=True)`` reads)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, py_gauss = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(state), "gauss": py_gauss},
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, graphs, targets: torch.Tensor, index: torch.Tensor, task: Task, batch_size: int) -> dict[str, float]:
+    """The task's loss and metrics of ``model`` on networks ``index`` (in eval mode, in chunks)."""
+    was_training = model.training
+    model.eval()
+    outs = [model(graphs[index[i : i + batch_size]]) for i in range(0, len(index), batch_size)]
+    model.train(was_training)
+    return task.metrics(torch.cat(outs), targets[index])
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+    now = asdict(config)
+    diff = [k for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise CheckpointError(f"{path} was written by a run with other settings ({changes}); use another --out")
+
+
+# --------------------------------------------------------------------------- the loop
+def train(config: TrainConfig, data: TaskData | None = None, on_step=None) -> dict:
+    """Train ``config.model`` on ``config.task`` and return the results (also in ``out/results.json``).
+
+    ``data``: the zoo as :class:`TaskData` (default: loaded from ``config.zoo``). ``on_step(step)``:
+    called after every optimizer step, once that step's checkpoint (if any) is written.
+    """
+    config.validate()
+    task = get_task(config.task)
+    ranks, device = setup(config.device)
+    try:
+        return _train(config, task, ranks, device, data, on_step)
+    finally:
+        teardown(ranks)
+
+
+def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, data, on_step) -> dict:
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not cfg.resume:
+        raise TrainError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    if data is None:
+        if cfg.zoo is None:
+            raise TrainError("no zoo: pass --zoo DIR (a zoo written by `wgraph zoo cnn` or `wgraph zoo inr`)")
+        from ..zoo import load_zoo
+
+        data = task_data(load_zoo(cfg.zoo), task, where=f"zoo {cfg.zoo}")
+    split = split_groups(data.groups, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+    idx = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in split.items()}
+    graphs = data.graphs.to(device=device, dtype=torch.float32)
+    targets = data.targets.to(device)
+    n_train = len(split["train"])
+    batch = min(cfg.batch_size, n_train)
+    if batch < ranks.world:
+        raise TrainError(f"a batch of {batch} networks cannot be shared by {ranks.world} processes")
+    steps_per_epoch = max(1, n_train // batch)
+    total = cfg.steps if cfg.steps is not None else (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+
+    model = build_model(cfg.model, graphs.layout, task.out_dim)
+    fit_normalization(model, graphs[idx["train"]])
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history, best, train_s, epoch_loss = 0, [], None, 0.0, [0.0, 0]
+    resumed_from = None
+    if cfg.resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        _check_resumable(json.loads(ck["config"]), cfg, ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"], device)
+        step, history, best, train_s, epoch_loss = ck["step"], ck["history"], ck["best"], ck["train_s"], ck["epoch_loss"]
+        resumed_from = step
+    net = model
+    if ranks.world > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    t_setup = time.perf_counter() - t_start
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "format": 1, "config": json.dumps(asdict(cfg)), "step": step, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "rng": rng_state(device), "history": history, "best": best,
+            "train_s": train_s, "epoch_loss": epoch_loss,
+        })  # fmt: skip
+
+    bar = tqdm(total=total, initial=step, desc=f"{task.name} {cfg.model}", disable=not (cfg.progress and ranks.main))
+    eval_s, t_last = 0.0, time.perf_counter()
+    net.train()
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = epoch_order(cfg.seed, epoch, n_train)[i * batch : (i + 1) * batch]
+        chosen = idx["train"][torch.as_tensor(order, device=device)]
+        mine = chosen[ranks.rank :: ranks.world]
+        loss = task.loss(net(graphs[mine]), targets[mine], reduction="sum") * (ranks.world / len(chosen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        shown = loss.detach() / ranks.world
+        if ranks.world > 1:
+            torch.distributed.all_reduce(shown)
+        epoch_loss = [epoch_loss[0] + float(shown), epoch_loss[1] + 1]
+        bar.update(1)
+        if step % steps_per_epoch == 0 or step == total:
+            now = time.perf_counter()
+            train_s += now - t_last
+            val = evaluate(model, graphs, targets, idx["val"], task, cfg.eval_batch_size)
+            history.append({"step": step, "epoch": step / steps_per_epoch, "train_loss": epoch_loss[0] / epoch_loss[1],
+                            **{f"val_{k}": v for k, v in val.items()}})  # fmt: skip
+            epoch_loss = [0.0, 0]
+            if cfg.select == "best-val" and (best is None or val[task.primary] > best["metric"]):
+                best = {"metric": val[task.primary], "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.4f}", **{f"val_{task.primary}": f"{val[task.primary]:.4f}"})
+            t_last = time.perf_counter()
+            eval_s += t_last - now
+            if ranks.main:
+                checkpoint()
+        elif step % cfg.checkpoint_every == 0 and ranks.main:
+            train_s += time.perf_counter() - t_last
+            checkpoint()
+            t_last = time.perf_counter()
+        if on_step is not None:
+            on_step(step)
+    bar.close()
+
+    t_eval = time.perf_counter()
+    if best is not None:
+        model.load_state_dict(best["state"])
+    metrics = {part: evaluate(model, graphs, targets, idx[part], task, cfg.eval_batch_size) for part in ("train", "val", "test")}
+    eval_s += time.perf_counter() - t_eval
+    results = {
+        "task": task.name, "model": cfg.model, "zoo": cfg.zoo, "seed": cfg.seed, "config": asdict(cfg),
+        "metrics": metrics, "primary_metric": task.primary,
+        "selected_step": best["step"] if best is not None else step,
+        "steps": step, "steps_per_epoch": steps_per_epoch, "batch_size": batch, "epochs": step / steps_per_epoch,
+        "networks": data.graphs.batch_size, "dropped_networks": data.dropped,
+        "split": {"seed": cfg.split_seed, "by": task.group,
+                  **{part: {"networks": len(v), "groups": int(len(np.unique(data.groups[v])))} for part, v in split.items()}},
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+        "history": history, "world_size": ranks.world, "device": str(device), "resumed_from_step": resumed_from,
+        "timings": {"setup_s": t_setup, "train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start,
+                    "steps_per_s": step / train_s if train_s > 0 else None},
+    }  # fmt: skip
+    if ranks.main:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(out / MODEL),
+                  metadata={"task": task.name, "preset": cfg.model})  # fmt: skip
+        _write_json(out / RESULTS, results)
+    return results
