@@ -1,0 +1,269 @@
+"""Model zoos: storage round trip, resume, corruption, no unpickling, graphs, labels, CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import wgraph
+from wgraph.cli import main
+from wgraph.errors import ZooError
+from wgraph.zoo import ZooWriter, digits_cnn, generate_cnn_zoo, generate_inr_zoo, load_zoo
+from wgraph.zoo import store as zoo_store
+
+CNN = dict(runs=6, checkpoints=2, epochs=2, seed=1, shard_size=3, channels=8, progress=False)
+INR = dict(images=12, steps=30, seed=1, shard_size=5, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The generators run tiny batches; on a loaded 2-core machine one thread is several times faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cnn_zoo(tmp_path_factory):
+    return generate_cnn_zoo(tmp_path_factory.mktemp("cnn") / "zoo", **CNN)
+
+
+@pytest.fixture(scope="module")
+def inr_zoo(tmp_path_factory):
+    return generate_inr_zoo(tmp_path_factory.mktemp("inr") / "zoo", **INR)
+
+
+def _assert_same_zoo(a, b):
+    assert len(a) == len(b) and a.weights.keys() == b.weights.keys()
+    for k in a.weights:
+        assert torch.equal(a.weights[k], b.weights[k]), k
+    assert a.table.keys() == b.table.keys()
+    for c in a.table:
+        np.testing.assert_array_equal(a.table[c], b.table[c])
+
+
+# ---------------------------------------------------------------- storage
+ARCH = {"name": "digits_cnn", "kwargs": {"channels": 4}, "input_shape": [1, 1, 8, 8], "per_network": {"activation": "act"}}
+COLS = {"run": "int", "checkpoint": "int", "acc": "float", "act": "str", "good": "bool"}
+
+
+def _write_small(path, n_shards=2, per=3):
+    torch.manual_seed(0)
+    sds = [digits_cnn(4).state_dict() for _ in range(n_shards * per)]
+    stacked = {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}
+    with ZooWriter(path, kind="cnn", arch=ARCH, columns=COLS, config={"seed": 0}) as w:
+        for s in range(n_shards):
+            rows = range(s * per, (s + 1) * per)
+            table = {"run": list(rows), "checkpoint": [0] * per, "acc": [0.5, float("nan"), 1.0][:per],
+                     "act": ["relu", "tanh", "gelu"][:per], "good": [True, False, True][:per]}  # fmt: skip
+            w.write_shard(s, {k: v[s * per : (s + 1) * per] for k, v in stacked.items()}, table)
+        w.finish()
+    return stacked
+
+
+def test_writer_loader_round_trip(tmp_path):
+    stacked = _write_small(tmp_path / "z")
+    zoo = load_zoo(tmp_path / "z")
+    assert len(zoo) == 6 and zoo.kind == "cnn" and zoo.arch == ARCH
+    for k, v in stacked.items():
+        assert torch.equal(zoo.weights[k], v)
+    assert zoo.table["run"].tolist() == list(range(6)) and zoo.table["run"].dtype == np.int64
+    assert np.isnan(zoo.table["acc"][1]) and zoo.table["acc"][2] == 1.0
+    assert zoo.table["act"].tolist() == ["relu", "tanh", "gelu"] * 2 and zoo.table["good"].dtype == bool
+    zoo.model().load_state_dict({k: v[0] for k, v in zoo.weights.items()}, strict=True)
+    assert isinstance(zoo.network(1)[1], torch.nn.Tanh)  # the per-network activation
+    sub = zoo.subset([4, 0])
+    assert sub.table["run"].tolist() == [4, 0] and torch.equal(sub.weights["0.weight"][0], stacked["0.weight"][4])
+    assert len(zoo.subset(zoo.table["good"])) == 4
+    m = json.loads((tmp_path / "z" / "manifest.json").read_text())
+    assert m["complete"] and [s["count"] for s in m["shards"]] == [3, 3]
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    w = ZooWriter(tmp_path / "z", kind="cnn", arch=ARCH, columns=COLS)
+    sd = {k: v[None] for k, v in digits_cnn(4).state_dict().items()}
+    row = {"run": [0], "checkpoint": [0], "acc": [0.1], "act": ["relu"], "good": [True]}
+    with pytest.raises(ZooError, match="0.weight"):
+        w.write_shard(0, {**sd, "0.weight": torch.zeros(1, 3, 1, 3, 3)}, row)
+    with pytest.raises(ZooError, match="'acc'"):
+        w.write_shard(0, sd, {**row, "acc": ["high"]})
+    with pytest.raises(ZooError, match="another process"):
+        ZooWriter(tmp_path / "z", kind="cnn", arch=ARCH, columns=COLS)
+    w.close()
+    with pytest.raises(ZooError, match="incomplete"):
+        load_zoo(tmp_path / "z")
+    assert len(load_zoo(tmp_path / "z", partial=True)) == 0
+    with pytest.raises(ZooError, match="no manifest.json"):
+        load_zoo(tmp_path)
+
+
+# ---------------------------------------------------------------- resume
+@pytest.mark.parametrize("kind", ["cnn", "inr"])
+def test_resume_after_kill_equals_uninterrupted(kind, tmp_path, monkeypatch, cnn_zoo, inr_zoo):
+    generate, settings, full = (generate_cnn_zoo, CNN, cnn_zoo) if kind == "cnn" else (generate_inr_zoo, INR, inr_zoo)
+    out = tmp_path / "zoo"
+    real_write = ZooWriter.write_shard
+
+    def killed_after_first(self, index, *args):
+        if self.num_networks:
+            raise KeyboardInterrupt  # a kill between shards
+        real_write(self, index, *args)
+
+    monkeypatch.setattr(ZooWriter, "write_shard", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, **settings)
+    monkeypatch.setattr(ZooWriter, "write_shard", real_write)
+    with pytest.raises(ZooError, match="incomplete"):
+        load_zoo(out)
+    assert len(load_zoo(out, partial=True)) == len(json.loads((out / "manifest.json").read_text())["shards"][0]["table"]["run"])
+    # debris of a kill in the middle of the next shard: a temp file and a shard the manifest never got
+    (out / ".tmp-shard-00001.safetensors.4242").write_bytes(b"half a shard")
+    (out / "shard-00001.safetensors").write_bytes(b"not in the manifest")
+    resumed = generate(out, **settings)
+    _assert_same_zoo(resumed, full)
+    pairs = list(zip(resumed.table["run"].tolist(), resumed.table["checkpoint"].tolist()))
+    assert len(pairs) == len(set(pairs))
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_rerun_with_other_settings_is_refused(cnn_zoo):
+    with pytest.raises(ZooError, match="epochs: 2 stored, 3 now"):
+        generate_cnn_zoo(cnn_zoo.path, **{**CNN, "epochs": 3})
+
+
+# ---------------------------------------------------------------- corruption and safety
+def test_corrupted_and_truncated_shards_are_named(tmp_path):
+    _write_small(tmp_path / "z")
+    shard = tmp_path / "z" / "shard-00001.safetensors"
+    data = shard.read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    with pytest.raises(ZooError, match=r"shard-00001\.safetensors: corrupted shard"):
+        load_zoo(tmp_path / "z")
+    shard.write_bytes(data[: len(data) - 7])
+    with pytest.raises(ZooError, match=r"shard-00001\.safetensors: corrupted"):
+        load_zoo(tmp_path / "z")
+    with pytest.raises(ZooError, match=r"shard-00001\.safetensors: not a valid safetensors file"):
+        load_zoo(tmp_path / "z", verify=False)
+    shard.unlink()
+    with pytest.raises(ZooError, match=r"shard-00001\.safetensors: shard missing"):
+        load_zoo(tmp_path / "z")
+
+
+def test_resume_regenerates_a_corrupted_shard(tmp_path, inr_zoo):
+    out = tmp_path / "zoo"
+    shutil.copytree(inr_zoo.path, out)
+    shard = out / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="shard-00001.safetensors: missing or corrupted"):
+        regenerated = generate_inr_zoo(out, **INR)
+    _assert_same_zoo(regenerated, inr_zoo)
+
+
+class _Evil:
+    """Unpickling this creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickles_in_a_zoo_are_never_loaded(tmp_path):
+    zoo_dir = tmp_path / "z"
+    _write_small(zoo_dir)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Evil(marker))
+    for name in ("evil.pkl", "weights.pt", "model.bin", "shard-00002.safetensors"):
+        (zoo_dir / name).write_bytes(payload)
+    zoo = load_zoo(zoo_dir)
+    assert len(zoo) == 6 and not marker.exists()
+    # a manifest that points at the pickle is refused, whatever the pickle is called
+    manifest = zoo_dir / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["shards"][0]["file"] = "evil.pkl"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(ZooError, match="not a plain"):
+        load_zoo(zoo_dir)
+    m["shards"][0]["file"] = "../z/evil.safetensors"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(ZooError, match="not a plain"):
+        load_zoo(zoo_dir)
+    m["shards"][0]["file"] = "shard-00002.safetensors"  # the pickle under a shard's name
+    manifest.write_text(json.dumps(m))
+    for verify in (True, False):
+        with pytest.raises(ZooError, match="shard-00002.safetensors"):
+            load_zoo(zoo_dir, verify=verify)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- graphs and labels
+@pytest.mark.parametrize("which", ["cnn", "inr"])
+def test_graphs_give_back_the_stored_weights(which, cnn_zoo, inr_zoo):
+    zoo = cnn_zoo if which == "cnn" else inr_zoo
+    g = zoo.graphs()
+    assert isinstance(g, wgraph.WeightGraph) and g.batch_size == len(zoo)
+    for i in (0, len(zoo) - 1):
+        sd = g.to_state_dict(i)
+        assert sd.keys() == zoo.weights.keys()
+        assert all(torch.equal(sd[k], zoo.weights[k][i]) for k in sd)
+    sub = zoo.graphs([2, 1])
+    assert sub.batch_size == 2 and torch.equal(sub.to_state_dict(0)["0.weight"], zoo.weights["0.weight"][2])
+    one = wgraph.to_graph(zoo.network(3), zoo.example_input())  # the module converts on its own, exactly
+    assert all(torch.equal(v, zoo.weights[k][3]) for k, v in one.to_state_dict().items())
+
+
+def test_cnn_labels(cnn_zoo):
+    from wgraph.zoo.data import digits_split
+
+    t = cnn_zoo.table
+    assert len(cnn_zoo) == CNN["runs"] * CNN["checkpoints"]  # nothing diverged in this tiny zoo
+    assert t["epoch"].tolist() == [1, 2] * CNN["runs"]
+    for c in ("test_acc", "train_acc"):
+        assert ((t[c] >= 0) & (t[c] <= 1)).all()
+    assert (t["train_loss"] >= 0).all() and np.isfinite(t["test_loss"]).all()
+    last = t["checkpoint"] == 1
+    assert (t["test_acc"][last] > 0.2).mean() >= 0.5, t["test_acc"]  # mostly above chance (0.1)
+    assert set(t["optimizer"]) <= {"sgd", "adam"} and set(t["activation"]) <= {"relu", "tanh", "gelu"}
+    # the labels are those of the stored network, with its own activation
+    _, _, x_test, y_test = digits_split(CNN["seed"])
+    for i in range(len(cnn_zoo)):
+        with torch.no_grad():
+            acc = (cnn_zoo.network(i)(x_test).argmax(1) == y_test).float().mean().item()
+        assert acc == pytest.approx(t["test_acc"][i], abs=1e-6)
+
+
+def test_inr_labels_and_fit(inr_zoo, tmp_path):
+    from wgraph.zoo.data import digits_images
+    from wgraph.zoo.inr import pixel_coordinates
+
+    pixels, labels = digits_images()
+    t = inr_zoo.table
+    assert t["image"].tolist() == list(range(12)) and t["label"].tolist() == labels[:12].tolist()
+    with torch.no_grad():
+        mse = ((inr_zoo.network(5)(pixel_coordinates())[:, 0] - pixels[5].reshape(-1)) ** 2).mean().item()
+    assert mse == pytest.approx(t["recon_mse"][5], rel=1e-4, abs=1e-9)
+    fewer = generate_inr_zoo(tmp_path / "few", **{**INR, "steps": 3})
+    assert (t["recon_mse"] < fewer.table["recon_mse"]).all()
+    assert t["recon_mse"].mean() < 0.2 * fewer.table["recon_mse"].mean()
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_end_to_end(tmp_path, capsys):
+    assert main(["zoo", "inr", str(tmp_path / "inr"), "--images", "4", "--steps", "2", "--quiet"]) == 0
+    assert "wrote 4 INRs" in capsys.readouterr().out and len(load_zoo(tmp_path / "inr")) == 4
+    args = ["zoo", "cnn", str(tmp_path / "cnn"), "--runs", "2", "--checkpoints", "1", "--epochs", "1", "-q"]
+    assert main(args) == 0
+    assert f"wrote 2 CNNs (2 runs x 1 checkpoints) to {tmp_path / 'cnn'}" in capsys.readouterr().out
+    assert main(args) == 0  # complete already: nothing to do
+    assert main([*args[:-2], "2", "-q"]) == 2
+    assert "epochs: 1 stored, 2 now" in capsys.readouterr().err
