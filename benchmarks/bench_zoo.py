@@ -1,0 +1,84 @@
+"""Wall time of zoo generation with the ``wgraph zoo`` command.
+
+Runs, each in a process of its own, into a fresh temporary directory:
+
+    wgraph zoo cnn DIR --runs 250 --checkpoints 4 --epochs 20 --threads T -q   (1,000 CNNs)
+    wgraph zoo inr DIR --images all --threads T -q                              (1,797 INRs)
+
+and reports seconds and networks/s, with the machine's load average before and after (the
+machine may be shared; the numbers are as measured).
+
+    python benchmarks/bench_zoo.py [--threads 1 2] [--runs 250] [--skip-inr]
+
+Writes benchmarks/results/zoo_generation.json and zoo_generation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _measure(kind: str, extra: list[str], threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "zoo"
+        argv = ["wgraph", "zoo", kind, str(out), *extra, "--threads", str(threads), "-q"]
+        load_before = os.getloadavg()[0]
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "wgraph", *argv[1:]], check=True, cwd=ROOT)
+        seconds = time.perf_counter() - t
+        load_after = os.getloadavg()[0]
+        manifest = json.loads((out / "manifest.json").read_text())
+        networks = sum(s["count"] for s in manifest["shards"])
+    row = {"command": " ".join(argv).replace(str(out), "DIR"), "kind": kind, "threads": threads, "seconds": seconds,
+           "networks": networks, "networks_per_s": networks / seconds, "load_before": load_before, "load_after": load_after}  # fmt: skip
+    print(f"{row['command']}: {networks} networks in {seconds:.1f} s ({row['networks_per_s']:.2f}/s)", flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--runs", type=int, default=250)
+    ap.add_argument("--skip-inr", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for t in args.threads:
+        rows.append(_measure("cnn", ["--runs", str(args.runs), "--checkpoints", "4", "--epochs", "20"], t))
+    if not args.skip_inr:
+        rows.append(_measure("inr", ["--images", "all"], args.threads[0]))
+    info = {"cpu": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "zoo_generation.json").write_text(json.dumps(info, indent=1) + "\n")
+    lines = [
+        "# bench_zoo: generating model zoos with `wgraph zoo`",
+        "",
+        f"CPU ({info['cpu']}, {info['cores']} cores), torch {info['torch']}; one run per row, wall time of the "
+        "whole command (start-up, data, training, writing and verifying the shards). The machine was shared with "
+        "other jobs: the load average is the 1-minute value before and after the run.",
+        "",
+        "| command | networks | time | networks/s | load before / after |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| `{r['command']}` | {r['networks']} | {r['seconds']:.0f} s | {r['networks_per_s']:.2f} "
+                     f"| {r['load_before']:.1f} / {r['load_after']:.1f} |")  # fmt: skip
+    lines += ["", "Reproduce: `python benchmarks/bench_zoo.py` (defaults: `--threads 1 2 --runs 250`)."]
+    (RESULTS / "zoo_generation.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'zoo_generation.md'}")
+
+
+if __name__ == "__main__":
+    main()
