@@ -10,8 +10,15 @@ states and the edge map ``C`` require gradients. Synthetic inputs with the block
   b: 64 x Small-CNN-Zoo CNN (3x3 convs 1-16-16-16, Linear 16-10), H = 64
   c: 512 x MLP 2-32-32-1, H = 64
 
-Time: CUDA events around the step, median of ``--reps`` after ``--warmup`` steps (forward alone is
-timed the same way). Memory: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``,
+Time, two ways, each the median of ``--reps`` after ``--warmup`` steps:
+
+* ``wall``: CUDA events around the eager step (forward alone is timed the same way). At these sizes
+  this is mostly the host's launch overhead (Python, autograd, kernel launches): the GPU idles between
+  kernels.
+* ``gpu``: the same step captured once in a CUDA graph and replayed (CUDA events around the replay):
+  the device time of the step's kernels without host overhead. This is the time the bandwidth
+  fraction uses.
+ Memory: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``,
 minus the memory allocated when the step starts (inputs excluded).
 
 Memory-bandwidth floor: the bytes one step must move at least are the edge features read once per
@@ -87,6 +94,25 @@ def timed(fn, warmup, reps):
     return statistics.median(times)
 
 
+def graph_ms(fn, warmup, reps):
+    """Median replay time of ``fn`` captured in a CUDA graph (``None`` with the error if capture fails)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as e:  # noqa: BLE001 - recorded in the results
+        return None, f"{type(e).__name__}: {e}"[:200]
+    ms = timed(graph.replay, warmup, reps)
+    del graph
+    return ms, None
+
+
 def peak_mb(fn):
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -112,9 +138,16 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--cases", default="a,b,c")
-    p.add_argument("--tiles", default="2048,4096,8192", help="TILE_ELEMS values tried for triton (sweep)")
+    p.add_argument(
+        "--tiles", default="2048:32:4,4096:32:4,4096:16:4,8192:32:8,8192:64:8",
+        help="TILE_ELEMS:MAX_BI:NUM_WARPS settings tried for triton (a sweep)",
+    )  # fmt: skip
+    p.add_argument("--profile", action="store_true", help="only profile triton's kernels (torch.profiler) per case")
     args = p.parse_args()
     import triton
+
+    if args.profile:
+        return profile(args)
 
     info = {
         "device": torch.cuda.get_device_name(),
@@ -126,7 +159,7 @@ def main():
         "num_warps": tf.NUM_WARPS,
         "cases": {},
     }
-    default_tile = tf.TILE_ELEMS
+    defaults = (tf.TILE_ELEMS, tf.MAX_BI, tf.NUM_WARPS)
     for name in args.cases.split(","):
         desc, batch, H, blocks = CASES[name]
         inputs = make_inputs(batch, H, blocks)
@@ -137,21 +170,50 @@ def main():
             fwd = timed(lambda: step(be, inputs, backward=False), args.warmup, args.reps)
             both = timed(lambda: step(be, inputs), args.warmup, args.reps)
             mem = peak_mb(lambda: step(be, inputs))
-            res["backends"][be] = {"fwd_ms": fwd, "fwd_bwd_ms": both, "peak_MB": mem,
-                                   "bandwidth_fraction": res["floor_us"] / (both * 1e3)}  # fmt: skip
-            print(name, be, f"fwd {fwd:.3f} ms  fwd+bwd {both:.3f} ms  peak {mem:.1f} MB", flush=True)
-        for t in [int(x) for x in args.tiles.split(",") if x]:
-            tf.TILE_ELEMS = t
-            both = timed(lambda: step("triton", inputs), args.warmup, args.reps)
-            res["triton_tiles"][t] = both
-            print(name, "triton TILE_ELEMS", t, f"fwd+bwd {both:.3f} ms", flush=True)
-        tf.TILE_ELEMS = default_tile
+            gpu, err = graph_ms(lambda: step(be, inputs), args.warmup, args.reps)
+            res["backends"][be] = {"fwd_ms": fwd, "fwd_bwd_ms": both, "gpu_fwd_bwd_ms": gpu, "graph_error": err,
+                                   "peak_MB": mem,
+                                   "bandwidth_fraction": None if gpu is None else res["floor_us"] / (gpu * 1e3)}  # fmt: skip
+            print(name, be, f"fwd {fwd:.3f} ms  fwd+bwd {both:.3f} ms  gpu {gpu} ms  peak {mem:.1f} MB {err or ''}", flush=True)
+        for t in [x for x in args.tiles.split(",") if x]:
+            tf.TILE_ELEMS, tf.MAX_BI, tf.NUM_WARPS = (int(v) for v in t.split(":"))
+            gpu, _ = graph_ms(lambda: step("triton", inputs), args.warmup, args.reps)
+            res["triton_tiles"][t] = gpu
+            print(name, "triton TILE_ELEMS:MAX_BI:NUM_WARPS", t, f"gpu fwd+bwd {gpu} ms", flush=True)
+        tf.TILE_ELEMS, tf.MAX_BI, tf.NUM_WARPS = defaults
         info["cases"][name] = res
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "triton_gpu.json").write_text(json.dumps(info, indent=2))
     (out / "triton_gpu.md").write_text(to_markdown(info))
     print(to_markdown(info))
+
+
+def profile(args):
+    """Per-kernel device time of one triton step per case (torch.profiler), to ``triton_gpu.profile.txt``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof_ctx
+
+    texts = [f"{torch.cuda.get_device_name()}: device time per kernel, 5 steps of triton (fwd + bwd)"]
+    for name in args.cases.split(","):
+        desc, batch, H, blocks = CASES[name]
+        inputs = make_inputs(batch, H, blocks)
+        for _ in range(args.warmup):
+            step("triton", inputs)
+        torch.cuda.synchronize()
+        with prof_ctx(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step("triton", inputs)
+            torch.cuda.synchronize()
+        try:
+            table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=15)
+        except Exception:  # noqa: BLE001 - older torch names the column after CUDA
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15)
+        texts += [f"\ncase {name}: {desc}", table]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "triton_gpu.profile.txt").write_text("\n".join(texts))
+    print("\n".join(texts))
 
 
 def to_markdown(info):
@@ -161,29 +223,43 @@ def to_markdown(info):
         f"{info['device']}, torch {info['torch']}, triton {info['triton']}. One step: every dense block of the case, "
         "both directions, forward (mean, ReLU) + backward (gradients of node states and of the edge map; raw weights "
         "as edge features, no edge gradient). Median of CUDA-event timings after warm-up; peak = "
-        "`max_memory_allocated` above the memory held before the step. Produced by `benchmarks/bench_triton.py`.",
+        "`max_memory_allocated` above the memory held before the step. Wall: CUDA events around the eager step "
+        "(mostly host launch overhead at these sizes); GPU: the step captured in a CUDA graph and replayed (device "
+        "time without host overhead). Produced by `benchmarks/bench_triton.py`.",
         "",
         f"Bandwidth floor: edge features read once per pass (4 passes: forward and backward of each direction) plus "
-        f"node states, at an assumed peak of {info['peak_bandwidth_tb_s']} TB/s; fraction = floor / measured fwd+bwd time.",
+        f"node states, at an assumed peak of {info['peak_bandwidth_tb_s']} TB/s; fraction = floor / GPU fwd+bwd time.",
         "",
-        "| case | backend | fwd ms | fwd+bwd ms | peak MB | bandwidth fraction |",
-        "|---|---|---|---|---|---|",
+        "| case | backend | wall fwd ms | wall fwd+bwd ms | GPU fwd+bwd ms | peak MB | bandwidth fraction |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, res in info["cases"].items():
         for be, r in res["backends"].items():
             lines.append(
                 f"| {name}: {res['description']} | {be} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
-                f"{r['peak_MB']:.1f} | {r['bandwidth_fraction']:.1%} |"
+                f"{_ms(r['gpu_fwd_bwd_ms'])} | {r['peak_MB']:.1f} | {_pct(r['bandwidth_fraction'])} |"
             )
     lines += ["", "Floors: " + "; ".join(
         f"{n}: {r['edge_MB']:.2f} MB of edge features, {r['floor_MB']:.2f} MB per step, {r['floor_us']:.1f} us"
         for n, r in info["cases"].items()
     ), ""]  # fmt: skip
-    lines += ["Triton tile sweep (fwd+bwd ms by `TILE_ELEMS`; default "
+    lines += ["Triton tile sweep (GPU fwd+bwd ms by `TILE_ELEMS:MAX_BI:NUM_WARPS`; default "
               f"{info['tile_elems_default']}, `MAX_BI` {info['max_bi']}, {info['num_warps']} warps):", ""]  # fmt: skip
     for name, res in info["cases"].items():
-        lines.append(f"- {name}: " + ", ".join(f"{t}: {ms:.3f}" for t, ms in res["triton_tiles"].items()))
+        lines.append(f"- {name}: " + ", ".join(f"{t}: {_ms(ms)}" for t, ms in res["triton_tiles"].items()))
+    errors = [f"{n}/{be}: {r['graph_error']}" for n, res in info["cases"].items() for be, r in res["backends"].items()
+              if r["graph_error"]]  # fmt: skip
+    if errors:
+        lines += ["", "CUDA-graph capture failed (no GPU time): " + "; ".join(errors)]
     return "\n".join(lines) + "\n"
+
+
+def _ms(v):
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _pct(v):
+    return "n/a" if v is None else f"{v:.1%}"
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def block_inputs(gen, reverse, b=2, out_n=5, in_n=7, h=6, k=3, groups=1, dtype=t
 
 def outputs_and_grads(backend, inputs, args=None, **kwargs):
     out = message_pass(*(inputs if args is None else args), backend=backend, **kwargs)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, out.dtype)
     wants = [t for t in inputs if t.requires_grad]
     return out.detach(), torch.autograd.grad(out, wants, g)
 
