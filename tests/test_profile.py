@@ -1,0 +1,82 @@
+"""wgraph.profile: isolated measurements, the reasons a method cannot run, the CLI's table, CSV and plots."""
+
+import csv
+import json
+
+import pytest
+
+from wgraph.profile import Config, ProfileError, measure, plot, resolve_arch, run_isolated, table
+from wgraph.profile import layout_of, unsupported_reason
+
+ARCH = "mlp:12,8,8,3"
+
+
+@pytest.mark.parametrize("method", ["gnn-fused", "gnn-reference", "np", "hnp", "magep"])
+@pytest.mark.parametrize("scope", ["layer", "model"])
+def test_measure_in_process(method, scope):
+    r = measure(Config(ARCH, 2, 4, method, scope=scope, layers=2, reps=1))
+    assert r["time_s"] > 0 and r["reps"] == 1
+    assert r["step_mb"] >= 0 and r["total_mb"] >= r["step_mb"] - 1
+
+
+def test_isolated_run_sees_the_step_memory():
+    """A step that allocates ~64 MB more must show it: materializing reference vs fused on a layer
+    whose (B, out, in, H) message tensor is 8 x 64 x 64 x 64 floats = 8 MB per intermediate."""
+    recs = {m: run_isolated(Config("mlp:64,64,64", 8, 64, m)) for m in ("gnn-reference", "gnn-fused")}
+    assert all(r["status"] == "ok" for r in recs.values()), recs
+    assert recs["gnn-reference"]["step_mb"] > recs["gnn-fused"]["step_mb"] + 8
+
+
+def test_unrepresentable_architectures_are_listed_with_the_reason():
+    arch = "wgraph.zoo.archs:resnet_mlp"  # residual connections: not a chain of layers
+    layout = layout_of(arch, (1, 64))
+    assert "chain" in unsupported_reason(Config(arch, 1, 4, "np"), layout)
+    assert unsupported_reason(Config(arch, 1, 4, "gnn-fused"), layout) is None
+    assert "CUDA" in unsupported_reason(Config(arch, 1, 4, "gnn-triton"), layout)
+    rec = run_isolated(Config(arch, 1, 4, "hnp", input_shape=(1, 64)))
+    assert rec["status"].startswith("n/a: not a chain")
+
+
+def test_memory_cap_and_bad_requests():
+    rec = run_isolated(Config(ARCH, 2, 4, "gnn-reference"), mem_cap_gb=1e-9)
+    assert rec["status"].startswith("skipped: estimated")
+    with pytest.raises(ProfileError, match="unknown method 'gnn-magic'"):
+        run_isolated(Config(ARCH, 1, 4, "gnn-magic"))
+    with pytest.raises(ProfileError, match="does not resolve"):
+        resolve_arch("nonexistent_pkg_xyz:factory")
+    with pytest.raises(ProfileError, match="comma-separated layer sizes"):
+        resolve_arch("mlp:a,b")
+
+
+def test_cli_writes_table_csv_and_plots(tmp_path, capsys):
+    from wgraph.cli import main
+
+    out = tmp_path / "prof"
+    code = main(["profile", "--arch", ARCH, "--batch", "2", "--width", "4,8", "--methods", "gnn-fused,gnn-triton",
+                 "-o", str(out)])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| mlp:12,8,8,3 | layer | 2 | 4 | gnn-fused |" in text and "n/a: the triton backend runs on CUDA" in text
+    rows = list(csv.DictReader(open(out / "profile.csv")))
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"gnn-fused", "gnn-triton"}
+    assert len(json.loads((out / "profile.json").read_text())) == 4
+    png = (out / "profile_width.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+
+
+def _rec(method, width, time_s, step_mb):
+    return {"arch": ARCH, "scope": "layer", "batch": 2, "width": width, "method": method, "device": "cpu", "threads": 1,
+            "params_per_net": 155, "time_s": time_s, "step_mb": step_mb, "total_mb": step_mb + 5, "status": "ok"}  # fmt: skip
+
+
+def test_table_ratios_and_plots(tmp_path):
+    recs = [_rec("np", 4, 2.0, 10.0), _rec("gnn-fused", 4, 1.0, 2.5), {**_rec("hnp", 4, 0, 0), "status": "skipped: x"}]
+    lines = table(recs).splitlines()
+    assert lines[2].endswith("| 1.00x | 1.00x |")  # the first method is the reference of its group
+    assert lines[3].endswith("| 0.50x | 0.25x |") and "skipped: x" in lines[4]
+    assert plot(recs, tmp_path / "p.png") is None  # one width: nothing to draw against
+    recs += [_rec("np", 8, 4.0, 20.0), _rec("gnn-fused", 8, 1.5, 3.0)]
+    assert plot(recs, tmp_path / "w.png", x="width") == tmp_path / "w.png"
+    assert plot(recs, tmp_path / "s.png", x="size") is None  # same batch and network: one size
+    recs.append({**_rec("np", 8, 8.0, 40.0), "batch": 4})
+    assert plot(recs, tmp_path / "s.png", x="size") == tmp_path / "s.png"
