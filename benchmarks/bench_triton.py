@@ -138,6 +138,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--cases", default="a,b,c")
+    p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument(
         "--tiles", default="2048:32:4,4096:32:4,4096:16:4,8192:32:8,8192:64:8",
         help="TILE_ELEMS:MAX_BI:NUM_WARPS settings tried for triton (a sweep)",
@@ -166,7 +167,7 @@ def main():
         total, edge = floor_bytes(batch, H, blocks)
         res = {"description": desc, "edge_MB": edge / 1e6, "floor_MB": total / 1e6,
                "floor_us": total / (args.peak_tbs * 1e12) * 1e6, "backends": {}, "triton_tiles": {}}  # fmt: skip
-        for be in BACKENDS:
+        for be in args.backends.split(","):
             fwd = timed(lambda: step(be, inputs, backward=False), args.warmup, args.reps)
             both = timed(lambda: step(be, inputs), args.warmup, args.reps)
             mem = peak_mb(lambda: step(be, inputs))

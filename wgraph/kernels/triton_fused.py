@@ -16,8 +16,9 @@ and ``mean`` is the sum divided by the sender count (``in``, resp. ``out``). ``(
 never exists in memory: a kernel program owns one network ``b`` and a block of output nodes (rows
 for ``reverse=False``, columns for ``reverse=True``) and loops over the other axis in tiles of
 ``(BO, BI, BH)``. Per tile it loads ``x`` once (``K`` strided loads of ``(BO, BI)``), forms ``z`` in
-registers (``K`` broadcast multiply-adds with rows of ``C``), applies ``phi`` and reduces the tile
-into its node-sized accumulator. Both directions read the same ``x`` (no transpose); each output
+registers (``K`` broadcast multiply-adds with rows of ``C``), applies ``phi`` and adds the tile into a
+tile-shaped accumulator, which is reduced to the program's output nodes once, after the loop (a
+reduction across threads per tile would cost synchronization in the inner loop). Both directions read the same ``x`` (no transpose); each output
 node is written by exactly one program, so the result is deterministic (no atomics).
 
 Backward (a custom :class:`torch.autograd.Function`; only the inputs are saved): with ``g`` the
@@ -163,26 +164,26 @@ def _fwd_kernel(
         o = f * BO + tl.arange(0, BO)
         om = o < O
         a = _node_tile(a_ptr, o, om, h, hm, s_ao, DT)
-        acc = tl.zeros((BO, BH), DT)
+        acc = tl.zeros((BO, BI, BH), DT)  # reduced over columns once, after the loop
         for i0 in range(0, I, BI):
             i = i0 + tl.arange(0, BI)
             im = i < I
             c = _node_tile(c_ptr, i, im, h, hm, s_ci, DT)
             m = _phi(_preact(a, c, x_ptr, w_ptr, o, i, om, im, h, hm, s_xo, s_xi, s_xk, s_wk, K), ACT)
-            acc += tl.sum(tl.where(im[None, :, None], m, 0.0), 1)
-        tl.store(out_ptr + o[:, None] * s_on + h[None, :], acc, mask=om[:, None] & hm[None, :])
+            acc += tl.where(im[None, :, None], m, 0.0)
+        tl.store(out_ptr + o[:, None] * s_on + h[None, :], tl.sum(acc, 1), mask=om[:, None] & hm[None, :])
     else:
         i = f * BI + tl.arange(0, BI)
         im = i < I
         c = _node_tile(c_ptr, i, im, h, hm, s_ci, DT)
-        acc = tl.zeros((BI, BH), DT)
+        acc = tl.zeros((BO, BI, BH), DT)  # reduced over rows once, after the loop
         for o0 in range(0, O, BO):
             o = o0 + tl.arange(0, BO)
             om = o < O
             a = _node_tile(a_ptr, o, om, h, hm, s_ao, DT)
             m = _phi(_preact(a, c, x_ptr, w_ptr, o, i, om, im, h, hm, s_xo, s_xi, s_xk, s_wk, K), ACT)
-            acc += tl.sum(tl.where(om[:, None, None], m, 0.0), 0)
-        tl.store(out_ptr + i[:, None] * s_on + h[None, :], acc, mask=im[:, None] & hm[None, :])
+            acc += tl.where(om[:, None, None], m, 0.0)
+        tl.store(out_ptr + i[:, None] * s_on + h[None, :], tl.sum(acc, 0), mask=im[:, None] & hm[None, :])
 
 
 @triton.jit
@@ -214,7 +215,10 @@ def _bwd_rows_kernel(
     a = _node_tile(a_ptr, o, om, h, hm, s_ao, DT)
     if G_ROWS:
         g_rows = _node_tile(g_ptr, o, om, h, hm, s_gn, DT)
-    da = tl.zeros((BO, BH), DT)
+    # Tile-shaped accumulators, reduced once after the loop (no cross-thread reduction per tile); dC
+    # of a K > 1 block is reduced per tile (K tile-shaped accumulators would not fit in registers).
+    da = tl.zeros((BO, BI, BH), DT)
+    dw1 = tl.zeros((BO, BI, BH), DT)
     kk = tl.arange(0, BK)
     dw = tl.zeros((BK, BH), DT)
     for i0 in range(0, I, BI):
@@ -229,7 +233,7 @@ def _bwd_rows_kernel(
         xm = om[:, None] & im[None, :]
         G = tl.where(xm[:, :, None], G, 0.0)
         if NEED_A:
-            da += tl.sum(G, 1)
+            da += G
         if NEED_X or NEED_W:
             for k in tl.static_range(K):
                 if NEED_X:
@@ -240,11 +244,16 @@ def _bwd_rows_kernel(
                     )
                 if NEED_W:
                     xk = tl.load(x_ptr + o[:, None] * s_xo + i[None, :] * s_xi + k * s_xk, mask=xm, other=0.0)
-                    dwk = tl.sum(tl.sum(xk.to(DT)[:, :, None] * G, 0), 0)
-                    dw += tl.where(kk[:, None] == k, dwk[None, :], 0.0)
+                    if K == 1:
+                        dw1 += xk.to(DT)[:, :, None] * G
+                    else:
+                        dwk = tl.sum(tl.sum(xk.to(DT)[:, :, None] * G, 0), 0)
+                        dw += tl.where(kk[:, None] == k, dwk[None, :], 0.0)
     if NEED_A:
-        tl.store(da_ptr + b * s_dab + o[:, None] * s_dao + h[None, :], da, mask=om[:, None] & hm[None, :])
+        tl.store(da_ptr + b * s_dab + o[:, None] * s_dao + h[None, :], tl.sum(da, 1), mask=om[:, None] & hm[None, :])
     if NEED_W:
+        if K == 1:
+            dw = tl.sum(tl.sum(dw1, 0), 0)[None, :]
         prog = b * tl.num_programs(1) + f
         tl.store(dw_ptr + prog * K * H + kk[:, None] * H + h[None, :], dw, mask=(kk[:, None] < K) & hm[None, :])
 
@@ -272,7 +281,7 @@ def _bwd_cols_kernel(
     c = _node_tile(c_ptr, i, im, h, hm, s_ci, DT)
     if not G_ROWS:
         g_cols = _node_tile(g_ptr, i, im, h, hm, s_gn, DT)
-    dc = tl.zeros((BI, BH), DT)
+    dc = tl.zeros((BO, BI, BH), DT)  # reduced over rows once, after the loop
     for o0 in range(0, O, BO):
         o = o0 + tl.arange(0, BO)
         om = o < O
@@ -282,8 +291,8 @@ def _bwd_cols_kernel(
             G = _node_tile(g_ptr, o, om, h, hm, s_gn, DT)[:, None, :] * _dphi(z, ACT)
         else:
             G = g_cols[None, :, :] * _dphi(z, ACT)
-        dc += tl.sum(tl.where(om[:, None, None] & im[None, :, None], G, 0.0), 0)
-    tl.store(dc_ptr + b * s_dcb + i[:, None] * s_dci + h[None, :], dc, mask=im[:, None] & hm[None, :])
+        dc += tl.where(om[:, None, None] & im[None, :, None], G, 0.0)
+    tl.store(dc_ptr + b * s_dcb + i[:, None] * s_dci + h[None, :], tl.sum(dc, 0), mask=im[:, None] & hm[None, :])
 
 
 #: True when the kernels above were decorated under ``TRITON_INTERPRET=1`` (they then run on CPU).
