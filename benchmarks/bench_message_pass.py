@@ -1,36 +1,26 @@
-"""One graph-NFN message-passing layer, forward + backward: ``reference`` against ``fused`` backends.
+"""Graph-NFN message passing against the parameter-sharing NP layer: every backend, one run.
 
-What is measured: one :class:`wgraph.nn.gnn.GNNLayer` (both directions, ``mean`` aggregation,
-ReLU, width ``H``) applied to the node states and edge inputs of a batch of networks, then
-``backward`` of a scalar loss. Inputs are built as a :class:`~wgraph.nn.GraphNFN` with one layer
-encodes them (under ``no_grad``): node states ``(B, N, H)`` (requiring grad) and, per block, the
-raw edge features (weights, ``K`` = kernel size) with the edge encoder's lift ``(w, b)``; the
-layer re-lifts the raw weights inside the kernel (no ``E x H`` edge state is an input). Gradients
-flow to the node states and to all of the layer's parameters; the raw weights need none.
+Two measurements, all through :mod:`wgraph.profile` (each configuration in its own subprocess; its
+docstring documents how peak memory is taken: resident-set high-water mark reset after the inputs
+are built on CPU, ``max_memory_allocated`` on CUDA):
 
-Each (case, backend) runs in its own subprocess, so the allocations of one cannot hide in
-another's peak. Memory is the subprocess's peak resident set size (``ru_maxrss``):
+* **layer**: one ``width -> width`` layer, forward + backward, for the graph NFN under each
+  message-passing backend (``reference``, ``pyg``, ``scatter``, ``fused``; ``triton`` on CUDA) beside
+  wgraph's ``NPLinear`` and ``nfn``'s ``NPLinear``, on the cases of the fused message-passing issue:
 
-* ``step MB``: the peak above the resident size measured just before the first step, after the
-  inputs are built and ``malloc_trim(0)`` has returned freed heap to the OS (so the step cannot
-  reuse memory that setup freed without it showing);
-* ``total MB``: the peak above the resident size right after imports (inputs included).
+    a: batch 8 of 784-256-256-10 MLPs, width 32
+    b: batch 64 of Small-CNN-Zoo CNNs (wgraph.zoo.small_cnn, 16 channels, 28x28 inputs), width 64
+    c: batch 512 of 2-32-32-1 SIRENs, width 64
 
-Time is the best of up to 3 repetitions (1 if the first takes more than 10 s), with
-``torch.set_num_threads(t)`` for each ``t`` of ``--threads`` (default ``1,2``). On the shared
-2-core machine another job keeps one core busy; with 2 threads every parallel op can wait at an
-OpenMP barrier for a descheduled thread, which penalizes a backend made of many tile-sized ops.
+* **model** (the headline): one training step (forward, MSE, backward, Adam) of a 4-layer graph NFN
+  of width 64 (preset ``gnn``; edge inputs are the raw weights, re-lifted inside the kernel at every
+  layer) against a 4-layer NP stack of width 64 (preset ``np``), on case a.
 
-Cases (those of the fused message-passing issue):
+    nice python benchmarks/bench_message_pass.py [--quick] [--device cpu|cuda] [--threads 1]
+        [--parts layer,model] [--timeout 600]
 
-  a: batch 8 of 784-256-256-10 MLPs, width 32
-  b: batch 64 of Small-CNN-Zoo CNNs (wgraph.zoo.small_cnn), width 64
-  c: batch 512 of 2-32-32-1 MLPs (SIREN-sized; tanh stands in for sin), width 64
-
-    nice python benchmarks/bench_message_pass.py [--quick] [--cases a,b,c] [--backends reference,fused]
-        [--timeout 300]
-
-Writes benchmarks/results/message_pass.json and .md (``--quick``: message_pass_quick.*).
+Writes ``benchmarks/results/message_pass[_cuda][_quick].json`` and ``.md``; a full run also writes
+``docs/img/performance[_cuda].png`` and the tables between the markers of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -38,196 +28,226 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _worker import WorkerFailed, run_worker  # benchmarks/_worker.py, beside this script
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-RESULTS = Path(__file__).parent / "results"
+from wgraph.profile import Config, profile  # noqa: E402
 
-# name: (description, architecture, batch, width)
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "performance.md"
+
+# name: (description, arch spec, batch, width)
 CASES = {
-    "a": ("8 x MLP 784-256-256-10, width 32", ("mlp", (784, 256, 256, 10)), 8, 32),
-    "b": ("64 x Small-CNN-Zoo CNN, width 64", ("cnn", 16), 64, 64),
-    "c": ("512 x MLP 2-32-32-1, width 64", ("mlp", (2, 32, 32, 1)), 512, 64),
+    "a": ("8 x MLP 784-256-256-10, width 32", "mlp:784,256,256,10", 8, 32),
+    "b": ("64 x Small-CNN-Zoo CNN, width 64", "cnn:16", 64, 64),
+    "c": ("512 x SIREN 2-32-32-1, width 64", "siren:2,32,32,1", 512, 64),
 }
+HEADLINE = ("a", 64, 4)  # case, width, layers
 QUICK = {
-    "a": ("4 x MLP 64-32-32-10, width 8", ("mlp", (64, 32, 32, 10)), 4, 8),
-    "b": ("8 x Small-CNN-Zoo CNN (8 channels), width 8", ("cnn", 8), 8, 8),
-    "c": ("64 x MLP 2-32-32-1, width 16", ("mlp", (2, 32, 32, 1)), 64, 16),
+    "a": ("4 x MLP 64-32-32-10, width 8", "mlp:64,32,32,10", 4, 8),
+    "b": ("8 x Small-CNN-Zoo CNN (8 channels), width 8", "cnn:8", 8, 8),
+    "c": ("64 x SIREN 2-32-32-1, width 16", "siren:2,32,32,1", 64, 16),
+}
+QUICK_HEADLINE = ("a", 16, 2)
+
+TARGETS = {  # the issue's targets, as ratios of one run
+    "layer": "`gnn-fused` at most 1.0x the NP layer's memory and time; at least 3x less memory and 2x less time "
+    "than `gnn-reference` and `gnn-pyg`",
+    "model": "graph NFN at most 0.25x the NP stack's peak memory and 0.5x its time",
 }
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+def methods(device: str) -> list[str]:
+    gnn = ["reference", "pyg", "scatter", "fused"] + (["triton"] if device == "cuda" else [])
+    return [f"gnn-{b}" for b in gnn] + ["np", "nfn-np"]
 
 
-def _trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
-def _graph(arch, batch: int):
-    """A WeightGraph of ``batch`` random networks of the architecture."""
-    import torch
-
-    import wgraph
-    from wgraph.zoo import mlp, small_cnn
-
-    kind, arg = arch
-    if kind == "mlp":
-        g = wgraph.to_graph(mlp(arg, torch.nn.Tanh), torch.randn(1, arg[0]))
-    else:
-        g = wgraph.to_graph(small_cnn(channels=arg), torch.randn(1, 1, 28, 28))
-    g = wgraph.WeightGraph.cat([g] * batch)
-    edges = [None if e is None else torch.randn_like(e) * 0.1 for e in g.edges]
-    return wgraph.WeightGraph(g.layout, torch.randn_like(g.nodes) * 0.1, edges, g.extras)
+def configs(args) -> list[Config]:
+    cases = QUICK if args.quick else CASES
+    out = []
+    if "layer" in args.parts:
+        for name, (desc, arch, batch, width) in cases.items():
+            for m in methods(args.device):
+                out.append(Config(arch, batch, width, m, device=args.device, threads=args.threads,
+                                  extra={"case": name, "desc": desc, "part": "layer"}))  # fmt: skip
+    if "model" in args.parts:
+        name, width, layers = QUICK_HEADLINE if args.quick else HEADLINE
+        desc, arch, batch, _ = cases[name]
+        gnn = "gnn-triton" if args.device == "cuda" else "gnn-fused"
+        for m in (gnn, "np"):
+            out.append(Config(arch, batch, width, m, scope="model", layers=layers, device=args.device, threads=args.threads,
+                              extra={"case": name, "desc": f"{desc.split(',')[0]}, {layers} layers of width {width}",
+                                     "part": "model"}))  # fmt: skip
+    return out
 
 
-def worker(spec_json: str) -> None:
-    import resource
-
-    import torch
-
-    from wgraph.nn import GraphNFN
-
-    case = json.loads(spec_json)
-    torch.set_num_threads(case["threads"])
-    base = _rss_mb()
-    torch.manual_seed(0)
-    graph = _graph(case["arch"], case["batch"])
-    model = GraphNFN(graph.layout, hidden=case["width"], layers=1, aggr=("mean",), backend=case["backend"])
-    with torch.no_grad():
-        h, inputs = model.encode(graph)
-    layer = model.layers[0]
-    h.requires_grad_()
-    n_edges = sum(0 if e is None else e[0].numel() for e in graph.edges)
-    _trim()
-    before = _rss_mb()
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        out, _ = layer(graph.layout, h, inputs)
-        out.square().mean().backward()
-        times.append(time.perf_counter() - t)
-        del out
-        for p in [h, *layer.parameters()]:
-            p.grad = None
-        if times[0] > 10:
-            break
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res = {
-        "time_s": min(times), "reps": len(times), "step_mb": peak - before, "total_mb": peak - base,
-        "nodes": graph.nodes.shape[1], "edges_per_net": n_edges, "threads": torch.get_num_threads(),
-    }  # fmt: skip
-    print(json.dumps(res))
+def ratio_rows(records: list[dict], part: str) -> list[str]:
+    """Markdown rows: each method's time and step memory, and both as ratios of the NP layer / stack."""
+    rows = []
+    ok = [r for r in records if r["part"] == part]
+    for case in dict.fromkeys(r["case"] for r in ok):
+        group = [r for r in ok if r["case"] == case]
+        np_ = next((r for r in group if r["method"] == "np" and r["status"] == "ok"), None)
+        for r in group:
+            if r["status"] != "ok":
+                rows.append(f"| {case}: {r['desc']} | {r['method']} | {r['status']} | | | | |")
+                continue
+            tr = f"{r['time_s'] / np_['time_s']:.2f}x" if np_ else "-"
+            mr = f"{r['step_mb'] / np_['step_mb']:.2f}x" if np_ and np_["step_mb"] > 0 else "-"
+            rows.append(
+                f"| {case}: {r['desc']} | {r['method']} | {r['time_s']:.3g} s | {r['step_mb']:.0f} MB | "
+                f"{r['total_mb']:.0f} MB | {tr} | {mr} |"
+            )
+    return rows
 
 
-# ------------------------------------------------------------------ driver
-def run_one(case: dict, timeout: float) -> dict:
-    t = time.perf_counter()
-    try:
-        res = run_worker(__file__, ["--worker", json.dumps(case)], timeout)
-    except subprocess.TimeoutExpired:
-        return {**case, "status": f"skipped: >{timeout:g}s"}
-    except WorkerFailed as e:
-        return {**case, "status": f"failed (exit {e.returncode}): {e.last_line}"}
-    return {**case, **res, "status": "ok", "wall_s": round(time.perf_counter() - t, 1)}
-
-
-def write(records: list[dict], quick: bool, meta: dict) -> None:
-    stem = "message_pass_quick" if quick else "message_pass"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": records}, indent=1) + "\n")
-    lines = [
-        "# Message passing: one GNN layer forward + backward, reference vs fused",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}.  ",
-        "The machine has 2 cores and was shared with other jobs during the run, so times are indicative.",
-        "",
-        "Method: one `GNNLayer` (both directions, mean, ReLU), raw weights as edge features re-lifted in the",
-        "kernel; each (case, backend) in its own subprocess; time = best of up to 3 forward+backward steps;",
-        "step MB = peak RSS above the RSS just before the first step (after building inputs and",
-        "`malloc_trim`); total MB = peak RSS above the RSS after imports (inputs included).",
-        "",
-        "Threads: `torch.set_num_threads`; ratios compare with `reference` at the same thread count.",
-        "",
-        "| case | threads | backend | time / step (s) | step MB | total MB | time vs ref | step MB vs ref |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    refs = {(r["case"], r["threads"]): r for r in records if r["backend"] == "reference" and r["status"] == "ok"}
-    for r in records:
-        if r["status"] != "ok":
-            lines.append(f"| {r['case']}: {r['desc']} | {r['threads']} | {r['backend']} | {r['status']} | | | | |")
+def verdicts(records: list[dict]) -> list[str]:
+    """The issue's targets, checked on the records of this run."""
+    out = []
+    by = {(r["part"], r["case"], r["method"]): r for r in records if r["status"] == "ok"}
+    for case in dict.fromkeys(r["case"] for r in records if r["part"] == "layer"):
+        f, n = by.get(("layer", case, "gnn-fused")), by.get(("layer", case, "np"))
+        if not (f and n):
             continue
-        ref = refs.get((r["case"], r["threads"]))
-        tr = f"{r['time_s'] / ref['time_s']:.2f}x" if ref else ""
-        mr = f"{r['step_mb'] / ref['step_mb']:.2f}x" if ref and ref["step_mb"] > 0 else ""
-        lines.append(
-            f"| {r['case']}: {r['desc']} | {r['threads']} | {r['backend']} | {r['time_s']:.3f} | {r['step_mb']:.0f} | "
-            f"{r['total_mb']:.0f} | {tr} | {mr} |"
+        checks = [f"memory {f['step_mb'] / n['step_mb']:.2f}x NP", f"time {f['time_s'] / n['time_s']:.2f}x NP"]
+        ok = f["step_mb"] <= n["step_mb"] and f["time_s"] <= n["time_s"]
+        for other in ("gnn-reference", "gnn-pyg"):
+            o = by.get(("layer", case, other))
+            if o:
+                mem, t = o["step_mb"] / max(f["step_mb"], 1e-9), o["time_s"] / f["time_s"]
+                checks.append(f"{mem:.1f}x less memory and {t:.1f}x less time than {other[4:]}")
+                ok &= mem >= 3 and t >= 2
+        out.append(f"* layer, case {case}: `gnn-fused` {'meets' if ok else 'misses'} the target: {'; '.join(checks)}.")
+    model = [r for r in records if r["part"] == "model" and r["status"] == "ok"]
+    g = next((r for r in model if r["method"].startswith("gnn-")), None)
+    n = next((r for r in model if r["method"] == "np"), None)
+    if g and n:
+        mem, t = g["step_mb"] / n["step_mb"], g["time_s"] / n["time_s"]
+        ok = mem <= 0.25 and t <= 0.5
+        out.append(
+            f"* model (headline), case {g['case']}: the graph NFN ({g['method']}) {'meets' if ok else 'misses'} the target: "
+            f"peak memory {mem:.2f}x and time {t:.2f}x of the NP stack ({g['step_mb']:.0f} MB vs {n['step_mb']:.0f} MB, "
+            f"{g['time_s']:.3g} s vs {n['time_s']:.3g} s)."
         )
-    lines += [
+    return out
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Grouped bars per case: step memory and time of every method, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layer = [r for r in records if r["part"] == "layer" and r["status"] == "ok"]
+    model = [r for r in records if r["part"] == "model" and r["status"] == "ok"]
+    groups = [(f"case {c}", [r for r in layer if r["case"] == c]) for c in dict.fromkeys(r["case"] for r in layer)]
+    if model:
+        groups.append(("whole model\n(case a, 1 train step)", model))
+    names = list(dict.fromkeys(r["method"] for _, g in groups for r in g))
+    colors = {m: plt.cm.tab10(i) for i, m in enumerate(names)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(names), 1)
+    for ax, key, label in zip(axes, ("step_mb", "time_s"), ("peak memory of the step (MB)", "time per step (s)")):
+        for gi, (_, g) in enumerate(groups):
+            present = [m for m in names if any(r["method"] == m for r in g)]
+            for j, m in enumerate(present):
+                r = next(r for r in g if r["method"] == m)
+                x = gi - 0.4 + (j + 0.5) * 0.8 / len(present)
+                ax.bar(x, max(r[key], 1e-3), width=0.8 / len(present) * 0.9, color=colors[m],
+                       label=m if gi == 0 or m not in [q["method"] for q in groups[0][1]] else None)  # fmt: skip
+        ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    axes[1].legend(handles, labels, fontsize=8)
+    dev = records[0].get("device_name", "cpu") if records else "cpu"
+    fig.suptitle(f"Graph NFN backends vs NP layers, forward + backward ({dev}); lower is better", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(records: list[dict], args, meta: dict) -> None:
+    suffix = ("_cuda" if args.device == "cuda" else "") + ("_quick" if args.quick else "")
+    stem = f"message_pass{suffix}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    head = ["| case | method | time / step | step memory | total memory | time vs NP | memory vs NP |", "|---|---|---|---|---|---|---|"]
+    body = [
+        f"Command: `{meta['command']}`  ",
+        f"Device: {meta['device']}; torch {meta['torch']}; {meta['threads']} torch thread(s); {meta['date']}.",
         "",
-        "Notes:",
+        "One layer, forward + backward (targets: " + TARGETS["layer"] + "):",
         "",
-        "* Edge inputs are the raw weights (K = 1 for Linear, 9 for 3x3 conv), lifted inside the kernel: no",
-        "  `E x H` edge state exists in either backend, so `reference` here is lighter than the issue's",
-        "  \"per-edge messages materialized\" row (which held `E x 32` edge states as input).",
-        "* `step MB` includes the rest of the layer, the same for both backends (node-sized `B x N x H` tensors",
-        "  of the maps, the update MLP, the norm, and their gradients); `fused` adds tiles of `TILE_BYTES`",
-        "  (4 MB) per thread and never a `B x out x in x H` tensor.",
-        "* 2-thread times depend on the other jobs' load: in earlier runs at load average ~3.3 (another",
-        "  benchmark on one core) 2-thread steps were several times slower for both backends, and more so",
-        "  for `fused` (many tile-sized ops, each waiting at an OpenMP barrier for a descheduled thread);",
-        "  the 1-thread rows are the more reliable comparison. Runs were started with `nice`.",
+        *head,
+        *ratio_rows(records, "layer"),
+        "",
+        "Whole model, one training step (target: " + TARGETS["model"] + "):",
+        "",
+        *head,
+        *ratio_rows(records, "model"),
+        "",
+        "Against the targets:",
+        "",
+        *verdicts(records),
     ]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    method_note = [
+        "",
+        "Step memory: what the step adds to the process's peak (CPU: resident-set high-water mark reset after the",
+        "inputs are built; CUDA: `max_memory_allocated` above the memory allocated before the step). Total memory",
+        "adds the inputs. Time: best of 3 steps after a warm-up step. Each row ran in its own process.",
+    ]
+    (RESULTS / f"{stem}.md").write_text(
+        "\n".join([f"# Message passing vs NP{' (--quick)' if args.quick else ''}", "", *body, *method_note]) + "\n"
+    )
+    if args.quick:
+        return
+    img = ROOT / "docs" / "img" / f"performance{'_cuda' if args.device == 'cuda' else ''}.png"
+    plot(records, img)
+    marker = "cuda" if args.device == "cuda" else "cpu"
+    start, end = f"<!-- results:{marker}:start -->", f"<!-- results:{marker}:end -->"
+    text = DOC.read_text()
+    if start in text and end in text:
+        block = "\n".join([start, *body, "", f"![{marker} results](img/{img.name})", end])
+        DOC.write_text(text[: text.index(start)] + block + text[text.index(end) + len(end) :])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
-    ap.add_argument("--cases", default="a,b,c")
-    ap.add_argument("--backends", default="reference,fused")
-    ap.add_argument("--threads", default="1,2", help="torch thread counts to measure (comma-separated)")
-    ap.add_argument("--timeout", type=float, default=300, help="seconds per measurement before it is killed")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per measurement")
+    ap.add_argument("--parts", default="layer,model", help="layer, model or both")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per configuration")
+    ap.add_argument("--mem-cap-gb", type=float, default=16.0)
     args = ap.parse_args()
-    if args.worker:
-        return worker(args.worker)
+    args.parts = args.parts.split(",")
     import torch
 
-    table = QUICK if args.quick else CASES
-    records = []
-    for name in args.cases.split(","):
-        desc, arch, batch, width = table[name]
-        for threads in [int(t) for t in args.threads.split(",")]:
-            for backend in args.backends.split(","):
-                case = {
-                    "case": name, "desc": desc, "arch": arch, "batch": batch, "width": width, "backend": backend,
-                    "threads": threads,
-                }  # fmt: skip
-                rec = run_one(case, args.timeout)
-                print(json.dumps(rec), flush=True)
-                records.append(rec)
+    records = profile(configs(args), timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
+    for r in records:
+        print(json.dumps({k: r.get(k) for k in ("case", "part", "method", "time_s", "step_mb", "status")}))
+    dev = records[0].get("device_name") if records and "device_name" in records[0] else args.device
     meta = {
         "command": "python benchmarks/bench_message_pass.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {platform.processor() or platform.node()}, "
-        f"{__import__('os').cpu_count()} CPUs (shared with other jobs)",
+        "device": f"{dev} ({platform.machine()}, {__import__('os').cpu_count()} CPUs)",
         "torch": torch.__version__,
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    write(records, args.quick, meta)
+    write(records, args, meta)
+    print("\n".join(verdicts(records)))
 
 
 if __name__ == "__main__":
