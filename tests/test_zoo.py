@@ -267,3 +267,25 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(args) == 0  # complete already: nothing to do
     assert main([*args[:-2], "2", "-q"]) == 2
     assert "epochs: 1 stored, 2 now" in capsys.readouterr().err
+
+
+def test_tampered_manifest_is_refused(tmp_path):
+    zoo_dir = tmp_path / "z"
+    _write_small(zoo_dir)
+    manifest = zoo_dir / "manifest.json"
+    good = json.loads(manifest.read_text())
+    for change, message in (
+        (lambda m: m["arch"].update(name="os.system"), "unknown architecture 'os.system'"),
+        (lambda m: m["arch"]["kwargs"].update(channels=5), r"shard-00000.safetensors: '0.weight' has shape"),
+        (lambda m: m["shards"][1].update(count=4), "column 'run' must be a list of 4 values"),
+        (lambda m: m["shards"][1]["table"]["run"].__setitem__(0, 0), r"duplicate \(run, checkpoint\)"),
+        (lambda m: m.update(version=99), "format version 99"),
+    ):
+        m = json.loads(json.dumps(good))
+        change(m)
+        manifest.write_text(json.dumps(m))
+        with pytest.raises(ZooError, match=message):
+            load_zoo(zoo_dir)
+    manifest.write_text("{not json")
+    with pytest.raises(ZooError, match="unreadable manifest"):
+        load_zoo(zoo_dir)

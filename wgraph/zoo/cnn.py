@@ -234,7 +234,7 @@ def _train_shard(cfg: CNNZooConfig, runs: list[int], data, bar) -> tuple[dict, d
     for s in range(steps):
         for grp in groups:
             grp.step(s, x_train, y_train, cfg)
-        bar.update(len(runs) / steps)
+        bar.update()
         if s + 1 in at:
             k = at[s + 1]
             for grp in groups:
@@ -278,11 +278,10 @@ def generate_cnn_zoo(out, *, runs: int = 250, checkpoints: int = 4, epochs: int 
         todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
         if todo:
             data = digits_split(cfg.seed, cfg.test_fraction)
-            total = sum(len(shards[i]) for i in todo)
-            with tqdm(total=total, desc="cnn zoo", unit="run", disable=not progress,
-                      bar_format="{l_bar}{bar}| {n:.0f}/{total} runs [{elapsed}<{remaining}]") as bar:  # fmt: skip
+            steps = cfg.epochs * math.ceil(len(data[1]) / cfg.batch_size)
+            with tqdm(total=len(todo) * steps, desc="cnn zoo", unit="step", disable=not progress) as bar:
                 for i in todo:
-                    bar.set_postfix_str(f"shard {i + 1}/{len(shards)}")
+                    bar.set_postfix_str(f"shard {i + 1}/{len(shards)}: runs {shards[i][0]}..{shards[i][-1]}")
                     with warnings.catch_warnings():  # vmap's note that adaptive_avg_pool2d's backward is unbatched
                         warnings.filterwarnings("ignore", message="There is a performance drop")
                         weights, table = _train_shard(cfg, shards[i], data, bar)

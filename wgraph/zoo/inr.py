@@ -84,7 +84,7 @@ def fit_inrs(cfg: INRZooConfig, images: list[int], bar=None) -> tuple[dict[str, 
         mse.sum().backward()
         opt.step()
         if bar is not None:
-            bar.update(len(images) / max(cfg.steps, 1))
+            bar.update()
     with torch.no_grad():
         mse = ((f(params, coords) - target) ** 2).mean((1, 2))
     return {k: v.detach() for k, v in params.items()}, mse
@@ -109,10 +109,9 @@ def generate_inr_zoo(out, *, images: int | None = None, steps: int = 300, seed: 
     shards = [list(range(a, min(a + cfg.shard_size, n))) for a in range(0, n, cfg.shard_size)]
     with ZooWriter(Path(out), kind="inr", arch=cfg.arch(), columns=COLUMNS, config=asdict(cfg)) as writer:
         todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
-        with tqdm(total=sum(len(shards[i]) for i in todo), desc="inr zoo", unit="INR", disable=not progress,
-                  bar_format="{l_bar}{bar}| {n:.0f}/{total} INRs [{elapsed}<{remaining}]") as bar:  # fmt: skip
+        with tqdm(total=len(todo) * cfg.steps, desc="inr zoo", unit="step", disable=not progress) as bar:
             for i in todo:
-                bar.set_postfix_str(f"shard {i + 1}/{len(shards)}")
+                bar.set_postfix_str(f"shard {i + 1}/{len(shards)}: images {shards[i][0]}..{shards[i][-1]}")
                 weights, mse = fit_inrs(cfg, shards[i], bar)
                 ids = shards[i]
                 table = {"run": ids, "checkpoint": [0] * len(ids), "image": ids,

@@ -133,6 +133,7 @@ def _check_arch(arch: Any, where: str) -> dict:
         and isinstance(arch.get("input_shape"), list)
         and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in arch["input_shape"])
         and isinstance(arch.get("per_network", {}), dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in arch.get("per_network", {}).items())
     )
     if not ok:
         raise ZooError(f"{where}: 'arch' must be {{'name': str, 'kwargs': dict, 'input_shape': [int, ...]}}, got {arch!r}")
@@ -210,13 +211,20 @@ def _parse_shard(root: Path, entry: dict, template: dict[str, torch.Tensor], ver
         missing = sorted(template.keys() - tensors.keys())
         extra = sorted(tensors.keys() - template.keys())
         raise ZooError(f"{path}: keys do not match the architecture (missing {missing}, unexpected {extra})")
-    for k, t in tensors.items():
+    for k in template:  # in the architecture's order, so the first mismatch reported is the first layer's
+        t = tensors[k]
         want = (entry["count"], *template[k].shape)
         if tuple(t.shape) != want:
             raise ZooError(f"{path}: {k!r} has shape {tuple(t.shape)}, expected {want}")
         if not t.dtype.is_floating_point:
             raise ZooError(f"{path}: {k!r} is {t.dtype}, expected floating-point weights")
     return tensors
+
+
+def _template(arch: dict, where: str) -> dict[str, torch.Tensor]:
+    """The architecture's state dict on the meta device: names and shapes, no memory, no init."""
+    with torch.device("meta"):
+        return build_arch(arch, where).state_dict()
 
 
 def load_zoo(path, verify: bool = True, *, partial: bool = False) -> Zoo:
@@ -235,7 +243,7 @@ def load_zoo(path, verify: bool = True, *, partial: bool = False) -> Zoo:
             f"{root}: incomplete zoo ({len(m['shards'])} shards, {done} networks so far); rerun the generation "
             "command to finish it, or pass partial=True"
         )
-    template = {k: v for k, v in build_arch(m["arch"], f"{root / MANIFEST}: arch").state_dict().items()}
+    template = _template(m["arch"], f"{root / MANIFEST}: arch")
     shards = sorted(m["shards"], key=lambda s: s["index"])
     parsed = [_parse_shard(root, s, template, verify) for s in shards]
     if parsed:
@@ -287,7 +295,7 @@ class ZooWriter:
         }  # fmt: skip
         _check_arch(fresh["arch"], "arch")
         _check_columns(fresh["columns"], "columns")
-        self.template = {k: v for k, v in build_arch(fresh["arch"]).state_dict().items()}
+        self.template = _template(fresh["arch"], "arch")
         for stray in self.root.glob(TEMP_PREFIX + "*"):
             with contextlib.suppress(OSError):
                 stray.unlink()
