@@ -101,7 +101,11 @@ def test_console_script_installed(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr
 
 
-def test_demo_runs(capsys):
-    assert main(["demo"]) == 0
+def test_demo_runs(capsys, tmp_path):
+    assert main(["demo", "--quick", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("bit-exact") == 2 and out.count("function preserved") == 2
+    assert "round trip: bit-exact" in out and "function preserved" in out
+    assert "| gnn |" in out and "| np |" in out and "Kendall tau: gnn" in out
+    assert "| gnn-fused |" in out and str(tmp_path.resolve()) in out
+    for f in ("zoo-cnn/manifest.json", "train-gnn/results.json", "train-np/results.json", "profile.csv", "profile_width.png"):
+        assert (tmp_path / f).is_file(), f

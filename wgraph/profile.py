@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -152,6 +153,9 @@ def unsupported_reason(cfg: Config, layout) -> str | None:
         backend = cfg.method[4:]
         if backend == "triton" and cfg.device != "cuda":
             return "the triton backend runs on CUDA devices"
+        needs = {"pyg": "torch_geometric", "scatter": "torch_scatter", "triton": "triton"}.get(backend)
+        if needs and importlib.util.find_spec(needs) is None:
+            return f"the {backend} backend needs {needs}, which is not installed"
         if any(b.kind == "shared" for b in layout.blocks):
             return "graph NFNs do not read shared (tied-weight) blocks yet"
         return None
