@@ -8,7 +8,7 @@ Runs, each in a process of its own, into a fresh temporary directory:
 and reports seconds and networks/s, with the machine's load average before and after (the
 machine may be shared; the numbers are as measured).
 
-    python benchmarks/bench_zoo.py [--threads 1 2] [--runs 250] [--skip-inr]
+    python benchmarks/bench_zoo.py [--threads 1 [2 ...]] [--runs 250] [--skip-inr]
 
 Writes benchmarks/results/zoo_generation.json and zoo_generation.md.
 """
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,21 +37,24 @@ def _measure(kind: str, extra: list[str], threads: int) -> dict:
         out = Path(tmp) / "zoo"
         argv = ["wgraph", "zoo", kind, str(out), *extra, "--threads", str(threads), "-q"]
         load_before = os.getloadavg()[0]
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "wgraph", *argv[1:]], check=True, cwd=ROOT)
         seconds = time.perf_counter() - t
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         load_after = os.getloadavg()[0]
         manifest = json.loads((out / "manifest.json").read_text())
         networks = sum(s["count"] for s in manifest["shards"])
-    row = {"command": " ".join(argv).replace(str(out), "DIR"), "kind": kind, "threads": threads, "seconds": seconds,
+    row = {"command": " ".join(argv).replace(str(out), "DIR"), "kind": kind, "threads": threads, "seconds": seconds, "cpu_seconds": cpu,
            "networks": networks, "networks_per_s": networks / seconds, "load_before": load_before, "load_after": load_after}  # fmt: skip
-    print(f"{row['command']}: {networks} networks in {seconds:.1f} s ({row['networks_per_s']:.2f}/s)", flush=True)
+    print(f"{row['command']}: {networks} networks in {seconds:.1f} s, {cpu:.1f} CPU s ({row['networks_per_s']:.2f}/s)", flush=True)
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--runs", type=int, default=250)
     ap.add_argument("--skip-inr", action="store_true")
     args = ap.parse_args()
@@ -67,15 +71,18 @@ def main() -> None:
         "",
         f"CPU ({info['cpu']}, {info['cores']} cores), torch {info['torch']}; one run per row, wall time of the "
         "whole command (start-up, data, training, writing and verifying the shards). The machine was shared with "
-        "other jobs: the load average is the 1-minute value before and after the run.",
+        "other jobs (load average: the 1-minute value before and after the run), so wall time overstates the cost; "
+        "CPU time (user + system of the command) is what the command itself used. With `--threads 1` it is the wall "
+        "time the command takes on one idle core.",
         "",
-        "| command | networks | time | networks/s | load before / after |",
-        "|---|---|---|---|---|",
+        "| command | networks | wall time | CPU time | networks/s (wall) | networks per CPU-s | load before / after |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| `{r['command']}` | {r['networks']} | {r['seconds']:.0f} s | {r['networks_per_s']:.2f} "
+        lines.append(f"| `{r['command']}` | {r['networks']} | {r['seconds']:.0f} s | {r['cpu_seconds']:.0f} s "
+                     f"| {r['networks_per_s']:.2f} | {r['networks'] / r['cpu_seconds']:.2f} "
                      f"| {r['load_before']:.1f} / {r['load_after']:.1f} |")  # fmt: skip
-    lines += ["", "Reproduce: `python benchmarks/bench_zoo.py` (defaults: `--threads 1 2 --runs 250`)."]
+    lines += ["", "Reproduce: `python benchmarks/bench_zoo.py` (defaults: `--threads 1 --runs 250`)."]
     (RESULTS / "zoo_generation.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'zoo_generation.md'}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _images(value: str) -> int | None:
@@ -24,6 +25,20 @@ def _threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _interruptible(fn):
+    """Ctrl-C: say how to resume instead of a traceback (every whole shard is kept)."""
+
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; the finished shards are in {args.out}: rerun the same command to resume", file=sys.stderr)
+            return 130
+
+    return run
+
+
+@_interruptible
 def _cnn(args) -> int:
     from .cnn import generate_cnn_zoo
 
@@ -36,6 +51,7 @@ def _cnn(args) -> int:
     return 0
 
 
+@_interruptible
 def _inr(args) -> int:
     from .inr import generate_inr_zoo
 
