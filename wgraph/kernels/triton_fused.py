@@ -18,8 +18,9 @@ for ``reverse=False``, columns for ``reverse=True``) and loops over the other ax
 ``(BO, BI, BH)``. Per tile it loads ``x`` once (``K`` strided loads of ``(BO, BI)``), forms ``z`` in
 registers (``K`` broadcast multiply-adds with rows of ``C``), applies ``phi`` and adds the tile into a
 tile-shaped accumulator, which is reduced to the program's output nodes once, after the loop (a
-reduction across threads per tile would cost synchronization in the inner loop). Both directions read the same ``x`` (no transpose); each output
-node is written by exactly one program, so the result is deterministic (no atomics).
+reduction across threads per tile would cost synchronization in the inner loop). Both directions
+read the same ``x`` (no transpose); each output node is written by exactly one program, so the
+result is deterministic (no atomics).
 
 Backward (a custom :class:`torch.autograd.Function`; only the inputs are saved): with ``g`` the
 incoming gradient of the receivers, ``G_{oi} = g_{recv(oi)} \odot \phi'(z_{oi})`` is recomputed tile by
