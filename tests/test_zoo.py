@@ -289,3 +289,33 @@ def test_tampered_manifest_is_refused(tmp_path):
     manifest.write_text("{not json")
     with pytest.raises(ZooError, match="unreadable manifest"):
         load_zoo(zoo_dir)
+
+
+def test_batched_training_equals_independent_training():
+    """The vmapped, row-wise SGD / Adam of a group is G separate torch.optim trainings."""
+    from wgraph.zoo.cnn import CNNZooConfig, _Group, sample_run
+    from wgraph.zoo.data import digits_split
+
+    cfg = CNNZooConfig(runs=6, epochs=1, checkpoints=1, channels=4, activations=("tanh",))
+    runs = list(range(6))
+    hps = [sample_run(cfg, r) for r in runs]
+    assert {hp["optimizer"] for hp in hps} == {"sgd", "adam"}
+    data = digits_split(cfg.seed)
+    steps = 5
+    group = _Group(cfg, runs, hps, data, steps)
+    init = group.p.detach().clone()
+    for s in range(steps):
+        group.step(s, data[0], data[1], cfg)
+    for i, hp in enumerate(hps):
+        model = digits_cnn(cfg.channels, 10, "tanh")
+        model.load_state_dict({k: v[i] for k, v in group.params(init).items()})
+        kw = {"lr": hp["lr"], "weight_decay": hp["weight_decay"]}
+        opt = torch.optim.Adam(model.parameters(), **kw) if hp["optimizer"] == "adam" else torch.optim.SGD(model.parameters(), momentum=cfg.momentum, **kw)
+        for s in range(steps):
+            idx = group.batches[s, i]
+            h = model[:-1](data[0][idx]) * group.masks[s, i] / (1 - hp["dropout"])
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model[-1](h), data[1][idx]).backward()
+            opt.step()
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(group.params(group.p.detach())[k][i], v, rtol=1e-4, atol=1e-5)
