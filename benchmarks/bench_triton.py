@@ -48,7 +48,8 @@ from wgraph.kernels import message_pass
 # name: (description, batch, H, blocks as (out, in, K))
 CASES = {
     "a": ("8 x MLP 784-256-256-10, H=32", 8, 32, [(256, 784, 1), (256, 256, 1), (10, 256, 1)]),
-    "b": ("64 x Small-CNN-Zoo CNN (3x3 convs, 16 channels), H=64", 64, 64, [(16, 1, 9), (16, 16, 9), (16, 16, 9), (10, 16, 1)]),
+    "b": ("64 x Small-CNN-Zoo CNN (3x3 convs, 16 channels), H=64", 64, 64,
+          [(16, 1, 9), (16, 16, 9), (16, 16, 9), (10, 16, 1)]),
     "c": ("512 x MLP 2-32-32-1, H=64", 512, 64, [(32, 2, 1), (32, 32, 1), (1, 32, 1)]),
 }  # fmt: skip
 BACKENDS = ("reference", "fused", "triton")
@@ -172,10 +173,11 @@ def main():
             both = timed(lambda: step(be, inputs), args.warmup, args.reps)
             mem = peak_mb(lambda: step(be, inputs))
             gpu, err = graph_ms(lambda: step(be, inputs), args.warmup, args.reps)
+            frac = None if gpu is None else res["floor_us"] / (gpu * 1e3)
             res["backends"][be] = {"fwd_ms": fwd, "fwd_bwd_ms": both, "gpu_fwd_bwd_ms": gpu, "graph_error": err,
-                                   "peak_MB": mem,
-                                   "bandwidth_fraction": None if gpu is None else res["floor_us"] / (gpu * 1e3)}  # fmt: skip
-            print(name, be, f"fwd {fwd:.3f} ms  fwd+bwd {both:.3f} ms  gpu {gpu} ms  peak {mem:.1f} MB {err or ''}", flush=True)
+                                   "peak_MB": mem, "bandwidth_fraction": frac}  # fmt: skip
+            msg = f"fwd {fwd:.3f} ms  fwd+bwd {both:.3f} ms  gpu {gpu} ms  peak {mem:.1f} MB {err or ''}"
+            print(name, be, msg, flush=True)
         for t in [x for x in args.tiles.split(",") if x]:
             tf.TILE_ELEMS, tf.MAX_BI, tf.NUM_WARPS = (int(v) for v in t.split(":"))
             gpu, _ = graph_ms(lambda: step("triton", inputs), args.warmup, args.reps)

@@ -182,7 +182,8 @@ def test_strided_inputs(gen, small_tiles):
     weight = rnd(gen, 3, 6).requires_grad_()
     args = (big_s[:, 2:9], big_r[:, 1:6], edge_t.transpose(1, 2), weight)
     assert not args[0].is_contiguous() and not args[2].is_contiguous()
-    assert_agree([big_s, big_r, edge_t, weight], args=args, kind="dense", reverse=False, aggr=("sum", "mean"), act="tanh")
+    kw = dict(kind="dense", reverse=False, aggr=("sum", "mean"), act="tanh")
+    assert_agree([big_s, big_r, edge_t, weight], args=args, **kw)
 
 
 @interp
@@ -190,7 +191,8 @@ def test_fallbacks_match_reference(gen):
     inputs = block_inputs(gen, False)
     assert_agree(inputs, kind="dense", reverse=False, aggr=("max", "std"), act="relu")
     send, recv, weight = rnd(gen, 2, 4, 6).requires_grad_(), rnd(gen, 2, 8, 6).requires_grad_(), rnd(gen, 1, 6)
-    assert_agree([send, recv, weight], args=(send, recv, None, weight), kind="copy", reverse=False, aggr=("sum",), act="relu")
+    kw = dict(kind="copy", reverse=False, aggr=("sum",), act="relu")
+    assert_agree([send, recv, weight], args=(send, recv, None, weight), **kw)
 
 
 def _graphs(arch: str, n: int = 2):

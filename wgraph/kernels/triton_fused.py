@@ -367,8 +367,9 @@ class _TritonDenseSum(torch.autograd.Function):
         da = dc = de = dw = None
         if need_a or need_e or need_w:
             n_prog = triton.cdiv(out, BO)
-            da = torch.empty(B, out, H, dtype=acc, device=dev) if need_a else torch.empty(1, 1, 1, dtype=acc, device=dev)
-            de_buf = torch.empty(edge.shape, dtype=acc, device=dev) if need_e else torch.empty(1, 1, 1, 1, dtype=acc, device=dev)
+            dummy = torch.empty(1, 1, 1, 1, dtype=acc, device=dev)  # for outputs a launch does not write
+            da = torch.empty(B, out, H, dtype=acc, device=dev) if need_a else dummy[0]
+            de_buf = torch.empty(edge.shape, dtype=acc, device=dev) if need_e else dummy
             dw_part = torch.empty(B * n_prog, K, H, dtype=acc, device=dev) if need_w else da
             _bwd_rows_kernel[(B, n_prog)](
                 a, c, edge, weight, grad, da, de_buf, dw_part, out, inn, H,
