@@ -46,9 +46,13 @@ def _measure(kind: str, extra: list[str], threads: int) -> dict:
         load_after = os.getloadavg()[0]
         manifest = json.loads((out / "manifest.json").read_text())
         networks = sum(s["count"] for s in manifest["shards"])
-    row = {"command": " ".join(argv).replace(str(out), "DIR"), "kind": kind, "threads": threads, "seconds": seconds, "cpu_seconds": cpu,
-           "networks": networks, "networks_per_s": networks / seconds, "load_before": load_before, "load_after": load_after}  # fmt: skip
-    print(f"{row['command']}: {networks} networks in {seconds:.1f} s, {cpu:.1f} CPU s ({row['networks_per_s']:.2f}/s)", flush=True)
+    row = {
+        "command": " ".join(argv).replace(str(out), "DIR"), "kind": kind, "threads": threads,
+        "seconds": seconds, "cpu_seconds": cpu, "networks": networks, "networks_per_s": networks / seconds,
+        "load_before": load_before, "load_after": load_after,
+    }  # fmt: skip
+    rate = row["networks_per_s"]
+    print(f"{row['command']}: {networks} networks in {seconds:.1f} s, {cpu:.1f} CPU s ({rate:.2f}/s)", flush=True)
     return row
 
 

@@ -50,7 +50,8 @@ def _assert_same_zoo(a, b):
 
 
 # ---------------------------------------------------------------- storage
-ARCH = {"name": "digits_cnn", "kwargs": {"channels": 4}, "input_shape": [1, 1, 8, 8], "per_network": {"activation": "act"}}
+ARCH = {"name": "digits_cnn", "kwargs": {"channels": 4}, "input_shape": [1, 1, 8, 8],
+        "per_network": {"activation": "act"}}  # fmt: skip
 COLS = {"run": "int", "checkpoint": "int", "acc": "float", "act": "str", "good": "bool"}
 
 
@@ -122,7 +123,8 @@ def test_resume_after_kill_equals_uninterrupted(kind, tmp_path, monkeypatch, cnn
     monkeypatch.setattr(ZooWriter, "write_shard", real_write)
     with pytest.raises(ZooError, match="incomplete"):
         load_zoo(out)
-    assert len(load_zoo(out, partial=True)) == len(json.loads((out / "manifest.json").read_text())["shards"][0]["table"]["run"])
+    first = json.loads((out / "manifest.json").read_text())["shards"]
+    assert len(first) == 1 and len(load_zoo(out, partial=True)) == first[0]["count"] > 0
     # debris of a kill in the middle of the next shard: a temp file and a shard the manifest never got
     (out / ".tmp-shard-00001.safetensors.4242").write_bytes(b"half a shard")
     (out / "shard-00001.safetensors").write_bytes(b"not in the manifest")
@@ -310,7 +312,10 @@ def test_batched_training_equals_independent_training():
         model = digits_cnn(cfg.channels, 10, "tanh")
         model.load_state_dict({k: v[i] for k, v in group.params(init).items()})
         kw = {"lr": hp["lr"], "weight_decay": hp["weight_decay"]}
-        opt = torch.optim.Adam(model.parameters(), **kw) if hp["optimizer"] == "adam" else torch.optim.SGD(model.parameters(), momentum=cfg.momentum, **kw)
+        if hp["optimizer"] == "adam":
+            opt = torch.optim.Adam(model.parameters(), **kw)
+        else:
+            opt = torch.optim.SGD(model.parameters(), momentum=cfg.momentum, **kw)
         for s in range(steps):
             idx = group.batches[s, i]
             h = model[:-1](data[0][idx]) * group.masks[s, i] / (1 - hp["dropout"])

@@ -32,7 +32,8 @@ def _interruptible(fn):
         try:
             return fn(args)
         except KeyboardInterrupt:
-            print(f"\ninterrupted; the finished shards are in {args.out}: rerun the same command to resume", file=sys.stderr)
+            msg = f"interrupted; the finished shards are in {args.out}: rerun the same command to resume"
+            print(f"\n{msg}", file=sys.stderr)
             return 130
 
     return run

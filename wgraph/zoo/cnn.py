@@ -210,7 +210,8 @@ class _Group:
         out = {}
         for name, x, y, mask in (("train", x_train, y_train, self.subset_mask), ("test", x_test, y_test, None)):
             logits = f(params, x)  # (G, n, 10)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(self.runs)), reduction="none").view(len(self.runs), -1)
+            G = len(self.runs)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(G), reduction="none").view(G, -1)
             correct = (logits.argmax(-1) == y).float()
             w = torch.ones_like(loss) if mask is None else mask.float()
             out[f"{name}_loss"] = (loss * w).sum(1) / w.sum(1)

@@ -24,7 +24,7 @@ def digits_images() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
 
 
-def digits_split(seed: int, test_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def digits_split(seed: int, test_fraction: float = 0.25) -> tuple[torch.Tensor, ...]:
     """A stratified train/test split fixed by ``seed``: ``x_train (n, 1, 8, 8), y_train, x_test, y_test``.
 
     Pixels are standardized with the training split's mean and standard deviation (two scalars)."""

@@ -45,7 +45,8 @@ class INRZooConfig:
             raise ZooError("steps must be >= 0, shard-size >= 1 and images >= 1")
 
     def arch(self) -> dict:
-        return {"name": "siren", "kwargs": {"sizes": [2, self.hidden, self.hidden, 1], "w0": self.w0}, "input_shape": [64, 2]}
+        sizes = [2, self.hidden, self.hidden, 1]
+        return {"name": "siren", "kwargs": {"sizes": sizes, "w0": self.w0}, "input_shape": [64, 2]}
 
 
 def pixel_coordinates(size: int = 8) -> torch.Tensor:

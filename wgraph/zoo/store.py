@@ -136,7 +136,8 @@ def _check_arch(arch: Any, where: str) -> dict:
         and all(isinstance(k, str) and isinstance(v, str) for k, v in arch.get("per_network", {}).items())
     )
     if not ok:
-        raise ZooError(f"{where}: 'arch' must be {{'name': str, 'kwargs': dict, 'input_shape': [int, ...]}}, got {arch!r}")
+        want = "{'name': str, 'kwargs': dict, 'input_shape': [int, ...], 'per_network': {str: str}}"
+        raise ZooError(f"{where}: 'arch' must be {want}, got {arch!r}")
     return arch
 
 
@@ -206,7 +207,7 @@ def _parse_shard(root: Path, entry: dict, template: dict[str, torch.Tensor], ver
     try:
         tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
-        raise ZooError(f"{path}: not a valid safetensors file (truncated or corrupted: {e}); it was not loaded") from None
+        raise ZooError(f"{path}: not a valid safetensors file (truncated or corrupted: {e}); not loaded") from None
     if tensors.keys() != template.keys():
         missing = sorted(template.keys() - tensors.keys())
         extra = sorted(tensors.keys() - template.keys())
@@ -304,7 +305,8 @@ class ZooWriter:
             for key in ("kind", "arch", "columns", "config"):
                 if self.manifest[key] != fresh[key]:
                     raise ZooError(
-                        f"{self.root}: holds a zoo generated with different {key} ({_diff(self.manifest[key], fresh[key])}); "
+                        f"{self.root}: holds a zoo generated with different {key} "
+                        f"({_diff(self.manifest[key], fresh[key])}); "
                         "use another directory, or the same settings to resume"
                     )
             self._drop_bad_shards()
@@ -345,11 +347,12 @@ class ZooWriter:
         """Write shard ``index``: ``weights`` stacked ``{name: (n, *shape)}``, ``table`` ``{column:
         n values}``; then record it in the manifest. Replaces an existing shard of that index."""
         if weights.keys() != self.template.keys():
-            raise ZooError(f"shard {index}: weights have keys {sorted(weights)}, the architecture {sorted(self.template)}")
+            raise ZooError(f"shard {index}: weights have keys {sorted(weights)}, architecture {sorted(self.template)}")
         n = next(iter(weights.values())).shape[0]
         for k, t in weights.items():
             if tuple(t.shape) != (n, *self.template[k].shape):
-                raise ZooError(f"shard {index}: {k!r} has shape {tuple(t.shape)}, expected ({n}, *{tuple(self.template[k].shape)})")
+                want = (n, *self.template[k].shape)
+                raise ZooError(f"shard {index}: {k!r} has shape {tuple(t.shape)}, expected {want}")
         if set(table) != set(self.manifest["columns"]):
             raise ZooError(f"shard {index}: table columns {sorted(table)}, expected {sorted(self.manifest['columns'])}")
         rows = {c: [_jsonable(v) for v in _as_list(table[c])] for c in self.manifest["columns"]}
