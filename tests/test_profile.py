@@ -80,3 +80,19 @@ def test_table_ratios_and_plots(tmp_path):
     assert plot(recs, tmp_path / "s.png", x="size") is None  # same batch and network: one size
     recs.append({**_rec("np", 8, 8.0, 40.0), "batch": 4})
     assert plot(recs, tmp_path / "s.png", x="size") == tmp_path / "s.png"
+
+
+def test_memory_freed_before_the_reset_counts_again_when_reused():
+    """The CPU method's premise: after ``_reset_peak`` (malloc_trim + high-water reset), memory an
+    earlier step freed is not resident, so a step reusing it raises the high-water mark."""
+    import torch
+
+    from wgraph.profile import _hwm_mb, _reset_peak, _rss_mb
+
+    x = torch.ones(50_000_000)  # 200 MB, then freed (the "warm-up")
+    del x
+    _reset_peak()
+    before = _rss_mb()
+    y = torch.ones(50_000_000)
+    assert _hwm_mb() - before > 150
+    del y

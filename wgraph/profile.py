@@ -19,9 +19,9 @@ the allocations of one cannot hide in another's peak. Memory:
 
 * CPU: the process's resident-set high-water mark (``VmHWM``), reset (``/proc/self/clear_refs``)
   after the inputs are built and a warm-up step has run, minus the resident size at that moment:
-  ``step_mb`` is what the step itself added. The worker runs with glibc's mmap threshold fixed at
-  128 KiB (:data:`WORKER_ENV`), so every tensor-sized allocation is mapped when allocated and
-  unmapped when freed: no step can hide in memory an earlier one freed but kept resident. ``total_mb`` adds the
+  ``step_mb`` is what the step itself added. ``malloc_trim(0)`` hands every free page of the heap
+  back to the OS (glibc releases free pages anywhere in the heap, not only at its top), so memory
+  the warm-up freed must be faulted in again by the measured steps and counts in their peak. ``total_mb`` adds the
   inputs (resident size after the inputs minus after the imports).
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the memory
   allocated before the step (``step_mb``); ``total_mb`` is the peak itself.
@@ -41,8 +41,6 @@ import argparse
 import csv
 import importlib.util
 import json
-import math
-import os
 import re
 import subprocess
 import sys
@@ -139,7 +137,7 @@ def layout_of(spec: str, input_shape=None):
 
 def network_size(layout) -> int:
     """Parameters of one network (the elements its weight graph stores)."""
-    return sum(math.prod(p.shape) for p in layout.params)
+    return layout.num_params
 
 
 # ----------------------------------------------------------------------------- feasibility
@@ -180,8 +178,8 @@ def estimate_gb(cfg: Config, layout) -> float:
 
     Parameter-sharing layers: parameters and their gradients (x3 for nfn's concatenations) plus six
     ``B x C x weights`` tensors per layer. Graph NFN with a materializing backend: four ``B x E x C``
-    message tensors per direction (pre-activation, message and their gradients); fused backends: the
-    node states.
+    message tensors per direction (``E`` edges; a conv kernel is one edge), fused backends: the node
+    states.
     """
     from .nn.weight_space import ChainSpec
 
@@ -189,7 +187,8 @@ def estimate_gb(cfg: Config, layout) -> float:
     L = 1 if cfg.scope == "layer" else cfg.layers
     E = network_size(layout)
     if cfg.method.startswith("gnn-"):
-        per_layer = 8 * B * E * C if cfg.method in ("gnn-reference", "gnn-pyg", "gnn-scatter") else 0
+        edges = layout.num_edges  # a conv kernel is one edge with K features
+        per_layer = 8 * B * edges * C if cfg.method in ("gnn-reference", "gnn-pyg", "gnn-scatter") else 0
         nodes = 16 * B * layout.num_nodes * C
         return 4 * L * (per_layer + nodes) / 1e9
     import torch
@@ -341,12 +340,6 @@ def measure(cfg: Config) -> dict:
 
 
 # ----------------------------------------------------------------------------- isolation
-#: glibc: every allocation of 128 KiB or more gets its own mapping, returned to the OS when freed
-#: (a fixed threshold turns off glibc's adaptive one). Without it, memory freed by the warm-up step
-#: stays resident and a measured step could reuse it without raising the high-water mark.
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
 class WorkerFailed(Exception):
     """A measurement subprocess exited with an error; ``returncode`` and the last line of its stderr."""
 
@@ -361,8 +354,7 @@ def run_worker(argv: list[str], timeout: float) -> dict:
     Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds and :class:`WorkerFailed` if the
     worker fails or prints no result.
     """
-    env = {**os.environ, **WORKER_ENV}
-    p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env)
+    p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
     out = p.stdout.strip().splitlines()
     if p.returncode != 0 or not out:
         err = [line for line in p.stderr.strip().splitlines() if line.strip()]
