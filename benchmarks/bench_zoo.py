@@ -61,34 +61,39 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--runs", type=int, default=250)
     ap.add_argument("--skip-inr", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = ap.parse_args()
-    rows = []
-    for t in args.threads:
-        rows.append(_measure("cnn", ["--runs", str(args.runs), "--checkpoints", "4", "--epochs", "20"], t))
+    jobs = [("cnn", ["--runs", str(args.runs), "--checkpoints", "4", "--epochs", "20"], t) for t in args.threads]
     if not args.skip_inr:
-        rows.append(_measure("inr", ["--images", "all"], args.threads[0]))
-    info = {"cpu": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "zoo_generation.json").write_text(json.dumps(info, indent=1) + "\n")
+        jobs.append(("inr", ["--images", "all"], args.threads[0]))
+    rows = []
+    for job in jobs:
+        rows.append(_measure(*job))
+        _write(rows, args.out)  # after every row: a cut-off run keeps what it measured
+
+
+def _write(rows: list[dict], out: Path) -> None:
+    info = {"cpu": platform.machine(), "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "rows": rows}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "zoo_generation.json").write_text(json.dumps(info, indent=1) + "\n")
     lines = [
         "# bench_zoo: generating model zoos with `wgraph zoo`",
         "",
-        f"CPU ({info['cpu']}, {info['cores']} cores), torch {info['torch']}; one run per row, wall time of the "
-        "whole command (start-up, data, training, writing and verifying the shards). The machine was shared with "
-        "other jobs (load average: the 1-minute value before and after the run), so wall time overstates the cost; "
-        "CPU time (user + system of the command) is what the command itself used. With `--threads 1` it is the wall "
-        "time the command takes on one idle core.",
+        f"CPU ({info['cpu']}, {info['affinity']} of {info['cores']} cores usable), torch {info['torch']}; one run per "
+        "row, wall time of the whole command (start-up, data, training, writing and verifying the shards). CPU time "
+        "is the user + system time of the command; the load average (1 minute, before / after) shows whether the "
+        "machine was shared with other jobs.",
         "",
-        "| command | networks | wall time | CPU time | networks/s (wall) | networks per CPU-s | load before / after |",
-        "|---|---|---|---|---|---|---|",
+        "| command | networks | wall time | CPU time | networks/s (wall) | load before / after |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| `{r['command']}` | {r['networks']} | {r['seconds']:.0f} s | {r['cpu_seconds']:.0f} s "
-                     f"| {r['networks_per_s']:.2f} | {r['networks'] / r['cpu_seconds']:.2f} "
-                     f"| {r['load_before']:.1f} / {r['load_after']:.1f} |")  # fmt: skip
+                     f"| {r['networks_per_s']:.2f} | {r['load_before']:.1f} / {r['load_after']:.1f} |")  # fmt: skip
     lines += ["", "Reproduce: `python benchmarks/bench_zoo.py` (defaults: `--threads 1 --runs 250`)."]
-    (RESULTS / "zoo_generation.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'zoo_generation.md'}")
+    (out / "zoo_generation.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'zoo_generation.md'}", flush=True)
 
 
 if __name__ == "__main__":
