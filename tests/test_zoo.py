@@ -103,6 +103,8 @@ def test_writer_rejects_bad_input(tmp_path):
     assert len(load_zoo(tmp_path / "z", partial=True)) == 0
     with pytest.raises(ZooError, match="no manifest.json"):
         load_zoo(tmp_path)
+    with pytest.raises(ZooError, match="not empty"):  # never mixes a zoo into a directory of other files
+        ZooWriter(tmp_path, kind="cnn", arch=ARCH, columns=COLS)
 
 
 # ---------------------------------------------------------------- resume

@@ -58,6 +58,7 @@ LOCK = ".lock"
 COLUMN_TYPES = {"int": np.int64, "float": np.float64, "str": np.str_, "bool": np.bool_}
 REQUIRED_COLUMNS = ("run", "checkpoint")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\.safetensors$")
+_TEMP_NAME = re.compile(r"^\.tmp-(manifest\.json|shard-\d+\.safetensors)\.\d+$")  # what atomic_write leaves
 
 
 def shard_name(index: int) -> str:
@@ -289,7 +290,15 @@ class ZooWriter:
     def __init__(self, path, *, kind: str, arch: dict, columns: dict[str, str], config: dict | None = None):
         self.root = Path(path)
         self.root.mkdir(parents=True, exist_ok=True)
+        had_lock = (self.root / LOCK).exists()
         self._lock = _lock(self.root)
+        try:
+            self._open(kind, arch, columns, config, had_lock)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, kind: str, arch: dict, columns: dict[str, str], config: dict | None, had_lock: bool) -> None:
         fresh = {
             "format": FORMAT, "version": VERSION, "kind": kind, "arch": json.loads(json.dumps(arch)),
             "columns": dict(columns), "config": json.loads(json.dumps(config or {})), "complete": False, "shards": [],
@@ -297,7 +306,16 @@ class ZooWriter:
         _check_arch(fresh["arch"], "arch")
         _check_columns(fresh["columns"], "columns")
         self.template = _template(fresh["arch"], "arch")
-        for stray in self.root.glob(TEMP_PREFIX + "*"):
+        temps = [p for p in self.root.iterdir() if _TEMP_NAME.match(p.name)]
+        others = sorted(p.name for p in self.root.iterdir() if p.name not in (LOCK, MANIFEST) and p not in temps)
+        if not (self.root / MANIFEST).exists() and others:
+            if not had_lock:
+                (self.root / LOCK).unlink(missing_ok=True)
+            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise ZooError(
+                f"{self.root}: not empty ({listed}) and holds no {MANIFEST}; write a new zoo into a new or empty directory"
+            )
+        for stray in temps:  # the remains of a write that was killed
             with contextlib.suppress(OSError):
                 stray.unlink()
         if (self.root / MANIFEST).exists():
