@@ -258,24 +258,27 @@ def _train_shard(cfg: CNNZooConfig, runs: list[int], data, bar) -> tuple[dict, d
 
 
 def generate_cnn_zoo(out, *, runs: int = 250, checkpoints: int = 4, epochs: int = 20, seed: int = 0,
-                     shard_size: int = 50, progress: bool = True, **settings):  # fmt: skip
+                     shard_size: int = 50, progress: bool = True, threads: int | None = 1, **settings):  # fmt: skip
     """Generate (or resume) a CNN zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
     ``runs`` training runs of ``checkpoints`` checkpoints each (``runs · checkpoints`` networks,
     fewer if some diverge), ``shard_size`` runs per shard. ``settings``: any other field of
     :class:`CNNZooConfig` (hyperparameter ranges, ``channels``, ``batch_size``, ...). Rerunning
     with the same arguments after an interruption continues where it stopped and gives the same
-    networks as an uninterrupted run.
+    networks as an uninterrupted run (with the same ``threads``: torch threads while training,
+    ``None`` to keep torch's setting; see :func:`~wgraph.zoo.threads.torch_threads`).
     """
     from tqdm.auto import tqdm
 
     from .data import digits_split
     from .store import ZooWriter, load_zoo
+    from .threads import torch_threads
 
     cfg = CNNZooConfig(runs=runs, checkpoints=checkpoints, epochs=epochs, seed=seed, shard_size=shard_size, **settings)
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     shards = [list(range(a, min(a + cfg.shard_size, cfg.runs))) for a in range(0, cfg.runs, cfg.shard_size)]
-    with ZooWriter(Path(out), kind="cnn", arch=cfg.arch(), columns=COLUMNS, config=config) as writer:
+    writer = ZooWriter(Path(out), kind="cnn", arch=cfg.arch(), columns=COLUMNS, config=config)
+    with writer, torch_threads(threads):
         todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
         if todo:
             data = digits_split(cfg.seed, cfg.test_fraction)

@@ -92,23 +92,26 @@ def fit_inrs(cfg: INRZooConfig, images: list[int], bar=None) -> tuple[dict[str, 
 
 
 def generate_inr_zoo(out, *, images: int | None = None, steps: int = 300, seed: int = 0, shard_size: int = 600,
-                     progress: bool = True, **settings):  # fmt: skip
+                     progress: bool = True, threads: int | None = 1, **settings):  # fmt: skip
     """Generate (or resume) an INR zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
     ``images``: fit the first ``images`` digits images (``None``: all 1,797). ``settings``: any
     other field of :class:`INRZooConfig` (``hidden``, ``w0``, ``lr``). Rerunning with the same
-    arguments after an interruption continues where it stopped, with the same result.
+    arguments after an interruption continues where it stopped, with the same result (with the
+    same ``threads``: torch threads while fitting, ``None`` to keep torch's setting).
     """
     from tqdm.auto import tqdm
 
     from .data import digits_images
     from .store import ZooWriter, load_zoo
+    from .threads import torch_threads
 
     cfg = INRZooConfig(images=images, steps=steps, seed=seed, shard_size=shard_size, **settings)
     _, labels = digits_images()
     n = len(labels) if cfg.images is None else min(cfg.images, len(labels))
     shards = [list(range(a, min(a + cfg.shard_size, n))) for a in range(0, n, cfg.shard_size)]
-    with ZooWriter(Path(out), kind="inr", arch=cfg.arch(), columns=COLUMNS, config=asdict(cfg)) as writer:
+    writer = ZooWriter(Path(out), kind="inr", arch=cfg.arch(), columns=COLUMNS, config=asdict(cfg))
+    with writer, torch_threads(threads):
         todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
         with tqdm(total=len(todo) * cfg.steps, desc="inr zoo", unit="step", disable=not progress) as bar:
             for i in todo:

@@ -313,7 +313,8 @@ class ZooWriter:
                 (self.root / LOCK).unlink(missing_ok=True)
             listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise ZooError(
-                f"{self.root}: not empty ({listed}) and holds no {MANIFEST}; write a new zoo into a new or empty directory"
+                f"{self.root}: not empty ({listed}) and holds no {MANIFEST}; "
+                "write a new zoo into a new or empty directory"
             )
         for stray in temps:  # the remains of a write that was killed
             with contextlib.suppress(OSError):
