@@ -35,6 +35,8 @@ def test_unrepresentable_architectures_are_listed_with_the_reason():
     assert "CUDA" in unsupported_reason(Config(arch, 1, 4, "gnn-triton"), layout)
     rec = run_isolated(Config(arch, 1, 4, "hnp", input_shape=(1, 64)))
     assert rec["status"].startswith("n/a: not a chain")
+    for scope in ("layer", "model"):  # the graph NFN measures what NP cannot represent
+        assert measure(Config(arch, 2, 4, "gnn-fused", scope=scope, layers=2, reps=1, input_shape=(1, 64)))["time_s"] > 0
 
 
 def test_memory_cap_and_bad_requests():

@@ -121,18 +121,34 @@ def resolve_arch(spec: str, input_shape: tuple[int, ...] | None = None):
     return model, torch.randn(input_shape)
 
 
-_LAYOUTS: dict = {}
+_GRAPHS: dict = {}
 
 
-def layout_of(spec: str, input_shape=None):
-    """The architecture's :class:`~wgraph.graph.Layout` (cached per process)."""
+def graph_of(spec: str, input_shape=None):
+    """One network of the architecture as a :class:`~wgraph.graph.WeightGraph` (cached per process)."""
     from .convert import to_graph
 
     key = (spec, input_shape)
-    if key not in _LAYOUTS:
+    if key not in _GRAPHS:
         model, x = resolve_arch(spec, input_shape)
-        _LAYOUTS[key] = to_graph(model.eval(), x).layout
-    return _LAYOUTS[key]
+        _GRAPHS[key] = to_graph(model.eval(), x)
+    return _GRAPHS[key]
+
+
+def layout_of(spec: str, input_shape=None):
+    """The architecture's :class:`~wgraph.graph.Layout`."""
+    return graph_of(spec, input_shape).layout
+
+
+def random_batch(spec: str, batch: int, input_shape=None, scale: float = 0.1):
+    """``batch`` networks of the architecture with i.i.d. ``N(0, scale^2)`` weights and node values."""
+    import torch
+
+    from .graph import WeightGraph
+
+    g = WeightGraph.cat([graph_of(spec, input_shape)] * batch)
+    edges = [None if e is None else torch.randn_like(e) * scale for e in g.edges]
+    return WeightGraph(g.layout, torch.randn_like(g.nodes) * scale, edges, g.extras)
 
 
 def network_size(layout) -> int:
@@ -231,11 +247,11 @@ def _build(cfg: Config, layout):
     import torch
 
     from .nn import from_preset
-    from .nn.weight_space import ChainSpec, WeightSpace, random_graph
+    from .nn.weight_space import ChainSpec, WeightSpace
 
     dev = torch.device(cfg.device)
     B, C = cfg.batch, cfg.width
-    graph = random_graph(layout, B, seed=0, scale=0.1).to(dev)
+    graph = random_batch(cfg.arch, B, cfg.input_shape).to(dev)
     if cfg.scope == "model":
         if cfg.method.startswith("gnn-"):
             model = from_preset("gnn", layout, hidden=C, layers=cfg.layers, backend=cfg.method[4:])
