@@ -32,3 +32,25 @@ def pair_sum(src: torch.Tensor, dst: torch.Tensor, groups: int = 1) -> torch.Ten
     s = src.reshape(B, groups, 1, n_in // groups, H)
     d = dst.reshape(B, groups, out // groups, 1, H)
     return (s + d).reshape(B, out, n_in // groups, H)
+
+
+def dense_sum_aggregate(dense_sum, send, recv, edge, *, groups: int, reverse: bool, aggr: tuple[str, ...]) -> torch.Tensor:
+    """Sum / mean aggregation of a dense or grouped block from ``dense_sum(send, recv, edge)``, a
+    backend's per-receiver sum of messages over a dense block.
+
+    A grouped block folds its groups into the batch (a reshape of node states and edges: group
+    ``g`` of network ``n`` becomes network ``n * groups + g`` of a dense block); ``mean`` is the sum
+    over the sender count. Aggregators are concatenated in the given order.
+    """
+    B = send.shape[0]
+    if groups > 1:
+
+        def fold(t):
+            return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
+
+        send, recv, edge = fold(send), fold(recv), fold(edge)
+    total = dense_sum(send, recv, edge)
+    n_send = edge.shape[1] if reverse else edge.shape[2]
+    outs = [total if a == "sum" else total / n_send for a in aggr]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out

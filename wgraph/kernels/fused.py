@@ -52,6 +52,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import reference
+from .blocks import dense_sum_aggregate
 from .spec import ACTIVATIONS
 
 #: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation per torch thread (the
@@ -210,18 +211,10 @@ def message_pass(
             send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
         )
     budget = tile_budget() if tile_bytes is None else tile_bytes
-    B = send.shape[0]
-    if groups > 1:  # block diagonal: fold the groups into the batch (node states and edge views only)
+    def dense_sum(s, r, e):
+        return _DenseSum.apply(s, r, e, edge_weight, reverse, act, budget)
 
-        def fold(t):
-            return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
-
-        send, recv, edge = fold(send), fold(recv), fold(edge)
-    total = _DenseSum.apply(send, recv, edge, edge_weight, reverse, act, budget)
-    n_send = edge.shape[1] if reverse else edge.shape[2]
-    outs = [total if a == "sum" else total / n_send for a in aggr]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
+    return dense_sum_aggregate(dense_sum, send, recv, edge, groups=groups, reverse=reverse, aggr=aggr)
 
 
 __all__ = ["message_pass", "TILE_BYTES", "tile_budget"]

@@ -63,6 +63,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from . import fused
+from .blocks import dense_sum_aggregate
 
 #: Activation name -> the code the kernels branch on (a compile-time constant).
 ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "silu": 3, "gelu": 4}
@@ -423,18 +424,10 @@ def message_pass(
         return fused.message_pass(
             send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
         )
-    B = send.shape[0]
-    if groups > 1:  # block diagonal: fold the groups into the batch (node states and edge reshaped)
+    def dense_sum(s, r, e):
+        return _TritonDenseSum.apply(s, r, e, edge_weight, reverse, act)
 
-        def fold(t):
-            return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
-
-        send, recv, edge = fold(send), fold(recv), fold(edge)
-    total = _TritonDenseSum.apply(send, recv, edge, edge_weight, reverse, act)
-    n_send = edge.shape[1] if reverse else edge.shape[2]
-    outs = [total if a == "sum" else total / n_send for a in aggr]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
+    return dense_sum_aggregate(dense_sum, send, recv, edge, groups=groups, reverse=reverse, aggr=aggr)
 
 
 __all__ = ["message_pass", "INTERPRETED", "ACT_CODES", "runs_here"]
