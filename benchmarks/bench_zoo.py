@@ -8,7 +8,7 @@ Runs, each in a process of its own, into a fresh temporary directory:
 and reports seconds and networks/s, with the machine's load average before and after (the
 machine may be shared; the numbers are as measured).
 
-    python benchmarks/bench_zoo.py [--threads 1 [2 ...]] [--runs 250] [--skip-inr]
+    python benchmarks/bench_zoo.py [--threads 1 [2 ...]] [--runs 250] [--kinds cnn inr] [--inr-threads 1 2] [--append]
 
 Writes benchmarks/results/zoo_generation.json and zoo_generation.md.
 """
@@ -60,13 +60,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--runs", type=int, default=250)
-    ap.add_argument("--skip-inr", action="store_true")
+    ap.add_argument("--kinds", nargs="+", choices=["cnn", "inr"], default=["cnn", "inr"])
+    ap.add_argument("--inr-threads", type=int, nargs="+", help="threads of the INR runs (default: the first of --threads)")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in the results file")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = ap.parse_args()
-    jobs = [("cnn", ["--runs", str(args.runs), "--checkpoints", "4", "--epochs", "20"], t) for t in args.threads]
-    if not args.skip_inr:
-        jobs.append(("inr", ["--images", "all"], args.threads[0]))
-    rows = []
+    jobs = []
+    if "cnn" in args.kinds:
+        jobs += [("cnn", ["--runs", str(args.runs), "--checkpoints", "4", "--epochs", "20"], t) for t in args.threads]
+    if "inr" in args.kinds:
+        jobs += [("inr", ["--images", "all"], t) for t in args.inr_threads or args.threads[:1]]
+    old = args.out / "zoo_generation.json"
+    rows = json.loads(old.read_text())["rows"] if args.append and old.exists() else []
     for job in jobs:
         rows.append(_measure(*job))
         _write(rows, args.out)  # after every row: a cut-off run keeps what it measured

@@ -11,10 +11,12 @@ import torch
 def torch_threads(n: int | None):
     """Run the block with ``torch.set_num_threads(n)`` (``None``: unchanged), then restore.
 
-    The generators default to one thread: their batched ops are small, and on two cores one
-    thread was as fast as two for CNNs and three times faster for INRs, and much faster on a
-    busy machine (benchmarks/results/zoo_generation.md). Results are reproducible for a given
-    thread count; another count may change the last bits of the weights.
+    The generators default to one thread: their batched ops are small, and OpenMP threads that
+    wait for each other lose badly when other jobs share the cores. Measured on the shared
+    two-core machine (benchmarks/results/zoo_generation.md and development runs): 1,797 INRs in
+    85 s with one thread, 296 s with two; 1,000 CNNs in 166 s with one thread and 150 s with two
+    on a quiet machine, but 264 s with one and over 20 minutes with two on a busy one. Results are
+    reproducible for a given thread count; another count may change the last bits of the weights.
     """
     before = torch.get_num_threads()
     if n is not None:
