@@ -51,7 +51,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    out: dict[str, list[dict]] = {}
+    saved = RESULTS / "profile_archs.json"
+    # a run of some parts keeps the other parts of the previous run
+    out: dict[str, list[dict]] = json.loads(saved.read_text())["parts"] if saved.exists() else {}
     for part in args.parts.split(","):
         out[part] = profile(PARTS[part], timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
         print(table(out[part]), flush=True)
@@ -64,7 +66,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "profile_archs.json").write_text(json.dumps({"meta": meta, "parts": out}, indent=1) + "\n")
     sections = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}; {meta['date']}.", ""]
-    for part, records in out.items():
+    for part in PARTS:
+        if part not in out:
+            continue
+        records = out[part]
         sections += [f"### {part}", "", table(records), ""]
     (RESULTS / "profile_archs.md").write_text("# Profiles (wgraph.profile)\n\n" + "\n".join(sections))
     img = ROOT / "docs" / "img"

@@ -30,11 +30,11 @@ def test_isolated_run_sees_the_step_memory():
 def test_unrepresentable_architectures_are_listed_with_the_reason():
     arch = "wgraph.zoo.archs:resnet_mlp"  # residual connections: not a chain of layers
     layout = layout_of(arch, (1, 64))
-    assert "chain" in unsupported_reason(Config(arch, 1, 4, "np"), layout)
+    assert "not a chain of layers" in unsupported_reason(Config(arch, 1, 4, "np"), layout)
     assert unsupported_reason(Config(arch, 1, 4, "gnn-fused"), layout) is None
     assert "CUDA" in unsupported_reason(Config(arch, 1, 4, "gnn-triton"), layout)
     rec = run_isolated(Config(arch, 1, 4, "hnp", input_shape=(1, 64)))
-    assert rec["status"].startswith("n/a: not a chain")
+    assert rec["status"].startswith("n/a: this layout is not a chain of layers")
     for scope in ("layer", "model"):  # the graph NFN measures what NP cannot represent
         assert measure(Config(arch, 2, 4, "gnn-fused", scope=scope, layers=2, reps=1, input_shape=(1, 64)))["time_s"] > 0
 

@@ -13,6 +13,7 @@ from .errors import (
     StateDictError,
     UnsupportedOperation,
     WgraphError,
+    ZooError,
 )
 from .graph import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot, WeightGraph
 from .symmetry import Symmetry, permute, random_symmetry
@@ -23,5 +24,5 @@ __all__ = [
     "to_graph", "to_graph_batch", "load_into", "layout_of", "random_symmetry", "permute", "Symmetry",
     "WeightGraph", "Layout", "NeuronLayer", "NeuronSpace", "EdgeBlock", "ParamSlot",
     "WgraphError", "UnsupportedOperation", "ConversionError", "StateDictError",
-    "IncompatibleBatchError", "SpecError", "FileFormatError",
+    "IncompatibleBatchError", "SpecError", "FileFormatError", "ZooError",
 ]  # fmt: skip

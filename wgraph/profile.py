@@ -184,8 +184,8 @@ def unsupported_reason(cfg: Config, layout) -> str | None:
 
     try:
         ChainSpec.from_layout(layout)
-    except WgraphError as e:
-        return f"not a chain of layers: {e}"
+    except WgraphError as e:  # its first sentence names the block that breaks the chain
+        return str(e).split(". ")[0]
     return None
 
 

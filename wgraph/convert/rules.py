@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -752,21 +753,25 @@ def _swin_patch_merging(b: LayoutBuilder, op: Op):
     return Feat(b.concat(f"{b.layers[li]['name']}:merge", [li] * 4), op.out.dim() - 1)
 
 
-def _register_torchvision_ops() -> None:
-    """Rules for torchvision's fx-wrapped functions (only if torchvision is installed)."""
-    try:
-        from torchvision.models import swin_transformer as swin
-        from torchvision.ops import stochastic_depth
-    except ImportError:  # torchvision is optional
+_torchvision_registered = False
+
+
+def register_optional_rules() -> None:
+    """Rules for torchvision's fx-wrapped functions (Swin attention, stochastic depth), registered
+    once torchvision has been imported. A model that uses them imported torchvision already;
+    importing it here would add seconds to ``import wgraph``. Called before every trace."""
+    global _torchvision_registered
+    if _torchvision_registered or "torchvision" not in sys.modules:
         return
+    from torchvision.models import swin_transformer as swin
+    from torchvision.ops import stochastic_depth
+
     FUNCTION_RULES[stochastic_depth] = _pointwise  # scales whole samples; identity in eval mode
     SCALING[stochastic_depth] = "real"
     FUNCTION_RULES[swin.shifted_window_attention] = _swin_attention
     FUNCTION_RULES[swin._get_relative_position_bias] = _swin_position_bias
     FUNCTION_RULES[swin._patch_merging_pad] = _swin_patch_merging
-
-
-_register_torchvision_ops()
+    _torchvision_registered = True
 
 
 # --------------------------------------------------- ATen ops (torch.export)

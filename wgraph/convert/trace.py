@@ -193,6 +193,7 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
         raise ConversionError(f"tracer must be 'auto', 'fx' or 'export', got {tracer!r}")
     if not isinstance(model, nn.Module):
         raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    rules.register_optional_rules()
     state_keys = list(model.state_dict().keys())
     if not state_keys:
         raise ConversionError(f"{type(model).__name__} has no parameters: there is no weight graph to build")
