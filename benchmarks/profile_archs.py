@@ -53,24 +53,26 @@ def main() -> None:
 
     saved = RESULTS / "profile_archs.json"
     # a run of some parts keeps the other parts of the previous run
-    out: dict[str, list[dict]] = json.loads(saved.read_text())["parts"] if saved.exists() else {}
-    for part in args.parts.split(","):
+    previous = json.loads(saved.read_text()) if saved.exists() else {"parts": {}, "meta": {}}
+    out: dict[str, list[dict]] = previous["parts"]
+    dates: dict[str, str] = previous["meta"].get("dates", {})
+    for part in filter(None, args.parts.split(",")):  # --parts "": rewrite the docs from the saved JSON
         out[part] = profile(PARTS[part], timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
+        dates[part] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(table(out[part]), flush=True)
     meta = {
-        "command": "python benchmarks/profile_archs.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/profile_archs.py [--parts ...]",
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, 1 torch thread per measurement",
         "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "dates": dates,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "profile_archs.json").write_text(json.dumps({"meta": meta, "parts": out}, indent=1) + "\n")
-    sections = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}; {meta['date']}.", ""]
+    sections = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}.", ""]
     for part in PARTS:
         if part not in out:
             continue
-        records = out[part]
-        sections += [f"### {part}", "", table(records), ""]
+        sections += [f"### {part} (measured {dates.get(part, '?')})", "", table(out[part]), ""]
     (RESULTS / "profile_archs.md").write_text("# Profiles (wgraph.profile)\n\n" + "\n".join(sections))
     img = ROOT / "docs" / "img"
     if "width" in out:
