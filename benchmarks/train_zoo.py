@@ -9,6 +9,13 @@
 
     nice python benchmarks/train_zoo.py            # the committed numbers
     python benchmarks/train_zoo.py --quick         # a small smoke run (results marked quick)
+    nice python benchmarks/train_zoo.py --tasks inr-classify   # rerun one task only
+
+``--tasks`` reruns the named tasks and keeps the other tasks' runs from the saved
+``train_zoo.json`` (same models, seeds, batch size and learning rate required); the report then
+names the command, machine and times of each task. A finished run in ``--work`` is reused only
+if it was trained on the same zoo directory with the same epochs, batch size and learning rate:
+after regenerating a zoo with other settings, move its old runs away.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- train_zoo:begin -->", "<!-- train_zoo:end -->"
 TASKS = {"generalization": "cnn", "inr-classify": "inr"}
+TASK_NAMES = {"generalization": "CNN zoo", "inr-classify": "INR zoo"}
+INIT_TEXT = {"shared": "all fitted from one shared initialization", "independent": "each fitted from its own initialization"}
 PRIMARY = {"generalization": "kendall_tau", "inr-classify": "accuracy"}
 
 
@@ -51,13 +60,17 @@ def _gpu_name() -> str:
 
 
 def make_zoos(args, work: Path) -> dict[str, Path]:
-    zoos = {"cnn": work / "zoos" / "cnn", "inr": work / "zoos" / "inr"}
+    """Generate (or check and reuse) the zoos of ``args.tasks``."""
+    kinds = {TASKS[t] for t in args.tasks}
+    zoos = {k: work / "zoos" / k for k in sorted(kinds)}
     t = time.perf_counter()
-    wgraph("zoo", "cnn", str(zoos["cnn"]), "--runs", str(args.cnn_runs), "--checkpoints", str(args.cnn_checkpoints),
-           "--epochs", str(args.cnn_epochs), "-q", threads=args.threads * args.jobs, log=work / "zoo-cnn.log")  # fmt: skip
-    wgraph("zoo", "inr", str(zoos["inr"]), "--images", str(args.inr_images), "-q",
-           threads=args.threads * args.jobs, log=work / "zoo-inr.log")  # fmt: skip
-    print(f"zoos ready in {time.perf_counter() - t:.0f} s: {zoos['cnn']}, {zoos['inr']}")
+    if "cnn" in kinds:
+        wgraph("zoo", "cnn", str(zoos["cnn"]), "--runs", str(args.cnn_runs), "--checkpoints", str(args.cnn_checkpoints),
+               "--epochs", str(args.cnn_epochs), "-q", threads=args.threads * args.jobs, log=work / "zoo-cnn.log")  # fmt: skip
+    if "inr" in kinds:
+        wgraph("zoo", "inr", str(zoos["inr"]), "--images", str(args.inr_images), "--init", args.inr_init, "-q",
+               threads=args.threads * args.jobs, log=work / "zoo-inr.log")  # fmt: skip
+    print(f"zoos ready in {time.perf_counter() - t:.0f} s: {', '.join(map(str, zoos.values()))}")
     return zoos
 
 
@@ -65,7 +78,8 @@ def run_one(job: dict, args) -> dict:
     out = Path(job["out"])
     if (out / "results.json").exists():  # reuse a finished run of the same settings
         r = json.loads((out / "results.json").read_text())
-        if (r["config"]["epochs"], r["config"]["batch_size"], r["config"]["lr"]) != (job["epochs"], args.batch_size, args.lr):
+        stored = (r["config"]["zoo"], r["config"]["epochs"], r["config"]["batch_size"], r["config"]["lr"])
+        if stored != (job["zoo"], job["epochs"], args.batch_size, args.lr):
             raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
         return r
     wgraph("train", "--task", job["task"], "--model", job["model"], "--zoo", job["zoo"], "--out", str(out),
@@ -105,8 +119,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"Zoos (generated with the CLI): **CNN** {zoo['cnn']['networks']} digits CNNs ({s['cnn_runs']} runs x "
         f"{s['cnn_checkpoints']} checkpoints, {s['cnn_epochs']} epochs each; split by run 80/10/10: "
-        f"{zoo['cnn']['split']}); **INR** {zoo['inr']['networks']} SIRENs 2-32-32-1, one per digits image "
-        f"(split by image 80/10/10: {zoo['inr']['split']}).",
+        f"{zoo['cnn']['split']}); **INR** {zoo['inr']['networks']} SIRENs 2-32-32-1, one per digits image, "
+        f"{INIT_TEXT[s.get('inr_init', 'independent')]} (split by image 80/10/10: {zoo['inr']['split']}).",
         f"Training: {s['epochs']['generalization']} epochs on the CNN zoo, {s['epochs']['inr-classify']} on the INR zoo, "
         f"batch {s['batch_size']}, AdamW lr {s['lr']}, presets as shipped in `models/` with the task's output size; "
         f"test metrics of the best-validation epoch; mean ± sample std over seeds {s['seeds']}.",
@@ -119,9 +133,43 @@ def markdown(report: dict) -> str:
         params = f"{g['params'] if g else 'n/a'} / {c['params'] if c else 'n/a'}"
         times = f"{g['train_s_mean']:.0f} s / {c['train_s_mean']:.0f} s" if g and c else "n/a"
         lines.append(f"| {model} | {fmt(g, 'kendall_tau')} | {fmt(g, 'r2')} | {fmt(c, 'accuracy')} | {params} | {times} |")
-    lines += ["", f"Command: `{report['command']}` ({report['machine']}; wall time {report['wall_s'] / 60:.0f} min "
-              f"for training, {report['zoo_s'] / 60:.0f} min to generate or check and reuse the zoos)."]  # fmt: skip
+    lines.append("")
+    for task, r in per_task(report).items():
+        both = " (both tasks)" if len(r["tasks"]) > 1 else ""
+        lines.append(f"{TASK_NAMES[task]}: `{r['command']}` ({r['machine']}; wall time {r['wall_s'] / 60:.0f} min "
+                     f"for training{both}, {r['zoo_s'] / 60:.0f} min to generate or check and reuse the zoos).")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def per_task(report: dict) -> dict:
+    """``{task: {command, machine, wall_s, zoo_s, tasks}}`` (``tasks``: all that the command
+    trained): a report written before ``--tasks`` existed ran every task in one command."""
+    keys = ("command", "machine", "wall_s", "zoo_s")
+    return report.get("per_task") or {task: {**{k: report[k] for k in keys}, "tasks": list(TASKS)} for task in TASKS}
+
+
+def merge(old: dict, new: dict, tasks: list[str]) -> dict:
+    """``new`` (runs of ``tasks`` only) completed with the other tasks' runs, settings and zoo from ``old``."""
+    for key in ("models", "seeds", "batch_size", "lr"):
+        if old["settings"][key] != new["settings"][key]:
+            raise SystemExit(f"--tasks: {key} differs from the saved train_zoo.json ({old['settings'][key]} there, "
+                             f"{new['settings'][key]} now); rerun every task")  # fmt: skip
+    keep = [t for t in TASKS if t not in tasks]
+    own = {"generalization": ("cnn_runs", "cnn_checkpoints", "cnn_epochs"), "inr-classify": ("inr_images", "inr_init")}
+    settings = dict(new["settings"], epochs=dict(new["settings"]["epochs"]))
+    for t in keep:
+        for key in own[t]:
+            if key in old["settings"]:
+                settings[key] = old["settings"][key]
+            else:
+                settings.pop(key, None)
+        settings["epochs"][t] = old["settings"]["epochs"][t]
+    runs = [r for r in old["runs"] if r["task"] in keep] + new["runs"]
+    table = {t: old["table"][t] for t in keep} | new["table"]
+    zoos = {TASKS[t]: old["zoos"][TASKS[t]] for t in keep} | new["zoos"]
+    tasks_info = {t: per_task(old)[t] for t in keep} | new["per_task"]
+    return {**new, "settings": settings, "zoos": zoos, "per_task": {t: tasks_info[t] for t in TASKS},
+            "table": {t: table[t] for t in TASKS if t in table}, "runs": runs}
 
 
 def update_doc(md: str) -> None:
@@ -144,6 +192,9 @@ def main() -> None:
     p.add_argument("--cnn-checkpoints", type=int, default=4)
     p.add_argument("--cnn-epochs", type=int, default=8)
     p.add_argument("--inr-images", default="all")
+    p.add_argument("--inr-init", choices=["shared", "independent"], default="shared", help="`wgraph zoo inr --init`")
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS),
+                   help="rerun these tasks only; the others' runs are kept from the saved train_zoo.json")
     p.add_argument("--epochs-cnn", type=int, default=30, help="training epochs on the CNN zoo")
     p.add_argument("--epochs-inr", type=int, default=15, help="training epochs on the INR zoo")
     p.add_argument("--batch-size", type=int, default=32)
@@ -161,6 +212,8 @@ def main() -> None:
         update_doc(md)
         print(md)
         return
+    if args.quick and set(args.tasks) != set(TASKS):
+        p.error("--quick runs every task")
     if args.quick:
         args.cnn_runs, args.cnn_checkpoints, args.cnn_epochs, args.inr_images = 20, 2, 2, "100"
         args.epochs_cnn, args.epochs_inr, args.seeds = 2, 2, [0]
@@ -174,7 +227,7 @@ def main() -> None:
     jobs = [
         {"task": task, "model": model, "seed": seed, "zoo": str(zoos[kind]), "epochs": epochs[task],
          "out": str(work / "runs" / f"{task}-{model}-s{seed}")}
-        for task, kind in TASKS.items() for seed in args.seeds for model in args.models
+        for task, kind in TASKS.items() if task in args.tasks for seed in args.seeds for model in args.models
     ]  # fmt: skip
     t1 = time.perf_counter()
     runs = []
@@ -184,25 +237,27 @@ def main() -> None:
             bar.set_postfix_str(f"{r['task']} {r['model']} s{r['seed']}: {r['metrics']['test'][PRIMARY[r['task']]]:.3f}")
             bar.update(1)
     wall_s = time.perf_counter() - t1
-    first = {task: next(r for r in runs if r["task"] == task) for task in TASKS}
+    first = {task: next(r for r in runs if r["task"] == task) for task in args.tasks}
     split = {t: " / ".join(f"{r['split'][k]['networks']}" for k in ("train", "val", "test")) for t, r in first.items()}
+    command = " ".join(["nice python benchmarks/train_zoo.py", *sys.argv[1:]])  # as typed
+    machine = f"{platform.machine()}, {os.cpu_count()} cores (shared), {args.jobs} runs at a time x {args.threads} torch thread(s)" + (
+        f", training on {_gpu_name()}" if args.device.startswith("cuda") else "")  # fmt: skip
     report = {
-        "command": "nice python benchmarks/train_zoo.py" + (" --quick" if args.quick else "")
-        + (f" --device {args.device}" if args.device != "cpu" else ""),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), {args.jobs} runs at a time x {args.threads} torch thread(s)"
-        + (f", training on {_gpu_name()}" if args.device.startswith("cuda") else ""),
-        "zoo_s": zoo_s, "wall_s": wall_s,
+        "command": command, "machine": machine, "zoo_s": zoo_s, "wall_s": wall_s,
+        "per_task": {t: {"command": command, "machine": machine, "wall_s": wall_s, "zoo_s": zoo_s, "tasks": args.tasks}
+                     for t in args.tasks},
         "settings": {"models": args.models, "seeds": args.seeds, "cnn_runs": args.cnn_runs, "cnn_checkpoints": args.cnn_checkpoints,
-                     "cnn_epochs": args.cnn_epochs, "inr_images": args.inr_images, "epochs": epochs,
+                     "cnn_epochs": args.cnn_epochs, "inr_images": args.inr_images, "inr_init": args.inr_init,
+                     "epochs": {t: e for t, e in epochs.items() if t in args.tasks},
                      "batch_size": args.batch_size, "lr": args.lr},
-        "zoos": {
-            "cnn": {"path": str(zoos["cnn"]), "networks": first["generalization"]["networks"], "split": split["generalization"] + " networks"},
-            "inr": {"path": str(zoos["inr"]), "networks": first["inr-classify"]["networks"], "split": split["inr-classify"] + " networks"},
-        },
+        "zoos": {TASKS[t]: {"path": str(zoos[TASKS[t]]), "networks": first[t]["networks"], "split": split[t] + " networks"}
+                 for t in args.tasks},
         "table": summarize(runs),
         "runs": [{k: r[k] for k in ("task", "model", "seed", "metrics", "selected_step", "steps", "timings", "model_parameters")} for r in runs],
     }  # fmt: skip
     name = "train_zoo_quick" if args.quick else "train_zoo"
+    if set(args.tasks) != set(TASKS):
+        report = merge(json.loads((RESULTS / f"{name}.json").read_text()), report, args.tasks)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def cnn_zoo(tmp_path_factory):
-    return generate_cnn_zoo(tmp_path_factory.mktemp("cnn") / "zoo", **CNN)
+    with warnings.catch_warnings():  # e.g. vmap's "performance drop" note for an unbatched op
+        warnings.simplefilter("error")
+        return generate_cnn_zoo(tmp_path_factory.mktemp("cnn") / "zoo", **CNN)
 
 
 @pytest.fixture(scope="module")
@@ -261,10 +264,47 @@ def test_inr_labels_and_fit(inr_zoo, tmp_path):
     assert t["recon_mse"].mean() < 0.2 * fewer.table["recon_mse"].mean()
 
 
+@pytest.mark.parametrize("steps", [0, 1])
+def test_inr_init_shared_or_independent(steps, tmp_path):
+    """Shared: every INR starts from one initialization, whatever its shard (after one Adam step
+    the first layers differ, by at most lr per entry); independent: each its own."""
+    settings = dict(images=5, steps=steps, seed=3, shard_size=2, progress=False)
+    shared = generate_inr_zoo(tmp_path / "shared", **settings)  # the default
+    independent = generate_inr_zoo(tmp_path / "independent", init="independent", **settings)
+    first = shared.weights["0.weight"]  # (5, 32, 2)
+    if steps == 0:
+        for w in shared.weights.values():
+            assert all(torch.equal(w[i], w[0]) for i in range(1, 5))
+        # drawn from the seed: another seed, another start
+        other = generate_inr_zoo(tmp_path / "seed4", **{**settings, "seed": 4})
+        assert not torch.equal(other.weights["0.weight"][0], first[0])
+    else:  # Adam's first step moves every entry by lr (times sign of its gradient) from the shared start
+        spread = (first - first[:1]).abs()
+        assert spread.max() <= 2 * 1e-3 * (1 + 1e-5) and spread.max() > 0
+    w = independent.weights["0.weight"]
+    assert all((w[i] - w[j]).abs().max() > 0.1 for i in range(5) for j in range(i))  # far apart, not a step apart
+    assert not torch.equal(independent.weights["2.weight"][0], independent.weights["2.weight"][1])
+    assert json.loads((shared.path / "manifest.json").read_text())["config"]["init"] == "shared"
+    assert independent.config["init"] == "independent"
+
+
+def test_inr_init_is_a_stored_setting(inr_zoo, tmp_path):
+    assert inr_zoo.config["init"] == "shared"
+    with pytest.raises(ZooError, match="init: 'shared' stored, 'independent' now"):
+        generate_inr_zoo(inr_zoo.path, **{**INR, "init": "independent"})
+    with pytest.raises(ZooError, match="init must be one of 'shared', 'independent', got 'same'"):
+        generate_inr_zoo(tmp_path / "z", **{**INR, "init": "same"})
+
+
 # ---------------------------------------------------------------- CLI
 def test_cli_end_to_end(tmp_path, capsys):
     assert main(["zoo", "inr", str(tmp_path / "inr"), "--images", "4", "--steps", "2", "--quiet"]) == 0
     assert "wrote 4 INRs" in capsys.readouterr().out and len(load_zoo(tmp_path / "inr")) == 4
+    assert load_zoo(tmp_path / "inr").config["init"] == "shared"
+    ind = ["zoo", "inr", str(tmp_path / "ind"), "--images", "2", "--steps", "0", "--init", "independent", "-q"]
+    assert main(ind) == 0 and load_zoo(tmp_path / "ind").config["init"] == "independent"
+    assert main([*ind[:-2], "shared", "-q"]) == 2
+    assert "init: 'independent' stored, 'shared' now" in capsys.readouterr().err
     args = ["zoo", "cnn", str(tmp_path / "cnn"), "--runs", "2", "--checkpoints", "1", "--epochs", "1", "-q"]
     assert main(args) == 0
     assert f"wrote 2 CNNs (2 runs x 1 checkpoints) to {tmp_path / 'cnn'}" in capsys.readouterr().out

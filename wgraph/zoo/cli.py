@@ -48,7 +48,7 @@ def _cnn(args) -> int:
 def _inr(args) -> int:
     from .inr import generate_inr_zoo
 
-    zoo = generate_inr_zoo(args.out, images=args.images, steps=args.steps, seed=args.seed,
+    zoo = generate_inr_zoo(args.out, images=args.images, steps=args.steps, seed=args.seed, init=args.init,
                            shard_size=args.shard_size, progress=not args.quiet, threads=args.threads)  # fmt: skip
     print(f"wrote {len(zoo)} INRs (mean reconstruction MSE {zoo.table['recon_mse'].mean():.3g}) to {args.out}")
     return 0
@@ -72,6 +72,9 @@ def register(sub) -> None:
     i.add_argument("--images", type=_images, default=None, help="'all' (default) or N: the first N images")
     i.add_argument("--steps", type=int, default=300, help="Adam steps per INR (default 300)")
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--init", choices=["shared", "independent"], default="shared",
+                   help="'shared' (default): one SIREN initialization, drawn from --seed, for every INR; "
+                   "'independent': each INR its own")
     i.add_argument("--shard-size", type=int, default=600, help="INRs per shard, fitted together (default 600)")
     i.add_argument("--threads", type=int, default=1, help="torch threads (default 1, the fastest measured)")
     i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

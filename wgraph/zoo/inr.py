@@ -10,8 +10,15 @@ Fitting: full-batch Adam (``lr``) for ``steps`` steps on the sum over INRs of ea
 The INRs of one shard are fitted together: their parameters are stacked ``(G, *shape)`` and
 :func:`torch.func.vmap` over :func:`torch.func.functional_call` of the very module
 :meth:`Zoo.model` builds evaluates all of them at once. Each INR's gradient depends only on its
-own loss and Adam is elementwise, so this is exactly G independent fits. An image's
-initialization is drawn with the seed ``(seed, image)``, whatever shard it falls in.
+own loss and Adam is elementwise, so this is exactly G independent fits.
+
+Initialization (``init``): ``"shared"`` (the default) starts every INR from one SIREN
+initialization, drawn with the seed ``(seed,)``; ``"independent"`` draws each image's own with the
+seed ``(seed, image)``. Either way it does not depend on the shard an image falls in. Shared is
+the usual protocol for classifying small INRs from their weights: a 2-32-32-1 SIREN fitted to 64
+pixels moves its first layer only about 5 % from its start, so with independent starts the image
+is encoded relative to a random first layer that differs from network to network (the NFNs of
+``docs/results.md`` classified such INRs by digit at or near chance).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+INITS = ("shared", "independent")
 COLUMNS = {"run": "int", "checkpoint": "int", "image": "int", "label": "int", "recon_mse": "float"}
 
 
@@ -36,13 +44,16 @@ class INRZooConfig:
     hidden: int = 32
     w0: float = 30.0
     lr: float = 1e-3
-    generator: str = field(default="wgraph.zoo.inr/1", init=False)
+    init: str = "shared"  # "shared": one initialization for every INR; "independent": one per image
+    generator: str = field(default="wgraph.zoo.inr/2", init=False)
 
     def __post_init__(self):
         from ..errors import ZooError
 
         if self.steps < 0 or self.shard_size < 1 or (self.images is not None and self.images < 1):
             raise ZooError("steps must be >= 0, shard-size >= 1 and images >= 1")
+        if self.init not in INITS:
+            raise ZooError(f"init must be one of {', '.join(map(repr, INITS))}, got {self.init!r}")
 
     def arch(self) -> dict:
         sizes = [2, self.hidden, self.hidden, 1]
@@ -55,11 +66,15 @@ def pixel_coordinates(size: int = 8) -> torch.Tensor:
     return torch.cartesian_prod(axis, axis)
 
 
-def _init(cfg: INRZooConfig, image: int) -> dict[str, torch.Tensor]:
+def initialization(cfg: INRZooConfig, image: int) -> dict[str, torch.Tensor]:
+    """The state dict image ``image``'s SIREN starts from: seeded by ``(seed,)`` when ``cfg.init``
+    is ``"shared"`` (the same for every image), by ``(seed, image)`` when ``"independent"``. (numpy
+    seeds ``(seed,)`` and ``(seed, 0)`` alike: the shared start is image 0's independent one.)"""
     from .archs import siren
 
+    key = [cfg.seed] if cfg.init == "shared" else [cfg.seed, image]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(np.random.default_rng([cfg.seed, image]).integers(2**62)))
+        torch.manual_seed(int(np.random.default_rng(key).integers(2**62)))
         return siren(**cfg.arch()["kwargs"]).state_dict()
 
 
@@ -75,8 +90,12 @@ def fit_inrs(cfg: INRZooConfig, images: list[int], bar=None) -> tuple[dict[str, 
     target = pixels[images].reshape(len(images), -1, 1)  # (G, 64, 1)
     coords = pixel_coordinates()
     model = siren(**cfg.arch()["kwargs"])
-    inits = [_init(cfg, i) for i in images]
-    params = {k: torch.stack([sd[k] for sd in inits]).requires_grad_(True) for k in inits[0]}
+    if cfg.init == "shared":
+        start = initialization(cfg, images[0])
+        params = {k: v.expand(len(images), *v.shape).clone().requires_grad_(True) for k, v in start.items()}
+    else:
+        inits = [initialization(cfg, i) for i in images]
+        params = {k: torch.stack([sd[k] for sd in inits]).requires_grad_(True) for k in inits[0]}
     f = vmap(lambda p, x: functional_call(model, p, (x,)), in_dims=(0, None))
     opt = torch.optim.Adam(params.values(), lr=cfg.lr)
     for _ in range(cfg.steps):
@@ -92,13 +111,15 @@ def fit_inrs(cfg: INRZooConfig, images: list[int], bar=None) -> tuple[dict[str, 
 
 
 def generate_inr_zoo(out, *, images: int | None = None, steps: int = 300, seed: int = 0, shard_size: int = 600,
-                     progress: bool = True, threads: int | None = 1, **settings):  # fmt: skip
+                     init: str = "shared", progress: bool = True, threads: int | None = 1, **settings):  # fmt: skip
     """Generate (or resume) an INR zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
-    ``images``: fit the first ``images`` digits images (``None``: all 1,797). ``settings``: any
-    other field of :class:`INRZooConfig` (``hidden``, ``w0``, ``lr``). Rerunning with the same
-    arguments after an interruption continues where it stopped, with the same result (with the
-    same ``threads``: torch threads while fitting, ``None`` to keep torch's setting).
+    ``images``: fit the first ``images`` digits images (``None``: all 1,797). ``init``:
+    ``"shared"`` (one initialization for every INR, drawn from ``seed``) or ``"independent"`` (one
+    per image); see the module's docstring. ``settings``: any other field of
+    :class:`INRZooConfig` (``hidden``, ``w0``, ``lr``). Rerunning with the same arguments after
+    an interruption continues where it stopped, with the same result (with the same ``threads``:
+    torch threads while fitting, ``None`` to keep torch's setting).
     """
     from tqdm.auto import tqdm
 
@@ -106,7 +127,7 @@ def generate_inr_zoo(out, *, images: int | None = None, steps: int = 300, seed: 
     from .store import ZooWriter, load_zoo
     from .threads import torch_threads
 
-    cfg = INRZooConfig(images=images, steps=steps, seed=seed, shard_size=shard_size, **settings)
+    cfg = INRZooConfig(images=images, steps=steps, seed=seed, shard_size=shard_size, init=init, **settings)
     _, labels = digits_images()
     n = len(labels) if cfg.images is None else min(cfg.images, len(labels))
     shards = [list(range(a, min(a + cfg.shard_size, n))) for a in range(0, n, cfg.shard_size)]
