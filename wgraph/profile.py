@@ -314,6 +314,8 @@ def measure(cfg: Config) -> dict:
 
     torch.set_num_threads(cfg.threads)
     cuda = cfg.device == "cuda"
+    if not cuda:
+        _reset_peak()  # free heap left by earlier work in this process must not count against the base
     base = _rss_mb()
     torch.manual_seed(0)
     layout = layout_of(cfg.arch, cfg.input_shape)
