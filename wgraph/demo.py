@@ -22,7 +22,7 @@ import torch
 
 from . import load_into, random_symmetry, to_graph
 
-FULL = {"runs": 80, "checkpoints": 3, "epochs": 12, "train_epochs": 20, "profile_arch": "mlp:784,256,256,10",
+FULL = {"runs": 150, "checkpoints": 4, "epochs": 8, "train_epochs": 30, "profile_arch": "mlp:784,256,256,10",
         "profile_batch": 8, "profile_widths": (16, 32)}  # fmt: skip
 QUICK = {"runs": 6, "checkpoints": 2, "epochs": 2, "train_epochs": 2, "profile_arch": "mlp:12,8,8,3",
          "profile_batch": 2, "profile_widths": (4, 8)}  # fmt: skip
