@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _docs import replace_block  # noqa: E402  (benchmarks/_docs.py, beside this script)
 from wgraph.profile import Config, profile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -218,10 +219,7 @@ def write(records: list[dict], args, meta: dict) -> None:
     plot(records, img)
     marker = "cuda" if args.device == "cuda" else "cpu"
     start, end = f"<!-- results:{marker}:start -->", f"<!-- results:{marker}:end -->"
-    text = DOC.read_text()
-    if start in text and end in text:
-        block = "\n".join([start, *body, "", f"![{marker} results](img/{img.name})", end])
-        DOC.write_text(text[: text.index(start)] + block + text[text.index(end) + len(end) :])
+    replace_block(DOC, start, end, "\n".join([*body, "", f"![{marker} results](img/{img.name})"]))
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from _docs import replace_block  # benchmarks/_docs.py, beside this script
 from _worker import WorkerFailed, run_worker  # benchmarks/_worker.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,10 +162,8 @@ def main() -> None:
     (RESULTS / "convert_corpus.json").write_text(json.dumps(rows, indent=2) + "\n")
     table = render(rows)
     (RESULTS / "convert_corpus.md").write_text("# torchvision corpus conversion\n\n" + table + "\n")
-    if DOC.exists() and START in DOC.read_text() and not args.models:
-        text = DOC.read_text()
-        head, rest = text.split(START, 1)
-        DOC.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    if not args.models:
+        replace_block(DOC, START, END, table)
     print(table)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _docs import replace_block  # noqa: E402  (benchmarks/_docs.py, beside this script)
 from wgraph.profile import Config, plot, profile, table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -79,10 +80,7 @@ def main() -> None:
         plot(out["width"], img / "profile_width.png", x="width")
     if "size" in out:
         plot(out["size"], img / "profile_size.png", x="size")
-    text = DOC.read_text()
-    start, end = "<!-- profiles:start -->", "<!-- profiles:end -->"
-    if start in text and end in text:
-        DOC.write_text(text[: text.index(start)] + "\n".join([start, *sections, end]) + text[text.index(end) + len(end) :])
+    replace_block(DOC, "<!-- profiles:start -->", "<!-- profiles:end -->", "\n".join(sections))
 
 
 if __name__ == "__main__":

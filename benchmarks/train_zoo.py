@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from _docs import replace_block  # benchmarks/_docs.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
@@ -173,14 +175,9 @@ def merge(old: dict, new: dict, tasks: list[str]) -> dict:
 
 
 def update_doc(md: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Results\n"
-    block = f"{BEGIN}\n{md}{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    if not replace_block(DOC, BEGIN, END, md.rstrip("\n")):
+        text = DOC.read_text() if DOC.exists() else "# Results\n"
+        DOC.write_text(text.rstrip("\n") + "\n\n" + f"{BEGIN}\n{md}{END}" + "\n")
 
 
 def main() -> None:
