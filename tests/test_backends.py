@@ -118,3 +118,5 @@ def test_missing_optional_dependency_falls_back_with_a_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: later calls are quiet
         message_pass(*args, backend="scatter")
+    assert kernels.missing_package("scatter") == "torch_scatter"
+    assert kernels.missing_package("fused") is None and kernels.missing_package("pyg") is None

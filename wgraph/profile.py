@@ -55,6 +55,7 @@ PS_METHODS = ("np", "hnp", "monomial", "magep")
 NFN_METHODS = ("nfn-np", "nfn-hnp")
 METHODS = (*(f"gnn-{b}" for b in GNN_BACKENDS), *PS_METHODS, *NFN_METHODS)
 SCOPES = ("layer", "model")
+_NFN_INSTALLED = importlib.util.find_spec("nfn") is not None
 
 
 class ProfileError(WgraphError):
@@ -167,8 +168,10 @@ def unsupported_reason(cfg: Config, layout) -> str | None:
         backend = cfg.method[4:]
         if backend == "triton" and cfg.device != "cuda":
             return "the triton backend runs on CUDA devices"
-        needs = {"pyg": "torch_geometric", "scatter": "torch_scatter", "triton": "triton"}.get(backend)
-        if needs and importlib.util.find_spec(needs) is None:
+        from .kernels import missing_package
+
+        needs = missing_package(backend)
+        if needs:
             return f"the {backend} backend needs {needs}, which is not installed"
         if any(b.kind == "shared" for b in layout.blocks):
             return "graph NFNs do not read shared (tied-weight) blocks yet"
@@ -176,9 +179,7 @@ def unsupported_reason(cfg: Config, layout) -> str | None:
     if cfg.method.startswith("nfn-"):
         if cfg.scope != "layer":
             return "nfn layers are profiled at layer scope only"
-        try:
-            import nfn  # noqa: F401
-        except ImportError:
+        if not _NFN_INSTALLED:
             return "the nfn package is not installed (pip install nfn)"
     from .nn.weight_space import ChainSpec
 
@@ -505,13 +506,7 @@ def default_methods(device: str) -> list[str]:
     """Every method that can run here: graph-NFN backends for the device, the parameter-sharing layers,
     and nfn's when installed (the ones that cannot represent an architecture are listed as such)."""
     backends = ["reference", "fused", "pyg", "scatter"] + (["triton"] if device == "cuda" else [])
-    try:
-        import nfn  # noqa: F401
-
-        extra = list(NFN_METHODS)
-    except ImportError:
-        extra = []
-    return [f"gnn-{b}" for b in backends] + list(PS_METHODS) + extra
+    return [f"gnn-{b}" for b in backends] + list(PS_METHODS) + (list(NFN_METHODS) if _NFN_INSTALLED else [])
 
 
 def _cli(args) -> int:

@@ -34,6 +34,7 @@ re-lift the weights at every layer and never hold an ``E x H`` edge state.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
 from typing import Callable
 
@@ -51,12 +52,12 @@ class KernelError(WgraphError):
 
 _BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference.message_pass}
 
-#: Backends whose module is imported on first use (they need optional packages: ``torch_geometric``,
-#: ``torch_scatter``, ``triton``). Each module defines ``message_pass`` with the backend signature.
-_LAZY: dict[str, str] = {
-    "pyg": "wgraph.kernels.pyg",
-    "scatter": "wgraph.kernels.scatter",
-    "triton": "wgraph.kernels.triton_fused",
+#: Backends whose module is imported on first use, with the optional package each needs. Each
+#: module defines ``message_pass`` with the backend signature.
+_LAZY: dict[str, tuple[str, str]] = {
+    "pyg": ("wgraph.kernels.pyg", "torch_geometric"),
+    "scatter": ("wgraph.kernels.scatter", "torch_scatter"),
+    "triton": ("wgraph.kernels.triton_fused", "triton"),
 }
 
 #: Used when a lazy backend's optional dependency is missing (with a warning naming it).
@@ -83,6 +84,12 @@ def available_backends() -> tuple[str, ...]:
     return (*_BACKENDS, *(n for n in _LAZY if n not in _BACKENDS), "auto")
 
 
+def missing_package(name: str) -> str | None:
+    """The optional package backend ``name`` needs and this environment lacks, or ``None``."""
+    package = _LAZY[name][1] if name in _LAZY else None
+    return package if package and importlib.util.find_spec(package) is None else None
+
+
 def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
     """The backend that ``name`` runs on ``device``.
 
@@ -97,7 +104,7 @@ def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
     if name not in _LAZY:
         raise KernelError(f"unknown message-passing backend {name!r}; available: {list(available_backends())}")
     try:
-        module = importlib.import_module(_LAZY[name])
+        module = importlib.import_module(_LAZY[name][0])
     except ImportError as e:
         warnings.warn(
             f"message-passing backend {name!r} is unavailable ({e}); using {FALLBACK!r} instead. "
@@ -182,6 +189,6 @@ def message_pass(
 
 
 __all__ = [
-    "message_pass", "register_backend", "available_backends", "resolve_backend", "KernelError", "AGGREGATORS", "ACTIVATIONS",
+    "message_pass", "register_backend", "available_backends", "resolve_backend", "missing_package", "KernelError", "AGGREGATORS", "ACTIVATIONS",
     "block_nodes", "pair_sum",
 ]  # fmt: skip
