@@ -51,9 +51,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import reference
+from . import compiled, reference
 from .blocks import dense_sum_aggregate
-from .spec import ACTIVATIONS
+from .spec import ACTIVATIONS, act_grad
 
 #: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation per torch thread (the
 #: budget is ``TILE_BYTES * torch.get_num_threads()``; at least one row of one network is processed
@@ -110,33 +110,17 @@ def _apply_act_(z: torch.Tensor, act: str) -> torch.Tensor:
     return ACTIVATIONS[act](z)
 
 
-def _act_grad(z: torch.Tensor, g: torch.Tensor, act: str) -> torch.Tensor:
-    """``g * phi'(z)`` (``g`` broadcast to ``z``); may overwrite ``z``."""
-    if act == "relu":
-        return torch.ops.aten.threshold_backward(g.expand_as(z), z, 0)
-    if act == "identity":
-        return g.expand_as(z).clone()
-    if act == "tanh":
-        t = z.tanh_()
-        return (1 - t * t).mul_(g)
-    if act == "silu":
-        sg = torch.sigmoid(z)
-        return (sg * (1 + z * (1 - sg))).mul_(g)
-    if act == "gelu":  # exact (erf) GELU: Phi(z) + z * pdf(z)
-        cdf = 0.5 * (1 + torch.erf(z * 0.7071067811865476))
-        pdf = torch.exp(-0.5 * z * z) * 0.3989422804014327
-        return (cdf + z * pdf).mul_(g)
-    with torch.enable_grad():  # any other activation: its own autograd, tile by tile
-        zz = z.detach().requires_grad_()
-        (dz,) = torch.autograd.grad(ACTIVATIONS[act](zz), zz, g.expand_as(z))
-    return dz
-
-
 class _DenseSum(torch.autograd.Function):
     """Sum over senders of ``phi(z)`` for one dense block, tile by tile (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int):
+        ctx.save_for_backward(send, recv, edge, weight)
+        ctx.reverse, ctx.act, ctx.budget = reverse, act, budget
+        if compiled.usable(edge):
+            acc = compiled.forward(send, recv, edge, weight, reverse, act)
+            if acc is not None:
+                return acc
         B, out, inn, _ = edge.shape
         H = weight.shape[1]
         n_recv = inn if reverse else out
@@ -148,8 +132,6 @@ class _DenseSum(torch.autograd.Function):
                 acc[bs, rs] = m.sum(2)
             else:
                 acc[bs] += m.sum(1)
-        ctx.save_for_backward(send, recv, edge, weight)
-        ctx.reverse, ctx.act, ctx.budget = reverse, act, budget
         return acc
 
     @staticmethod
@@ -158,6 +140,10 @@ class _DenseSum(torch.autograd.Function):
         send, recv, edge, weight = ctx.saved_tensors
         reverse, act = ctx.reverse, ctx.act
         need_s, need_r, need_e, need_w = ctx.needs_input_grad[:4]
+        if compiled.usable(edge):
+            grads = compiled.backward(send, recv, edge, weight, grad, reverse, act, (need_s, need_r, need_e, need_w))
+            if grads is not None:
+                return (*grads, None, None, None)
         B, out, inn, K = edge.shape
         H = weight.shape[1]
         gs = torch.zeros_like(send) if need_s else None
@@ -168,7 +154,7 @@ class _DenseSum(torch.autograd.Function):
         for bs, rs in _tiles(B, out, row_bytes, ctx.budget):
             z = _preact(send, recv, edge, weight, reverse, bs, rs)
             g = grad[bs, rs, None, :] if not reverse else grad[bs, None, :, :]
-            G = _act_grad(z, g, act)  # (b, rows, in, H)
+            G = act_grad(z, g, act)  # (b, rows, in, H)
             del z
             row_sum = G.sum(2) if (need_s or need_r) else None  # per row: (b, rows, H)
             col_sum = G.sum(1) if (need_s or need_r) else None  # per column: (b, in, H)

@@ -36,11 +36,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WgraphError
 from ..graph import Layout, WeightGraph
-from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, block_nodes, message_pass, pair_sum
+from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, block_nodes, block_selection, message_pass, pair_sum
 from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
 from .readout import POOLS, InvariantReadout, ParameterHead, _Act
 
@@ -180,32 +181,66 @@ class GNNLayer(nn.Module):
         self.edge_update = _EdgeUpdate(hidden, act) if edge_updates else None
 
     def _messages(self, d: _Direction, layout: Layout, h: torch.Tensor, edge_inputs, reverse: bool) -> torch.Tensor:
-        send_all, recv_all = d.send(h), d.recv(h)
-        acc = h.new_zeros(h.shape[0], h.shape[1], h.shape[2] * len(self.aggr))
+        """The aggregated messages of every node, ``(B, N, H * len(aggr))``, before ``P``.
+
+        Node states are split into per-layer views once (a block reads its two layers' views, so
+        the backward pass concatenates gradients once instead of adding one full-size gradient per
+        block), and each receiving layer's messages are summed over blocks and concatenated.
+        """
+        sizes = [layer.size for layer in layout.layers]
+        send_all, recv_all = d.send(h).split(sizes, dim=1), d.recv(h).split(sizes, dim=1)
+        incoming: list[list] = [[] for _ in sizes]  # per receiving layer: (selection, messages)
         for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
-            src, dst = block_nodes(layout, blk)
-            s, r = (src, dst) if not reverse else (dst, src)
+            src, dst = block_selection(layout, blk)
+            (sl, s), (rl, r) = ((blk.src, src), (blk.dst, dst)) if not reverse else ((blk.dst, dst), (blk.src, src))
             weight, bias = d.edge_map(w, b)
-            recv = recv_all[:, r]
+            recv = _select(recv_all[rl], r)
             if bias is not None:
                 recv = recv + bias
             m = message_pass(
-                send_all[:, s], recv, x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr,
+                _select(send_all[sl], s), recv, x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr,
                 act=self.act, groups=getattr(blk, "groups", 1), backend=self.backend,
             )  # fmt: skip
-            if isinstance(r, slice):
-                acc[:, r] += m
-            else:  # listed sources (a copy block with an index), possibly repeated
-                acc.index_add_(1, r.to(acc.device), m)
-        return d.post(acc)
+            incoming[rl].append((r, m))
+        width = h.shape[2] * len(self.aggr)
+        return torch.cat([_gather(items, h, size, width) for items, size in zip(incoming, sizes)], dim=1)
 
     def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list[EdgeInput]):
-        m_f = self._messages(self.fwd, layout, h, edge_inputs, reverse=False)
-        m_b = self._messages(self.bwd, layout, h, edge_inputs, reverse=True)
-        h = self.norm(h + self.update(torch.cat([h, m_f, m_b], dim=-1)))
+        a_f = self._messages(self.fwd, layout, h, edge_inputs, reverse=False)
+        a_b = self._messages(self.bwd, layout, h, edge_inputs, reverse=True)
+        # U's first layer applied to [h | P_f a_f + p_f | P_b a_b + p_b]; P is linear, so it is folded
+        # into U: U_h h + (U_f P_f) a_f + (U_b P_b) a_b + (u + U_f p_f + U_b p_b), which never forms
+        # P's outputs or their concatenation.
+        first, act, last = self.update
+        u_h, u_f, u_b = first.weight.split(h.shape[2], dim=1)
+        bias = first.bias + u_f @ self.fwd.post.bias + u_b @ self.bwd.post.bias
+        z = F.linear(h, u_h, bias) + F.linear(a_f, u_f @ self.fwd.post.weight) + F.linear(a_b, u_b @ self.bwd.post.weight)
+        h = self.norm(h + last(act(z)))
         if self.edge_update is not None:
             edge_inputs = self.edge_update(layout, h, edge_inputs)
         return h, edge_inputs
+
+
+def _select(states: torch.Tensor, sel) -> torch.Tensor:
+    """Neurons ``sel`` (None: all, a slice, or an index tensor) of one layer's ``(B, n, H)`` states."""
+    if sel is None:
+        return states
+    if isinstance(sel, slice):
+        return states[:, sel]
+    return states.index_select(1, sel.to(states.device))
+
+
+def _gather(items, like: torch.Tensor, size: int, width: int) -> torch.Tensor:
+    """Sum of the messages ``(selection, (B, n, width))`` a layer of ``size`` neurons receives,
+    ``(B, size, width)`` (zeros where nothing arrives; listed targets may repeat)."""
+    total = None
+    for sel, m in items:
+        if isinstance(sel, slice):
+            m = F.pad(m, (0, 0, sel.start, size - sel.stop))
+        elif sel is not None:
+            m = m.new_zeros(m.shape[0], size, width).index_add(1, sel.to(m.device), m)
+        total = m if total is None else total + m
+    return total if total is not None else like.new_zeros(like.shape[0], size, width)
 
 
 class _EdgeUpdate(nn.Module):
