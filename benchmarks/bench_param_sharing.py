@@ -3,7 +3,7 @@
 Each measurement (case x implementation x layer) is a :mod:`wgraph.profile` configuration at layer
 scope, run in its own subprocess: one ``width -> width`` channel layer on a random weight-space input
 of ``width`` channels (requires grad), then ``backward`` of a scalar loss; time is the best of 3
-steps after a warm-up step (one if the warm-up took over 10 s); memory is the step's peak above the
+steps after a warm-up step (fewer once the steps have taken 10 s); memory is the step's peak above the
 resident size before it (``step``) and with the inputs (``total``); see ``wgraph/profile.py``.
 
 Cases (the fused message-passing issue's):

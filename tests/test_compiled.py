@@ -17,6 +17,7 @@ from wgraph.nn import GraphNFN
 @pytest.fixture(autouse=True)
 def compile_on(monkeypatch):
     monkeypatch.setattr(compiled, "ENABLED", True)
+    monkeypatch.setattr(compiled, "MIN_ELEMENTS", 0)  # tiny test blocks compile too
     monkeypatch.setattr(compiled, "_failed", [])
 
 
@@ -42,7 +43,7 @@ def assert_matches_reference(inputs, **kw):
 )
 def test_dense_matches_reference(gen, act, reverse, k):
     inputs = block_inputs(gen, "dense", reverse, out_n=7, in_n=5, k=k)
-    assert compiled.usable(inputs[2])
+    assert compiled.usable(inputs[2], inputs[3].shape[1])
     assert_matches_reference(inputs, kind="dense", reverse=reverse, aggr=("sum", "mean"), act=act)
     assert not compiled._failed
 
@@ -96,9 +97,13 @@ def test_no_edge_sized_allocation():
     assert 0 < largest < edge_sized / 4, (largest, edge_sized)
 
 
-def test_large_kernels_and_other_dtypes_take_the_eager_tiles(gen):
-    assert not compiled.usable(torch.zeros(1, 2, 2, compiled.MAX_K + 1))
-    assert not compiled.usable(torch.zeros(1, 2, 2, 1, dtype=torch.bfloat16))
+def test_small_blocks_large_kernels_and_other_dtypes_take_the_eager_tiles(gen, monkeypatch):
+    assert compiled.usable(torch.zeros(1, 2, 2, 1), 8)
+    assert not compiled.usable(torch.zeros(1, 2, 2, compiled.MAX_K + 1), 8)
+    assert not compiled.usable(torch.zeros(1, 2, 2, 1, dtype=torch.bfloat16), 8)
+    monkeypatch.setattr(compiled, "MIN_ELEMENTS", 1000)
+    assert not compiled.usable(torch.zeros(2, 5, 10, 9), 8)  # 800 pre-activations
+    assert compiled.usable(torch.zeros(2, 5, 10, 9), 10)
     inputs = block_inputs(gen, "dense", False, k=compiled.MAX_K + 1)
     assert_matches_reference(inputs, kind="dense", reverse=False, aggr=("sum",), act="relu")
 
@@ -112,7 +117,7 @@ def test_compile_failure_warns_once_and_falls_back(gen, monkeypatch):
     inputs = block_inputs(gen, "dense", False)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
         assert_matches_reference(inputs, kind="dense", reverse=False, aggr=("mean",), act="relu")
-    assert not compiled.usable(inputs[2])  # off for the rest of the process (restored by the fixture)
+    assert not compiled.usable(inputs[2], inputs[3].shape[1])  # off for the rest of the process (restored by the fixture)
 
 
 def test_graph_nfn_compiled_equals_reference():

@@ -26,8 +26,8 @@ the allocations of one cannot hide in another's peak. Memory:
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the memory
   allocated before the step (``step_mb``); ``total_mb`` is the peak itself.
 
-Time is the best of ``reps`` steps after one warm-up step (one step if the warm-up took over 10 s;
-CUDA steps synchronized). A
+Time is the best of ``reps`` steps after one warm-up step (which compiles, allocates caches and
+optimizer state; steps stop repeating once they have taken 10 s in all; CUDA steps synchronized). A
 configuration a method cannot represent (parameter-sharing layers need a chain of layers, for
 example) is recorded with the reason; one whose estimated memory exceeds the cap is skipped with the
 estimate; one that runs past the timeout is recorded as such. :func:`profile` runs a grid of
@@ -322,12 +322,10 @@ def measure(cfg: Config) -> dict:
     layout = layout_of(cfg.arch, cfg.input_shape)
     step, params = _build(cfg, layout)
     # warm-up: lazy initialization (kernel compilation, library handles, optimizer state) is not a
-    # step's cost; a step that takes over 10 s is then measured once
-    t = time.perf_counter()
+    # step's cost; a measured step that takes over 10 s is not repeated
     step()
     if cuda:
         torch.cuda.synchronize()
-    reps = 1 if time.perf_counter() - t > 10 else cfg.reps
     for p in params:
         p.grad = None
     if cuda:
@@ -338,7 +336,7 @@ def measure(cfg: Config) -> dict:
         _reset_peak()
         before = _rss_mb()
     times = []
-    for _ in range(reps):
+    while len(times) < cfg.reps and sum(times) <= 10:
         t = time.perf_counter()
         step()
         if cuda:

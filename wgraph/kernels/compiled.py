@@ -26,7 +26,7 @@ nest (``R`` and the ``K`` sums ``P``); each other axis gets its own loop nest, w
 edge-sized buffer.
 
 Used for float32 / float64 CPU tensors with ``K <=`` :data:`MAX_K` (a Linear weight: ``K = 1``;
-3x3 convolutions: 9). The first call of each variant (``K``, activation, direction, dtype) compiles
+3x3 convolutions: 9) and at least :data:`MIN_ELEMENTS` pre-activations. The first call of each variant (``K``, activation, direction, dtype) compiles
 it, a few seconds each; inductor's on-disk cache makes later processes fast. Set the environment
 variable ``WGRAPH_COMPILE=0`` (or :data:`ENABLED` to ``False``) for the eager tiles of
 :mod:`wgraph.kernels.fused`; if compiling fails (no C++ compiler, an unsupported platform) a
@@ -48,6 +48,11 @@ from .spec import ACTIVATIONS, act_grad
 #: Fourier edge features take the eager tiles, where the lift is a matrix product).
 MAX_K = 16
 
+#: Smallest block, in pre-activations ``B * out * in * H``, that runs compiled: smaller blocks (unit
+#: tests, a few tiny networks) take the eager tiles rather than wait seconds for a compile. Blocks of
+#: 1M pre-activations already run faster compiled (cases b and c of benchmarks/bench_message_pass.py).
+MIN_ELEMENTS = 1 << 19
+
 #: Compile the fused math (``WGRAPH_COMPILE=0`` in the environment turns it off at import).
 ENABLED = os.environ.get("WGRAPH_COMPILE", "1") != "0"
 
@@ -59,10 +64,15 @@ _DTYPES = (torch.float32, torch.float64)
 _failed: list[str] = []  # the reason compiling failed, once it has
 
 
-def usable(edge: torch.Tensor) -> bool:
-    """Whether a dense block with these edge features runs compiled."""
+def usable(edge: torch.Tensor, hidden: int) -> bool:
+    """Whether a dense block with these edge features ``(B, out, in, K)`` and ``hidden`` channels runs compiled."""
     return (
-        ENABLED and not _failed and edge.device.type == "cpu" and edge.dtype in _DTYPES and edge.shape[-1] <= MAX_K
+        ENABLED
+        and not _failed
+        and edge.device.type == "cpu"
+        and edge.dtype in _DTYPES
+        and edge.shape[-1] <= MAX_K
+        and edge[..., 0].numel() * hidden >= MIN_ELEMENTS
     )
 
 
@@ -150,4 +160,4 @@ def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tupl
     return g_send, g_recv, g_edge, (lift.sum((1, 2)) if need_w else None)
 
 
-__all__ = ["ENABLED", "MAX_K", "usable", "forward", "backward"]
+__all__ = ["ENABLED", "MAX_K", "MIN_ELEMENTS", "usable", "forward", "backward"]

@@ -117,7 +117,7 @@ class _DenseSum(torch.autograd.Function):
     def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int):
         ctx.save_for_backward(send, recv, edge, weight)
         ctx.reverse, ctx.act, ctx.budget = reverse, act, budget
-        if compiled.usable(edge):
+        if compiled.usable(edge, weight.shape[1]):
             acc = compiled.forward(send, recv, edge, weight, reverse, act)
             if acc is not None:
                 return acc
@@ -140,7 +140,7 @@ class _DenseSum(torch.autograd.Function):
         send, recv, edge, weight = ctx.saved_tensors
         reverse, act = ctx.reverse, ctx.act
         need_s, need_r, need_e, need_w = ctx.needs_input_grad[:4]
-        if compiled.usable(edge):
+        if compiled.usable(edge, weight.shape[1]):
             grads = compiled.backward(send, recv, edge, weight, grad, reverse, act, (need_s, need_r, need_e, need_w))
             if grads is not None:
                 return (*grads, None, None, None)

@@ -185,17 +185,28 @@ class GNNLayer(nn.Module):
 
         Node states are split into per-layer views once (a block reads its two layers' views, so
         the backward pass concatenates gradients once instead of adding one full-size gradient per
-        block), and each receiving layer's messages are summed over blocks and concatenated.
+        block), and each receiving layer's messages are summed over blocks and concatenated. The
+        lift's bias ``b C`` of a block joins the receiver projection ``B h_v + b``: in the projection
+        itself when the block is the only one to reach its receiving layer, else per block.
         """
         sizes = [layer.size for layer in layout.layers]
-        send_all, recv_all = d.send(h).split(sizes, dim=1), d.recv(h).split(sizes, dim=1)
-        incoming: list[list] = [[] for _ in sizes]  # per receiving layer: (selection, messages)
+        plan = []  # per block: sender (layer, selection), receiver (layer, selection), kernel weight, bias
         for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
             src, dst = block_selection(layout, blk)
-            (sl, s), (rl, r) = ((blk.src, src), (blk.dst, dst)) if not reverse else ((blk.dst, dst), (blk.src, src))
-            weight, bias = d.edge_map(w, b)
+            ends = ((blk.src, src), (blk.dst, dst)) if not reverse else ((blk.dst, dst), (blk.src, src))
+            plan.append((*ends, *d.edge_map(w, b)))
+        reach = [sum(r == layer for _, (r, _), _, _ in plan) for layer in range(len(sizes))]
+        node_bias = [d.recv.bias] * len(sizes)
+        for _, (rl, r), _, bias in plan:
+            if bias is not None and r is None and reach[rl] == 1:
+                node_bias[rl] = d.recv.bias + bias
+        node_bias = torch.cat([v.expand(n, -1) for v, n in zip(node_bias, sizes)])  # (N, H)
+        recv_all = torch.matmul(h, d.recv.weight.t()).add_(node_bias).split(sizes, dim=1)
+        send_all = d.send(h).split(sizes, dim=1)
+        incoming: list[list] = [[] for _ in sizes]  # per receiving layer: (selection, messages)
+        for blk, ((sl, s), (rl, r), weight, bias), (x, _, _) in zip(layout.blocks, plan, edge_inputs):
             recv = _select(recv_all[rl], r)
-            if bias is not None:
+            if bias is not None and not (r is None and reach[rl] == 1):
                 recv = recv + bias
             m = message_pass(
                 _select(send_all[sl], s), recv, x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr,

@@ -1,0 +1,98 @@
+"""What compiling the fused backend costs: the first training step with a cold and a warm compile cache.
+
+The ``fused`` backend compiles its CPU math with ``torch.compile`` on first use, for blocks of at
+least ``wgraph.kernels.compiled.MIN_ELEMENTS`` pre-activations. This script runs, each in a fresh
+process with 1 torch thread, a 2-layer graph NFN of width 32 (forward, backward) on a batch of
+networks for each ``ARCH@BATCH``:
+
+* ``cold``: an empty inductor cache directory (a new machine, or a new torch version);
+* ``warm``: the same directory again (a later process on the same machine);
+* ``eager``: ``WGRAPH_COMPILE=0``, the eager tiles,
+
+and records the first step (which compiles) and the best of the next three steps.
+
+    python benchmarks/bench_compile.py [--archs "mlp:784,256,256,10@4;torchvision:resnet18@2"]
+
+Writes ``benchmarks/results/compile.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+WORKER = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+from wgraph.nn import GraphNFN
+from wgraph.profile import random_batch
+graph = random_batch(sys.argv[1], int(sys.argv[2]))
+model = GraphNFN(graph.layout, hidden=32, layers=2, backend="fused")
+times = []
+for _ in range(4):
+    t = time.perf_counter()
+    model(graph).square().sum().backward()
+    times.append(time.perf_counter() - t)
+print(json.dumps({"first_s": times[0], "step_s": min(times[1:])}))
+"""
+
+
+def run(spec: str, mode: str, cache: str) -> dict:
+    arch, batch = spec.rsplit("@", 1)
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, WGRAPH_COMPILE="0" if mode == "eager" else "1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", WORKER, arch, batch], env=env, capture_output=True, text=True, check=True)
+    return {"arch": arch, "batch": int(batch), "mode": mode, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--archs", default="mlp:784,256,256,10@4;torchvision:resnet18@2;cnn:16@8",
+                    help="semicolon-separated ARCH@BATCH (architecture spec and batch size)")  # fmt: skip
+    args = ap.parse_args()
+    records = []
+    with tempfile.TemporaryDirectory() as cache:
+        for arch in args.archs.split(";"):
+            for mode in ("cold", "warm", "eager"):
+                records.append(run(arch, mode, os.path.join(cache, arch.replace(":", "_"))))
+                print(records[-1], flush=True)
+    import torch
+
+    meta = {
+        "command": "python benchmarks/bench_compile.py " + " ".join(sys.argv[1:]),
+        "device": f"cpu ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "compile.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    lines = [
+        "# Compiling the fused backend",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Device: {meta['device']}; torch {meta['torch']}; 1 torch thread; {meta['date']}.",
+        "",
+        "2-layer graph NFN of width 32, forward + backward; each row a fresh process.",
+        "",
+        "| architecture | batch | compile cache | first step | later steps (best of 3) |",
+        "|---|---|---|---|---|",
+    ]
+    label = {"cold": "cold (empty)", "warm": "warm (same directory)", "eager": "none (`WGRAPH_COMPILE=0`, eager tiles)"}
+    for r in records:
+        lines.append(f"| {r['arch']} | {r['batch']} | {label[r['mode']]} | {r['first_s']:.3g} s | {r['step_s']:.3g} s |")
+    (RESULTS / "compile.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
