@@ -74,8 +74,9 @@ def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
     _BACKENDS[name] = fn
 
 
-# ``fused``: dense and grouped blocks tile by tile with node-sized accumulators and recomputation in
-# the backward pass (sum / mean); other aggregators and identity / copy blocks use the reference.
+# ``fused``: dense and grouped blocks with node-sized results and recomputation in the backward pass
+# (sum / mean), compiled on CPU, tile by tile elsewhere; other aggregators and identity / copy blocks
+# use the reference.
 register_backend("fused", fused.message_pass)
 
 

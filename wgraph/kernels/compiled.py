@@ -49,9 +49,10 @@ from .spec import ACTIVATIONS, act_grad
 MAX_K = 16
 
 #: Smallest block, in pre-activations ``B * out * in * H``, that runs compiled: smaller blocks (unit
-#: tests, a few tiny networks) take the eager tiles rather than wait seconds for a compile. Blocks of
-#: 1M pre-activations already run faster compiled (cases b and c of benchmarks/bench_message_pass.py).
-MIN_ELEMENTS = 1 << 19
+#: tests, a few small networks) take the eager tiles rather than wait for a compile that gains little
+#: there (benchmarks/bench_compile.py: 64 small CNNs at width 32, 2^19 pre-activations per conv
+#: block, saved about 20 ms per step after a first step of 30 s with a warm cache, 108 s cold).
+MIN_ELEMENTS = 1 << 20
 
 #: Compile the fused math (``WGRAPH_COMPILE=0`` in the environment turns it off at import).
 ENABLED = os.environ.get("WGRAPH_COMPILE", "1") != "0"

@@ -10,7 +10,12 @@ For a dense block with edge features ``x`` of shape ``(B, out, in, K)``, sender 
     m_v = \sum_{u \to v} \phi(z_{vu}) \quad\text{(sum)}, \qquad
     m_v = \frac{1}{|\{u \to v\}|} \sum_{u \to v} \phi(z_{vu}) \quad\text{(mean)},
 
-without ever holding the ``(B, out, in, H)`` tensor of pre-activations or messages. The block is
+without ever holding the ``(B, out, in, H)`` tensor of pre-activations or messages.
+
+On CPU, for float32 / float64 blocks with ``K <= 16`` and enough pre-activations
+(:func:`wgraph.kernels.compiled.usable`), forward and backward run the same math compiled
+(:mod:`wgraph.kernels.compiled`: loops that keep each pre-activation in registers, no tiles).
+Everywhere else (other devices and dtypes, large kernels, compiling off or failed) the block is
 cut into tiles (the whole block of several networks when one network's block fits the budget,
 otherwise a few rows of one network) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
 :func:`tile_budget` bytes (:data:`TILE_BYTES` per torch thread; at least one row of one network

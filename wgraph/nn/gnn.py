@@ -196,17 +196,18 @@ class GNNLayer(nn.Module):
             ends = ((blk.src, src), (blk.dst, dst)) if not reverse else ((blk.dst, dst), (blk.src, src))
             plan.append((*ends, *d.edge_map(w, b)))
         reach = [sum(r == layer for _, (r, _), _, _ in plan) for layer in range(len(sizes))]
+        folded = [bias is not None and r is None and reach[rl] == 1 for _, (rl, r), _, bias in plan]
         node_bias = [d.recv.bias] * len(sizes)
-        for _, (rl, r), _, bias in plan:
-            if bias is not None and r is None and reach[rl] == 1:
+        for (_, (rl, _), _, bias), fold in zip(plan, folded):
+            if fold:
                 node_bias[rl] = d.recv.bias + bias
         node_bias = torch.cat([v.expand(n, -1) for v, n in zip(node_bias, sizes)])  # (N, H)
         recv_all = torch.matmul(h, d.recv.weight.t()).add_(node_bias).split(sizes, dim=1)
         send_all = d.send(h).split(sizes, dim=1)
         incoming: list[list] = [[] for _ in sizes]  # per receiving layer: (selection, messages)
-        for blk, ((sl, s), (rl, r), weight, bias), (x, _, _) in zip(layout.blocks, plan, edge_inputs):
+        for blk, ((sl, s), (rl, r), weight, bias), fold, (x, _, _) in zip(layout.blocks, plan, folded, edge_inputs):
             recv = _select(recv_all[rl], r)
-            if bias is not None and not (r is None and reach[rl] == 1):
+            if bias is not None and not fold:
                 recv = recv + bias
             m = message_pass(
                 _select(send_all[sl], s), recv, x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr,
