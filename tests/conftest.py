@@ -1,10 +1,3 @@
-import os
-
-# Compiling the fused kernels (wgraph.kernels.compiled) takes seconds per variant; the suite runs the
-# fused backend's eager tiles, except tests/test_compiled.py, which turns compiling on. Subprocesses
-# started by tests inherit this.
-os.environ.setdefault("WGRAPH_COMPILE", "0")
-
 import copy
 
 import pytest

@@ -1,14 +1,24 @@
-"""The ``fused`` message-passing backend against ``reference``: values, gradients, tiling, whole model."""
+"""The ``fused`` backend's eager tiles against ``reference``: values, gradients, tiling, whole model.
+
+The native CPU kernels (tests/test_native.py) are switched off here, so the tiles that run on other
+devices and dtypes, and where no C compiler is found, are tested on the CPU.
+"""
 
 import pytest
 import torch
 
 import wgraph
 import wgraph.kernels.fused as fused
+import wgraph.kernels.native as native
 from wgraph.kernels import available_backends, message_pass
 from wgraph.nn import GraphNFN
 
 B, H, K = 3, 6, 4
+
+
+@pytest.fixture(autouse=True)
+def eager_tiles(monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", False)
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
 
 
 # ``fused``: dense and grouped blocks with node-sized results and recomputation in the backward pass
-# (sum / mean), compiled on CPU, tile by tile elsewhere; other aggregators and identity / copy blocks
+# (sum / mean), native kernels on CPU, tile by tile elsewhere; other aggregators and identity / copy blocks
 # use the reference.
 register_backend("fused", fused.message_pass)
 

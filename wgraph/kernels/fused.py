@@ -12,11 +12,10 @@ For a dense block with edge features ``x`` of shape ``(B, out, in, K)``, sender 
 
 without ever holding the ``(B, out, in, H)`` tensor of pre-activations or messages.
 
-On CPU, for float32 / float64 blocks with ``K <= 16`` and enough pre-activations
-(:func:`wgraph.kernels.compiled.usable`), forward and backward run the same math compiled
-(:mod:`wgraph.kernels.compiled`: loops that keep each pre-activation in registers, no tiles).
-Everywhere else (other devices and dtypes, large kernels, compiling off or failed) the block is
-cut into tiles (the whole block of several networks when one network's block fits the budget,
+On CPU, for float32 / float64 blocks (:func:`wgraph.kernels.native.usable`), forward and backward
+run the same math in native kernels (:mod:`wgraph.kernels.native`: one sweep over the block that
+keeps each pre-activation in registers, no tiles). Everywhere else (other devices and dtypes, no C
+compiler, ``WGRAPH_NATIVE=0``) the block is cut into tiles (the whole block of several networks when one network's block fits the budget,
 otherwise a few rows of one network) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
 :func:`tile_budget` bytes (:data:`TILE_BYTES` per torch thread; at least one row of one network
 per tile). Dense blocks need no index tensors: a tile is a slice of ``x`` and of the node states.
@@ -56,7 +55,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import compiled, reference
+from . import native, reference
 from .blocks import dense_sum_aggregate
 from .spec import ACTIVATIONS, act_grad
 
@@ -122,10 +121,8 @@ class _DenseSum(torch.autograd.Function):
     def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int):
         ctx.save_for_backward(send, recv, edge, weight)
         ctx.reverse, ctx.act, ctx.budget = reverse, act, budget
-        if compiled.usable(edge, weight.shape[1]):
-            acc = compiled.forward(send, recv, edge, weight, reverse, act)
-            if acc is not None:
-                return acc
+        if native.usable(edge):
+            return native.forward(send, recv, edge, weight, reverse, act)
         B, out, inn, _ = edge.shape
         H = weight.shape[1]
         n_recv = inn if reverse else out
@@ -145,10 +142,9 @@ class _DenseSum(torch.autograd.Function):
         send, recv, edge, weight = ctx.saved_tensors
         reverse, act = ctx.reverse, ctx.act
         need_s, need_r, need_e, need_w = ctx.needs_input_grad[:4]
-        if compiled.usable(edge, weight.shape[1]):
-            grads = compiled.backward(send, recv, edge, weight, grad, reverse, act, (need_s, need_r, need_e, need_w))
-            if grads is not None:
-                return (*grads, None, None, None)
+        if native.usable(edge):
+            grads = native.backward(send, recv, edge, weight, grad, reverse, act, (need_s, need_r, need_e, need_w))
+            return (*grads, None, None, None)
         B, out, inn, K = edge.shape
         H = weight.shape[1]
         gs = torch.zeros_like(send) if need_s else None

@@ -21,12 +21,8 @@ ACTIVATIONS = {
 }
 
 
-
 def act_grad(z: torch.Tensor, g: torch.Tensor, act: str) -> torch.Tensor:
-    """``g * phi'(z)`` for the activation named ``act`` (``g`` broadcasts against ``z``).
-
-    Written with out-of-place operations so that it also compiles (:mod:`wgraph.kernels.compiled`).
-    """
+    """``g * phi'(z)`` for the activation named ``act`` (``g`` broadcasts against ``z``)."""
     if act == "relu":
         return torch.ops.aten.threshold_backward(g.expand_as(z), z, 0)
     if act == "identity":

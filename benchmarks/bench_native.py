@@ -1,21 +1,21 @@
-"""What compiling the fused backend costs: the first training step with a cold and a warm compile cache.
+"""What building the fused backend's native kernels costs, and what they gain over the eager tiles.
 
-The ``fused`` backend compiles its CPU math with ``torch.compile`` on first use, for blocks of at
-least ``wgraph.kernels.compiled.MIN_ELEMENTS`` pre-activations. This script runs, each in a fresh
-process with 1 torch thread, a 2-layer graph NFN of width 32 (forward, backward) on a batch of
-networks for each ``ARCH@BATCH``, with every block compiled whatever its size (the threshold set to
-0), to show what compiling costs and gains:
+On CPU the ``fused`` backend builds ``wgraph/kernels/native.c`` with the machine's C compiler the
+first time a process needs it, into a cache directory (``wgraph.kernels.native``). This script
+runs, each in a fresh process with 1 torch thread, a 2-layer graph NFN of width 32 (forward,
+backward) on a batch of networks for each ``ARCH@BATCH``:
 
-* ``cold``: an empty inductor cache directory (a new machine, or a new torch version);
-* ``warm``: the same directory again (a later process on the same machine);
-* ``eager``: ``WGRAPH_COMPILE=0``, the eager tiles,
+* ``cold``: an empty cache directory (a new machine, or a new version of ``native.c``): the first
+  step includes the build;
+* ``warm``: the same directory again (every later process on the machine);
+* ``eager``: ``WGRAPH_NATIVE=0``, the eager tiles,
 
-and records the first step (which compiles) and the best of the next three steps.
+and records the first step and the best of the next three steps.
 
-    python benchmarks/bench_compile.py [--archs "mlp:784,256,256,10@4;torchvision:resnet18@2"]
+    python benchmarks/bench_native.py [--archs "mlp:784,256,256,10@4;torchvision:resnet18@2"]
 
-Writes ``benchmarks/results/compile.json`` and ``.md``, and the table between the ``compile``
-markers of ``docs/performance.md``.
+Writes ``benchmarks/results/native_build.json`` and ``.md``, and the table between the
+``native-build`` markers of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from _docs import replace_block  # noqa: E402  (benchmarks/_docs.py, beside this
 
 WORKER = """
 import json, sys, time, torch
-import wgraph.kernels.compiled
-wgraph.kernels.compiled.MIN_ELEMENTS = 0  # every block compiles: what it costs and gains, threshold aside
 torch.set_num_threads(1)
 from wgraph.nn import GraphNFN
 from wgraph.profile import random_batch
@@ -57,7 +55,7 @@ print(json.dumps({"first_s": times[0], "step_s": min(times[1:])}))
 
 def run(spec: str, mode: str, cache: str) -> dict:
     arch, batch = spec.rsplit("@", 1)
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, WGRAPH_COMPILE="0" if mode == "eager" else "1")
+    env = dict(os.environ, WGRAPH_CACHE_DIR=cache, WGRAPH_NATIVE="0" if mode == "eager" else "1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", WORKER, arch, batch], env=env, capture_output=True, text=True, check=True)
     return {"arch": arch, "batch": int(batch), "mode": mode, **json.loads(out.stdout.strip().splitlines()[-1])}
@@ -77,29 +75,29 @@ def main() -> None:
     import torch
 
     meta = {
-        "command": "python benchmarks/bench_compile.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/bench_native.py " + " ".join(sys.argv[1:]),
         "device": f"cpu ({platform.machine()}, {os.cpu_count()} CPUs)",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compile.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    (RESULTS / "native_build.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
     lines = [
-        "# Compiling the fused backend",
+        "# Building the fused backend's native kernels",
         "",
         f"Command: `{meta['command']}`  ",
         f"Device: {meta['device']}; torch {meta['torch']}; 1 torch thread; {meta['date']}.",
         "",
-        "2-layer graph NFN of width 32, forward + backward, every block compiled (threshold set to 0); each row a fresh process.",
+        "2-layer graph NFN of width 32, forward + backward; each row a fresh process.",
         "",
-        "| architecture | batch | compile cache | first step | later steps (best of 3) |",
+        "| architecture | batch | kernels | first step | later steps (best of 3) |",
         "|---|---|---|---|---|",
     ]
-    label = {"cold": "cold (empty)", "warm": "warm (same directory)", "eager": "none (`WGRAPH_COMPILE=0`, eager tiles)"}
+    label = {"cold": "native, built in the first step (empty cache)", "warm": "native, cached", "eager": "eager tiles (`WGRAPH_NATIVE=0`)"}
     for r in records:
         lines.append(f"| {r['arch']} | {r['batch']} | {label[r['mode']]} | {r['first_s']:.3g} s | {r['step_s']:.3g} s |")
-    (RESULTS / "compile.md").write_text("\n".join(lines) + "\n")
-    replace_block(DOC, "<!-- compile:start -->", "<!-- compile:end -->", "\n".join(lines[2:]))
+    (RESULTS / "native_build.md").write_text("\n".join(lines) + "\n")
+    replace_block(DOC, "<!-- native-build:start -->", "<!-- native-build:end -->", "\n".join(lines[2:]))
     print("\n".join(lines))
 
 

@@ -1,0 +1,325 @@
+/* Fused message passing over one dense edge block, on the CPU. wgraph.kernels.native builds this
+ * file with the machine's C compiler on first use (about a second) and calls it through ctypes.
+ *
+ * A block has R rows and C columns (out x in of the layer's weight), K raw features per edge and
+ * H hidden channels. With row states p (B, R, H), column states q (B, C, H), edge features
+ * x (B, R, C, K) and the lift c (K, H):
+ *
+ *     z[b,v,u,:] = p[b,v,:] + q[b,u,:] + sum_k x[b,v,u,k] c[k,:]
+ *
+ * forward:  rows receive     out[b,v,:] = sum_u phi(z[b,v,u,:])      (cols_receive = 0)
+ *           columns receive  out[b,u,:] = sum_v phi(z[b,v,u,:])      (cols_receive = 1)
+ * backward: with g the gradient of the receivers and G = g * phi'(z) (elementwise),
+ *           gp[b,v] = sum_u G,  gq[b,u] = sum_v G,  gc[k] = sum_{b,v,u} x[b,v,u,k] G,
+ *           gx[b,v,u,k] = sum_h G[h] c[k,h]       (each only where its pointer is not NULL)
+ *
+ * Every pre-activation is recomputed in registers, W channels at a time; nothing of size
+ * B x R x C x H is ever stored (the backward keeps one row of G, C x H, per thread).
+ *
+ * Threads (OpenMP, when built with it) take contiguous ranges of the B * R (network, row) pairs.
+ * Column sums of a network that a thread covers whole go straight to the output; the networks at
+ * the two ends of a thread's range may be shared with its neighbours, so their column sums go to
+ * per-thread partial buffers, added in thread order afterwards: results do not depend on
+ * scheduling. p and q may be strided over networks and rows (their H channels contiguous); x, c,
+ * g and every output are contiguous, and outputs are zero-initialized by the caller.
+ *
+ * The file includes itself once per floating type (float, double) with WG_T defined.
+ */
+#ifndef WG_T
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define WG_THREAD_IDS(t, tn) do { t = omp_get_thread_num(); tn = omp_get_num_threads(); } while (0)
+#define WG_THREADS(n) ((n) < 1 ? 1 : (n))
+#else
+#define WG_THREAD_IDS(t, tn) do { } while (0)
+#define WG_THREADS(n) 1
+#endif
+
+typedef int64_t i64;
+
+enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_TANH = 2, ACT_SILU = 3, ACT_GELU = 4 };
+
+/* Channels per chunk: 16 floats fill one AVX-512 register (two AVX2 ones). */
+#define W 16
+
+#define WG_CAT_(a, b) a##_##b
+#define WG_CAT(a, b) WG_CAT_(a, b)
+#define WG_FN(name) WG_CAT(name, WG_S)
+#define WG_INLINE static inline __attribute__((always_inline))
+
+/* Thread t of nt takes pairs [s, e) of n. */
+static inline void range_of(i64 n, int t, int nt, i64 *s, i64 *e) {
+    *s = n * t / nt;
+    *e = n * (t + 1) / nt;
+}
+
+#define WG_T float
+#define WG_S f32
+#define WG_EXP expf
+#define WG_TANH tanhf
+#define WG_ERF erff
+#define WG_I int32_t
+#include __FILE__
+#undef WG_T
+#undef WG_S
+#undef WG_EXP
+#undef WG_TANH
+#undef WG_ERF
+#undef WG_I
+
+#define WG_T double
+#define WG_S f64
+#define WG_EXP exp
+#define WG_TANH tanh
+#define WG_ERF erf
+#define WG_I int64_t
+#include __FILE__
+
+/* Bumped whenever a signature changes; the loader checks it. */
+int wg_abi_version(void) { return 1; }
+
+#else /* ------------------------------------------------------------ one floating type: WG_T */
+
+#define T WG_T
+
+static inline T WG_FN(act)(T z, int act) {
+    switch (act) {
+    case ACT_RELU: return z > 0 ? z : 0;
+    case ACT_TANH: return WG_TANH(z);
+    case ACT_SILU: return z / (1 + WG_EXP(-z));
+    case ACT_GELU: return (T)0.5 * z * (1 + WG_ERF(z * (T)0.7071067811865476));
+    default: return z;
+    }
+}
+
+static inline T WG_FN(dact)(T z, int act) {
+    switch (act) {
+    case ACT_RELU: return z > 0 ? 1 : 0;
+    case ACT_TANH: { T t = WG_TANH(z); return 1 - t * t; }
+    case ACT_SILU: { T s = 1 / (1 + WG_EXP(-z)); return s * (1 + z * (1 - s)); }
+    case ACT_GELU:
+        return (T)0.5 * (1 + WG_ERF(z * (T)0.7071067811865476)) + z * WG_EXP((T)-0.5 * z * z) * (T)0.3989422804014327;
+    default: return 1;
+    }
+}
+
+/* A chunk of W channels as one vector value (GCC / Clang vector extensions: one AVX-512 register
+ * for W floats, split into narrower registers where the machine has them). VI: a same-sized integer
+ * vector, for masks. */
+typedef T WG_FN(V) __attribute__((vector_size(W * sizeof(T))));
+typedef WG_I WG_FN(VI) __attribute__((vector_size(W * sizeof(T))));
+#define V WG_FN(V)
+#define VI WG_FN(VI)
+
+/* Loads and stores of the first w <= W channels (the rest of a loaded chunk is zero). Called with
+ * w == W as a constant (the common case: H a multiple of W), they are single vector moves. */
+WG_INLINE V WG_FN(vload)(const T *p, i64 w) { V v = {0}; memcpy(&v, p, (size_t)w * sizeof(T)); return v; }
+WG_INLINE void WG_FN(vstore)(T *p, V v, i64 w) { memcpy(p, &v, (size_t)w * sizeof(T)); }
+WG_INLINE void WG_FN(vadd)(T *p, V v, i64 w) { WG_FN(vstore)(p, WG_FN(vload)(p, w) + v, w); }
+
+/* z = p + q + sum_k x[k] c[k] for one edge and one chunk; pv, qu, c start at the chunk. */
+WG_INLINE V WG_FN(zvec)(const T *pv, const T *qu, const T *xe, const T *c, i64 K, i64 H, i64 w) {
+    V z = WG_FN(vload)(pv, w) + WG_FN(vload)(qu, w);
+    for (i64 k = 0; k < K; k++) z += xe[k] * WG_FN(vload)(c + k * H, w);
+    return z;
+}
+
+/* phi(z) and g * phi'(z) of a chunk (zero channels stay zero: phi(0) = 0 for every activation) */
+WG_INLINE V WG_FN(vact)(V z, int act) {
+    if (act == ACT_RELU) return (V)((VI)z & (VI)(z > 0));
+    if (act != ACT_IDENTITY)
+        for (int j = 0; j < W; j++) z[j] = WG_FN(act)(z[j], act);
+    return z;
+}
+WG_INLINE V WG_FN(vgrad)(V z, V g, int act) {
+    if (act == ACT_RELU) return (V)((VI)g & (VI)(z > 0));
+    if (act == ACT_IDENTITY) return g;
+    for (int j = 0; j < W; j++) z[j] = g[j] * WG_FN(dact)(z[j], act);
+    return z;
+}
+
+/* Forward of one row v and one chunk: the row's sum (rows receive) or each column's (columns receive). */
+WG_INLINE void WG_FN(fwd_chunk)(const T *pv, const T *qb, i64 q_sr, const T *xr, const T *c, i64 C, i64 K, i64 H,
+                                i64 w, int act, T *orow, T *col) {
+    if (orow) {
+        V acc = {0};
+        for (i64 u = 0; u < C; u++) acc += WG_FN(vact)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), act);
+        WG_FN(vstore)(orow, acc, w);
+    } else {
+        for (i64 u = 0; u < C; u++)
+            WG_FN(vadd)(col + u * H, WG_FN(vact)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), act), w);
+    }
+}
+
+/* Backward of one row v and one chunk: G of every column, summed into the row's and the columns'
+ * gradients, and kept in Grow (when not NULL) for the lift and edge gradients. gu: the receivers'
+ * gradient (the row's, or column 0's with stride H when columns receive). */
+WG_INLINE void WG_FN(bwd_chunk)(const T *pv, const T *qb, i64 q_sr, const T *xr, const T *c, const T *gu, i64 g_su,
+                                i64 C, i64 K, i64 H, i64 w, int act, T *gpv, T *gqb, T *Grow) {
+    V racc = {0};
+    for (i64 u = 0; u < C; u++) {
+        const V G = WG_FN(vgrad)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), WG_FN(vload)(gu + u * g_su, w), act);
+        racc += G;
+        if (gqb) WG_FN(vadd)(gqb + u * H, G, w);
+        if (Grow) WG_FN(vstore)(Grow + u * H, G, w);
+    }
+    if (gpv) WG_FN(vadd)(gpv, racc, w);
+}
+
+/* gc[k, chunk] += sum_u x[v,u,k] G[u, chunk] for one row */
+WG_INLINE void WG_FN(lift_chunk)(const T *xr, const T *Grow, T *gck, i64 C, i64 K, i64 H, i64 w) {
+    V acc = {0};
+    for (i64 u = 0; u < C; u++) acc += xr[u * K] * WG_FN(vload)(Grow + u * H, w);
+    WG_FN(vadd)(gck, acc, w);
+}
+
+/* Adds the partial column buffers of every thread, in thread order, to out[part_b[i]]. */
+static void WG_FN(add_parts)(T *out, const T *part, const i64 *part_b, int slots, i64 CH) {
+    for (int i = 0; i < slots; i++) {
+        if (part_b[i] < 0) continue;
+        T *dst = out + part_b[i] * CH;
+        const T *src = part + (i64)i * CH;
+        for (i64 j = 0; j < CH; j++) dst[j] += src[j];
+    }
+}
+
+int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 q_sr, const T *x, const T *c,
+                      T *out, i64 B, i64 R, i64 C, i64 K, i64 H, int act, int cols_receive, int nthreads) {
+    const i64 n = B * R;
+    int nt = WG_THREADS(nthreads);
+    if (nt > n) nt = (int)(n > 0 ? n : 1);
+    T *part = NULL; /* per thread: two (C, H) partial column sums */
+    i64 *part_b = NULL;
+    if (cols_receive && nt > 1) {
+        part = (T *)calloc((size_t)(2 * nt * C * H), sizeof(T));
+        part_b = (i64 *)malloc(sizeof(i64) * 2 * nt);
+        if (!part || !part_b) { free(part); free(part_b); return 1; }
+        for (int i = 0; i < 2 * nt; i++) part_b[i] = -1;
+    }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = 0, tn = 1;
+        WG_THREAD_IDS(t, tn);
+        i64 s, e;
+        range_of(n, t, tn, &s, &e);
+        for (i64 f = s; f < e;) {
+            const i64 b = f / R, v0 = f % R, v1 = (e - b * R) < R ? (e - b * R) : R;
+            const T *qb = q + b * q_sb;
+            T *col = out + b * C * H; /* columns receive: this network's sums */
+            if (cols_receive && !(v0 == 0 && v1 == R)) {
+                const int slot = 2 * t + (f == s ? 0 : 1);
+                part_b[slot] = b;
+                col = part + slot * C * H;
+            }
+            for (i64 v = v0; v < v1; v++) {
+                const T *pv = p + b * p_sb + v * p_sr;
+                const T *xr = x + (b * R + v) * C * K;
+                T *orow = cols_receive ? NULL : out + (b * R + v) * H;
+                i64 h0 = 0;
+                for (; h0 + W <= H; h0 += W)
+                    WG_FN(fwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, C, K, H, W, act, orow ? orow + h0 : NULL, col + h0);
+                if (h0 < H)
+                    WG_FN(fwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, C, K, H, H - h0, act, orow ? orow + h0 : NULL, col + h0);
+            }
+            f = b * R + v1;
+        }
+    }
+    if (part) {
+        WG_FN(add_parts)(out, part, part_b, 2 * nt, C * H);
+        free(part);
+        free(part_b);
+    }
+    return 0;
+}
+
+int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 q_sr, const T *x, const T *c,
+                       const T *g, T *gp, T *gq, T *gc, T *gx, i64 B, i64 R, i64 C, i64 K, i64 H, int act,
+                       int cols_receive, int nthreads) {
+    const i64 n = B * R;
+    int nt = WG_THREADS(nthreads);
+    if (nt > n) nt = (int)(n > 0 ? n : 1);
+    const int keep_row = gc != NULL || gx != NULL; /* G of a whole row is needed after its sweep */
+    T *part = NULL, *gcs = NULL; /* per thread: two (C, H) partial column gradients; a (K, H) lift gradient */
+    i64 *part_b = NULL;
+    T *rows = (T *)malloc(sizeof(T) * (size_t)(nt * (keep_row ? C * H : 1)));
+    if (!rows) return 1;
+    if (nt > 1) {
+        part = gq ? (T *)calloc((size_t)(2 * nt * C * H), sizeof(T)) : NULL;
+        part_b = (i64 *)malloc(sizeof(i64) * 2 * nt);
+        gcs = gc ? (T *)calloc((size_t)(nt * K * H), sizeof(T)) : NULL;
+        if ((gq && !part) || !part_b || (gc && !gcs)) { free(rows); free(part); free(part_b); free(gcs); return 1; }
+        for (int i = 0; i < 2 * nt; i++) part_b[i] = -1;
+    }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = 0, tn = 1;
+        WG_THREAD_IDS(t, tn);
+        i64 s, e;
+        range_of(n, t, tn, &s, &e);
+        T *Grow = rows + (keep_row ? (i64)t * C * H : 0);
+        T *gct = gc ? (nt > 1 ? gcs + (i64)t * K * H : gc) : NULL;
+        for (i64 f = s; f < e;) {
+            const i64 b = f / R, v0 = f % R, v1 = (e - b * R) < R ? (e - b * R) : R;
+            const T *qb = q + b * q_sb;
+            T *gqb = gq ? gq + b * C * H : NULL;
+            if (gq && !(v0 == 0 && v1 == R)) {
+                const int slot = 2 * t + (f == s ? 0 : 1);
+                part_b[slot] = b;
+                gqb = part + slot * C * H;
+            }
+            for (i64 v = v0; v < v1; v++) {
+                const T *pv = p + b * p_sb + v * p_sr;
+                const T *xr = x + (b * R + v) * C * K;
+                const T *gu = cols_receive ? g + b * C * H : g + (b * R + v) * H; /* the receivers' gradient */
+                const i64 g_su = cols_receive ? H : 0;
+                T *gpv = gp ? gp + (b * R + v) * H : NULL;
+                i64 h0 = 0;
+                for (; h0 + W <= H; h0 += W)
+                    WG_FN(bwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, gu + h0, g_su, C, K, H, W, act, gpv ? gpv + h0 : NULL,
+                                     gqb ? gqb + h0 : NULL, keep_row ? Grow + h0 : NULL);
+                if (h0 < H)
+                    WG_FN(bwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, gu + h0, g_su, C, K, H, H - h0, act,
+                                     gpv ? gpv + h0 : NULL, gqb ? gqb + h0 : NULL, keep_row ? Grow + h0 : NULL);
+                if (gct) { /* accumulated in registers over the row's columns */
+                    for (i64 k = 0; k < K; k++) {
+                        for (h0 = 0; h0 + W <= H; h0 += W) WG_FN(lift_chunk)(xr + k, Grow + h0, gct + k * H + h0, C, K, H, W);
+                        if (h0 < H) WG_FN(lift_chunk)(xr + k, Grow + h0, gct + k * H + h0, C, K, H, H - h0);
+                    }
+                }
+                if (gx) { /* gx[v,u,k] = <G[u], c[k]> */
+                    for (i64 u = 0; u < C; u++) {
+                        const T *Gu = Grow + u * H;
+                        T *gxe = gx + ((b * R + v) * C + u) * K;
+                        for (i64 k = 0; k < K; k++) {
+                            T acc = 0;
+                            for (i64 h = 0; h < H; h++) acc += Gu[h] * c[k * H + h];
+                            gxe[k] = acc;
+                        }
+                    }
+                }
+            }
+            f = b * R + v1;
+        }
+    }
+    if (nt > 1) {
+        if (part) WG_FN(add_parts)(gq, part, part_b, 2 * nt, C * H);
+        if (gcs)
+            for (int i = 0; i < nt; i++)
+                for (i64 j = 0; j < K * H; j++) gc[j] += gcs[(i64)i * K * H + j];
+    }
+    free(rows);
+    free(part);
+    free(part_b);
+    free(gcs);
+    return 0;
+}
+
+#undef T
+#undef V
+#undef VI
+#endif

@@ -1,0 +1,229 @@
+r"""Native CPU kernels of the ``fused`` backend: ``native.c``, built on first use, called through ctypes.
+
+For a dense block with edge features ``x`` of shape ``(B, out, in, K)``, row states ``p``
+``(B, out, H)`` and column states ``q`` ``(B, in, H)`` (receivers and senders for ``reverse=False``,
+senders and receivers for ``reverse=True``):
+
+.. math::
+
+    z_{vu} = p_v + q_u + \sum_{k < K} x_{vuk} C_k
+
+* forward: :math:`\sum_u \phi(z_{vu})` (rows receive) or :math:`\sum_v \phi(z_{vu})` (columns receive);
+* backward, with :math:`G_{vu} = g \odot \phi'(z_{vu})` (``g`` the gradient of the receivers):
+  :math:`\partial L/\partial p_v = \sum_u G_{vu}`, :math:`\partial L/\partial q_u = \sum_v G_{vu}`,
+  :math:`\partial L/\partial C_k = \sum_{b,v,u} x_{vuk} G_{vu}` and, only when ``x`` requires grad,
+  :math:`\partial L/\partial x_{vuk} = \langle G_{vu}, C_k \rangle`.
+
+``native.c`` computes each in one sweep over the block that recomputes ``z`` 16 channels at a
+time in vector registers: nothing edge-sized is allocated, the backward keeps one row of ``G``
+(``in x H``) per thread, and threads (OpenMP, ``torch.get_num_threads()`` of them) split the
+block by rows with results independent of scheduling.
+
+**Building.** The first use in a process compiles ``native.c`` with the machine's C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, OpenMP where the compiler has
+it), about a second, into a cache directory (``$WGRAPH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/wgraph`` or ``~/.cache/wgraph``). The file name hashes the source, the compiler,
+its flags and the CPU, so a shared home directory never hands one machine another's binary.
+Later processes load the cached library. Without a working compiler, a warning names the reason
+once and :mod:`wgraph.kernels.fused` runs its eager tiles (slower, same results); set
+``WGRAPH_NATIVE=0`` to choose the tiles outright.
+
+Used for float32 / float64 CPU tensors; other dtypes and devices take the tiles.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+#: Use the native kernels (``WGRAPH_NATIVE=0`` in the environment turns them off at import).
+ENABLED = os.environ.get("WGRAPH_NATIVE", "1") != "0"
+
+SOURCE = Path(__file__).with_name("native.c")
+
+#: Compiler flag sets tried in order; the first that builds is used (OpenMP and ``-march=native``
+#: are optional: without them the kernels run on one thread, or with the baseline instruction set).
+FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-march=native"),
+    ("-O3", "-fopenmp"),
+    ("-O3",),
+)
+_COMMON = ("-std=c11", "-fPIC", "-shared", "-Wno-psabi")
+
+ABI_VERSION = 1
+ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "silu": 3, "gelu": 4}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+_lib: ctypes.CDLL | None = None
+_failed: list[str] = []  # why building or loading failed, once it has
+_lock = threading.Lock()
+
+
+class BuildError(RuntimeError):
+    """The C compiler is missing or could not build ``native.c`` (the message holds its output)."""
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept (see the module docstring)."""
+    if os.environ.get("WGRAPH_CACHE_DIR"):
+        return Path(os.environ["WGRAPH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wgraph"
+
+
+def _compiler() -> list[str]:
+    if os.environ.get("CC"):
+        return os.environ["CC"].split()
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return [path]
+    raise BuildError("no C compiler found (set CC, or install gcc or clang)")
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        keep = [line for line in text.splitlines() if line.split(":")[0].strip() in ("model name", "flags", "Features")]
+        return "\n".join(dict.fromkeys(keep))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build(directory: Path | None = None) -> Path:
+    """Compile ``native.c`` (or find it already built) and return the shared library's path.
+
+    Raises :class:`BuildError` with the compiler's message if no flag set builds.
+    """
+    cc = _compiler()
+    try:
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"cannot run the C compiler {' '.join(cc)!r}: {e}") from None
+    directory = Path(directory or cache_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    source = SOURCE.read_bytes()
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), version.encode(), " ".join(flags).encode(),
+                                         _cpu_id().encode(), platform.machine().encode()])).hexdigest()[:20]  # fmt: skip
+        target = directory / f"native-{key}.so"
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+        os.close(fd)
+        cmd = [*cc, *flags, *_COMMON, str(SOURCE), "-o", tmp, "-lm"]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            res = subprocess.CompletedProcess(cmd, 1, "", str(e))
+        if res.returncode == 0:
+            os.replace(tmp, target)  # atomic: concurrent builders leave one complete file
+            return target
+        os.unlink(tmp)
+        errors.append((cmd, res.stderr.strip()))
+    lines = [line for line in errors[-1][1].splitlines() if "error" in line.lower()] or errors[-1][1].splitlines() or ["?"]
+    details = "\n\n".join(f"{' '.join(cmd)}\n{err}" for cmd, err in errors)
+    raise BuildError(f"the C compiler {' '.join(cc)!r} could not build {SOURCE.name}: {lines[0].strip()}\n\n{details}")
+
+
+def _load() -> ctypes.CDLL | None:
+    """The loaded library, building it first if needed; ``None`` (with one warning) if that fails."""
+    global _lib
+    if _lib is not None or _failed:
+        return _lib
+    with _lock:
+        if _lib is not None or _failed:
+            return _lib
+        try:
+            lib = ctypes.CDLL(str(build()))
+            if lib.wg_abi_version() != ABI_VERSION:
+                raise BuildError(f"stale library: ABI {lib.wg_abi_version()}, expected {ABI_VERSION}")
+        except (BuildError, OSError) as e:
+            _failed.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            warnings.warn(
+                f"wgraph: the native fused message-passing kernels are unavailable ({_failed[0]}); the fused "
+                "backend uses its eager tiles (slower, same results). Set WGRAPH_NATIVE=0 to skip building them.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        P, I, N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        for suffix in _SUFFIX.values():
+            fwd, bwd = getattr(lib, f"wg_forward_{suffix}"), getattr(lib, f"wg_backward_{suffix}")
+            fwd.argtypes = [P, I, I, P, I, I, P, P, P, I, I, I, I, I, N, N, N]
+            bwd.argtypes = [P, I, I, P, I, I, P, P, P, P, P, P, P, I, I, I, I, I, N, N, N]
+            fwd.restype = bwd.restype = N
+        _lib = lib
+        return lib
+
+
+def usable(edge: torch.Tensor) -> bool:
+    """Whether a dense block with these edge features runs natively (CPU, float32 / float64, and
+    the library builds; the first call builds it)."""
+    return ENABLED and not _failed and edge.device.type == "cpu" and edge.dtype in _SUFFIX and _load() is not None
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, n, H) with contiguous channels (any network and row strides)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise MemoryError(f"wgraph native {what} kernel: out of memory for its per-thread buffers")
+
+
+def forward(send, recv, edge, weight, reverse: bool, act: str) -> torch.Tensor:
+    """Per-receiver sum of ``phi(z)`` over a dense block, ``(B, n_recv, H)``."""
+    p, q = (recv, send) if not reverse else (send, recv)
+    p, q, x, c = _rows(p.detach()), _rows(q.detach()), edge.detach().contiguous(), weight.detach().contiguous()
+    B, R, C, K = x.shape
+    H = c.shape[1]
+    out = torch.zeros(B, C if reverse else R, H, dtype=x.dtype)
+    fn = getattr(_lib, f"wg_forward_{_SUFFIX[x.dtype]}")
+    rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(out),
+            B, R, C, K, H, ACT_CODES[act], int(reverse), torch.get_num_threads())  # fmt: skip
+    _check(rc, "forward")
+    return out
+
+
+def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tuple[bool, bool, bool, bool]):
+    """Gradients ``(send, recv, edge, weight)``, ``None`` where ``need`` says not needed."""
+    need_s, need_r, need_e, need_w = need
+    p, q = (recv, send) if not reverse else (send, recv)
+    need_p, need_q = (need_r, need_s) if not reverse else (need_s, need_r)
+    p, q, x, c = _rows(p.detach()), _rows(q.detach()), edge.detach().contiguous(), weight.detach().contiguous()
+    g = grad.contiguous()
+    B, R, C, K = x.shape
+    H = c.shape[1]
+    gp = torch.zeros(B, R, H, dtype=x.dtype) if need_p else None
+    gq = torch.zeros(B, C, H, dtype=x.dtype) if need_q else None
+    gc = torch.zeros(K, H, dtype=x.dtype) if need_w else None
+    gx = torch.empty(B, R, C, K, dtype=x.dtype) if need_e else None
+    fn = getattr(_lib, f"wg_backward_{_SUFFIX[x.dtype]}")
+    rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(g),
+            _ptr(gp), _ptr(gq), _ptr(gc), _ptr(gx), B, R, C, K, H, ACT_CODES[act], int(reverse),
+            torch.get_num_threads())  # fmt: skip
+    _check(rc, "backward")
+    g_send, g_recv = (gq, gp) if not reverse else (gp, gq)
+    return g_send, g_recv, gx, gc
+
+
+__all__ = ["ENABLED", "BuildError", "build", "cache_dir", "usable", "forward", "backward"]
