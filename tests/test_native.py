@@ -106,6 +106,22 @@ def test_strided_and_broadcast_node_states(gen):
             assert_close_rel(a, b)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_strided_incoming_gradient(gen, reverse):
+    """The receivers' gradient arrives as a slice of a larger layer's gradient (a concatenation's
+    backward) and is read through its strides, with a lone mean folded into the kernel."""
+    inputs = block_inputs(gen, "dense", reverse, out_n=5, in_n=4, h=16, k=3)
+    results = []
+    for backend in ("reference", "fused"):
+        out = message_pass(*inputs, reverse=reverse, aggr="mean", act="silu", backend=backend)
+        whole = torch.cat([torch.ones(3, 2, 16), out, torch.ones(3, 1, 16)], dim=1)
+        results.append((out, torch.autograd.grad((whole * torch.linspace(-1, 1, 16)).square().sum(), inputs)))
+    (ref, ref_g), (out, out_g) = results
+    assert_close_rel(out, ref)
+    for a, b in zip(out_g, ref_g):
+        assert_close_rel(a, b)
+
+
 @pytest.mark.parametrize("k", [1, 9])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_float64(gen, k, reverse):

@@ -2,10 +2,13 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from wgraph.profile import Config, ProfileError, measure, plot, resolve_arch, run_isolated, table
+from wgraph.profile import MEMORY_ENV, Config, ProfileError, measure, plot, resolve_arch, run_isolated, table
 from wgraph.profile import layout_of, unsupported_reason
 
 ARCH = "mlp:12,8,8,3"
@@ -98,3 +101,28 @@ def test_memory_freed_before_the_reset_counts_again_when_reused():
     y = torch.ones(50_000_000)
     assert _hwm_mb() - before > 150
     del y
+
+
+def test_memory_process_unmaps_large_allocations_when_freed():
+    """The memory process's premise: started with ``MEMORY_ENV``, a freed tensor leaves the resident
+    set at once, so the high-water mark of a step follows its live tensors."""
+    code = """
+import torch
+from wgraph.profile import _hwm_mb, _reset_peak, _rss_mb
+_reset_peak()
+before = _rss_mb()
+for _ in range(3):  # three 80 MB tensors one after the other: a peak of one, not three
+    x = torch.ones(20_000_000)
+    del x
+    assert _rss_mb() - before < 20, _rss_mb() - before
+print(_hwm_mb() - before)
+"""
+    env = {**os.environ, **MEMORY_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert 70 < float(out.stdout) < 120
+
+
+def test_cpu_records_time_and_memory_from_two_processes():
+    rec = run_isolated(Config(ARCH, 2, 4, "gnn-fused", reps=1))
+    assert rec["status"] == "ok" and rec["time_s"] > 0 and rec["step_mb"] >= 0 and rec["total_mb"] >= rec["step_mb"]

@@ -7,9 +7,10 @@ state size), a *method* and a *scope*:
   :mod:`wgraph.kernels` backend: ``reference``, ``fused``, ``pyg``, ``scatter``, ``triton``), the
   parameter-sharing layers ``np``, ``hnp``, ``monomial``, ``magep`` (:mod:`wgraph.nn`), and ``nfn``'s
   ``nfn-np`` / ``nfn-hnp`` when that package is installed;
-* scope ``layer``: one ``C -> C`` layer, forward and backward of a scalar loss, on node states
-  ``(B, N, C)`` (graph NFN; the edge inputs are the raw weights, re-lifted inside the kernel) or on a
-  ``C``-channel weight-space input (parameter-sharing layers), inputs requiring gradients;
+* scope ``layer``: one ``C -> C`` layer, forward, and backward from fixed random gradients of its
+  outputs, on node states ``(B, N, C)`` (graph NFN; the edge inputs are the raw weights, re-lifted
+  inside the kernel) or on a ``C``-channel weight-space input (parameter-sharing layers), inputs
+  requiring gradients;
 * scope ``model``: one training step (forward, MSE loss, backward, Adam step) of a whole model of
   ``layers`` layers of width ``C`` built from the method's preset (``models/gnn.toml``,
   ``np.toml``, ...) on the raw weights.
@@ -17,16 +18,21 @@ state size), a *method* and a *scope*:
 Every configuration runs in a fresh subprocess (``python -m wgraph.profile --worker JSON``) so that
 the allocations of one cannot hide in another's peak. Memory:
 
-* CPU: the process's resident-set high-water mark (``VmHWM``), reset (``/proc/self/clear_refs``)
-  after the inputs are built and a warm-up step has run, minus the resident size at that moment:
-  ``step_mb`` is what the step itself added. ``malloc_trim(0)`` hands every free page of the heap
-  back to the OS (glibc releases free pages anywhere in the heap, not only at its top), so memory
-  the warm-up freed must be faulted in again by the measured steps and counts in their peak. ``total_mb`` adds the
-  inputs (resident size after the inputs minus after the imports).
+* CPU: a second process measures memory, started with glibc told to serve every allocation of
+  64 KB or more from a mapping of its own, unmapped when freed (``MALLOC_MMAP_THRESHOLD_=65536``).
+  After the inputs are built and a warm-up step has run, ``malloc_trim(0)`` hands every free page
+  of the heap back to the OS and the resident-set high-water mark (``VmHWM``) is reset
+  (``/proc/self/clear_refs``); ``step_mb`` is the high-water mark of one more step minus the
+  resident size at the reset. The peak then follows the live tensors and every other allocation
+  (the native kernels' own buffers, the heap of small objects), not where the heap's free chunks
+  happen to lie: with glibc's default settings a step's peak moved by 50-150 MB from run to run.
+  ``total_mb`` adds the inputs (resident size after the inputs minus after the imports). Time is
+  measured in the first process, with the default settings (a mapping per allocation costs page
+  faults).
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the memory
   allocated before the step (``step_mb``); ``total_mb`` is the peak itself.
 
-Time is the best of ``reps`` steps after one warm-up step (which compiles, allocates caches and
+Time is the best of ``reps`` steps after one warm-up step (which builds kernels, allocates caches and
 optimizer state; steps stop repeating once they have taken 10 s in all; CUDA steps synchronized). A
 configuration a method cannot represent (parameter-sharing layers need a chain of layers, for
 example) is recorded with the reason; one whose estimated memory exceeds the cap is skipped with the
@@ -41,6 +47,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -51,6 +58,9 @@ from pathlib import Path
 from .errors import SpecError, WgraphError
 
 GNN_BACKENDS = ("reference", "fused", "pyg", "scatter", "triton")
+
+#: The environment of the CPU memory process: glibc maps every allocation of 64 KB or more on its own.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
 PS_METHODS = ("np", "hnp", "monomial", "magep")
 NFN_METHODS = ("nfn-np", "nfn-hnp")
 METHODS = (*(f"gnn-{b}" for b in GNN_BACKENDS), *PS_METHODS, *NFN_METHODS)
@@ -243,9 +253,22 @@ def _reset_peak() -> None:
         f.write("5")
 
 
+def _backward(outputs: list, grads: list) -> None:
+    """Backward from ``outputs`` with fixed random gradients (drawn at the first call, the warm-up,
+    and kept like the inputs): a layer's backward pass without a loss's own temporaries."""
+    import torch
+
+    if not grads:
+        gen = torch.Generator(device=outputs[0].device).manual_seed(0)
+        grads.extend(torch.randn(o.shape, generator=gen, device=o.device, dtype=o.dtype) for o in outputs)
+    torch.autograd.backward(outputs, grads)
+
+
 def _build(cfg: Config, layout):
     """``(step, params)``: a closure running one measured step, and the tensors whose gradients it sets."""
     import torch
+
+    grads: list = []  # the layer scope's output gradients (see _backward)
 
     from .nn import from_preset
     from .nn.weight_space import ChainSpec, WeightSpace
@@ -280,7 +303,7 @@ def _build(cfg: Config, layout):
 
         def step():
             out, _ = layer(layout, h, inputs)
-            out.square().mean().backward()
+            _backward([out], grads)
 
         return step, [h, *layer.parameters()]
     spec = ChainSpec.from_layout(layout)
@@ -303,14 +326,16 @@ def _build(cfg: Config, layout):
 
     def step():
         out = layer(x)
-        loss = sum(w.square().mean() for w in out.weights) + sum(b.square().mean() for b in out.biases)
-        loss.backward()
+        _backward([*out.weights, *out.biases], grads)
 
     return step, [*ws, *bs, *layer.parameters()]
 
 
-def measure(cfg: Config) -> dict:
-    """Run ``cfg`` in this process and return its measurements (see the module docstring)."""
+def measure(cfg: Config, part: str = "both") -> dict:
+    """Run ``cfg`` in this process and return its measurements (see the module docstring): ``part``
+    ``"time"``, ``"memory"`` or ``"both"``. On CPU, :func:`run_isolated` measures memory in a process
+    of its own with large allocations mapped on their own; in any other process the memory step
+    runs with whatever malloc settings that process has."""
     import torch
 
     torch.set_num_threads(cfg.threads)
@@ -321,39 +346,40 @@ def measure(cfg: Config) -> dict:
     torch.manual_seed(0)
     layout = layout_of(cfg.arch, cfg.input_shape)
     step, params = _build(cfg, layout)
-    # warm-up: lazy initialization (kernel compilation, library handles, optimizer state) is not a
-    # step's cost; a measured step that takes over 10 s is not repeated
-    step()
-    if cuda:
-        torch.cuda.synchronize()
-    for p in params:
-        p.grad = None
+
+    def run_step():
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        for p in params:
+            p.grad = None
+
+    # warm-up: lazy initialization (library handles, optimizer state, caches) is not a step's cost
+    run_step()
+    out = {"device_name": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-    else:
-        _reset_peak()
-        before = _rss_mb()
-    times = []
-    while len(times) < cfg.reps and sum(times) <= 10:
-        t = time.perf_counter()
-        step()
+    if part in ("time", "both") or cuda:  # on CUDA the peak is taken over the timed steps
+        times = []
+        while len(times) < cfg.reps and sum(times) <= 10:  # a step of over 10 s is not repeated
+            t = time.perf_counter()
+            run_step()
+            times.append(time.perf_counter() - t)
+        out.update(time_s=min(times), reps=len(times))
+    if part in ("memory", "both"):
         if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-        for p in params:
-            p.grad = None
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-        step_mb, total_mb = (peak - before) / 2**20, peak / 2**20
-    else:
-        peak = _hwm_mb()
-        step_mb, total_mb = peak - before, peak - base
-    return {
-        "time_s": min(times), "reps": len(times), "step_mb": round(step_mb, 1), "total_mb": round(total_mb, 1),
-        "device_name": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-    }  # fmt: skip
+            peak = torch.cuda.max_memory_allocated()
+            step_mb, total_mb = (peak - before) / 2**20, peak / 2**20
+        else:
+            _reset_peak()
+            before = _rss_mb()
+            run_step()
+            peak = _hwm_mb()
+            step_mb, total_mb = peak - before, peak - base
+        out.update(step_mb=round(step_mb, 1), total_mb=round(total_mb, 1))
+    return out
 
 
 # ----------------------------------------------------------------------------- isolation
@@ -365,13 +391,15 @@ class WorkerFailed(Exception):
         self.returncode, self.last_line = returncode, last_line
 
 
-def run_worker(argv: list[str], timeout: float) -> dict:
-    """``python *argv`` in a new process; returns the JSON object on its last stdout line.
+def run_worker(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
+    """``python *argv`` in a new process (with ``env`` added to the environment); returns the JSON
+    object on its last stdout line.
 
     Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds and :class:`WorkerFailed` if the
     worker fails or prints no result.
     """
-    p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, **env} if env else None
+    p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env)
     out = p.stdout.strip().splitlines()
     if p.returncode != 0 or not out:
         err = [line for line in p.stderr.strip().splitlines() if line.strip()]
@@ -392,8 +420,13 @@ def run_isolated(cfg: Config, *, timeout: float = 600, mem_cap_gb: float = 8.0) 
     if est > mem_cap_gb:
         return {**rec, "status": f"skipped: estimated {est:.1f} GB > {mem_cap_gb:g} GB cap"}
     t = time.perf_counter()
+    argv = ["-m", "wgraph.profile", "--worker", json.dumps(asdict(cfg))]
     try:
-        res = run_worker(["-m", "wgraph.profile", "--worker", json.dumps(asdict(cfg))], timeout)
+        if cfg.device == "cuda":
+            res = run_worker(argv, timeout)
+        else:  # time with the default malloc settings, memory in a process of its own (module docstring)
+            res = run_worker([*argv, "--part", "time"], timeout)
+            res.update(run_worker([*argv, "--part", "memory"], timeout, env=MEMORY_ENV))
     except subprocess.TimeoutExpired:
         return {**rec, "status": f"skipped: over {timeout:g} s"}
     except WorkerFailed as e:
@@ -557,10 +590,12 @@ def register(sub) -> None:
 def _worker_main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
-    cfg = json.loads(ap.parse_args(argv).worker)
+    ap.add_argument("--part", default="both", choices=("time", "memory", "both"))
+    args = ap.parse_args(argv)
+    cfg = json.loads(args.worker)
     if cfg.get("input_shape"):
         cfg["input_shape"] = tuple(cfg["input_shape"])
-    print(json.dumps(measure(Config(**cfg))))
+    print(json.dumps(measure(Config(**cfg), args.part)))
 
 
 if __name__ == "__main__":

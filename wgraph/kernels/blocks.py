@@ -47,13 +47,17 @@ def pair_sum(src: torch.Tensor, dst: torch.Tensor, groups: int = 1) -> torch.Ten
     return (s + d).reshape(B, out, n_in // groups, H)
 
 
-def dense_sum_aggregate(dense_sum, send, recv, edge, *, groups: int, reverse: bool, aggr: tuple[str, ...]) -> torch.Tensor:
+def dense_sum_aggregate(
+    dense_sum, send, recv, edge, *, groups: int, reverse: bool, aggr: tuple[str, ...], scales: bool = False
+) -> torch.Tensor:
     """Sum / mean aggregation of a dense or grouped block from ``dense_sum(send, recv, edge)``, a
     backend's per-receiver sum of messages over a dense block.
 
     A grouped block folds its groups into the batch (a reshape of node states and edges: group
     ``g`` of network ``n`` becomes network ``n * groups + g`` of a dense block); ``mean`` is the sum
-    over the sender count. Aggregators are concatenated in the given order.
+    over the sender count. A backend whose ``dense_sum`` takes a fourth argument, a factor on its
+    result (``scales=True``), computes a lone ``mean`` in the kernel itself. Aggregators are
+    concatenated in the given order.
     """
     B = send.shape[0]
     if groups > 1:
@@ -62,8 +66,11 @@ def dense_sum_aggregate(dense_sum, send, recv, edge, *, groups: int, reverse: bo
             return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
 
         send, recv, edge = fold(send), fold(recv), fold(edge)
-    total = dense_sum(send, recv, edge)
     n_send = edge.shape[1] if reverse else edge.shape[2]
-    outs = [total if a == "sum" else total / n_send for a in aggr]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    if scales and aggr == ("mean",):
+        out = dense_sum(send, recv, edge, 1.0 / n_send)
+    else:
+        total = dense_sum(send, recv, edge)
+        outs = [total if a == "sum" else total / n_send for a in aggr]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out

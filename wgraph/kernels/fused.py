@@ -118,11 +118,11 @@ class _DenseSum(torch.autograd.Function):
     """Sum over senders of ``phi(z)`` for one dense block, tile by tile (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int):
+    def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int, scale: float):
         ctx.save_for_backward(send, recv, edge, weight)
-        ctx.reverse, ctx.act, ctx.budget = reverse, act, budget
+        ctx.reverse, ctx.act, ctx.budget, ctx.scale = reverse, act, budget, scale
         if native.usable(edge):
-            return native.forward(send, recv, edge, weight, reverse, act)
+            return native.forward(send, recv, edge, weight, reverse, act, scale)
         B, out, inn, _ = edge.shape
         H = weight.shape[1]
         n_recv = inn if reverse else out
@@ -134,7 +134,7 @@ class _DenseSum(torch.autograd.Function):
                 acc[bs, rs] = m.sum(2)
             else:
                 acc[bs] += m.sum(1)
-        return acc
+        return acc.mul_(scale) if scale != 1 else acc
 
     @staticmethod
     @once_differentiable
@@ -143,8 +143,10 @@ class _DenseSum(torch.autograd.Function):
         reverse, act = ctx.reverse, ctx.act
         need_s, need_r, need_e, need_w = ctx.needs_input_grad[:4]
         if native.usable(edge):
-            grads = native.backward(send, recv, edge, weight, grad, reverse, act, (need_s, need_r, need_e, need_w))
-            return (*grads, None, None, None)
+            grads = native.backward(send, recv, edge, weight, grad, reverse, act, (need_s, need_r, need_e, need_w), ctx.scale)
+            return (*grads, None, None, None, None)
+        if ctx.scale != 1:
+            grad = grad * ctx.scale
         B, out, inn, K = edge.shape
         H = weight.shape[1]
         gs = torch.zeros_like(send) if need_s else None
@@ -173,7 +175,7 @@ class _DenseSum(torch.autograd.Function):
                 ge[bs, rs] = G @ weight.t()
             if need_w:
                 gw += edge[bs, rs].reshape(-1, K).t() @ G.reshape(-1, H)
-        return gs, gr, ge, gw, None, None, None
+        return gs, gr, ge, gw, None, None, None, None
 
 
 def message_pass(
@@ -198,10 +200,10 @@ def message_pass(
             send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
         )
     budget = tile_budget() if tile_bytes is None else tile_bytes
-    def dense_sum(s, r, e):
-        return _DenseSum.apply(s, r, e, edge_weight, reverse, act, budget)
+    def dense_sum(s, r, e, scale=1.0):
+        return _DenseSum.apply(s, r, e, edge_weight, reverse, act, budget, scale)
 
-    return dense_sum_aggregate(dense_sum, send, recv, edge, groups=groups, reverse=reverse, aggr=aggr)
+    return dense_sum_aggregate(dense_sum, send, recv, edge, groups=groups, reverse=reverse, aggr=aggr, scales=True)
 
 
 __all__ = ["message_pass", "TILE_BYTES", "tile_budget"]

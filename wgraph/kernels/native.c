@@ -7,9 +7,10 @@
  *
  *     z[b,v,u,:] = p[b,v,:] + q[b,u,:] + sum_k x[b,v,u,k] c[k,:]
  *
- * forward:  rows receive     out[b,v,:] = sum_u phi(z[b,v,u,:])      (cols_receive = 0)
- *           columns receive  out[b,u,:] = sum_v phi(z[b,v,u,:])      (cols_receive = 1)
- * backward: with g the gradient of the receivers and G = g * phi'(z) (elementwise),
+ * forward:  rows receive     out[b,v,:] = s sum_u phi(z[b,v,u,:])    (cols_receive = 0)
+ *           columns receive  out[b,u,:] = s sum_v phi(z[b,v,u,:])    (cols_receive = 1)
+ *           (s = scale: 1 for a sum, 1 / senders for a mean)
+ * backward: with g the gradient of the receivers and G = s g * phi'(z) (elementwise),
  *           gp[b,v] = sum_u G,  gq[b,u] = sum_v G,  gc[k] = sum_{b,v,u} x[b,v,u,k] G,
  *           gx[b,v,u,k] = sum_h G[h] c[k,h]       (each only where its pointer is not NULL)
  *
@@ -20,8 +21,8 @@
  * Column sums of a network that a thread covers whole go straight to the output; the networks at
  * the two ends of a thread's range may be shared with its neighbours, so their column sums go to
  * per-thread partial buffers, added in thread order afterwards: results do not depend on
- * scheduling. p and q may be strided over networks and rows (their H channels contiguous); x, c,
- * g and every output are contiguous, and outputs are zero-initialized by the caller.
+ * scheduling. p, q and g may be strided over networks and rows (their H channels contiguous); x,
+ * c and every output are contiguous, and outputs are zero-initialized by the caller.
  *
  * The file includes itself once per floating type (float, double) with WG_T defined.
  */
@@ -47,10 +48,24 @@ enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_TANH = 2, ACT_SILU = 3, ACT_GELU = 4 
 /* Channels per chunk: 16 floats fill one AVX-512 register (two AVX2 ones). */
 #define W 16
 
+/* Kernel sizes up to this keep their lift gradients in registers during the backward. */
+#define WG_KMAX 16
+
 #define WG_CAT_(a, b) a##_##b
 #define WG_CAT(a, b) WG_CAT_(a, b)
 #define WG_FN(name) WG_CAT(name, WG_S)
 #define WG_INLINE static inline __attribute__((always_inline))
+
+/* CALL(K, act) with K and act as constants where they take their common values (ReLU; Linear
+ * weights K = 1, 3x3 kernels K = 9), so that those cases compile to loops of their own. */
+#define WG_SPECIALIZE(CALL)                                                                          \
+    do {                                                                                             \
+        if (act == ACT_RELU) {                                                                       \
+            if (K == 1) CALL(1, ACT_RELU); else if (K == 9) CALL(9, ACT_RELU); else CALL(K, ACT_RELU); \
+        } else {                                                                                     \
+            if (K == 1) CALL(1, act); else if (K == 9) CALL(9, act); else CALL(K, act);              \
+        }                                                                                            \
+    } while (0)
 
 /* Thread t of nt takes pairs [s, e) of n. */
 static inline void range_of(i64 n, int t, int nt, i64 *s, i64 *e) {
@@ -81,7 +96,7 @@ static inline void range_of(i64 n, int t, int nt, i64 *s, i64 *e) {
 #include __FILE__
 
 /* Bumped whenever a signature changes; the loader checks it. */
-int wg_abi_version(void) { return 1; }
+int wg_abi_version(void) { return 3; }
 
 #else /* ------------------------------------------------------------ one floating type: WG_T */
 
@@ -143,39 +158,100 @@ WG_INLINE V WG_FN(vgrad)(V z, V g, int act) {
     return z;
 }
 
-/* Forward of one row v and one chunk: the row's sum (rows receive) or each column's (columns receive). */
-WG_INLINE void WG_FN(fwd_chunk)(const T *pv, const T *qb, i64 q_sr, const T *xr, const T *c, i64 C, i64 K, i64 H,
-                                i64 w, int act, T *orow, T *col) {
-    if (orow) {
-        V acc = {0};
-        for (i64 u = 0; u < C; u++) acc += WG_FN(vact)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), act);
-        WG_FN(vstore)(orow, acc, w);
+/* Forward of rows v0 <= v < v1 of one network and one chunk of w channels (every pointer but x at
+ * the chunk's first channel). Each receiver's sum stays in a register while its edges are swept:
+ * rows receive: for each row, over its columns; columns receive: for each column, over the rows
+ * (then added to out, which other ranges of the same network may share). */
+WG_INLINE void WG_FN(fwd_chunk)(const T *restrict pb, i64 p_sr, const T *restrict qb, i64 q_sr,
+                                const T *restrict xb, const T *restrict c, int cols_receive, i64 v0, i64 v1, i64 C,
+                                i64 K, i64 H, i64 w, int act, T scale, T *restrict ob) {
+    if (!cols_receive) {
+        for (i64 v = v0; v < v1; v++) {
+            const T *pv = pb + v * p_sr;
+            const T *xr = xb + v * C * K;
+            V acc = {0};
+            for (i64 u = 0; u < C; u++) acc += WG_FN(vact)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), act);
+            WG_FN(vstore)(ob + v * H, scale * acc, w);
+        }
     } else {
-        for (i64 u = 0; u < C; u++)
-            WG_FN(vadd)(col + u * H, WG_FN(vact)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), act), w);
+        for (i64 u = 0; u < C; u++) {
+            const T *qu = qb + u * q_sr;
+            V acc = {0};
+            for (i64 v = v0; v < v1; v++)
+                acc += WG_FN(vact)(WG_FN(zvec)(pb + v * p_sr, qu, xb + (v * C + u) * K, c, K, H, w), act);
+            WG_FN(vadd)(ob + u * H, scale * acc, w);
+        }
     }
 }
 
-/* Backward of one row v and one chunk: G of every column, summed into the row's and the columns'
- * gradients, and kept in Grow (when not NULL) for the lift and edge gradients. gu: the receivers'
- * gradient (the row's, or column 0's with stride H when columns receive). */
-WG_INLINE void WG_FN(bwd_chunk)(const T *pv, const T *qb, i64 q_sr, const T *xr, const T *c, const T *gu, i64 g_su,
-                                i64 C, i64 K, i64 H, i64 w, int act, T *gpv, T *gqb, T *Grow) {
-    V racc = {0};
-    for (i64 u = 0; u < C; u++) {
-        const V G = WG_FN(vgrad)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), WG_FN(vload)(gu + u * g_su, w), act);
-        racc += G;
-        if (gqb) WG_FN(vadd)(gqb + u * H, G, w);
-        if (Grow) WG_FN(vstore)(Grow + u * H, G, w);
-    }
-    if (gpv) WG_FN(vadd)(gpv, racc, w);
+/* The forward of rows v0..v1 of one network, all channels (K and act constants: WG_SPECIALIZE). */
+WG_INLINE void WG_FN(fwd_rows)(const T *pb, i64 p_sr, const T *qb, i64 q_sr, const T *xb, const T *c,
+                               int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int act, T scale, T *ob) {
+    i64 h0 = 0;
+    for (; h0 + W <= H; h0 += W)
+        WG_FN(fwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, cols_receive, v0, v1, C, K, H, W, act, scale, ob + h0);
+    if (h0 < H)
+        WG_FN(fwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, cols_receive, v0, v1, C, K, H, H - h0, act, scale,
+                         ob + h0);
 }
 
-/* gc[k, chunk] += sum_u x[v,u,k] G[u, chunk] for one row */
-WG_INLINE void WG_FN(lift_chunk)(const T *xr, const T *Grow, T *gck, i64 C, i64 K, i64 H, i64 w) {
-    V acc = {0};
-    for (i64 u = 0; u < C; u++) acc += xr[u * K] * WG_FN(vload)(Grow + u * H, w);
-    WG_FN(vadd)(gck, acc, w);
+/* Backward of rows v0 <= v < v1 of one network and one chunk of w channels (every pointer but x and
+ * gx already at the chunk's first channel): each edge's G = s g * phi'(z) is recomputed and summed
+ * into its row's gradient (gp), its column's (gq), the lift's (gc: for K <= WG_KMAX, K accumulators
+ * kept in registers for the whole range, reusing the broadcasts of x that z needed) and its own
+ * (gx: dot products with the lift's rows, summed over chunks). */
+WG_INLINE void WG_FN(bwd_chunk)(const T *restrict pb, i64 p_sr, const T *restrict qb, i64 q_sr,
+                                const T *restrict xb, const T *restrict c, const T *restrict gb, i64 g_sr,
+                                int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, i64 w, int act, T scale,
+                                T *restrict gpb, T *restrict gqb, T *restrict gct, T *restrict gxb) {
+    const int in_regs = K <= WG_KMAX;
+    V lacc[WG_KMAX];
+    for (i64 k = 0; k < WG_KMAX; k++) lacc[k] = (V){0};
+    for (i64 v = v0; v < v1; v++) {
+        const T *pv = pb + v * p_sr;
+        const T *xr = xb + v * C * K;
+        V racc = {0}, g = {0};
+        if (!cols_receive) g = scale * WG_FN(vload)(gb + v * g_sr, w);
+        for (i64 u = 0; u < C; u++) {
+            const T *xe = xr + u * K;
+            if (cols_receive) g = scale * WG_FN(vload)(gb + u * g_sr, w);
+            const V G = WG_FN(vgrad)(WG_FN(zvec)(pv, qb + u * q_sr, xe, c, K, H, w), g, act);
+            racc += G;
+            if (gqb) WG_FN(vadd)(gqb + u * H, G, w);
+            if (gct) {
+                if (in_regs) {
+                    for (i64 k = 0; k < K; k++) lacc[k] += xe[k] * G;
+                } else {
+                    for (i64 k = 0; k < K; k++) WG_FN(vadd)(gct + k * H, xe[k] * G, w);
+                }
+            }
+            if (gxb) {
+                T *gxe = gxb + (v * C + u) * K;
+                for (i64 k = 0; k < K; k++) {
+                    const V d = G * WG_FN(vload)(c + k * H, w);
+                    T acc = 0;
+                    for (int j = 0; j < W; j++) acc += d[j];
+                    gxe[k] += acc;
+                }
+            }
+        }
+        if (gpb) WG_FN(vadd)(gpb + v * H, racc, w);
+    }
+    if (gct && in_regs)
+        for (i64 k = 0; k < K; k++) WG_FN(vadd)(gct + k * H, lacc[k], w);
+}
+
+/* The backward of rows v0..v1 of one network, all channels (K and act constants: WG_SPECIALIZE). */
+WG_INLINE void WG_FN(bwd_rows)(const T *pb, i64 p_sr, const T *qb, i64 q_sr, const T *xb, const T *c, const T *gb,
+                               i64 g_sr, int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int act, T scale,
+                               T *gpb, T *gqb, T *gct, T *gxb) {
+#define WG_CHUNK(h0, w)                                                                                           \
+    WG_FN(bwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, gb + h0, g_sr, cols_receive, v0, v1, C, K, H, w, act, \
+                     scale, gpb ? gpb + h0 : NULL, gqb ? gqb + h0 : NULL, gct ? gct + h0 : NULL, gxb)
+    i64 h0 = 0;
+    for (; h0 + W <= H; h0 += W) WG_CHUNK(h0, W);
+    if (h0 < H) WG_CHUNK(h0, H - h0);
+#undef WG_CHUNK
 }
 
 /* Adds the partial column buffers of every thread, in thread order, to out[part_b[i]]. */
@@ -189,7 +265,7 @@ static void WG_FN(add_parts)(T *out, const T *part, const i64 *part_b, int slots
 }
 
 int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 q_sr, const T *x, const T *c,
-                      T *out, i64 B, i64 R, i64 C, i64 K, i64 H, int act, int cols_receive, int nthreads) {
+                      T *out, i64 B, i64 R, i64 C, i64 K, i64 H, int act, T scale, int cols_receive, int nthreads) {
     const i64 n = B * R;
     int nt = WG_THREADS(nthreads);
     if (nt > n) nt = (int)(n > 0 ? n : 1);
@@ -216,16 +292,11 @@ int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 
                 part_b[slot] = b;
                 col = part + slot * C * H;
             }
-            for (i64 v = v0; v < v1; v++) {
-                const T *pv = p + b * p_sb + v * p_sr;
-                const T *xr = x + (b * R + v) * C * K;
-                T *orow = cols_receive ? NULL : out + (b * R + v) * H;
-                i64 h0 = 0;
-                for (; h0 + W <= H; h0 += W)
-                    WG_FN(fwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, C, K, H, W, act, orow ? orow + h0 : NULL, col + h0);
-                if (h0 < H)
-                    WG_FN(fwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, C, K, H, H - h0, act, orow ? orow + h0 : NULL, col + h0);
-            }
+            T *ob = cols_receive ? col : out + b * R * H; /* rows receive: rows v0..v1 of this network */
+#define WG_FWD(KK, AA) \
+    WG_FN(fwd_rows)(p + b * p_sb, p_sr, qb, q_sr, x + b * R * C * K, c, cols_receive, v0, v1, C, KK, H, AA, scale, ob)
+            WG_SPECIALIZE(WG_FWD);
+#undef WG_FWD
             f = b * R + v1;
         }
     }
@@ -238,21 +309,18 @@ int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 
 }
 
 int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 q_sr, const T *x, const T *c,
-                       const T *g, T *gp, T *gq, T *gc, T *gx, i64 B, i64 R, i64 C, i64 K, i64 H, int act,
-                       int cols_receive, int nthreads) {
+                       const T *g, i64 g_sb, i64 g_sr, T *gp, T *gq, T *gc, T *gx, i64 B, i64 R, i64 C, i64 K, i64 H,
+                       int act, T scale, int cols_receive, int nthreads) {
     const i64 n = B * R;
     int nt = WG_THREADS(nthreads);
     if (nt > n) nt = (int)(n > 0 ? n : 1);
-    const int keep_row = gc != NULL || gx != NULL; /* G of a whole row is needed after its sweep */
     T *part = NULL, *gcs = NULL; /* per thread: two (C, H) partial column gradients; a (K, H) lift gradient */
     i64 *part_b = NULL;
-    T *rows = (T *)malloc(sizeof(T) * (size_t)(nt * (keep_row ? C * H : 1)));
-    if (!rows) return 1;
     if (nt > 1) {
         part = gq ? (T *)calloc((size_t)(2 * nt * C * H), sizeof(T)) : NULL;
         part_b = (i64 *)malloc(sizeof(i64) * 2 * nt);
         gcs = gc ? (T *)calloc((size_t)(nt * K * H), sizeof(T)) : NULL;
-        if ((gq && !part) || !part_b || (gc && !gcs)) { free(rows); free(part); free(part_b); free(gcs); return 1; }
+        if ((gq && !part) || !part_b || (gc && !gcs)) { free(part); free(part_b); free(gcs); return 1; }
         for (int i = 0; i < 2 * nt; i++) part_b[i] = -1;
     }
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -261,48 +329,20 @@ int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64
         WG_THREAD_IDS(t, tn);
         i64 s, e;
         range_of(n, t, tn, &s, &e);
-        T *Grow = rows + (keep_row ? (i64)t * C * H : 0);
         T *gct = gc ? (nt > 1 ? gcs + (i64)t * K * H : gc) : NULL;
         for (i64 f = s; f < e;) {
             const i64 b = f / R, v0 = f % R, v1 = (e - b * R) < R ? (e - b * R) : R;
-            const T *qb = q + b * q_sb;
             T *gqb = gq ? gq + b * C * H : NULL;
             if (gq && !(v0 == 0 && v1 == R)) {
                 const int slot = 2 * t + (f == s ? 0 : 1);
                 part_b[slot] = b;
                 gqb = part + slot * C * H;
             }
-            for (i64 v = v0; v < v1; v++) {
-                const T *pv = p + b * p_sb + v * p_sr;
-                const T *xr = x + (b * R + v) * C * K;
-                const T *gu = cols_receive ? g + b * C * H : g + (b * R + v) * H; /* the receivers' gradient */
-                const i64 g_su = cols_receive ? H : 0;
-                T *gpv = gp ? gp + (b * R + v) * H : NULL;
-                i64 h0 = 0;
-                for (; h0 + W <= H; h0 += W)
-                    WG_FN(bwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, gu + h0, g_su, C, K, H, W, act, gpv ? gpv + h0 : NULL,
-                                     gqb ? gqb + h0 : NULL, keep_row ? Grow + h0 : NULL);
-                if (h0 < H)
-                    WG_FN(bwd_chunk)(pv + h0, qb + h0, q_sr, xr, c + h0, gu + h0, g_su, C, K, H, H - h0, act,
-                                     gpv ? gpv + h0 : NULL, gqb ? gqb + h0 : NULL, keep_row ? Grow + h0 : NULL);
-                if (gct) { /* accumulated in registers over the row's columns */
-                    for (i64 k = 0; k < K; k++) {
-                        for (h0 = 0; h0 + W <= H; h0 += W) WG_FN(lift_chunk)(xr + k, Grow + h0, gct + k * H + h0, C, K, H, W);
-                        if (h0 < H) WG_FN(lift_chunk)(xr + k, Grow + h0, gct + k * H + h0, C, K, H, H - h0);
-                    }
-                }
-                if (gx) { /* gx[v,u,k] = <G[u], c[k]> */
-                    for (i64 u = 0; u < C; u++) {
-                        const T *Gu = Grow + u * H;
-                        T *gxe = gx + ((b * R + v) * C + u) * K;
-                        for (i64 k = 0; k < K; k++) {
-                            T acc = 0;
-                            for (i64 h = 0; h < H; h++) acc += Gu[h] * c[k * H + h];
-                            gxe[k] = acc;
-                        }
-                    }
-                }
-            }
+#define WG_BWD(KK, AA)                                                                                             \
+    WG_FN(bwd_rows)(p + b * p_sb, p_sr, q + b * q_sb, q_sr, x + b * R * C * K, c, g + b * g_sb, g_sr, cols_receive, \
+                    v0, v1, C, KK, H, AA, scale, gp ? gp + b * R * H : NULL, gqb, gct, gx ? gx + b * R * C * K : NULL)
+            WG_SPECIALIZE(WG_BWD);
+#undef WG_BWD
             f = b * R + v1;
         }
     }
@@ -312,7 +352,6 @@ int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64
             for (int i = 0; i < nt; i++)
                 for (i64 j = 0; j < K * H; j++) gc[j] += gcs[(i64)i * K * H + j];
     }
-    free(rows);
     free(part);
     free(part_b);
     free(gcs);

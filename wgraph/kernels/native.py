@@ -61,7 +61,7 @@ FLAG_SETS = (
 )
 _COMMON = ("-std=c11", "-fPIC", "-shared", "-Wno-psabi")
 
-ABI_VERSION = 1
+ABI_VERSION = 3
 ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "silu": 3, "gelu": 4}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -161,10 +161,10 @@ def _load() -> ctypes.CDLL | None:
             )
             return None
         P, I, N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        for suffix in _SUFFIX.values():
+        for suffix, S in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
             fwd, bwd = getattr(lib, f"wg_forward_{suffix}"), getattr(lib, f"wg_backward_{suffix}")
-            fwd.argtypes = [P, I, I, P, I, I, P, P, P, I, I, I, I, I, N, N, N]
-            bwd.argtypes = [P, I, I, P, I, I, P, P, P, P, P, P, P, I, I, I, I, I, N, N, N]
+            fwd.argtypes = [P, I, I, P, I, I, P, P, P, I, I, I, I, I, N, S, N, N]
+            bwd.argtypes = [P, I, I, P, I, I, P, P, P, I, I, P, P, P, P, I, I, I, I, I, N, S, N, N]
             fwd.restype = bwd.restype = N
         _lib = lib
         return lib
@@ -190,8 +190,8 @@ def _check(rc: int, what: str) -> None:
         raise MemoryError(f"wgraph native {what} kernel: out of memory for its per-thread buffers")
 
 
-def forward(send, recv, edge, weight, reverse: bool, act: str) -> torch.Tensor:
-    """Per-receiver sum of ``phi(z)`` over a dense block, ``(B, n_recv, H)``."""
+def forward(send, recv, edge, weight, reverse: bool, act: str, scale: float = 1.0) -> torch.Tensor:
+    """Per-receiver sum of ``phi(z)`` over a dense block, times ``scale``: ``(B, n_recv, H)``."""
     p, q = (recv, send) if not reverse else (send, recv)
     p, q, x, c = _rows(p.detach()), _rows(q.detach()), edge.detach().contiguous(), weight.detach().contiguous()
     B, R, C, K = x.shape
@@ -199,28 +199,29 @@ def forward(send, recv, edge, weight, reverse: bool, act: str) -> torch.Tensor:
     out = torch.zeros(B, C if reverse else R, H, dtype=x.dtype)
     fn = getattr(_lib, f"wg_forward_{_SUFFIX[x.dtype]}")
     rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(out),
-            B, R, C, K, H, ACT_CODES[act], int(reverse), torch.get_num_threads())  # fmt: skip
+            B, R, C, K, H, ACT_CODES[act], scale, int(reverse), torch.get_num_threads())  # fmt: skip
     _check(rc, "forward")
     return out
 
 
-def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tuple[bool, bool, bool, bool]):
-    """Gradients ``(send, recv, edge, weight)``, ``None`` where ``need`` says not needed."""
+def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tuple[bool, bool, bool, bool], scale: float = 1.0):
+    """Gradients ``(send, recv, edge, weight)`` of :func:`forward` (with the same ``scale``) for the
+    receivers' gradient ``grad``, ``None`` where ``need`` says not needed."""
     need_s, need_r, need_e, need_w = need
     p, q = (recv, send) if not reverse else (send, recv)
     need_p, need_q = (need_r, need_s) if not reverse else (need_s, need_r)
     p, q, x, c = _rows(p.detach()), _rows(q.detach()), edge.detach().contiguous(), weight.detach().contiguous()
-    g = grad.contiguous()
+    g = _rows(grad)
     B, R, C, K = x.shape
     H = c.shape[1]
     gp = torch.zeros(B, R, H, dtype=x.dtype) if need_p else None
     gq = torch.zeros(B, C, H, dtype=x.dtype) if need_q else None
     gc = torch.zeros(K, H, dtype=x.dtype) if need_w else None
-    gx = torch.empty(B, R, C, K, dtype=x.dtype) if need_e else None
+    gx = torch.zeros(B, R, C, K, dtype=x.dtype) if need_e else None
     fn = getattr(_lib, f"wg_backward_{_SUFFIX[x.dtype]}")
     rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(g),
-            _ptr(gp), _ptr(gq), _ptr(gc), _ptr(gx), B, R, C, K, H, ACT_CODES[act], int(reverse),
-            torch.get_num_threads())  # fmt: skip
+            g.stride(0), g.stride(1), _ptr(gp), _ptr(gq), _ptr(gc), _ptr(gx), B, R, C, K, H, ACT_CODES[act], scale,
+            int(reverse), torch.get_num_threads())  # fmt: skip
     _check(rc, "backward")
     g_send, g_recv = (gq, gp) if not reverse else (gp, gq)
     return g_send, g_recv, gx, gc

@@ -223,11 +223,17 @@ class GNNLayer(nn.Module):
         # U's first layer applied to [h | P_f a_f + p_f | P_b a_b + p_b]; P is linear, so it is folded
         # into U: U_h h + (U_f P_f) a_f + (U_b P_b) a_b + (u + U_f p_f + U_b p_b), which never forms
         # P's outputs or their concatenation.
+        # The sums run as a chain of addmm on (B * N, .) views: each product accumulates into the
+        # previous one's result, so no product is kept beside the sum.
         first, act, last = self.update
-        u_h, u_f, u_b = first.weight.split(h.shape[2], dim=1)
+        B, N, H = h.shape
+        u_h, u_f, u_b = first.weight.split(H, dim=1)
         bias = first.bias + u_f @ self.fwd.post.bias + u_b @ self.bwd.post.bias
-        z = F.linear(h, u_h, bias) + F.linear(a_f, u_f @ self.fwd.post.weight) + F.linear(a_b, u_b @ self.bwd.post.weight)
-        h = self.norm(h + last(act(z)))
+        z = torch.addmm(bias, h.reshape(B * N, H), u_h.t())
+        z = torch.addmm(z, a_f.reshape(B * N, -1), (u_f @ self.fwd.post.weight).t())
+        z = torch.addmm(z, a_b.reshape(B * N, -1), (u_b @ self.bwd.post.weight).t())
+        y = torch.addmm(last.bias, act(z), last.weight.t()).add_(h.reshape(B * N, H))  # h + last(act(z))
+        h = self.norm(y.view(B, N, H))
         if self.edge_update is not None:
             edge_inputs = self.edge_update(layout, h, edge_inputs)
         return h, edge_inputs
