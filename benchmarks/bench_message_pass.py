@@ -206,9 +206,12 @@ def write(records: list[dict], args, meta: dict) -> None:
     ]
     method_note = [
         "",
-        "Step memory: what the step adds to the process's peak (CPU: resident-set high-water mark reset after the",
-        "inputs are built; CUDA: `max_memory_allocated` above the memory allocated before the step). Total memory",
-        "adds the inputs. Time: best of 3 steps after a warm-up step. Each row ran in its own process.",
+        "Step memory: what one step adds to the process's peak (CPU: a process of its own, started with",
+        "`MALLOC_MMAP_THRESHOLD_=65536`, resident-set high-water mark reset after the inputs are built and a warm-up",
+        "step; CUDA: `max_memory_allocated` above the memory allocated before the steps). Total memory adds the",
+        "inputs. Time: the best of at least 3 steps (up to 50 while they take under a second in all) after a warm-up",
+        "step, with the default malloc settings. A layer's backward starts from fixed random gradients of its",
+        "outputs. Each row ran in its own processes; see `wgraph/profile.py`.",
     ]
     (RESULTS / f"{stem}.md").write_text(
         "\n".join([f"# Message passing vs NP{' (--quick)' if args.quick else ''}", "", *body, *method_note]) + "\n"

@@ -2,9 +2,10 @@
 
 Each measurement (case x implementation x layer) is a :mod:`wgraph.profile` configuration at layer
 scope, run in its own subprocess: one ``width -> width`` channel layer on a random weight-space input
-of ``width`` channels (requires grad), then ``backward`` of a scalar loss; time is the best of 3
-steps after a warm-up step (fewer once the steps have taken 10 s); memory is the step's peak above the
-resident size before it (``step``) and with the inputs (``total``); see ``wgraph/profile.py``.
+of ``width`` channels (requires grad), then ``backward`` from fixed random gradients of its outputs;
+time is the best of at least 3 steps after a warm-up step (more while they take under a second,
+fewer once they have taken 10 s); memory is the step's peak above the resident size before it
+(``step``) and with the inputs (``total``), measured in a process of its own; see ``wgraph/profile.py``.
 
 Cases (the fused message-passing issue's):
   a: batch 8 of 784-256-256-10 MLPs, width 32
@@ -64,8 +65,9 @@ def write(records: list[dict], quick: bool, meta: dict) -> None:
         f"# bench_param_sharing{' (--quick)' if quick else ''}: NP / HNP layers, wgraph vs nfn",
         "",
         f"{meta['machine']}, torch {meta['torch']}, nfn {meta['nfn']}. One `width -> width` layer, forward + "
-        "backward; time: best of 3 steps after a warm-up; memory: the step's peak above the resident size before "
-        "it / the same with the inputs (each measurement in its own process; see wgraph/profile.py).",
+        "backward from fixed random output gradients; time: best of at least 3 steps after a warm-up; memory: the "
+        "step's peak above the resident size before it / the same with the inputs (time and memory each in a "
+        "process of its own; see wgraph/profile.py).",
         "",
         "| case | layer | wgraph time | nfn time | wgraph memory (step / total) | nfn memory (step / total) | speed-up | memory ratio (step) |",
         "|---|---|---|---|---|---|---|---|",

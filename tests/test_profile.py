@@ -18,7 +18,7 @@ ARCH = "mlp:12,8,8,3"
 @pytest.mark.parametrize("scope", ["layer", "model"])
 def test_measure_in_process(method, scope):
     r = measure(Config(ARCH, 2, 4, method, scope=scope, layers=2, reps=1))
-    assert r["time_s"] > 0 and r["reps"] == 1
+    assert r["time_s"] > 0 and r["reps"] > 1  # steps of milliseconds: the best of many, not of `reps`
     assert r["step_mb"] >= 0 and r["total_mb"] >= r["step_mb"] - 1
 
 

@@ -57,7 +57,7 @@ from torch.autograd.function import once_differentiable
 
 from . import native, reference
 from .blocks import dense_sum_aggregate
-from .spec import ACTIVATIONS, act_grad
+from .spec import act_grad, apply_act_
 
 #: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation per torch thread (the
 #: budget is ``TILE_BYTES * torch.get_num_threads()``; at least one row of one network is processed
@@ -104,16 +104,6 @@ def _preact(send, recv, edge, weight, reverse, bs, rs):
     return z
 
 
-def _apply_act_(z: torch.Tensor, act: str) -> torch.Tensor:
-    if act == "relu":
-        return z.relu_()
-    if act == "identity":
-        return z
-    if act == "tanh":
-        return z.tanh_()
-    return ACTIVATIONS[act](z)
-
-
 class _DenseSum(torch.autograd.Function):
     """Sum over senders of ``phi(z)`` for one dense block, tile by tile (see the module docstring)."""
 
@@ -129,7 +119,7 @@ class _DenseSum(torch.autograd.Function):
         acc = send.new_zeros(B, n_recv, H)
         row_bytes = inn * H * edge.element_size()
         for bs, rs in _tiles(B, out, row_bytes, budget):
-            m = _apply_act_(_preact(send, recv, edge, weight, reverse, bs, rs), act)
+            m = apply_act_(_preact(send, recv, edge, weight, reverse, bs, rs), act)
             if not reverse:
                 acc[bs, rs] = m.sum(2)
             else:

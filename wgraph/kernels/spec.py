@@ -21,6 +21,19 @@ ACTIVATIONS = {
 }
 
 
+def apply_act_(z: torch.Tensor, act: str) -> torch.Tensor:
+    """``phi(z)``, in place where the activation has an in-place form (ReLU, tanh, SiLU)."""
+    if act == "relu":
+        return z.relu_()
+    if act == "identity":
+        return z
+    if act == "tanh":
+        return z.tanh_()
+    if act == "silu":
+        return F.silu(z, inplace=True)
+    return ACTIVATIONS[act](z)
+
+
 def act_grad(z: torch.Tensor, g: torch.Tensor, act: str) -> torch.Tensor:
     """``g * phi'(z)`` for the activation named ``act`` (``g`` broadcasts against ``z``)."""
     if act == "relu":

@@ -42,6 +42,7 @@ from torch import nn
 from ..errors import WgraphError
 from ..graph import Layout, WeightGraph
 from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, block_nodes, block_selection, message_pass, pair_sum
+from ..kernels.spec import apply_act_
 from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
 from .readout import POOLS, InvariantReadout, ParameterHead, _Act
 
@@ -223,16 +224,17 @@ class GNNLayer(nn.Module):
         # U's first layer applied to [h | P_f a_f + p_f | P_b a_b + p_b]; P is linear, so it is folded
         # into U: U_h h + (U_f P_f) a_f + (U_b P_b) a_b + (u + U_f p_f + U_b p_b), which never forms
         # P's outputs or their concatenation.
-        # The sums run as a chain of addmm on (B * N, .) views: each product accumulates into the
-        # previous one's result, so no product is kept beside the sum.
-        first, act, last = self.update
+        # The sums accumulate in place into one (B * N, H) buffer (addmm_; the activation in place
+        # where it has an in-place form): no product is kept beside the sum, and fewer fresh
+        # buffers are allocated (each costs page faults on CPU).
+        first, _, last = self.update
         B, N, H = h.shape
         u_h, u_f, u_b = first.weight.split(H, dim=1)
         bias = first.bias + u_f @ self.fwd.post.bias + u_b @ self.bwd.post.bias
         z = torch.addmm(bias, h.reshape(B * N, H), u_h.t())
-        z = torch.addmm(z, a_f.reshape(B * N, -1), (u_f @ self.fwd.post.weight).t())
-        z = torch.addmm(z, a_b.reshape(B * N, -1), (u_b @ self.bwd.post.weight).t())
-        y = torch.addmm(last.bias, act(z), last.weight.t()).add_(h.reshape(B * N, H))  # h + last(act(z))
+        z.addmm_(a_f.reshape(B * N, -1), (u_f @ self.fwd.post.weight).t())
+        z.addmm_(a_b.reshape(B * N, -1), (u_b @ self.bwd.post.weight).t())
+        y = torch.addmm(last.bias, apply_act_(z, self.act), last.weight.t()).add_(h.reshape(B * N, H))  # h + last(act(z))
         h = self.norm(y.view(B, N, H))
         if self.edge_update is not None:
             edge_inputs = self.edge_update(layout, h, edge_inputs)

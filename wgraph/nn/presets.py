@@ -1,4 +1,5 @@
-"""Model presets: small TOML files in the repository's ``models/`` folder, or any path.
+"""Model presets: small TOML files shipped in the package's ``models/`` folder (``wgraph/models``, which
+``models/`` at the repository root links to), or any path.
 
 Every preset has a top-level ``type``. ``type = "gnn"`` builds a :class:`~wgraph.nn.GraphNFN`
 from the remaining keys (those of :class:`~wgraph.nn.GNNConfig`, with a ``[readout]`` table);
@@ -20,10 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: Where named presets live: ``models/`` at the repository root (a source checkout or editable
-#: install), or ``wgraph/models/`` if a build copies them into the package.
-_PACKAGE = Path(__file__).resolve().parent.parent
-MODELS_DIR = next((d for d in (_PACKAGE / "models", _PACKAGE.parent / "models") if d.is_dir()), _PACKAGE.parent / "models")
+#: Where named presets live: ``wgraph/models/``, package data (installed with the package).
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 GNN_TYPES = ("gnn",)
 PS_TYPES = ("np", "hnp", "magep", "monomial")
 STAT_TYPES = ("statnn",)
