@@ -67,12 +67,42 @@ def methods(device: str) -> list[str]:
     return [f"gnn-{b}" for b in gnn] + ["np", "nfn-np"]
 
 
+#: The node part of a layer: the same GNN layer with message passing replaced by a stand-in that
+#: does no per-edge work (this script registers it as a backend in its own worker processes).
+NODES = "gnn-nodes"
+
+
+def _nodes_backend(send, recv, edge, edge_weight, *, kind, reverse, aggr, act, groups=1):
+    """Stand-in messages: node-sized, differentiable in both ends, no per-edge work."""
+    import torch
+
+    m = recv + send.mean(1, keepdim=True)
+    return torch.cat([m] * len(aggr), dim=-1) if len(aggr) > 1 else m
+
+
+def nodes_record(cfg: Config, timeout: float) -> dict:
+    """:data:`NODES` measured like :func:`wgraph.profile.run_isolated` (time and memory processes)."""
+    from wgraph.profile import MEMORY_ENV, WorkerFailed, run_worker
+
+    rec = {**{k: v for k, v in cfg.__dict__.items() if k != "extra"}, **cfg.extra}
+    argv = [__file__, "--nodes-worker", json.dumps({**cfg.__dict__, "extra": {}})]
+    try:
+        if cfg.device == "cuda":
+            res = run_worker(argv, timeout)
+        else:
+            res = run_worker([*argv, "--part", "time"], timeout)
+            res.update(run_worker([*argv, "--part", "memory"], timeout, env=MEMORY_ENV))
+    except WorkerFailed as e:
+        return {**rec, "status": f"failed (exit {e.returncode}): {e.last_line}"}
+    return {**rec, **res, "status": "ok"}
+
+
 def configs(args) -> list[Config]:
     cases = QUICK if args.quick else CASES
     out = []
     if "layer" in args.parts:
         for name, (desc, arch, batch, width) in cases.items():
-            for m in methods(args.device):
+            for m in [NODES, *methods(args.device)]:
                 out.append(Config(arch, batch, width, m, device=args.device, threads=args.threads,
                                   extra={"case": name, "desc": desc, "part": "layer"}))  # fmt: skip
     if "model" in args.parts:
@@ -124,6 +154,19 @@ def verdicts(records: list[dict]) -> list[str]:
                 checks.append(f"{mem:.1f}x less memory and {t:.1f}x less time than {other[4:]}")
                 ok &= mem >= 3 and t >= 2
         out.append(f"* layer, case {case}: `{fused}` {'meets' if ok else 'misses'} the target: {'; '.join(checks)}.")
+        x, ref = by.get(("layer", case, NODES)), by.get(("layer", case, "gnn-reference"))
+        if x and ref:
+            share_t, share_m = x["time_s"] / ref["time_s"], x["step_mb"] / ref["step_mb"]
+
+            def edge_ratio(key):  # reference's edge part over the fused backend's (each minus the node part)
+                theirs, ours = ref[key] - x[key], f[key] - x[key]
+                return f"{theirs / ours:.1f}x" if ours > 0 else "n/a (the fused edge part is within noise of zero)"
+
+            out.append(
+                f"  The node part (`{NODES}`) takes {share_t:.0%} of `reference`'s time and {share_m:.0%} of its "
+                f"memory; the edge part alone (each backend minus the node part) is {edge_ratio('time_s')} faster and "
+                f"{edge_ratio('step_mb')} leaner with `{fused}` than with `reference`."
+            )
     model = [r for r in records if r["part"] == "model" and r["status"] == "ok"]
     g = next((r for r in model if r["method"].startswith("gnn-")), None)
     n = next((r for r in model if r["method"] == "np"), None)
@@ -145,7 +188,7 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layer = [r for r in records if r["part"] == "layer" and r["status"] == "ok"]
+    layer = [r for r in records if r["part"] == "layer" and r["status"] == "ok" and r["method"] != NODES]
     model = [r for r in records if r["part"] == "model" and r["status"] == "ok"]
     groups = [(f"case {c}", [r for r in layer if r["case"] == c]) for c in dict.fromkeys(r["case"] for r in layer)]
     if model:
@@ -211,7 +254,8 @@ def write(records: list[dict], args, meta: dict) -> None:
         "step; CUDA: `max_memory_allocated` above the memory allocated before the steps). Total memory adds the",
         "inputs. Time: the best of at least 3 steps (up to 50 while they take under a second in all) after a warm-up",
         "step, with the default malloc settings. A layer's backward starts from fixed random gradients of its",
-        "outputs. Each row ran in its own processes; see `wgraph/profile.py`.",
+        "outputs. Each row ran in its own processes; see `wgraph/profile.py`. `gnn-nodes`: the same layer with",
+        "message passing replaced by a stand-in without per-edge work (the node-sized part every backend shares).",
     ]
     (RESULTS / f"{stem}.md").write_text(
         "\n".join([f"# Message passing vs NP{' (--quick)' if args.quick else ''}", "", *body, *method_note]) + "\n"
@@ -234,7 +278,18 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600, help="seconds per configuration")
     ap.add_argument("--mem-cap-gb", type=float, default=16.0)
     ap.add_argument("--from-json", help="rewrite the tables, plot and docs from a results JSON of an earlier run")
+    ap.add_argument("--nodes-worker", help=argparse.SUPPRESS)  # one measurement of NODES (internal)
+    ap.add_argument("--part", default="both", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.nodes_worker:
+        from wgraph.kernels import register_backend
+        from wgraph.profile import measure
+
+        register_backend(NODES.removeprefix("gnn-"), _nodes_backend)
+        cfg = json.loads(args.nodes_worker)
+        cfg["input_shape"] = tuple(cfg["input_shape"]) if cfg.get("input_shape") else None
+        print(json.dumps(measure(Config(**cfg), args.part)))
+        return
     args.parts = args.parts.split(",")
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
@@ -243,7 +298,14 @@ def main() -> None:
         return
     import torch
 
-    records = profile(configs(args), timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
+    todo = configs(args)
+    measured = profile([c for c in todo if c.method != NODES], timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
+    nodes = {c.extra["case"]: nodes_record(c, args.timeout) for c in todo if c.method == NODES}
+    records = []
+    for r in measured:  # each case's node part first among its layer rows
+        if r["part"] == "layer" and r["case"] in nodes:
+            records.append(nodes.pop(r["case"]))
+        records.append(r)
     for r in records:
         print(json.dumps({k: r.get(k) for k in ("case", "part", "method", "time_s", "step_mb", "status")}))
     dev = records[0].get("device_name") if records and "device_name" in records[0] else args.device

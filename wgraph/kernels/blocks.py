@@ -67,7 +67,7 @@ def dense_sum_aggregate(
 
         send, recv, edge = fold(send), fold(recv), fold(edge)
     n_send = edge.shape[1] if reverse else edge.shape[2]
-    if scales and aggr == ("mean",):
+    if scales and aggr == ("mean",) and n_send:
         out = dense_sum(send, recv, edge, 1.0 / n_send)
     else:
         total = dense_sum(send, recv, edge)
