@@ -1,5 +1,5 @@
 /* Fused message passing over one dense edge block, on the CPU. wgraph.kernels.native builds this
- * file with the machine's C compiler on first use (about a second) and calls it through ctypes.
+ * file with the machine's C compiler on first use (a few seconds) and calls it through ctypes.
  *
  * A block has R rows and C columns (out x in of the layer's weight), K raw features per edge and
  * H hidden channels. With row states p (B, R, H), column states q (B, C, H), edge features
@@ -14,8 +14,8 @@
  *           gp[b,v] = sum_u G,  gq[b,u] = sum_v G,  gc[k] = sum_{b,v,u} x[b,v,u,k] G,
  *           gx[b,v,u,k] = sum_h G[h] c[k,h]       (each only where its pointer is not NULL)
  *
- * Every pre-activation is recomputed in registers, W channels at a time; nothing of size
- * B x R x C x H is ever stored (the backward keeps one row of G, C x H, per thread).
+ * Every pre-activation is recomputed in registers, W = 16 channels at a time (H must be a multiple
+ * of W: the caller pads); nothing of size B x R x C x H is ever stored.
  *
  * Threads (OpenMP, when built with it) take contiguous ranges of the B * R (network, row) pairs.
  * Column sums of a network that a thread covers whole go straight to the output; the networks at
@@ -96,7 +96,10 @@ static inline void range_of(i64 n, int t, int nt, i64 *s, i64 *e) {
 #include __FILE__
 
 /* Bumped whenever a signature changes; the loader checks it. */
-int wg_abi_version(void) { return 3; }
+int wg_abi_version(void) { return 4; }
+
+/* Channels per vector chunk: callers pad H to a multiple of it. */
+int wg_lanes(void) { return W; }
 
 #else /* ------------------------------------------------------------ one floating type: WG_T */
 
@@ -131,16 +134,15 @@ typedef WG_I WG_FN(VI) __attribute__((vector_size(W * sizeof(T))));
 #define V WG_FN(V)
 #define VI WG_FN(VI)
 
-/* Loads and stores of the first w <= W channels (the rest of a loaded chunk is zero). Called with
- * w == W as a constant (the common case: H a multiple of W), they are single vector moves. */
-WG_INLINE V WG_FN(vload)(const T *p, i64 w) { V v = {0}; memcpy(&v, p, (size_t)w * sizeof(T)); return v; }
-WG_INLINE void WG_FN(vstore)(T *p, V v, i64 w) { memcpy(p, &v, (size_t)w * sizeof(T)); }
-WG_INLINE void WG_FN(vadd)(T *p, V v, i64 w) { WG_FN(vstore)(p, WG_FN(vload)(p, w) + v, w); }
+/* Unaligned vector loads and stores of one chunk (memcpy of a constant size: one vector move). */
+WG_INLINE V WG_FN(vload)(const T *p) { V v; memcpy(&v, p, sizeof v); return v; }
+WG_INLINE void WG_FN(vstore)(T *p, V v) { memcpy(p, &v, sizeof v); }
+WG_INLINE void WG_FN(vadd)(T *p, V v) { WG_FN(vstore)(p, WG_FN(vload)(p) + v); }
 
 /* z = p + q + sum_k x[k] c[k] for one edge and one chunk; pv, qu, c start at the chunk. */
-WG_INLINE V WG_FN(zvec)(const T *pv, const T *qu, const T *xe, const T *c, i64 K, i64 H, i64 w) {
-    V z = WG_FN(vload)(pv, w) + WG_FN(vload)(qu, w);
-    for (i64 k = 0; k < K; k++) z += xe[k] * WG_FN(vload)(c + k * H, w);
+WG_INLINE V WG_FN(zvec)(const T *pv, const T *qu, const T *xe, const T *c, i64 K, i64 H) {
+    V z = WG_FN(vload)(pv) + WG_FN(vload)(qu);
+    for (i64 k = 0; k < K; k++) z += xe[k] * WG_FN(vload)(c + k * H);
     return z;
 }
 
@@ -158,28 +160,28 @@ WG_INLINE V WG_FN(vgrad)(V z, V g, int act) {
     return z;
 }
 
-/* Forward of rows v0 <= v < v1 of one network and one chunk of w channels (every pointer but x at
+/* Forward of rows v0 <= v < v1 of one network and one chunk of W channels (every pointer but x at
  * the chunk's first channel). Each receiver's sum stays in a register while its edges are swept:
  * rows receive: for each row, over its columns; columns receive: for each column, over the rows
  * (then added to out, which other ranges of the same network may share). */
 WG_INLINE void WG_FN(fwd_chunk)(const T *restrict pb, i64 p_sr, const T *restrict qb, i64 q_sr,
                                 const T *restrict xb, const T *restrict c, int cols_receive, i64 v0, i64 v1, i64 C,
-                                i64 K, i64 H, i64 w, int act, T scale, T *restrict ob) {
+                                i64 K, i64 H, int act, T scale, T *restrict ob) {
     if (!cols_receive) {
         for (i64 v = v0; v < v1; v++) {
             const T *pv = pb + v * p_sr;
             const T *xr = xb + v * C * K;
             V acc = {0};
-            for (i64 u = 0; u < C; u++) acc += WG_FN(vact)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H, w), act);
-            WG_FN(vstore)(ob + v * H, scale * acc, w);
+            for (i64 u = 0; u < C; u++) acc += WG_FN(vact)(WG_FN(zvec)(pv, qb + u * q_sr, xr + u * K, c, K, H), act);
+            WG_FN(vstore)(ob + v * H, scale * acc);
         }
     } else {
         for (i64 u = 0; u < C; u++) {
             const T *qu = qb + u * q_sr;
             V acc = {0};
             for (i64 v = v0; v < v1; v++)
-                acc += WG_FN(vact)(WG_FN(zvec)(pb + v * p_sr, qu, xb + (v * C + u) * K, c, K, H, w), act);
-            WG_FN(vadd)(ob + u * H, scale * acc, w);
+                acc += WG_FN(vact)(WG_FN(zvec)(pb + v * p_sr, qu, xb + (v * C + u) * K, c, K, H), act);
+            WG_FN(vadd)(ob + u * H, scale * acc);
         }
     }
 }
@@ -187,22 +189,18 @@ WG_INLINE void WG_FN(fwd_chunk)(const T *restrict pb, i64 p_sr, const T *restric
 /* The forward of rows v0..v1 of one network, all channels (K and act constants: WG_SPECIALIZE). */
 WG_INLINE void WG_FN(fwd_rows)(const T *pb, i64 p_sr, const T *qb, i64 q_sr, const T *xb, const T *c,
                                int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int act, T scale, T *ob) {
-    i64 h0 = 0;
-    for (; h0 + W <= H; h0 += W)
-        WG_FN(fwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, cols_receive, v0, v1, C, K, H, W, act, scale, ob + h0);
-    if (h0 < H)
-        WG_FN(fwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, cols_receive, v0, v1, C, K, H, H - h0, act, scale,
-                         ob + h0);
+    for (i64 h0 = 0; h0 < H; h0 += W)
+        WG_FN(fwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, cols_receive, v0, v1, C, K, H, act, scale, ob + h0);
 }
 
-/* Backward of rows v0 <= v < v1 of one network and one chunk of w channels (every pointer but x and
+/* Backward of rows v0 <= v < v1 of one network and one chunk of W channels (every pointer but x and
  * gx already at the chunk's first channel): each edge's G = s g * phi'(z) is recomputed and summed
  * into its row's gradient (gp), its column's (gq), the lift's (gc: for K <= WG_KMAX, K accumulators
  * kept in registers for the whole range, reusing the broadcasts of x that z needed) and its own
  * (gx: dot products with the lift's rows, summed over chunks). */
 WG_INLINE void WG_FN(bwd_chunk)(const T *restrict pb, i64 p_sr, const T *restrict qb, i64 q_sr,
                                 const T *restrict xb, const T *restrict c, const T *restrict gb, i64 g_sr,
-                                int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, i64 w, int act, T scale,
+                                int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int act, T scale,
                                 T *restrict gpb, T *restrict gqb, T *restrict gct, T *restrict gxb) {
     const int in_regs = K <= WG_KMAX;
     V lacc[WG_KMAX];
@@ -211,47 +209,43 @@ WG_INLINE void WG_FN(bwd_chunk)(const T *restrict pb, i64 p_sr, const T *restric
         const T *pv = pb + v * p_sr;
         const T *xr = xb + v * C * K;
         V racc = {0}, g = {0};
-        if (!cols_receive) g = scale * WG_FN(vload)(gb + v * g_sr, w);
+        if (!cols_receive) g = scale * WG_FN(vload)(gb + v * g_sr);
         for (i64 u = 0; u < C; u++) {
             const T *xe = xr + u * K;
-            if (cols_receive) g = scale * WG_FN(vload)(gb + u * g_sr, w);
-            const V G = WG_FN(vgrad)(WG_FN(zvec)(pv, qb + u * q_sr, xe, c, K, H, w), g, act);
+            if (cols_receive) g = scale * WG_FN(vload)(gb + u * g_sr);
+            const V G = WG_FN(vgrad)(WG_FN(zvec)(pv, qb + u * q_sr, xe, c, K, H), g, act);
             racc += G;
-            if (gqb) WG_FN(vadd)(gqb + u * H, G, w);
+            if (gqb) WG_FN(vadd)(gqb + u * H, G);
             if (gct) {
                 if (in_regs) {
                     for (i64 k = 0; k < K; k++) lacc[k] += xe[k] * G;
                 } else {
-                    for (i64 k = 0; k < K; k++) WG_FN(vadd)(gct + k * H, xe[k] * G, w);
+                    for (i64 k = 0; k < K; k++) WG_FN(vadd)(gct + k * H, xe[k] * G);
                 }
             }
             if (gxb) {
                 T *gxe = gxb + (v * C + u) * K;
                 for (i64 k = 0; k < K; k++) {
-                    const V d = G * WG_FN(vload)(c + k * H, w);
+                    const V d = G * WG_FN(vload)(c + k * H);
                     T acc = 0;
                     for (int j = 0; j < W; j++) acc += d[j];
                     gxe[k] += acc;
                 }
             }
         }
-        if (gpb) WG_FN(vadd)(gpb + v * H, racc, w);
+        if (gpb) WG_FN(vadd)(gpb + v * H, racc);
     }
     if (gct && in_regs)
-        for (i64 k = 0; k < K; k++) WG_FN(vadd)(gct + k * H, lacc[k], w);
+        for (i64 k = 0; k < K; k++) WG_FN(vadd)(gct + k * H, lacc[k]);
 }
 
 /* The backward of rows v0..v1 of one network, all channels (K and act constants: WG_SPECIALIZE). */
 WG_INLINE void WG_FN(bwd_rows)(const T *pb, i64 p_sr, const T *qb, i64 q_sr, const T *xb, const T *c, const T *gb,
                                i64 g_sr, int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int act, T scale,
                                T *gpb, T *gqb, T *gct, T *gxb) {
-#define WG_CHUNK(h0, w)                                                                                           \
-    WG_FN(bwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, gb + h0, g_sr, cols_receive, v0, v1, C, K, H, w, act, \
-                     scale, gpb ? gpb + h0 : NULL, gqb ? gqb + h0 : NULL, gct ? gct + h0 : NULL, gxb)
-    i64 h0 = 0;
-    for (; h0 + W <= H; h0 += W) WG_CHUNK(h0, W);
-    if (h0 < H) WG_CHUNK(h0, H - h0);
-#undef WG_CHUNK
+    for (i64 h0 = 0; h0 < H; h0 += W)
+        WG_FN(bwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, gb + h0, g_sr, cols_receive, v0, v1, C, K, H, act,
+                         scale, gpb ? gpb + h0 : NULL, gqb ? gqb + h0 : NULL, gct ? gct + h0 : NULL, gxb);
 }
 
 /* Adds the partial column buffers of every thread, in thread order, to out[part_b[i]]. */
@@ -266,6 +260,7 @@ static void WG_FN(add_parts)(T *out, const T *part, const i64 *part_b, int slots
 
 int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 q_sr, const T *x, const T *c,
                       T *out, i64 B, i64 R, i64 C, i64 K, i64 H, int act, T scale, int cols_receive, int nthreads) {
+    if (H % W) return 2;
     const i64 n = B * R;
     int nt = WG_THREADS(nthreads);
     if (nt > n) nt = (int)(n > 0 ? n : 1);
@@ -311,6 +306,7 @@ int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 
 int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 q_sr, const T *x, const T *c,
                        const T *g, i64 g_sb, i64 g_sr, T *gp, T *gq, T *gc, T *gx, i64 B, i64 R, i64 C, i64 K, i64 H,
                        int act, T scale, int cols_receive, int nthreads) {
+    if (H % W) return 2;
     const i64 n = B * R;
     int nt = WG_THREADS(nthreads);
     if (nt > n) nt = (int)(n > 0 ? n : 1);

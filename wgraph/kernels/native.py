@@ -15,13 +15,13 @@ senders and receivers for ``reverse=True``):
   :math:`\partial L/\partial x_{vuk} = \langle G_{vu}, C_k \rangle`.
 
 ``native.c`` computes each in one sweep over the block that recomputes ``z`` 16 channels at a
-time in vector registers: nothing edge-sized is allocated, the backward keeps one row of ``G``
-(``in x H``) per thread, and threads (OpenMP, ``torch.get_num_threads()`` of them) split the
+time in vector registers (``H`` padded with zero channels to a multiple of 16): nothing
+edge-sized is allocated, and threads (OpenMP, ``torch.get_num_threads()`` of them) split the
 block by rows with results independent of scheduling.
 
 **Building.** The first use in a process compiles ``native.c`` with the machine's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, OpenMP where the compiler has
-it), about a second, into a cache directory (``$WGRAPH_CACHE_DIR``, else
+it), a few seconds, into a cache directory (``$WGRAPH_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/wgraph`` or ``~/.cache/wgraph``). The file name hashes the source, the compiler,
 its flags and the CPU, so a shared home directory never hands one machine another's binary.
 Later processes load the cached library. Without a working compiler, a warning names the reason
@@ -45,6 +45,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 #: Use the native kernels (``WGRAPH_NATIVE=0`` in the environment turns them off at import).
 ENABLED = os.environ.get("WGRAPH_NATIVE", "1") != "0"
@@ -61,7 +62,11 @@ FLAG_SETS = (
 )
 _COMMON = ("-std=c11", "-fPIC", "-shared", "-Wno-psabi")
 
-ABI_VERSION = 3
+ABI_VERSION = 4
+
+#: Channels per vector chunk of ``native.c``: H is padded with zero channels to a multiple of it
+#: (phi(0) = 0 for every activation and zero gradients stay zero, so the padding contributes nothing).
+LANES = 16
 ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "silu": 3, "gelu": 4}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -149,7 +154,7 @@ def _load() -> ctypes.CDLL | None:
             return _lib
         try:
             lib = ctypes.CDLL(str(build()))
-            if lib.wg_abi_version() != ABI_VERSION:
+            if lib.wg_abi_version() != ABI_VERSION or lib.wg_lanes() != LANES:
                 raise BuildError(f"stale library: ABI {lib.wg_abi_version()}, expected {ABI_VERSION}")
         except (BuildError, OSError) as e:
             _failed.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
@@ -186,22 +191,35 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _check(rc: int, what: str) -> None:
+    if rc == 2:
+        raise ValueError(f"wgraph native {what} kernel: channels not a multiple of {LANES} (not padded)")
     if rc != 0:
         raise MemoryError(f"wgraph native {what} kernel: out of memory for its per-thread buffers")
+
+
+def _pad(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """``t`` with zero channels appended up to ``channels`` (itself if it has them)."""
+    return t if t.shape[-1] == channels else F.pad(t, (0, channels - t.shape[-1]))
+
+
+def _unpad(t: torch.Tensor | None, channels: int) -> torch.Tensor | None:
+    return t if t is None or t.shape[-1] == channels else t[..., :channels].contiguous()
 
 
 def forward(send, recv, edge, weight, reverse: bool, act: str, scale: float = 1.0) -> torch.Tensor:
     """Per-receiver sum of ``phi(z)`` over a dense block, times ``scale``: ``(B, n_recv, H)``."""
     p, q = (recv, send) if not reverse else (send, recv)
-    p, q, x, c = _rows(p.detach()), _rows(q.detach()), edge.detach().contiguous(), weight.detach().contiguous()
+    H = weight.shape[1]
+    Hp = -(-H // LANES) * LANES
+    p, q = _rows(_pad(p.detach(), Hp)), _rows(_pad(q.detach(), Hp))
+    x, c = edge.detach().contiguous(), _pad(weight.detach(), Hp).contiguous()
     B, R, C, K = x.shape
-    H = c.shape[1]
-    out = torch.zeros(B, C if reverse else R, H, dtype=x.dtype)
+    out = torch.zeros(B, C if reverse else R, Hp, dtype=x.dtype)
     fn = getattr(_lib, f"wg_forward_{_SUFFIX[x.dtype]}")
     rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(out),
-            B, R, C, K, H, ACT_CODES[act], scale, int(reverse), torch.get_num_threads())  # fmt: skip
+            B, R, C, K, Hp, ACT_CODES[act], scale, int(reverse), torch.get_num_threads())  # fmt: skip
     _check(rc, "forward")
-    return out
+    return _unpad(out, H)
 
 
 def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tuple[bool, bool, bool, bool], scale: float = 1.0):
@@ -210,21 +228,22 @@ def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tupl
     need_s, need_r, need_e, need_w = need
     p, q = (recv, send) if not reverse else (send, recv)
     need_p, need_q = (need_r, need_s) if not reverse else (need_s, need_r)
-    p, q, x, c = _rows(p.detach()), _rows(q.detach()), edge.detach().contiguous(), weight.detach().contiguous()
-    g = _rows(grad)
+    H = weight.shape[1]
+    Hp = -(-H // LANES) * LANES
+    p, q, g = _rows(_pad(p.detach(), Hp)), _rows(_pad(q.detach(), Hp)), _rows(_pad(grad, Hp))
+    x, c = edge.detach().contiguous(), _pad(weight.detach(), Hp).contiguous()
     B, R, C, K = x.shape
-    H = c.shape[1]
-    gp = torch.zeros(B, R, H, dtype=x.dtype) if need_p else None
-    gq = torch.zeros(B, C, H, dtype=x.dtype) if need_q else None
-    gc = torch.zeros(K, H, dtype=x.dtype) if need_w else None
+    gp = torch.zeros(B, R, Hp, dtype=x.dtype) if need_p else None
+    gq = torch.zeros(B, C, Hp, dtype=x.dtype) if need_q else None
+    gc = torch.zeros(K, Hp, dtype=x.dtype) if need_w else None
     gx = torch.zeros(B, R, C, K, dtype=x.dtype) if need_e else None
     fn = getattr(_lib, f"wg_backward_{_SUFFIX[x.dtype]}")
     rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(g),
-            g.stride(0), g.stride(1), _ptr(gp), _ptr(gq), _ptr(gc), _ptr(gx), B, R, C, K, H, ACT_CODES[act], scale,
+            g.stride(0), g.stride(1), _ptr(gp), _ptr(gq), _ptr(gc), _ptr(gx), B, R, C, K, Hp, ACT_CODES[act], scale,
             int(reverse), torch.get_num_threads())  # fmt: skip
     _check(rc, "backward")
-    g_send, g_recv = (gq, gp) if not reverse else (gp, gq)
-    return g_send, g_recv, gx, gc
+    g_send, g_recv = (_unpad(gq, H), _unpad(gp, H)) if not reverse else (_unpad(gp, H), _unpad(gq, H))
+    return g_send, g_recv, gx, _unpad(gc, H)
 
 
 __all__ = ["ENABLED", "BuildError", "build", "cache_dir", "usable", "forward", "backward"]
