@@ -73,6 +73,27 @@ static inline void range_of(i64 n, int t, int nt, i64 *s, i64 *e) {
     *e = n * (t + 1) / nt;
 }
 
+/* The network b and its rows v0 <= v < v1 that pairs [f, e) of a thread's range start with. */
+static inline void segment_of(i64 f, i64 e, i64 R, i64 *b, i64 *v0, i64 *v1) {
+    *b = f / R;
+    *v0 = f % R;
+    *v1 = e - *b * R < R ? e - *b * R : R;
+}
+
+/* Per-thread partial column sums: two (C, H) slots a thread, and the network each holds (-1: none).
+ * Returns 0 when out of memory. */
+static int alloc_parts(int nt, i64 slot_size, size_t elem, void **part, i64 **part_b) {
+    *part = calloc((size_t)(2 * nt * slot_size), elem);
+    *part_b = (i64 *)malloc(sizeof(i64) * 2 * nt);
+    if (!*part || !*part_b) {
+        free(*part);
+        free(*part_b);
+        return 0;
+    }
+    for (int i = 0; i < 2 * nt; i++) (*part_b)[i] = -1;
+    return 1;
+}
+
 #define WG_T float
 #define WG_S f32
 #define WG_EXP expf
@@ -248,6 +269,15 @@ WG_INLINE void WG_FN(bwd_rows)(const T *pb, i64 p_sr, const T *qb, i64 q_sr, con
                          scale, gpb ? gpb + h0 : NULL, gqb ? gqb + h0 : NULL, gct ? gct + h0 : NULL, gxb);
 }
 
+/* Where thread t puts the column sums of network b: the output itself when its range holds every
+ * row of b, else a partial slot (0 for the range's first network, 1 for its last). */
+WG_INLINE T *WG_FN(column_sums)(T *out, T *part, i64 *part_b, int t, int first, i64 b, i64 v0, i64 v1, i64 R, i64 CH) {
+    if (v0 == 0 && v1 == R) return out + b * CH;
+    const int slot = 2 * t + (first ? 0 : 1);
+    part_b[slot] = b;
+    return part + slot * CH;
+}
+
 /* Adds the partial column buffers of every thread, in thread order, to out[part_b[i]]. */
 static void WG_FN(add_parts)(T *out, const T *part, const i64 *part_b, int slots, i64 CH) {
     for (int i = 0; i < slots; i++) {
@@ -264,35 +294,24 @@ int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 
     const i64 n = B * R;
     int nt = WG_THREADS(nthreads);
     if (nt > n) nt = (int)(n > 0 ? n : 1);
-    T *part = NULL; /* per thread: two (C, H) partial column sums */
+    T *part = NULL; /* columns receive: per-thread partial column sums */
     i64 *part_b = NULL;
-    if (cols_receive && nt > 1) {
-        part = (T *)calloc((size_t)(2 * nt * C * H), sizeof(T));
-        part_b = (i64 *)malloc(sizeof(i64) * 2 * nt);
-        if (!part || !part_b) { free(part); free(part_b); return 1; }
-        for (int i = 0; i < 2 * nt; i++) part_b[i] = -1;
-    }
+    if (cols_receive && nt > 1 && !alloc_parts(nt, C * H, sizeof(T), (void **)&part, &part_b)) return 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int t = 0, tn = 1;
         WG_THREAD_IDS(t, tn);
-        i64 s, e;
+        i64 s, e, b, v0, v1;
         range_of(n, t, tn, &s, &e);
-        for (i64 f = s; f < e;) {
-            const i64 b = f / R, v0 = f % R, v1 = (e - b * R) < R ? (e - b * R) : R;
-            const T *qb = q + b * q_sb;
-            T *col = out + b * C * H; /* columns receive: this network's sums */
-            if (cols_receive && !(v0 == 0 && v1 == R)) {
-                const int slot = 2 * t + (f == s ? 0 : 1);
-                part_b[slot] = b;
-                col = part + slot * C * H;
-            }
-            T *ob = cols_receive ? col : out + b * R * H; /* rows receive: rows v0..v1 of this network */
-#define WG_FWD(KK, AA) \
-    WG_FN(fwd_rows)(p + b * p_sb, p_sr, qb, q_sr, x + b * R * C * K, c, cols_receive, v0, v1, C, KK, H, AA, scale, ob)
+        for (i64 f = s; f < e; f = b * R + v1) {
+            segment_of(f, e, R, &b, &v0, &v1);
+            T *ob = cols_receive ? WG_FN(column_sums)(out, part, part_b, t, f == s, b, v0, v1, R, C * H)
+                                 : out + b * R * H; /* rows receive: rows v0..v1 of this network */
+#define WG_FWD(KK, AA)                                                                                           \
+    WG_FN(fwd_rows)(p + b * p_sb, p_sr, q + b * q_sb, q_sr, x + b * R * C * K, c, cols_receive, v0, v1, C, KK, H, AA, \
+                    scale, ob)
             WG_SPECIALIZE(WG_FWD);
 #undef WG_FWD
-            f = b * R + v1;
         }
     }
     if (part) {
@@ -310,36 +329,28 @@ int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64
     const i64 n = B * R;
     int nt = WG_THREADS(nthreads);
     if (nt > n) nt = (int)(n > 0 ? n : 1);
-    T *part = NULL, *gcs = NULL; /* per thread: two (C, H) partial column gradients; a (K, H) lift gradient */
+    T *part = NULL, *gcs = NULL; /* per thread: partial column gradients, and a (K, H) lift gradient */
     i64 *part_b = NULL;
     if (nt > 1) {
-        part = gq ? (T *)calloc((size_t)(2 * nt * C * H), sizeof(T)) : NULL;
-        part_b = (i64 *)malloc(sizeof(i64) * 2 * nt);
+        if (gq && !alloc_parts(nt, C * H, sizeof(T), (void **)&part, &part_b)) return 1;
         gcs = gc ? (T *)calloc((size_t)(nt * K * H), sizeof(T)) : NULL;
-        if ((gq && !part) || !part_b || (gc && !gcs)) { free(part); free(part_b); free(gcs); return 1; }
-        for (int i = 0; i < 2 * nt; i++) part_b[i] = -1;
+        if (gc && !gcs) { free(part); free(part_b); return 1; }
     }
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int t = 0, tn = 1;
         WG_THREAD_IDS(t, tn);
-        i64 s, e;
+        i64 s, e, b, v0, v1;
         range_of(n, t, tn, &s, &e);
         T *gct = gc ? (nt > 1 ? gcs + (i64)t * K * H : gc) : NULL;
-        for (i64 f = s; f < e;) {
-            const i64 b = f / R, v0 = f % R, v1 = (e - b * R) < R ? (e - b * R) : R;
-            T *gqb = gq ? gq + b * C * H : NULL;
-            if (gq && !(v0 == 0 && v1 == R)) {
-                const int slot = 2 * t + (f == s ? 0 : 1);
-                part_b[slot] = b;
-                gqb = part + slot * C * H;
-            }
+        for (i64 f = s; f < e; f = b * R + v1) {
+            segment_of(f, e, R, &b, &v0, &v1);
+            T *gqb = gq ? WG_FN(column_sums)(gq, part, part_b, t, f == s, b, v0, v1, R, C * H) : NULL;
 #define WG_BWD(KK, AA)                                                                                             \
     WG_FN(bwd_rows)(p + b * p_sb, p_sr, q + b * q_sb, q_sr, x + b * R * C * K, c, g + b * g_sb, g_sr, cols_receive, \
                     v0, v1, C, KK, H, AA, scale, gp ? gp + b * R * H : NULL, gqb, gct, gx ? gx + b * R * C * K : NULL)
             WG_SPECIALIZE(WG_BWD);
 #undef WG_BWD
-            f = b * R + v1;
         }
     }
     if (nt > 1) {
