@@ -24,7 +24,8 @@ block by rows with results independent of scheduling.
 it), a few seconds, into a cache directory (``$WGRAPH_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/wgraph`` or ``~/.cache/wgraph``). The file name hashes the source, the compiler,
 its flags and the CPU, so a shared home directory never hands one machine another's binary.
-Later processes load the cached library. Without a working compiler, a warning names the reason
+Later processes load the cached library (a library found there is loaded as it is: keep the
+directory writable by you only, as for any compiled-extension cache). Without a working compiler, a warning names the reason
 once and :mod:`wgraph.kernels.fused` runs its eager tiles (slower, same results); set
 ``WGRAPH_NATIVE=0`` to choose the tiles outright.
 
