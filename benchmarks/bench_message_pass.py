@@ -82,16 +82,11 @@ def _nodes_backend(send, recv, edge, edge_weight, *, kind, reverse, aggr, act, g
 
 def nodes_record(cfg: Config, timeout: float) -> dict:
     """:data:`NODES` measured like :func:`wgraph.profile.run_isolated` (time and memory processes)."""
-    from wgraph.profile import MEMORY_ENV, WorkerFailed, run_worker
+    from wgraph.profile import WorkerFailed, run_measurement
 
     rec = {**{k: v for k, v in cfg.__dict__.items() if k != "extra"}, **cfg.extra}
-    argv = [__file__, "--nodes-worker", json.dumps({**cfg.__dict__, "extra": {}})]
     try:
-        if cfg.device == "cuda":
-            res = run_worker(argv, timeout)
-        else:
-            res = run_worker([*argv, "--part", "time"], timeout)
-            res.update(run_worker([*argv, "--part", "memory"], timeout, env=MEMORY_ENV))
+        res = run_measurement([__file__, "--nodes-worker", json.dumps({**cfg.__dict__, "extra": {}})], cfg.device, timeout)
     except WorkerFailed as e:
         return {**rec, "status": f"failed (exit {e.returncode}): {e.last_line}"}
     return {**rec, **res, "status": "ok"}

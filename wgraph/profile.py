@@ -59,12 +59,12 @@ from pathlib import Path
 from .errors import SpecError, WgraphError
 
 GNN_BACKENDS = ("reference", "fused", "pyg", "scatter", "triton")
-
-#: The environment of the CPU memory process: glibc maps every allocation of 64 KB or more on its own.
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
 PS_METHODS = ("np", "hnp", "monomial", "magep")
 NFN_METHODS = ("nfn-np", "nfn-hnp")
 METHODS = (*(f"gnn-{b}" for b in GNN_BACKENDS), *PS_METHODS, *NFN_METHODS)
+
+#: The environment of the CPU memory process: glibc maps every allocation of 64 KB or more on its own.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
 SCOPES = ("layer", "model")
 _NFN_INSTALLED = importlib.util.find_spec("nfn") is not None
 
@@ -410,6 +410,17 @@ def run_worker(argv: list[str], timeout: float, env: dict[str, str] | None = Non
     return json.loads(out[-1])
 
 
+def run_measurement(argv: list[str], device: str, timeout: float) -> dict:
+    """One configuration's measurements from a worker ``python *argv`` that takes ``--part``: on CPU
+    time with the default malloc settings and memory in a process of its own started with
+    :data:`MEMORY_ENV` (see the module docstring), on CUDA both in one process."""
+    if device == "cuda":
+        return run_worker(argv, timeout)
+    res = run_worker([*argv, "--part", "time"], timeout)
+    res.update(run_worker([*argv, "--part", "memory"], timeout, env=MEMORY_ENV))
+    return res
+
+
 def run_isolated(cfg: Config, *, timeout: float = 600, mem_cap_gb: float = 8.0) -> dict:
     """Measure ``cfg`` in its own subprocess; the record is the config plus results and a ``status``."""
     layout = layout_of(cfg.arch, cfg.input_shape)
@@ -423,13 +434,8 @@ def run_isolated(cfg: Config, *, timeout: float = 600, mem_cap_gb: float = 8.0) 
     if est > mem_cap_gb:
         return {**rec, "status": f"skipped: estimated {est:.1f} GB > {mem_cap_gb:g} GB cap"}
     t = time.perf_counter()
-    argv = ["-m", "wgraph.profile", "--worker", json.dumps(asdict(cfg))]
     try:
-        if cfg.device == "cuda":
-            res = run_worker(argv, timeout)
-        else:  # time with the default malloc settings, memory in a process of its own (module docstring)
-            res = run_worker([*argv, "--part", "time"], timeout)
-            res.update(run_worker([*argv, "--part", "memory"], timeout, env=MEMORY_ENV))
+        res = run_measurement(["-m", "wgraph.profile", "--worker", json.dumps(asdict(cfg))], cfg.device, timeout)
     except subprocess.TimeoutExpired:
         return {**rec, "status": f"skipped: over {timeout:g} s"}
     except WorkerFailed as e:

@@ -15,8 +15,8 @@ without ever holding the ``(B, out, in, H)`` tensor of pre-activations or messag
 On CPU, for float32 / float64 blocks (:func:`wgraph.kernels.native.usable`), forward and backward
 run the same math in native kernels (:mod:`wgraph.kernels.native`: one sweep over the block that
 keeps each pre-activation in registers, no tiles). Everywhere else (other devices and dtypes, no C
-compiler, ``WGRAPH_NATIVE=0``) the block is cut into tiles (the whole block of several networks when one network's block fits the budget,
-otherwise a few rows of one network) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
+compiler, ``WGRAPH_NATIVE=0``) the block is cut into tiles (the whole block of several networks
+when one network's block fits the budget, otherwise a few rows of one network) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
 :func:`tile_budget` bytes (:data:`TILE_BYTES` per torch thread; at least one row of one network
 per tile). Dense blocks need no index tensors: a tile is a slice of ``x`` and of the node states.
 
