@@ -207,13 +207,20 @@ def _unpad(t: torch.Tensor | None, channels: int) -> torch.Tensor | None:
     return t if t is None or t.shape[-1] == channels else t[..., :channels].contiguous()
 
 
-def forward(send, recv, edge, weight, reverse: bool, act: str, scale: float = 1.0) -> torch.Tensor:
-    """Per-receiver sum of ``phi(z)`` over a dense block, times ``scale``: ``(B, n_recv, H)``."""
+def _operands(send, recv, edge, weight, reverse: bool):
+    """``(p, q, x, c, H, Hp)`` as ``native.c`` reads them: row and column states (senders and
+    receivers in the block's order), edges and lift, channels padded from ``H`` to ``Hp``."""
     p, q = (recv, send) if not reverse else (send, recv)
     H = weight.shape[1]
     Hp = -(-H // LANES) * LANES
     p, q = _rows(_pad(p.detach(), Hp)), _rows(_pad(q.detach(), Hp))
     x, c = edge.detach().contiguous(), _pad(weight.detach(), Hp).contiguous()
+    return p, q, x, c, H, Hp
+
+
+def forward(send, recv, edge, weight, reverse: bool, act: str, scale: float = 1.0) -> torch.Tensor:
+    """Per-receiver sum of ``phi(z)`` over a dense block, times ``scale``: ``(B, n_recv, H)``."""
+    p, q, x, c, H, Hp = _operands(send, recv, edge, weight, reverse)
     B, R, C, K = x.shape
     out = torch.zeros(B, C if reverse else R, Hp, dtype=x.dtype)
     fn = getattr(_lib, f"wg_forward_{_SUFFIX[x.dtype]}")
@@ -227,12 +234,9 @@ def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tupl
     """Gradients ``(send, recv, edge, weight)`` of :func:`forward` (with the same ``scale``) for the
     receivers' gradient ``grad``, ``None`` where ``need`` says not needed."""
     need_s, need_r, need_e, need_w = need
-    p, q = (recv, send) if not reverse else (send, recv)
     need_p, need_q = (need_r, need_s) if not reverse else (need_s, need_r)
-    H = weight.shape[1]
-    Hp = -(-H // LANES) * LANES
-    p, q, g = _rows(_pad(p.detach(), Hp)), _rows(_pad(q.detach(), Hp)), _rows(_pad(grad, Hp))
-    x, c = edge.detach().contiguous(), _pad(weight.detach(), Hp).contiguous()
+    p, q, x, c, H, Hp = _operands(send, recv, edge, weight, reverse)
+    g = _rows(_pad(grad, Hp))
     B, R, C, K = x.shape
     gp = torch.zeros(B, R, Hp, dtype=x.dtype) if need_p else None
     gq = torch.zeros(B, C, Hp, dtype=x.dtype) if need_q else None
