@@ -170,7 +170,7 @@ def test_other_dtypes_take_the_eager_tiles(gen):
 
 
 def test_build_is_cached_and_keyed(tmp_path, monkeypatch):
-    """A second build finds the first's library; another source (or CPU) gets its own file."""
+    """A second build finds the first's library; another CPU or other flags get a file of their own."""
     first = native.build(tmp_path)
     assert first.parent == tmp_path and first.suffix == ".so"
     mtime = first.stat().st_mtime_ns
@@ -181,6 +181,9 @@ def test_build_is_cached_and_keyed(tmp_path, monkeypatch):
         {first.name, native.build(tmp_path).name}
     )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")]  # no half-written files
+    built = {p.name for p in tmp_path.glob("*.so")}
+    monkeypatch.setattr(native, "_COMMON", (*native._COMMON, "-DWG_UNUSED_MACRO"))
+    assert native.build(tmp_path).name not in built
 
 
 def test_missing_compiler_is_a_clear_build_error(tmp_path, monkeypatch):

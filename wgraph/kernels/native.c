@@ -160,11 +160,17 @@ WG_INLINE V WG_FN(vload)(const T *p) { V v; memcpy(&v, p, sizeof v); return v; }
 WG_INLINE void WG_FN(vstore)(T *p, V v) { memcpy(p, &v, sizeof v); }
 WG_INLINE void WG_FN(vadd)(T *p, V v) { WG_FN(vstore)(p, WG_FN(vload)(p) + v); }
 
-/* z = p + q + sum_k x[k] c[k] for one edge and one chunk; pv, qu, c start at the chunk. */
+/* z = p + q + sum_k x[k] c[k] for one edge and one chunk; pv, qu, c start at the chunk. Two partial
+ * sums halve the chain of dependent multiply-adds. */
 WG_INLINE V WG_FN(zvec)(const T *pv, const T *qu, const T *xe, const T *c, i64 K, i64 H) {
-    V z = WG_FN(vload)(pv) + WG_FN(vload)(qu);
-    for (i64 k = 0; k < K; k++) z += xe[k] * WG_FN(vload)(c + k * H);
-    return z;
+    V z0 = WG_FN(vload)(pv), z1 = WG_FN(vload)(qu);
+    i64 k = 0;
+    for (; k + 1 < K; k += 2) {
+        z0 += xe[k] * WG_FN(vload)(c + k * H);
+        z1 += xe[k + 1] * WG_FN(vload)(c + (k + 1) * H);
+    }
+    if (k < K) z0 += xe[k] * WG_FN(vload)(c + k * H);
+    return z0 + z1;
 }
 
 /* phi(z) and g * phi'(z) of a chunk (zero channels stay zero: phi(0) = 0 for every activation) */
