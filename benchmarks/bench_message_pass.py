@@ -19,8 +19,9 @@ are built on CPU, ``max_memory_allocated`` on CUDA):
     nice python benchmarks/bench_message_pass.py [--quick] [--device cpu|cuda] [--threads 1]
         [--parts layer,model] [--timeout 600] [--from-json RESULTS.json]
 
-Writes ``benchmarks/results/message_pass[_cuda][_quick].json`` and ``.md``; a full run also writes
-``docs/img/performance[_cuda].png`` and the tables between the markers of ``docs/performance.md``.
+Writes ``benchmarks/results/message_pass[_cuda|_t<N>][_quick].json`` and ``.md`` (``_t<N>``: a CPU run
+with ``--threads N`` other than 1); a full run also writes ``docs/img/performance[...].png`` and the
+tables between the markers of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -218,8 +219,16 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def variant(args) -> str:
+    """What tells this run's results apart: ``cuda``, ``cpu``, or ``cpu-t<N>`` for N CPU threads other than 1."""
+    if args.device == "cuda":
+        return "cuda"
+    return "cpu" if args.threads == 1 else f"cpu-t{args.threads}"
+
+
 def write(records: list[dict], args, meta: dict) -> None:
-    suffix = ("_cuda" if args.device == "cuda" else "") + ("_quick" if args.quick else "")
+    name = variant(args)
+    suffix = ("" if name == "cpu" else "_" + name.replace("cpu-", "")) + ("_quick" if args.quick else "")
     stem = f"message_pass{suffix}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
@@ -257,11 +266,10 @@ def write(records: list[dict], args, meta: dict) -> None:
     )
     if args.quick:
         return
-    img = ROOT / "docs" / "img" / f"performance{'_cuda' if args.device == 'cuda' else ''}.png"
+    img = ROOT / "docs" / "img" / f"performance{suffix}.png"
     plot(records, img)
-    marker = "cuda" if args.device == "cuda" else "cpu"
-    start, end = f"<!-- results:{marker}:start -->", f"<!-- results:{marker}:end -->"
-    replace_block(DOC, start, end, "\n".join([*body, "", f"![{marker} results](img/{img.name})"]))
+    start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+    replace_block(DOC, start, end, "\n".join([*body, "", f"![{name} results](img/{img.name})"]))
 
 
 def main() -> None:
