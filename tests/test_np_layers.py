@@ -166,3 +166,17 @@ def test_fused_weight_update_gradients(shape):
         want = torch.autograd.grad(ref, (M, W, row, col, const), dz)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
+
+
+def test_weight_gradient_accumulates_in_place():
+    """W's two gradients (channel mix, row / column means) are summed into the mix's gradient, not
+    into a third W-sized tensor: that gradient must own its storage (not be a view)."""
+    from wgraph.nn.np_layers import _MixBroadcast, _row_col_means
+
+    M, W = torch.randn(4, 3), torch.randn(2, 3, 64, 65, requires_grad=True)  # large o*i path
+    r, c = _row_col_means([W])
+    z = _MixBroadcast.apply(M, W, None, None, None)
+    ptr = []
+    z.grad_fn.register_hook(lambda grad_in, grad_out: ptr.append(grad_in[1].data_ptr()))
+    (z.sum() + r[0].sum() + c[0].sum()).backward()
+    assert W.grad.data_ptr() == ptr[0]

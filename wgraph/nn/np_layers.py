@@ -98,13 +98,18 @@ def _channel_matmul(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``z[b, :, j, k] = M @ W[b, :, j, k]`` for ``W`` of shape ``(B, X, o, i)`` (no autograd graph
     of its own when called from :class:`_MixBroadcast`).
 
-    Large ``o i``: one ``bmm`` with ``M`` broadcast over the batch (no copy of ``W``). Small
-    ``o i`` (CNN channels, INRs): a batched product of many small matrices is slow, so ``W`` is
-    transposed to ``(X, B o i)`` (a transient copy) for one large matrix product.
+    Large ``o i``: one ``bmm`` with ``M`` broadcast over the batch (no copy of ``W``), written into
+    a tensor of its own rather than returned as a view of a 3-d result: autograd adds a second
+    gradient of ``W`` (from the row / column means) in place only into a tensor that owns its
+    storage, and otherwise allocates one more ``W``-sized sum. Small ``o i`` (CNN channels, INRs): a
+    batched product of many small matrices is slow, so ``W`` is transposed to ``(X, B o i)`` (a
+    transient copy) for one large matrix product.
     """
     B, X, o, i = W.shape
     if o * i >= 4096:
-        return torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i)).view(B, M.shape[0], o, i)
+        z = W.new_empty(B, M.shape[0], o, i)
+        torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i), out=z.view(B, -1, o * i))
+        return z
     Wt = W.transpose(0, 1).reshape(X, B * o * i)
     return (M @ Wt).view(M.shape[0], B, o, i).transpose(0, 1).contiguous()
 
