@@ -20,7 +20,7 @@ edge-sized is allocated, and threads (OpenMP, ``torch.get_num_threads()`` of the
 block by rows with results independent of scheduling.
 
 **Building.** The first use in a process compiles ``native.c`` with the machine's C compiler
-(``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, OpenMP where the compiler has
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -ffp-contract=fast``, OpenMP where the compiler has
 it), a few seconds, into a cache directory (``$WGRAPH_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/wgraph`` or ``~/.cache/wgraph``). The file name hashes the source, the compiler,
 its flags and the CPU, so a shared home directory never hands one machine another's binary.
