@@ -1,6 +1,6 @@
 """Graph-NFN message passing against the parameter-sharing NP layer: every backend, one run.
 
-Two measurements, all through :mod:`wgraph.profile` (each configuration in its own subprocess; its
+Three measurements, all through :mod:`wgraph.profile` (each configuration in its own subprocess; its
 docstring documents how peak memory is taken: resident-set high-water mark reset after the inputs
 are built on CPU, ``max_memory_allocated`` on CUDA):
 
@@ -12,15 +12,19 @@ are built on CPU, ``max_memory_allocated`` on CUDA):
     b: batch 64 of Small-CNN-Zoo CNNs (wgraph.zoo.small_cnn, 16 channels, 28x28 inputs), width 64
     c: batch 512 of 2-32-32-1 SIRENs, width 64
 
+* **pna**: the same layer with PNA aggregators (mean, max, std: the ``gnn-pna`` preset's), ``reference``
+  against ``fused`` (which computes them in one tile-by-tile sweep), on the same cases.
+
 * **model** (the headline): one training step (forward, MSE, backward, Adam) of a 4-layer graph NFN
   of width 64 (preset ``gnn``; edge inputs are the raw weights, re-lifted inside the kernel at every
   layer) against a 4-layer NP stack of width 64 (preset ``np``), on case a.
 
     nice python benchmarks/bench_message_pass.py [--quick] [--device cpu|cuda] [--threads 1]
-        [--parts layer,model] [--timeout 600] [--from-json RESULTS.json]
+        [--parts layer,pna,model] [--timeout 600] [--from-json RESULTS.json]
 
-Writes ``benchmarks/results/message_pass[_cuda|_t<N>][_quick].json`` and ``.md`` (``_t<N>``: a CPU run
-with ``--threads N`` other than 1); a full run also writes ``docs/img/performance[...].png`` and the
+Writes ``benchmarks/results/message_pass[_cuda|_t<N>][_quick][_<parts>].json`` and ``.md`` (``_t<N>``: a
+CPU run with ``--threads N`` other than 1; ``_<parts>``: a run of some parts only); a full run of every
+part also writes ``docs/img/performance[...].png`` and the
 tables between the markers of ``docs/performance.md``.
 """
 
@@ -55,6 +59,12 @@ QUICK = {
     "c": ("64 x SIREN 2-32-32-1, width 16", "siren:2,32,32,1", 64, 16),
 }
 QUICK_HEADLINE = ("a", 16, 2)
+
+#: What a run measures (``--parts``); only a run of all of them updates the docs.
+PARTS = ("layer", "pna", "model")
+
+#: The aggregators of the ``pna`` part (those of the ``gnn-pna`` preset).
+PNA = ("mean", "max", "std")
 
 TARGETS = {  # the issue's targets, as ratios of one run
     "layer": "the fused backend (`gnn-fused` on CPU, `gnn-triton` on CUDA) at most 1.0x the NP layer's memory and time; at least 3x less memory and 2x less time "
@@ -101,6 +111,11 @@ def configs(args) -> list[Config]:
             for m in [NODES, *methods(args.device)]:
                 out.append(Config(arch, batch, width, m, device=args.device, threads=args.threads,
                                   extra={"case": name, "desc": desc, "part": "layer"}))  # fmt: skip
+    if "pna" in args.parts:
+        for name, (desc, arch, batch, width) in cases.items():
+            for m in ("gnn-reference", "gnn-fused"):
+                out.append(Config(arch, batch, width, m, device=args.device, threads=args.threads, aggr=PNA,
+                                  extra={"case": name, "desc": desc, "part": "pna"}))  # fmt: skip
     if "model" in args.parts:
         name, width, layers = QUICK_HEADLINE if args.quick else HEADLINE
         desc, arch, batch, _ = cases[name]
@@ -129,6 +144,22 @@ def ratio_rows(records: list[dict], part: str) -> list[str]:
                 f"| {case}: {r['desc']} | {r['method']} | {r['time_s']:.3g} s | {r['step_mb']:.0f} MB | "
                 f"{r['total_mb']:.0f} MB | {tr} | {mr} |"
             )
+    return rows
+
+
+def pna_rows(records: list[dict]) -> list[str]:
+    """Markdown rows of the ``pna`` part: each backend's time and step memory, and the reference's over them."""
+    rows = []
+    ok = [r for r in records if r["part"] == "pna"]
+    for case in dict.fromkeys(r["case"] for r in ok):
+        group = [r for r in ok if r["case"] == case]
+        ref = next((r for r in group if r["method"] == "gnn-reference" and r["status"] == "ok"), None)
+        for r in group:
+            if r["status"] != "ok":
+                rows.append(f"| {case}: {r['desc']} | {r['method']} | {r['status']} | | | |")
+                continue
+            vs = f"{r['time_s'] / ref['time_s']:.2f}x / {r['step_mb'] / max(ref['step_mb'], 1e-9):.2f}x" if ref else "-"
+            rows.append(f"| {case}: {r['desc']} | {r['method']} | {r['time_s']:.3g} s | {r['step_mb']:.0f} MB | {r['total_mb']:.0f} MB | {vs} |")
     return rows
 
 
@@ -162,6 +193,13 @@ def verdicts(records: list[dict]) -> list[str]:
                 f"  The node part (`{NODES}`) takes {share_t:.0%} of `reference`'s time and {share_m:.0%} of its "
                 f"memory; the edge part alone (each backend minus the node part) is {edge_ratio('time_s')} faster and "
                 f"{edge_ratio('step_mb')} leaner with `{fused}` than with `reference`."
+            )
+    for case in dict.fromkeys(r["case"] for r in records if r["part"] == "pna"):
+        f, ref = by.get(("pna", case, "gnn-fused")), by.get(("pna", case, "gnn-reference"))
+        if f and ref:
+            out.append(
+                f"* PNA layer ({', '.join(PNA)}), case {case}: `gnn-fused` needs {f['step_mb'] / max(ref['step_mb'], 1e-9):.2f}x "
+                f"the memory and {f['time_s'] / ref['time_s']:.2f}x the time of `gnn-reference` (no target)."
             )
     model = [r for r in records if r["part"] == "model" and r["status"] == "ok"]
     g = next((r for r in model if r["method"].startswith("gnn-")), None)
@@ -229,6 +267,8 @@ def variant(args) -> str:
 def write(records: list[dict], args, meta: dict) -> None:
     name = variant(args)
     suffix = ("" if name == "cpu" else "_" + name.replace("cpu-", "")) + ("_quick" if args.quick else "")
+    if set(args.parts) != set(PARTS):  # a partial run writes beside the full results, never over them
+        suffix += "_" + "-".join(args.parts)
     stem = f"message_pass{suffix}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
@@ -241,6 +281,13 @@ def write(records: list[dict], args, meta: dict) -> None:
         "",
         *head,
         *ratio_rows(records, "layer"),
+        "",
+        f"One layer with PNA aggregators ({', '.join(PNA)}; no target in the issue), forward + backward: "
+        "`fused` computes them in one tile-by-tile sweep without the per-edge messages:",
+        "",
+        "| case | method | time / step | step memory | total memory | time / memory vs reference |",
+        "|---|---|---|---|---|---|",
+        *pna_rows(records),
         "",
         "Whole model, one training step (target: " + TARGETS["model"] + "):",
         "",
@@ -264,7 +311,7 @@ def write(records: list[dict], args, meta: dict) -> None:
     (RESULTS / f"{stem}.md").write_text(
         "\n".join([f"# Message passing vs NP{' (--quick)' if args.quick else ''}", "", *body, *method_note]) + "\n"
     )
-    if args.quick:
+    if args.quick or set(args.parts) != set(PARTS):
         return
     img = ROOT / "docs" / "img" / f"performance{suffix}.png"
     plot(records, img)
@@ -277,7 +324,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per measurement")
-    ap.add_argument("--parts", default="layer,model", help="layer, model or both")
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated, of: " + ", ".join(PARTS))
     ap.add_argument("--timeout", type=float, default=600, help="seconds per configuration")
     ap.add_argument("--mem-cap-gb", type=float, default=16.0)
     ap.add_argument("--from-json", help="rewrite the tables, plot and docs from a results JSON of an earlier run")
@@ -294,6 +341,8 @@ def main() -> None:
         print(json.dumps(measure(Config(**cfg), args.part)))
         return
     args.parts = args.parts.split(",")
+    if set(args.parts) - set(PARTS):
+        ap.error(f"--parts: unknown {sorted(set(args.parts) - set(PARTS))}; choose from {', '.join(PARTS)}")
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         write(saved["records"], args, saved["meta"])

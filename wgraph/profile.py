@@ -87,6 +87,7 @@ class Config:
     threads: int = 1
     reps: int = 3
     input_shape: tuple[int, ...] | None = None
+    aggr: tuple[str, ...] = ("mean",)  # graph NFN methods: the aggregators of its message passing
     extra: dict = field(default_factory=dict)  # free-form labels carried into the record
 
 
@@ -216,7 +217,8 @@ def estimate_gb(cfg: Config, layout) -> float:
     E = network_size(layout)
     if cfg.method.startswith("gnn-"):
         edges = layout.num_edges  # a conv kernel is one edge with K features
-        per_layer = 8 * B * edges * C if cfg.method in ("gnn-reference", "gnn-pyg", "gnn-scatter") else 0
+        materializes = cfg.method in ("gnn-reference", "gnn-pyg", "gnn-scatter")
+        per_layer = 8 * B * edges * C * len(cfg.aggr) if materializes else 0
         nodes = 16 * B * layout.num_nodes * C
         return 4 * L * (per_layer + nodes) / 1e9
     import torch
@@ -279,7 +281,7 @@ def _build(cfg: Config, layout):
     graph = random_batch(cfg.arch, B, cfg.input_shape).to(dev)
     if cfg.scope == "model":
         if cfg.method.startswith("gnn-"):
-            model = from_preset("gnn", layout, hidden=C, layers=cfg.layers, backend=cfg.method[4:])
+            model = from_preset("gnn", layout, hidden=C, layers=cfg.layers, aggr=list(cfg.aggr), backend=cfg.method[4:])
         else:
             model = from_preset(cfg.method, layout, hidden=C, layers=cfg.layers)
         model = model.to(dev)
@@ -296,7 +298,7 @@ def _build(cfg: Config, layout):
     if cfg.method.startswith("gnn-"):
         from .nn import GraphNFN
 
-        model = GraphNFN(layout, hidden=C, layers=1, aggr=("mean",), backend=cfg.method[4:]).to(dev)
+        model = GraphNFN(layout, hidden=C, layers=1, aggr=tuple(cfg.aggr), backend=cfg.method[4:]).to(dev)
         with torch.no_grad():
             h, inputs = model.encode(graph)
         h.requires_grad_()

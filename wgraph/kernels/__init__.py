@@ -75,8 +75,8 @@ def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
 
 
 # ``fused``: dense and grouped blocks with node-sized results and recomputation in the backward pass
-# (sum / mean), native kernels on CPU, tile by tile elsewhere; other aggregators and identity / copy blocks
-# use the reference.
+# (sum / mean: native kernels on CPU, tile by tile elsewhere; max / min / std: tile by tile); identity /
+# copy blocks use the reference.
 register_backend("fused", fused.message_pass)
 
 

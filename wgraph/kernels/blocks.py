@@ -47,6 +47,19 @@ def pair_sum(src: torch.Tensor, dst: torch.Tensor, groups: int = 1) -> torch.Ten
     return (s + d).reshape(B, out, n_in // groups, H)
 
 
+def fold_groups(send, recv, edge, groups: int):
+    """A grouped block's node states and edges as a dense block of ``B * groups`` networks (group ``g``
+    of network ``n`` becomes network ``n * groups + g``; reshapes only). Unchanged for one group."""
+    if groups == 1:
+        return send, recv, edge
+    B = send.shape[0]
+
+    def fold(t):
+        return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
+
+    return fold(send), fold(recv), fold(edge)
+
+
 def dense_sum_aggregate(
     dense_sum, send, recv, edge, *, groups: int, reverse: bool, aggr: tuple[str, ...], scales: bool = False
 ) -> torch.Tensor:
@@ -60,12 +73,7 @@ def dense_sum_aggregate(
     concatenated in the given order.
     """
     B = send.shape[0]
-    if groups > 1:
-
-        def fold(t):
-            return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
-
-        send, recv, edge = fold(send), fold(recv), fold(edge)
+    send, recv, edge = fold_groups(send, recv, edge, groups)
     n_send = edge.shape[1] if reverse else edge.shape[2]
     if scales and aggr == ("mean",) and n_send:
         out = dense_sum(send, recv, edge, 1.0 / n_send)

@@ -37,14 +37,19 @@ features require gradients).
 
 Supported here: ``kind="dense"`` and ``kind="grouped"`` (grouped blocks fold their groups into the
 batch, as the reference does: the fold is a reshape of node states, not of messages), both
-directions, aggregators ``sum`` and ``mean`` (any combination of them: one pass computes the sum,
-the mean is the sum over the sender count). Everything else falls back to
-:func:`wgraph.kernels.reference.message_pass`:
+directions, every aggregator:
 
-* aggregators ``max``, ``min`` and ``std`` (a call that asks for any of them goes to the reference
-  as a whole);
-* ``kind="identity"`` and ``"copy"`` blocks: every target has exactly one source, so their messages
-  are node-sized already and there is nothing to fuse.
+* ``sum`` and ``mean`` (any combination of them: one pass computes the sum, the mean is the sum over
+  the sender count) run as above, natively on CPU;
+* a call that asks for ``max``, ``min`` or ``std`` runs all its aggregators from one tile-by-tile
+  sweep (:class:`_DenseStats`, on any device) that keeps per receiver the sum of ``phi(z)``, the sum
+  of its squares, its max and min and the senders that attain them (all node-sized):
+  ``std = sqrt(max(S2 / n - (S / n)^2, 0) + eps)`` as in the reference, and the max's gradient goes
+  to its sender.
+
+``kind="identity"`` and ``"copy"`` blocks go to :func:`wgraph.kernels.reference.message_pass`: every
+target has exactly one source, so their messages are node-sized already and there is nothing to
+fuse.
 
 The backward is first-order only (``once_differentiable``): double backward through the fused
 path raises an error; use the reference backend for higher-order gradients.
@@ -52,12 +57,14 @@ path raises an error; use the reference backend for higher-order gradients.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from . import native, reference
-from .blocks import dense_sum_aggregate
-from .spec import act_grad, apply_act_
+from .blocks import dense_sum_aggregate, fold_groups
+from .spec import act_grad, apply_act_, std_eps
 
 #: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation per torch thread (the
 #: budget is ``TILE_BYTES * torch.get_num_threads()``; at least one row of one network is processed
@@ -130,42 +137,128 @@ class _DenseSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         send, recv, edge, weight = ctx.saved_tensors
-        reverse, act = ctx.reverse, ctx.act
-        need_s, need_r, need_e, need_w = ctx.needs_input_grad[:4]
+        reverse, act, need = ctx.reverse, ctx.act, ctx.needs_input_grad[:4]
         if native.usable(edge):
-            grads = native.backward(send, recv, edge, weight, grad, reverse, act, (need_s, need_r, need_e, need_w), ctx.scale)
+            grads = native.backward(send, recv, edge, weight, grad, reverse, act, need, ctx.scale)
             return (*grads, None, None, None, None)
         if ctx.scale != 1:
             grad = grad * ctx.scale
-        B, out, inn, K = edge.shape
+
+        def tile_grad(z, bs, rs):
+            return act_grad(z, grad[bs, rs, None, :] if not reverse else grad[bs, None, :, :], act)
+
+        grads = _tile_backward(tile_grad, send, recv, edge, weight, reverse, ctx.budget, need)
+        return (*grads, None, None, None, None)
+
+
+def _tile_backward(tile_grad, send, recv, edge, weight, reverse: bool, budget: int, need):
+    """Gradients ``(send, recv, edge, weight)`` (``None`` where ``need`` says not needed) from
+    ``tile_grad(z, bs, rs)``, the loss's gradient ``G`` with respect to a tile's pre-activation ``z``
+    (``(b, rows, in, H)``): its row sums, column sums, ``G C^T`` and ``x^T G``, tile by tile."""
+    need_s, need_r, need_e, need_w = need
+    B, out, inn, K = edge.shape
+    H = weight.shape[1]
+    gs = torch.zeros_like(send) if need_s else None
+    gr = torch.zeros_like(recv) if need_r else None
+    ge = torch.empty_like(edge) if need_e else None
+    gw = torch.zeros_like(weight) if need_w else None
+    for bs, rs in _tiles(B, out, inn * H * edge.element_size(), budget):
+        G = tile_grad(_preact(send, recv, edge, weight, reverse, bs, rs), bs, rs)  # (b, rows, in, H)
+        row_sum = G.sum(2) if (need_s or need_r) else None  # per row: (b, rows, H)
+        col_sum = G.sum(1) if (need_s or need_r) else None  # per column: (b, in, H)
+        if not reverse:
+            if need_r:
+                gr[bs, rs] += row_sum
+            if need_s:
+                gs[bs] += col_sum
+        else:
+            if need_s:
+                gs[bs, rs] += row_sum
+            if need_r:
+                gr[bs] += col_sum
+        if need_e:
+            ge[bs, rs] = G @ weight.t()
+        if need_w:
+            gw += edge[bs, rs].reshape(-1, K).t() @ G.reshape(-1, H)
+    return gs, gr, ge, gw
+
+
+#: The statistics of ``phi(z)`` per receiver that :class:`_DenseStats` computes, and the aggregators
+#: built from them: the sum (``sum``, ``mean``, ``std``), the sum of squares (``std``), the max, the min.
+_STATS = {"sum": ("sum",), "mean": ("sum",), "std": ("sum", "sq"), "max": ("max",), "min": ("min",)}
+
+
+class _DenseStats(torch.autograd.Function):
+    """Per-receiver statistics of ``phi(z)`` over one dense block, tile by tile (any device): those of
+    ``which`` among ``sum`` (of ``phi(z)``), ``sq`` (sum of ``phi(z)^2``), ``max`` and ``min``.
+
+    ``max`` / ``min`` also keep, per receiver and channel, the index of the sender that attains them
+    (node-sized, saved for backward, which sends the gradient to that sender alone). Backward
+    recomputes each tile's ``z`` and forms ``dL/dphi = g_sum + 2 g_sq phi(z) + g_max [u = argmax] +
+    g_min [u = argmin]``. Ties: ``torch.amax`` (the reference) splits the gradient evenly between
+    equal senders, this sends it to the first; they differ only on exact ties of ``phi(z)``, which
+    for ReLU's zeros carry no gradient either way (``phi'(z) = 0`` there).
+    """
+
+    @staticmethod
+    def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int, which: tuple):
+        ctx.set_materialize_grads(False)
+        B, out, inn, _ = edge.shape
         H = weight.shape[1]
-        gs = torch.zeros_like(send) if need_s else None
-        gr = torch.zeros_like(recv) if need_r else None
-        ge = torch.empty_like(edge) if need_e else None
-        gw = torch.zeros_like(weight) if need_w else None
-        row_bytes = inn * H * edge.element_size()
-        for bs, rs in _tiles(B, out, row_bytes, ctx.budget):
-            z = _preact(send, recv, edge, weight, reverse, bs, rs)
-            g = grad[bs, rs, None, :] if not reverse else grad[bs, None, :, :]
-            G = act_grad(z, g, act)  # (b, rows, in, H)
-            del z
-            row_sum = G.sum(2) if (need_s or need_r) else None  # per row: (b, rows, H)
-            col_sum = G.sum(1) if (need_s or need_r) else None  # per column: (b, in, H)
-            if not reverse:
-                if need_r:
-                    gr[bs, rs] += row_sum
-                if need_s:
-                    gs[bs] += col_sum
-            else:
-                if need_s:
-                    gs[bs, rs] += row_sum
-                if need_r:
-                    gr[bs] += col_sum
-            if need_e:
-                ge[bs, rs] = G @ weight.t()
-            if need_w:
-                gw += edge[bs, rs].reshape(-1, K).t() @ G.reshape(-1, H)
-        return gs, gr, ge, gw, None, None, None, None
+        n_recv, axis = (inn, 1) if reverse else (out, 2)  # axis: the senders' axis of a tile
+        fill = {"sum": 0.0, "sq": 0.0, "max": -math.inf, "min": math.inf}
+        stats = {w: send.new_full((B, n_recv, H), fill[w]) for w in which}
+        index = {w: torch.zeros(B, n_recv, H, dtype=torch.long, device=send.device) for w in which if w in ("max", "min")}
+        for bs, rs in _tiles(B, out, inn * H * edge.element_size(), budget):
+            m = apply_act_(_preact(send, recv, edge, weight, reverse, bs, rs), act)
+            at = (bs, rs) if not reverse else (bs,)  # the receivers this tile reaches
+            for w in which:
+                if w == "sum":
+                    stats[w][at] += m.sum(axis)
+                elif w == "sq":
+                    stats[w][at] += m.square().sum(axis)
+                else:
+                    v, i = m.max(axis) if w == "max" else m.min(axis)
+                    if reverse:  # rows of one network come in several tiles: keep the first extreme
+                        i += rs.start
+                        cur = stats[w][at]
+                        better = v > cur if w == "max" else v < cur
+                        v, i = torch.where(better, v, cur), torch.where(better, i, index[w][at])
+                    stats[w][at], index[w][at] = v, i
+        ctx.save_for_backward(send, recv, edge, weight, *index.values())
+        ctx.reverse, ctx.act, ctx.budget, ctx.which = reverse, act, budget, which
+        return tuple(stats[w] for w in which)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        send, recv, edge, weight, *indices = ctx.saved_tensors
+        reverse, act, which = ctx.reverse, ctx.act, ctx.which
+        g = dict(zip(which, grads))
+        index = dict(zip([w for w in which if w in ("max", "min")], indices))
+
+        axis = 1 if reverse else 2  # the senders' axis of a tile
+
+        def tile_grad(z, bs, rs):
+            def at(t):  # a receiver-sized tensor, broadcast over the tile's senders
+                return t[bs, rs, None, :] if not reverse else t[bs, None, :, :]
+
+            dphi = at(g["sum"]).expand_as(z).clone() if g.get("sum") is not None else torch.zeros_like(z)
+            if g.get("sq") is not None:
+                dphi.addcmul_(at(g["sq"]), apply_act_(z.clone(), act), value=2)
+            for w, idx in index.items():
+                if g[w] is None:
+                    continue
+                gw, iw = at(g[w]), at(idx)
+                if reverse:  # sender indices count the network's rows: keep those of this tile's rows
+                    iw = iw - rs.start
+                    mine = (iw >= 0) & (iw < rs.stop - rs.start)
+                    gw, iw = gw * mine, iw.clamp(0, rs.stop - rs.start - 1)
+                dphi.scatter_add_(axis, iw, gw)  # node-sized: each receiver's gradient to its sender
+            return act_grad(z, dphi, act)
+
+        grads = _tile_backward(tile_grad, send, recv, edge, weight, reverse, ctx.budget, ctx.needs_input_grad[:4])
+        return (*grads, None, None, None, None)
 
 
 def message_pass(
@@ -185,15 +278,39 @@ def message_pass(
 
     ``tile_bytes`` overrides :func:`tile_budget` for this call.
     """
-    if kind not in ("dense", "grouped") or any(a not in _FUSED_AGGR for a in aggr):
+    if kind not in ("dense", "grouped"):
         return reference.message_pass(
             send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
         )
     budget = tile_budget() if tile_bytes is None else tile_bytes
+    if any(a not in _FUSED_AGGR for a in aggr):
+        return _stats_aggregate(send, recv, edge, edge_weight, groups=groups, reverse=reverse, aggr=aggr, act=act, budget=budget)
     def dense_sum(s, r, e, scale=1.0):
         return _DenseSum.apply(s, r, e, edge_weight, reverse, act, budget, scale)
 
     return dense_sum_aggregate(dense_sum, send, recv, edge, groups=groups, reverse=reverse, aggr=aggr, scales=True)
+
+
+def _stats_aggregate(send, recv, edge, edge_weight, *, groups, reverse, aggr, act, budget) -> torch.Tensor:
+    """Any aggregators of a dense or grouped block from one :class:`_DenseStats` sweep; with ``n``
+    senders, ``mean = S / n`` and ``std = sqrt(max(S2 / n - mean^2, 0) + eps)`` (``S``, ``S2``: the
+    sum and the sum of squares of ``phi(z)``), as the reference computes them."""
+    B = send.shape[0]
+    send, recv, edge = fold_groups(send, recv, edge, groups)
+    n = edge.shape[1] if reverse else edge.shape[2]
+    which = tuple(dict.fromkeys(w for a in aggr for w in _STATS[a]))
+    stats = dict(zip(which, _DenseStats.apply(send, recv, edge, edge_weight, reverse, act, budget, which)))
+    outs = []
+    for a in aggr:
+        if a in ("sum", "max", "min"):
+            outs.append(stats[a])
+        elif a == "mean":
+            outs.append(stats["sum"] / n)
+        else:  # std
+            mean = stats["sum"] / n
+            outs.append(torch.sqrt((stats["sq"] / n - mean * mean).clamp_min(0) + std_eps))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
 
 
 __all__ = ["message_pass", "TILE_BYTES", "tile_budget"]
