@@ -80,7 +80,7 @@ class GNNConfig:
     max_depth: int = 64
     head: str = "invariant"
     out_dim: int = 1
-    backend: str = "reference"
+    backend: str = "auto"
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
 
     @classmethod
