@@ -249,3 +249,44 @@ def test_graph_nfn_fused_equals_reference(monkeypatch, aggr):
         for d in ("fwd", "bwd"):
             for m in ("send", "recv", "edge"):
                 assert f"layers.{i}.{d}.{m}.weight" in flowing, (i, d, m)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("tile_bytes", [None, 1])
+def test_stats_propagate_nan(gen, monkeypatch, reverse, tile_bytes):
+    """A NaN message makes its receiver's max, min and std NaN, as in the reference (also when the
+    receiver's senders come in several tiles)."""
+    if tile_bytes is not None:
+        monkeypatch.setattr(fused, "tile_budget", lambda: tile_bytes)
+    send, recv, edge, weight = (t.detach() for t in block_inputs(gen, "dense", reverse))
+    edge[0, 2, 1, 0] = float("nan")
+    kw = dict(kind="dense", reverse=reverse, aggr=("max", "min", "std"), act="relu")
+    ref = message_pass(send, recv, edge, weight, backend="reference", **kw)
+    out = message_pass(send, recv, edge, weight, backend="fused", **kw)
+    assert ref.isnan().any()
+    torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_stats_half_precision_accumulate_in_float32(gen, dtype, reverse):
+    """5000 senders of messages near 4: their sum of squares (80,000) overflows float16, and sums
+    carried in bfloat16 drift; accumulated in float32, the result is as close to the float64 truth as
+    the reference's, and the backward pass runs in the input's dtype."""
+    out_n, in_n = (1, 5000) if not reverse else (5000, 1)
+    send, recv, edge, weight = (t.detach() for t in block_inputs(gen, "dense", reverse, out_n=out_n, in_n=in_n, dtype=torch.float64, b=1, k=1))
+    send = send.abs() + 4
+    kw = dict(kind="dense", reverse=reverse, aggr=("sum", "std", "max"), act="relu")
+    exact = message_pass(send, recv, edge * 0.01, weight, backend="reference", **kw)
+    half = [t.to(dtype).requires_grad_() for t in (send, recv, edge * 0.01, weight)]
+    out = message_pass(*half, backend="fused", **kw)
+    ref = message_pass(*half, backend="reference", **kw)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    for h in range(3):  # sum, std, max: each relative to its own size
+        part = slice(h * H, (h + 1) * H)
+        scale = exact[..., part].abs().max().item()
+        err_ref = (ref[..., part].double() - exact[..., part]).abs().max().item() / scale
+        err_out = (out[..., part].double() - exact[..., part]).abs().max().item() / scale
+        assert err_out <= max(2 * err_ref, 1e-2), (h, err_out, err_ref)
+    grads = torch.autograd.grad(out.float().sum(), half)
+    assert [g.dtype for g in grads] == [dtype] * 4 and all(torch.isfinite(g).all() for g in grads)

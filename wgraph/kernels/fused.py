@@ -123,7 +123,7 @@ class _DenseSum(torch.autograd.Function):
         B, out, inn, _ = edge.shape
         H = weight.shape[1]
         n_recv = inn if reverse else out
-        acc = send.new_zeros(B, n_recv, H)
+        acc = send.new_zeros(B, n_recv, H, dtype=_accumulator_dtype(send.dtype))
         row_bytes = inn * H * edge.element_size()
         for bs, rs in _tiles(B, out, row_bytes, budget):
             m = apply_act_(_preact(send, recv, edge, weight, reverse, bs, rs), act)
@@ -131,7 +131,7 @@ class _DenseSum(torch.autograd.Function):
                 acc[bs, rs] = m.sum(2)
             else:
                 acc[bs] += m.sum(1)
-        return acc.mul_(scale) if scale != 1 else acc
+        return (acc.mul_(scale) if scale != 1 else acc).to(send.dtype)
 
     @staticmethod
     @once_differentiable
@@ -149,6 +149,11 @@ class _DenseSum(torch.autograd.Function):
 
         grads = _tile_backward(tile_grad, send, recv, edge, weight, reverse, ctx.budget, need)
         return (*grads, None, None, None, None)
+
+
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums of half-precision messages are accumulated in float32; other dtypes in their own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _tile_backward(tile_grad, send, recv, edge, weight, reverse: bool, budget: int, need):
@@ -196,8 +201,13 @@ class _DenseStats(torch.autograd.Function):
     (node-sized, saved for backward, which sends the gradient to that sender alone). Backward
     recomputes each tile's ``z`` and forms ``dL/dphi = g_sum + 2 g_sq phi(z) + g_max [u = argmax] +
     g_min [u = argmin]``. Ties: ``torch.amax`` (the reference) splits the gradient evenly between
-    equal senders, this sends it to the first; they differ only on exact ties of ``phi(z)``, which
-    for ReLU's zeros carry no gradient either way (``phi'(z) = 0`` there).
+    senders of equal ``phi(z)``, this sends it to the first (both are subgradients). They differ only
+    on exact ties: ReLU's zeros carry no gradient either way (``phi'(z) = 0`` there), but identical
+    senders (equal states and edges, e.g. pruned weights) do, and there the gradients of the tied
+    senders are not permuted with them. A NaN is the max and the min, as in the reference.
+
+    Half-precision inputs (float16, bfloat16) accumulate their statistics in float32, and the
+    outputs stay float32 (the caller casts its result).
     """
 
     @staticmethod
@@ -207,22 +217,23 @@ class _DenseStats(torch.autograd.Function):
         H = weight.shape[1]
         n_recv, axis = (inn, 1) if reverse else (out, 2)  # axis: the senders' axis of a tile
         fill = {"sum": 0.0, "sq": 0.0, "max": -math.inf, "min": math.inf}
-        stats = {w: send.new_full((B, n_recv, H), fill[w]) for w in which}
+        acc = _accumulator_dtype(send.dtype)
+        stats = {w: send.new_full((B, n_recv, H), fill[w], dtype=acc) for w in which}
         index = {w: torch.zeros(B, n_recv, H, dtype=torch.long, device=send.device) for w in which if w in ("max", "min")}
         for bs, rs in _tiles(B, out, inn * H * edge.element_size(), budget):
             m = apply_act_(_preact(send, recv, edge, weight, reverse, bs, rs), act)
             at = (bs, rs) if not reverse else (bs,)  # the receivers this tile reaches
             for w in which:
                 if w == "sum":
-                    stats[w][at] += m.sum(axis)
+                    stats[w][at] += m.sum(axis, dtype=acc)
                 elif w == "sq":
-                    stats[w][at] += m.square().sum(axis)
+                    stats[w][at] += m.to(acc).square().sum(axis)
                 else:
                     v, i = m.max(axis) if w == "max" else m.min(axis)
                     if reverse:  # rows of one network come in several tiles: keep the first extreme
                         i += rs.start
                         cur = stats[w][at]
-                        better = v > cur if w == "max" else v < cur
+                        better = (v > cur if w == "max" else v < cur) | (v.isnan() & ~cur.isnan())
                         v, i = torch.where(better, v, cur), torch.where(better, i, index[w][at])
                     stats[w][at], index[w][at] = v, i
         ctx.save_for_backward(send, recv, edge, weight, *index.values())
@@ -243,9 +254,10 @@ class _DenseStats(torch.autograd.Function):
             def at(t):  # a receiver-sized tensor, broadcast over the tile's senders
                 return t[bs, rs, None, :] if not reverse else t[bs, None, :, :]
 
-            dphi = at(g["sum"]).expand_as(z).clone() if g.get("sum") is not None else torch.zeros_like(z)
+            acc = _accumulator_dtype(z.dtype)
+            dphi = at(g["sum"]).to(acc).expand_as(z).clone() if g.get("sum") is not None else torch.zeros_like(z, dtype=acc)
             if g.get("sq") is not None:
-                dphi.addcmul_(at(g["sq"]), apply_act_(z.clone(), act), value=2)
+                dphi.addcmul_(at(g["sq"]).to(acc), apply_act_(z.to(acc, copy=True), act), value=2)
             for w, idx in index.items():
                 if g[w] is None:
                     continue
@@ -253,9 +265,9 @@ class _DenseStats(torch.autograd.Function):
                 if reverse:  # sender indices count the network's rows: keep those of this tile's rows
                     iw = iw - rs.start
                     mine = (iw >= 0) & (iw < rs.stop - rs.start)
-                    gw, iw = gw * mine, iw.clamp(0, rs.stop - rs.start - 1)
-                dphi.scatter_add_(axis, iw, gw)  # node-sized: each receiver's gradient to its sender
-            return act_grad(z, dphi, act)
+                    gw, iw = torch.where(mine, gw, 0), iw.clamp(0, rs.stop - rs.start - 1)
+                dphi.scatter_add_(axis, iw, gw.to(dphi.dtype))  # node-sized: each receiver's gradient to its sender
+            return act_grad(z, dphi.to(z.dtype), act)
 
         grads = _tile_backward(tile_grad, send, recv, edge, weight, reverse, ctx.budget, ctx.needs_input_grad[:4])
         return (*grads, None, None, None, None)
@@ -309,7 +321,7 @@ def _stats_aggregate(send, recv, edge, edge_weight, *, groups, reverse, aggr, ac
         else:  # std
             mean = stats["sum"] / n
             outs.append(torch.sqrt((stats["sq"] / n - mean * mean).clamp_min(0) + std_eps))
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)).to(send.dtype)
     return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
 
 

@@ -41,9 +41,10 @@ float64 are computed in their own precision; float16 and bfloat16 are loaded, co
 accumulated in float32 and the results cast back.
 
 Grouped blocks fold their groups into the batch (a reshape of node states and edge, as the
-reference does). Everything else goes to :func:`wgraph.kernels.fused.message_pass` (whose tiles
-compute aggregators ``max``, ``min`` and ``std`` in torch on the same device, and which passes
-identity and copy blocks on to the reference): those aggregators; identity and copy blocks; other dtypes; inputs on different devices or of size zero; and tensors that are not
+reference does). Everything else goes to :func:`wgraph.kernels.fused.message_pass`, which computes
+aggregators ``max``, ``min`` and ``std`` tile by tile in torch on the same device (half precision
+accumulated in float32) and passes identity and copy blocks on to the reference: those aggregators;
+identity and copy blocks; other dtypes; inputs on different devices or of size zero; and tensors that are not
 on a CUDA device, except under the Triton interpreter:
 
 * **CPU tensors and** ``TRITON_INTERPRET=1``: Triton decides, when a kernel is *decorated* (that is,

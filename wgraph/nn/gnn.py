@@ -172,7 +172,7 @@ class _Direction(nn.Module):
 class GNNLayer(nn.Module):
     """One round of bidirectional message passing, node update, and optional edge update."""
 
-    def __init__(self, hidden: int, aggr=("mean",), act="relu", norm="layer", edge_updates=False, backend="reference"):
+    def __init__(self, hidden: int, aggr=("mean",), act="relu", norm="layer", edge_updates=False, backend="auto"):
         super().__init__()
         self.aggr, self.act, self.backend = tuple(aggr), act, backend
         self.fwd = _Direction(hidden, len(self.aggr))
