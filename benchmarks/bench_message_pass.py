@@ -127,39 +127,24 @@ def configs(args) -> list[Config]:
     return out
 
 
-def ratio_rows(records: list[dict], part: str) -> list[str]:
-    """Markdown rows: each method's time and step memory, and both as ratios of the NP layer / stack."""
+def ratio_rows(records: list[dict], part: str, base: str = "np") -> list[str]:
+    """Markdown rows: each method's time and step memory, and both as ratios of method ``base``'s
+    (the NP layer / stack, or the reference backend) in the same case."""
     rows = []
     ok = [r for r in records if r["part"] == part]
     for case in dict.fromkeys(r["case"] for r in ok):
         group = [r for r in ok if r["case"] == case]
-        np_ = next((r for r in group if r["method"] == "np" and r["status"] == "ok"), None)
+        b = next((r for r in group if r["method"] == base and r["status"] == "ok"), None)
         for r in group:
             if r["status"] != "ok":
                 rows.append(f"| {case}: {r['desc']} | {r['method']} | {r['status']} | | | | |")
                 continue
-            tr = f"{r['time_s'] / np_['time_s']:.2f}x" if np_ else "-"
-            mr = f"{r['step_mb'] / np_['step_mb']:.2f}x" if np_ and np_["step_mb"] > 0 else "-"
+            tr = f"{r['time_s'] / b['time_s']:.2f}x" if b else "-"
+            mr = f"{r['step_mb'] / b['step_mb']:.2f}x" if b and b["step_mb"] > 0 else "-"
             rows.append(
                 f"| {case}: {r['desc']} | {r['method']} | {r['time_s']:.3g} s | {r['step_mb']:.0f} MB | "
                 f"{r['total_mb']:.0f} MB | {tr} | {mr} |"
             )
-    return rows
-
-
-def pna_rows(records: list[dict]) -> list[str]:
-    """Markdown rows of the ``pna`` part: each backend's time and step memory, and the reference's over them."""
-    rows = []
-    ok = [r for r in records if r["part"] == "pna"]
-    for case in dict.fromkeys(r["case"] for r in ok):
-        group = [r for r in ok if r["case"] == case]
-        ref = next((r for r in group if r["method"] == "gnn-reference" and r["status"] == "ok"), None)
-        for r in group:
-            if r["status"] != "ok":
-                rows.append(f"| {case}: {r['desc']} | {r['method']} | {r['status']} | | | |")
-                continue
-            vs = f"{r['time_s'] / ref['time_s']:.2f}x / {r['step_mb'] / max(ref['step_mb'], 1e-9):.2f}x" if ref else "-"
-            rows.append(f"| {case}: {r['desc']} | {r['method']} | {r['time_s']:.3g} s | {r['step_mb']:.0f} MB | {r['total_mb']:.0f} MB | {vs} |")
     return rows
 
 
@@ -285,9 +270,9 @@ def write(records: list[dict], args, meta: dict) -> None:
         f"One layer with PNA aggregators ({', '.join(PNA)}; no target in the issue), forward + backward: "
         "`fused` computes them in one tile-by-tile sweep without the per-edge messages:",
         "",
-        "| case | method | time / step | step memory | total memory | time / memory vs reference |",
-        "|---|---|---|---|---|---|",
-        *pna_rows(records),
+        "| case | method | time / step | step memory | total memory | time vs reference | memory vs reference |",
+        "|---|---|---|---|---|---|---|",
+        *ratio_rows(records, "pna", base="gnn-reference"),
         "",
         "Whole model, one training step (target: " + TARGETS["model"] + "):",
         "",
