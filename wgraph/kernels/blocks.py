@@ -47,38 +47,41 @@ def pair_sum(src: torch.Tensor, dst: torch.Tensor, groups: int = 1) -> torch.Ten
     return (s + d).reshape(B, out, n_in // groups, H)
 
 
-def fold_groups(send, recv, edge, groups: int):
-    """A grouped block's node states and edges as a dense block of ``B * groups`` networks (group ``g``
-    of network ``n`` becomes network ``n * groups + g``; reshapes only). Unchanged for one group."""
-    if groups == 1:
-        return send, recv, edge
+def on_dense(fn, send, recv, edge, *, groups: int, reverse: bool) -> torch.Tensor:
+    """``fn(send, recv, edge, n_send)`` (``n_send``: senders per receiver) of a dense or grouped
+    block, with its ``(B, n_recv, ...)`` result.
+
+    A grouped block folds its groups into the batch (reshapes of node states and edges: group ``g``
+    of network ``n`` becomes network ``n * groups + g`` of a dense block), and ``fn``'s result is
+    unfolded the same way.
+    """
     B = send.shape[0]
+    if groups > 1:
 
-    def fold(t):
-        return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
+        def fold(t):
+            return t.reshape(B * groups, t.shape[1] // groups, *t.shape[2:])
 
-    return fold(send), fold(recv), fold(edge)
+        send, recv, edge = fold(send), fold(recv), fold(edge)
+    out = fn(send, recv, edge, edge.shape[1] if reverse else edge.shape[2])
+    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
 
 
 def dense_sum_aggregate(
     dense_sum, send, recv, edge, *, groups: int, reverse: bool, aggr: tuple[str, ...], scales: bool = False
 ) -> torch.Tensor:
-    """Sum / mean aggregation of a dense or grouped block from ``dense_sum(send, recv, edge)``, a
-    backend's per-receiver sum of messages over a dense block.
+    """Sum / mean aggregation of a dense or grouped block (see :func:`on_dense`) from
+    ``dense_sum(send, recv, edge)``, a backend's per-receiver sum of messages over a dense block.
 
-    A grouped block folds its groups into the batch (a reshape of node states and edges: group
-    ``g`` of network ``n`` becomes network ``n * groups + g`` of a dense block); ``mean`` is the sum
-    over the sender count. A backend whose ``dense_sum`` takes a fourth argument, a factor on its
-    result (``scales=True``), computes a lone ``mean`` in the kernel itself. Aggregators are
-    concatenated in the given order.
+    ``mean`` is the sum over the sender count. A backend whose ``dense_sum`` takes a fourth argument,
+    a factor on its result (``scales=True``), computes a lone ``mean`` in the kernel itself.
+    Aggregators are concatenated in the given order.
     """
-    B = send.shape[0]
-    send, recv, edge = fold_groups(send, recv, edge, groups)
-    n_send = edge.shape[1] if reverse else edge.shape[2]
-    if scales and aggr == ("mean",) and n_send:
-        out = dense_sum(send, recv, edge, 1.0 / n_send)
-    else:
+
+    def aggregate(send, recv, edge, n_send):
+        if scales and aggr == ("mean",) and n_send:
+            return dense_sum(send, recv, edge, 1.0 / n_send)
         total = dense_sum(send, recv, edge)
         outs = [total if a == "sum" else total / n_send for a in aggr]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    return on_dense(aggregate, send, recv, edge, groups=groups, reverse=reverse)

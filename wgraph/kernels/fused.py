@@ -63,7 +63,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import native, reference
-from .blocks import dense_sum_aggregate, fold_groups
+from .blocks import dense_sum_aggregate, on_dense
 from .spec import act_grad, apply_act_, std_eps
 
 #: Upper bound, in bytes, of one tile's ``(b, rows, in, H)`` pre-activation per torch thread (the
@@ -145,10 +145,16 @@ class _DenseSum(torch.autograd.Function):
             grad = grad * ctx.scale
 
         def tile_grad(z, bs, rs):
-            return act_grad(z, grad[bs, rs, None, :] if not reverse else grad[bs, None, :, :], act)
+            return act_grad(z, _over_senders(grad, bs, rs, reverse), act)
 
         grads = _tile_backward(tile_grad, send, recv, edge, weight, reverse, ctx.budget, need)
         return (*grads, None, None, None, None)
+
+
+def _over_senders(t: torch.Tensor, bs: slice, rs: slice, reverse: bool) -> torch.Tensor:
+    """The tile ``(bs, rs)``'s receivers of a receiver-sized ``t`` ``(B, n_recv, H)``, as a view that
+    broadcasts over the tile's senders (against its ``(b, rows, in, H)`` pre-activation)."""
+    return t[bs, rs, None, :] if not reverse else t[bs, None, :, :]
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -251,8 +257,8 @@ class _DenseStats(torch.autograd.Function):
         axis = 1 if reverse else 2  # the senders' axis of a tile
 
         def tile_grad(z, bs, rs):
-            def at(t):  # a receiver-sized tensor, broadcast over the tile's senders
-                return t[bs, rs, None, :] if not reverse else t[bs, None, :, :]
+            def at(t):
+                return _over_senders(t, bs, rs, reverse)
 
             acc = _accumulator_dtype(z.dtype)
             dphi = at(g["sum"]).to(acc).expand_as(z).clone() if g.get("sum") is not None else torch.zeros_like(z, dtype=acc)
@@ -304,25 +310,26 @@ def message_pass(
 
 
 def _stats_aggregate(send, recv, edge, edge_weight, *, groups, reverse, aggr, act, budget) -> torch.Tensor:
-    """Any aggregators of a dense or grouped block from one :class:`_DenseStats` sweep; with ``n``
-    senders, ``mean = S / n`` and ``std = sqrt(max(S2 / n - mean^2, 0) + eps)`` (``S``, ``S2``: the
-    sum and the sum of squares of ``phi(z)``), as the reference computes them."""
-    B = send.shape[0]
-    send, recv, edge = fold_groups(send, recv, edge, groups)
-    n = edge.shape[1] if reverse else edge.shape[2]
+    """Any aggregators of a dense or grouped block (see :func:`~wgraph.kernels.blocks.on_dense`) from
+    one :class:`_DenseStats` sweep; with ``n`` senders, ``mean = S / n`` and ``std = sqrt(max(S2 / n
+    - mean^2, 0) + eps)`` (``S``, ``S2``: the sum and the sum of squares of ``phi(z)``), as the
+    reference computes them."""
     which = tuple(dict.fromkeys(w for a in aggr for w in _STATS[a]))
-    stats = dict(zip(which, _DenseStats.apply(send, recv, edge, edge_weight, reverse, act, budget, which)))
-    outs = []
-    for a in aggr:
-        if a in ("sum", "max", "min"):
-            outs.append(stats[a])
-        elif a == "mean":
-            outs.append(stats["sum"] / n)
-        else:  # std
-            mean = stats["sum"] / n
-            outs.append(torch.sqrt((stats["sq"] / n - mean * mean).clamp_min(0) + std_eps))
-    out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)).to(send.dtype)
-    return out.reshape(B, -1, out.shape[-1]) if groups > 1 else out
+
+    def aggregate(send, recv, edge, n):
+        stats = dict(zip(which, _DenseStats.apply(send, recv, edge, edge_weight, reverse, act, budget, which)))
+        outs = []
+        for a in aggr:
+            if a in ("sum", "max", "min"):
+                outs.append(stats[a])
+            elif a == "mean":
+                outs.append(stats["sum"] / n)
+            else:  # std
+                mean = stats["sum"] / n
+                outs.append(torch.sqrt((stats["sq"] / n - mean * mean).clamp_min(0) + std_eps))
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)).to(send.dtype)
+
+    return on_dense(aggregate, send, recv, edge, groups=groups, reverse=reverse)
 
 
 __all__ = ["message_pass", "TILE_BYTES", "tile_budget"]
