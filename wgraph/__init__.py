@@ -15,14 +15,18 @@ from .errors import (
     WgraphError,
     ZooError,
 )
-from .graph import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot, WeightGraph
+from .graph import WeightGraph
+from .layout import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot
 from .symmetry import Symmetry, permute, random_symmetry
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # conversion and symmetry
     "to_graph", "to_graph_batch", "load_into", "layout_of", "random_symmetry", "permute", "Symmetry",
+    # the graph and its layout
     "WeightGraph", "Layout", "NeuronLayer", "NeuronSpace", "EdgeBlock", "ParamSlot",
+    # errors
     "WgraphError", "UnsupportedOperation", "ConversionError", "StateDictError",
     "IncompatibleBatchError", "SpecError", "FileFormatError", "ZooError",
-]  # fmt: skip
+]

@@ -7,7 +7,7 @@ a permutation ``p`` of a neuron space sends new neuron ``i`` to old neuron ``p[i
     nodes'[b, start + i]   = nodes[b, start + p[i]]
     W'[b, o, i, *k]        = W[b, p_dst[o], p_src[i], *k]
 
-Layers tied into one :class:`~wgraph.graph.NeuronSpace` (e.g. by a residual addition) receive the
+Layers tied into one :class:`~wgraph.layout.NeuronSpace` (e.g. by a residual addition) receive the
 same ``p``; input and output neurons (non-permutable spaces) keep the identity.
 
 **Scalings.** Where the ops after a layer commute with per-neuron scalings (``NeuronSpace.scaling``:
@@ -25,11 +25,15 @@ allows ``positive`` or ``real``, ``+-1`` flips where it allows ``sign`` or ``rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import IncompatibleBatchError, WgraphError
-from .graph import Layout, WeightGraph
+from .layout import Layout
+
+if TYPE_CHECKING:
+    from .graph import WeightGraph
 
 #: The factors each scaling group allows (checked by :func:`permute`).
 _ALLOWED = {
@@ -59,17 +63,8 @@ class Symmetry:
 
     def node_scale(self, layout: Layout, batch_size: int, dtype=torch.float64) -> torch.Tensor:
         """``(B, N)`` factor of every new node (1 for nodes of unscaled spaces)."""
-        out = torch.ones(batch_size, layout.num_nodes, dtype=dtype)
-        for si, s in self.scales.items():
-            space = layout.spaces[si]
-            s = _check(s, space.size, batch_size, si, "scaling").to(dtype)
-            for li in space.layers:
-                start = layout.layers[li].start
-                out[:, start : start + space.size] = s
-            for li, off, inner in space.segments:
-                base = layout.layers[li].start + off
-                out[:, base : base + space.size * inner] = s.repeat_interleave(inner, dim=1)
-        return out
+        scales = {si: _check(s, layout.spaces[si].size, batch_size, si, "scaling") for si, s in self.scales.items()}
+        return layout.node_scale(scales, batch_size, dtype)
 
     def inverse(self) -> Symmetry:
         perms = {si: torch.argsort(p, dim=-1) for si, p in self.perms.items()}
@@ -223,4 +218,4 @@ def _rescale(graph: WeightGraph, sym: Symmetry) -> WeightGraph:
             continue
         f = factor.view(B, *e.shape[1:3], *(1,) * (e.dim() - 3))
         edges.append(e * f)
-    return WeightGraph(layout, nodes, edges, dict(graph.extras))
+    return graph.replace(nodes=nodes, edges=edges)

@@ -42,7 +42,7 @@ import torch
 
 from ..errors import WgraphError
 from . import fused, reference
-from .blocks import block_nodes, block_selection, pair_sum
+from .blocks import pair_sum
 from .spec import ACTIVATIONS, AGGREGATORS, BLOCK_KINDS
 
 
@@ -191,5 +191,5 @@ def message_pass(
 
 __all__ = [
     "message_pass", "register_backend", "available_backends", "resolve_backend", "missing_package", "KernelError", "AGGREGATORS", "ACTIVATIONS",
-    "block_nodes", "block_selection", "pair_sum",
+    "pair_sum",
 ]  # fmt: skip

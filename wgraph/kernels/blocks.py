@@ -1,40 +1,10 @@
-"""Block structure shared by the message-passing code: which nodes a block connects, and pairwise
-sums over a (possibly grouped) dense block without index tensors."""
+"""Block structure shared by the message-passing backends: pairwise sums and per-receiver reductions
+over a (possibly grouped) dense block without index tensors. (Which nodes a block connects is a
+question for the layout: :meth:`wgraph.layout.Layout.block_nodes`.)"""
 
 from __future__ import annotations
 
 import torch
-
-
-def block_selection(layout, blk) -> tuple[slice | torch.Tensor | None, slice | torch.Tensor | None]:
-    """Which neurons of its two layers a block connects, relative to each layer: ``(sources, targets)``,
-    each ``None`` (the whole layer), a slice, or an index tensor.
-
-    Dense, grouped and identity blocks connect their two whole layers. A copy block connects
-    ``count`` source neurons (from ``src_offset``, or the listed ``index``) to ``count * inner``
-    target neurons from ``dst_offset``: source ``i`` feeds targets ``i * inner + s``.
-    """
-    if blk.kind != "copy":
-        return None, None
-    targets = slice(blk.dst_offset, blk.dst_offset + blk.count * blk.inner)
-    if getattr(blk, "index", ()):
-        return torch.tensor(blk.index, dtype=torch.long), targets
-    return slice(blk.src_offset, blk.src_offset + blk.count), targets
-
-
-def block_nodes(layout, blk) -> tuple[slice | torch.Tensor, slice | torch.Tensor]:
-    """Nodes a block connects, ``(sources, targets)``, as slices or index tensors of the whole graph
-    (see :func:`block_selection`)."""
-
-    def absolute(layer, sel):
-        if sel is None:
-            return slice(layer.start, layer.stop)
-        if isinstance(sel, slice):
-            return slice(layer.start + sel.start, layer.start + sel.stop)
-        return layer.start + sel
-
-    src, dst = block_selection(layout, blk)
-    return absolute(layout.layers[blk.src], src), absolute(layout.layers[blk.dst], dst)
 
 
 def pair_sum(src: torch.Tensor, dst: torch.Tensor, groups: int = 1) -> torch.Tensor:

@@ -34,15 +34,14 @@ flattened feature map (neuron ``c`` at spatial position ``s``) also get a spatia
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import torch
 from torch import nn
 
 from ..errors import WgraphError
-from ..graph import NODE_KINDS, EdgeBlock, Layout, WeightGraph
+from ..graph import WeightGraph
+from ..layout import NODE_KINDS, EdgeBlock, Layout
 
 #: Block kinds without a tensor: their edges carry the constant 1.
 STRUCTURAL_KINDS = ("identity", "copy")
@@ -121,7 +120,7 @@ class InputNormalization(nn.Module):
         self._verified: set[int] = set()
         self.register_load_state_dict_post_hook(lambda module, keys: module._verified.clear())
         for i, lay in enumerate(self.layouts):
-            self.register_buffer(f"layout_key_{i}", torch.tensor(layout_fingerprint(lay)))
+            self.register_buffer(f"layout_key_{i}", torch.tensor(lay.fingerprint))
             self.register_buffer(f"edge_stats_{i}", torch.tensor([[0.0, 1.0]]).repeat(len(lay.blocks), 1))
             node = torch.zeros(len(lay.layers), len(lay.node_features), 2)
             node[..., 1] = 1
@@ -131,7 +130,7 @@ class InputNormalization(nn.Module):
         for i, lay in enumerate(self.layouts):
             if lay is layout or lay == layout:
                 if i not in self._verified:  # once after construction or loading (avoids a sync per call)
-                    if int(getattr(self, f"layout_key_{i}")) != layout_fingerprint(layout):
+                    if int(getattr(self, f"layout_key_{i}")) != layout.fingerprint:
                         raise EncoderError(
                             f"the normalization statistics of layout {i} belong to another architecture: the state "
                             f"dict was saved by a model built with other layouts (or in another order)"
@@ -181,61 +180,6 @@ def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
-_layout_cache: dict[Layout, dict[str, torch.Tensor]] = {}
-_fingerprints: dict[Layout, int] = {}
-
-
-def layout_fingerprint(layout: Layout) -> int:
-    """A stable 63-bit hash of the layout's structure (``meta`` excluded)."""
-    key = _fingerprints.get(layout)
-    if key is None:
-        d = layout.to_dict()
-        d.pop("meta", None)
-        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).digest()
-        key = _fingerprints[layout] = int.from_bytes(digest[:8], "little") >> 1
-    return key
-
-
-def layout_tensors(layout: Layout) -> dict[str, torch.Tensor]:
-    """Per-node index tensors of ``layout`` (cached).
-
-    ``kind``, ``depth``, ``position``, ``layer`` as in :class:`~wgraph.Layout`; ``input_nodes``,
-    ``hidden_nodes``, ``output_nodes``: the node indices of each kind; ``fixed``: the node
-    is moved by no neuron permutation (input / output neurons, and hidden neurons some op singles
-    out); ``spatial``: for a node of a composite layer that mirrors neuron ``c`` of a space at
-    ``inner > 1`` positions (a flattened feature map), its position ``s < inner``, else ``-1``.
-    """
-    t = _layout_cache.get(layout)
-    if t is None:
-        moved = torch.zeros(layout.num_nodes, dtype=torch.bool)
-        spatial = torch.full((layout.num_nodes,), -1, dtype=torch.long)
-        for space in layout.spaces:
-            for li, off, inner in getattr(space, "segments", ()):
-                base = layout.layers[li].start + off
-                if inner > 1:
-                    spatial[base : base + space.size * inner] = torch.arange(inner).repeat(space.size)
-                if space.permutable:
-                    moved[base : base + space.size * inner] = True
-            if space.permutable:
-                for li in space.layers:
-                    start = layout.layers[li].start
-                    moved[start : start + space.size] = True
-        kind = layout.node_kind
-        t = {
-            "kind": kind,
-            **{f"{k}_nodes": (kind == i).nonzero().flatten() for i, k in enumerate(NODE_KINDS)},
-            "depth": layout.node_depth,
-            "position": layout.node_position,
-            "layer": layout.node_layer,
-            "fixed": ~moved,
-            "spatial": spatial,
-        }
-        if len(_layout_cache) > 256:
-            _layout_cache.clear()
-        _layout_cache[layout] = t
-    return t
-
-
 class NodeEncoder(nn.Module):
     """Initial node states from node features and kind / depth / position embeddings."""
 
@@ -265,23 +209,24 @@ class NodeEncoder(nn.Module):
         if deepest >= self.max_depth:
             raise EncoderError(f"layer depth {deepest} exceeds the depth embedding (max_depth = {self.max_depth})")
         if self.positions:
-            t = layout_tensors(layout)
-            if t["fixed"].any() and int(t["position"][t["fixed"]].max()) >= self.max_positions:
+            fixed = layout.fixed_nodes
+            if fixed.any() and int(layout.node_position[fixed].max()) >= self.max_positions:
                 raise EncoderError(
                     f"a fixed (input/output) layer has more than max_positions = {self.max_positions} neurons"
                 )
-            if int(t["spatial"].max()) >= self.max_positions:
+            if int(layout.node_spatial.max()) >= self.max_positions:
                 raise EncoderError(f"a flattened feature map has more than max_positions = {self.max_positions} positions")
 
     def forward(self, layout: Layout, nodes: torch.Tensor) -> torch.Tensor:
         """``(B, N, F)`` (normalized) node features -> ``(B, N, H)`` initial node states."""
         self.check(layout)
-        t = {k: v.to(nodes.device) for k, v in layout_tensors(layout).items()}
+        dev = nodes.device
+        kind, depth = layout.node_kind.to(dev), layout.node_depth.to(dev)
         w = torch.stack([self.columns[f] for f in layout.node_features]).to(nodes.dtype)  # (F, H)
-        h = nodes @ w + self.bias + self.kind(t["kind"]) + self.depth(t["depth"])
+        h = nodes @ w + self.bias + self.kind(kind) + self.depth(depth)
         if self.positions:
-            idx = t["kind"] * self.max_positions + t["position"].clamp_max(self.max_positions - 1)
-            h = h + self.position(idx) * t["fixed"][:, None].to(h.dtype)
-            has = t["spatial"] >= 0
-            h = h + self.spatial(t["spatial"].clamp_min(0)) * has[:, None].to(h.dtype)
+            position = layout.node_position.to(dev).clamp_max(self.max_positions - 1)
+            fixed, spatial = layout.fixed_nodes.to(dev), layout.node_spatial.to(dev)
+            h = h + self.position(kind * self.max_positions + position) * fixed[:, None].to(h.dtype)
+            h = h + self.spatial(spatial.clamp_min(0)) * (spatial >= 0)[:, None].to(h.dtype)
         return h

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..errors import WgraphError
 from ..graph import Layout, WeightGraph
-from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, block_nodes, block_selection, message_pass, pair_sum
+from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, message_pass, pair_sum
 from ..kernels.spec import apply_act_
 from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
 from .readout import POOLS, InvariantReadout, ParameterHead, _Act
@@ -192,8 +192,8 @@ class GNNLayer(nn.Module):
         """
         sizes = [layer.size for layer in layout.layers]
         plan = []  # per block: sender (layer, selection), receiver (layer, selection), kernel weight, bias
-        for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
-            src, dst = block_selection(layout, blk)
+        for bi, (blk, (x, w, b)) in enumerate(zip(layout.blocks, edge_inputs)):
+            src, dst = layout.block_selection(bi)
             ends = ((blk.src, src), (blk.dst, dst)) if not reverse else ((blk.dst, dst), (blk.src, src))
             plan.append((*ends, *d.edge_map(w, b)))
         reach = [sum(r == layer for _, (r, _), _, _ in plan) for layer in range(len(sizes))]
@@ -278,8 +278,8 @@ class _EdgeUpdate(nn.Module):
         phi = ACTIVATIONS[self.act]
         hs, hd = self.s(h), self.d(h)
         out = []
-        for blk, (e, _, _) in zip(layout.blocks, edge_inputs):
-            src, dst = block_nodes(layout, blk)
+        for bi, (blk, (e, _, _)) in enumerate(zip(layout.blocks, edge_inputs)):
+            src, dst = layout.block_nodes(bi)
             a, c = hs[:, src], hd[:, dst]
             if blk.has_tensor:
                 z = self.e(e) + pair_sum(a, c, getattr(blk, "groups", 1))
@@ -378,9 +378,9 @@ class GraphNFN(nn.Module):
         if self.config.edge_updates:  # materialize the edge states L_k x
             B = graph.batch_size
             states = []
-            for blk, (x, w, b) in zip(lay.blocks, inputs):
+            for bi, (x, w, b) in enumerate(inputs):
                 if x is None:
-                    targets = block_nodes(lay, blk)[1]
+                    targets = lay.block_nodes(bi)[1]
                     x = w[0].expand(B, targets.stop - targets.start, -1)
                 else:
                     x = x @ w + b

@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import WgraphError
 from ..graph import NODE_KINDS, Layout, WeightGraph
 from ..kernels import ACTIVATIONS, pair_sum
-from .encoders import kernel_key, layout_tensors
+from .encoders import kernel_key
 
 POOLS = ("mean", "max", "sum")
 
@@ -91,10 +91,9 @@ class InvariantReadout(nn.Module):
 
     def forward(self, layout: Layout, h: torch.Tensor) -> torch.Tensor:
         """``(B, N, H)`` node states of graphs of ``layout`` -> ``(B, out_dim)``."""
-        t = layout_tensors(layout)
         parts = []
         for kind in NODE_KINDS:
-            idx = t[f"{kind}_nodes"].to(h.device)
+            idx = layout.nodes_of_kind(kind).to(h.device)
             parts += [_pool(h[:, idx], p) for p in self.pool]
         if self.per_layer:
             if len(layout.layers) != self.n_layers:
@@ -102,7 +101,7 @@ class InvariantReadout(nn.Module):
             for layer in layout.layers:
                 parts += [_pool(h[:, layer.start : layer.stop], p) for p in self.pool]
         if self.output_states:
-            idx = t["output_nodes"].to(h.device)
+            idx = layout.nodes_of_kind("output").to(h.device)
             if len(idx) != self.n_out:
                 raise ReadoutError(f"readout built for {self.n_out} output neurons, graph has {len(idx)}")
             parts.append(h[:, idx].reshape(h.shape[0], -1))

@@ -1,0 +1,511 @@
+"""The architecture half of a weight graph: :class:`Layout` and its dataclasses.
+
+A network becomes a graph whose **nodes are neurons** and whose **edges are weights**.
+
+* Every activation that a parametric op reads or writes contributes one :class:`NeuronLayer`: a
+  contiguous range of node indices, one node per feature (channel) of that activation.
+* Every weight tensor is one dense :class:`EdgeBlock` from the layer it reads to the layer it writes.
+  The block keeps the parameter's native shape: ``(out, in)`` for ``Linear`` and
+  ``(out, in, *kernel)`` for a convolution, so edge ``(o, i)`` carries the kernel ``W[o, i]`` as its
+  feature vector. No ``edge_index`` is stored; :meth:`Layout.edge_index` produces one on demand.
+* Biases (and normalization statistics) are **node features**: column ``f`` of ``nodes[b, n, f]``.
+* Residual additions add ``identity`` blocks (no parameters, edge value 1) and tie the two layers
+  into one :class:`NeuronSpace`: a set of layers that must be permuted together.
+
+The **parameter map** (:class:`ParamSlot`) puts every element of every state-dict entry in exactly
+one place, so :meth:`wgraph.WeightGraph.to_state_dict` is a bit-exact inverse of the conversion.
+
+Everything here depends only on the architecture, so a Layout is computed once and shared by every
+checkpoint. The geometry that other rooms ask of it lives here too, as methods and cached
+properties: the nodes a neuron space moves (:meth:`Layout.space_runs`, and from them
+:meth:`Layout.node_permutation`, :meth:`Layout.node_scale`, :attr:`Layout.fixed_nodes`,
+:attr:`Layout.node_spatial`), the nodes a block reads and writes (:meth:`Layout.block_selection`,
+:meth:`Layout.block_nodes`), the nodes of each kind (:meth:`Layout.nodes_of_kind`) and a stable
+:attr:`Layout.fingerprint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from .errors import FileFormatError
+
+NODE_KINDS = ("input", "hidden", "output")
+#: Per-neuron scaling groups, from largest to smallest: ``real`` (any nonzero factor: only linear
+#: ops touch the neurons), ``positive`` (positive factors: ReLU, LeakyReLU, max pooling, ...),
+#: ``sign`` (factors +-1: odd activations such as tanh and sin), ``none``.
+SCALING_GROUPS = ("real", "positive", "sign", "none")
+
+
+def intersect_scaling(a: str, b: str) -> str:
+    """The largest scaling group contained in both ``a`` and ``b``."""
+    if a == b or b == "real":
+        return a
+    if a == "real":
+        return b
+    return "none"
+
+BLOCK_KINDS = ("dense", "grouped", "identity", "copy", "shared")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NeuronLayer:
+    """The neurons of one activation's feature axis: nodes ``start .. start + size - 1``.
+
+    ``name`` is the module path (or fx node) that produced the activation, ``kind`` one of
+    :data:`NODE_KINDS`, ``depth`` the number of parametric ops between the input and this layer,
+    ``space`` the index of the :class:`NeuronSpace` it belongs to. ``scaling`` is the largest
+    group of per-neuron scalings ``h_i -> s_i h_i`` that the ops applied to these neurons commute
+    with (see :data:`SCALING_GROUPS`): scaling a hidden neuron's incoming weights and bias by ``s``
+    and its outgoing weights by ``1/s`` then preserves the function.
+    """
+
+    name: str
+    kind: str
+    depth: int
+    start: int
+    size: int
+    space: int
+    scaling: str = "none"
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
+class NeuronSpace:
+    """Layers whose neurons share one permutation (tied by residual additions).
+
+    A space is ``permutable`` only if every layer in it is hidden: input and output neurons are
+    ordered by the data and the task, so permuting them changes the function. ``scaling``: the
+    per-neuron scaling group the space admits besides permutations (:data:`SCALING_GROUPS`).
+    ``note`` says why a space of hidden neurons is not permutable (an op that singles them out).
+    ``segments`` lists where the space's neurons reappear in composite layers (concatenations,
+    flattened feature maps): ``(layer, offset, inner)`` means node ``offset + c * inner + s`` of
+    that layer moves with neuron ``c`` of the space, for every ``s < inner``.
+    ``heads > 1``: attention dimensions in ``heads`` contiguous blocks. A permutation may only
+    reorder dimensions within a head and move whole heads; spaces with the same ``head_group``
+    (the query/key space and the value space of one attention) move their heads together, and
+    ``head_group == -1`` means heads stay in place (a per-head parameter outside the graph, such
+    as a relative position bias table, pins them).
+    """
+
+    name: str
+    layers: tuple[int, ...]
+    size: int
+    permutable: bool
+    scaling: str = "none"
+    note: str = ""
+    segments: tuple[tuple[int, int, int], ...] = ()
+    heads: int = 1
+    head_group: int = -1
+
+
+@dataclass(frozen=True)
+class EdgeBlock:
+    """All edges from layer ``src`` to layer ``dst`` that come from one parameter (or a skip).
+
+    ``kind == "dense"``: the weight ``param`` of shape ``(dst.size, src.size, *kernel)``; edge
+    ``(o, i)`` has feature vector ``W[o, i].flatten()`` of length ``prod(kernel)``.
+    ``kind == "grouped"``: a grouped convolution with ``groups`` groups, weight of native shape
+    ``(out, in // groups, *kernel)``: destination ``o`` in group ``o // (out // groups)`` reads the
+    ``in // groups`` sources of that group; edge ``(o, j)`` carries ``W[o, j]`` (block diagonal).
+    ``kind == "shared"``: a second use of the weight of dense block ``index[0]`` (a shared module
+    or tied weights), with the same edges as a dense block; no tensor of its own: its edge values
+    are that block's weight, transposed if ``index[1] == 1`` (the weight used as ``W^T``).
+    ``kind == "identity"``: a residual connection, edge ``i -> i`` with value 1, no parameter.
+    ``kind == "copy"``: neurons that reappear in a composite layer (a concatenation, or a flatten
+    that gives every channel one node per spatial position): edges with value 1 from source neuron
+    ``src_offset + i`` to destination nodes ``dst_offset + i * inner + s`` for ``s < inner``,
+    ``i < count``; no parameter. With ``index``, source neuron ``index[i]`` instead of
+    ``src_offset + i`` (a fixed reordering such as a channel shuffle).
+    """
+
+    name: str
+    kind: str
+    src: int
+    dst: int
+    param: str | None = None
+    kernel: tuple[int, ...] = ()
+    src_offset: int = 0
+    dst_offset: int = 0
+    inner: int = 1
+    count: int = 0
+    groups: int = 1
+    index: tuple[int, ...] = ()
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def has_tensor(self) -> bool:
+        """Whether the block holds a parameter (dense) or only structure (identity, copy)."""
+        return self.kind in ("dense", "grouped")
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """Where one state-dict entry lives in the graph.
+
+    ``where == "edges"``: the whole tensor is the dense block ``index``.
+    ``where == "nodes"``: a vector stored in node-feature column ``feature`` of layer ``index``.
+    ``where == "extra"``: state that belongs to no neuron (e.g. BatchNorm's ``num_batches_tracked``),
+    kept as is in :attr:`WeightGraph.extras` with its own ``dtype`` so the round trip stays exact.
+    ``where == "alias"``: a second name of the tensor ``alias_of`` (tied weights appear under
+    both names in a state dict); stored once, returned under both names.
+
+    ``parts``: a parameter that feeds several blocks or layers (attention's packed ``in_proj``)
+    is the concatenation along its first axis of the blocks (``edges``) or layers (``nodes``)
+    listed, ``index`` being the first. ``transposed``: the block holds the parameter viewed as
+    ``(in, out, *kernel)`` with its first two axes swapped (``x @ W``, positional embeddings
+    ``(1, tokens, C)``, embedding tables ``(tokens, C)``, transposed convolutions).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    where: str
+    index: int
+    feature: int = -1
+    dtype: str | None = None
+    parts: tuple[int, ...] = ()
+    transposed: bool = False
+    alias_of: str | None = None
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """The blocks (``edges``) or layers (``nodes``) that hold the parameter."""
+        return self.parts or (self.index,)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything about a weight graph that depends only on the architecture.
+
+    Computed once per architecture (by tracing) and shared by every checkpoint of it.
+    """
+
+    layers: tuple[NeuronLayer, ...]
+    spaces: tuple[NeuronSpace, ...]
+    blocks: tuple[EdgeBlock, ...]
+    params: tuple[ParamSlot, ...]
+    node_features: tuple[str, ...] = ("bias",)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_nodes(self) -> int:
+        return self.layers[-1].stop if self.layers else 0
+
+    def block_shape(self, i: int) -> tuple[int, ...]:
+        """Shape of block ``i`` for one network: ``(out, in, *kernel)`` (``(n,)`` for identity)."""
+        b = self.blocks[i]
+        if not b.has_tensor:
+            return (self.block_num_edges(i),)
+        return (self.layers[b.dst].size, self.layers[b.src].size // b.groups, *b.kernel)
+
+    def block_num_edges(self, i: int) -> int:
+        b = self.blocks[i]
+        if b.kind == "identity":
+            return self.layers[b.dst].size
+        if b.kind == "copy":
+            return b.count * b.inner
+        return self.layers[b.dst].size * self.layers[b.src].size // b.groups  # dense, grouped, shared
+
+    @property
+    def num_edges(self) -> int:
+        return sum(self.block_num_edges(i) for i in range(len(self.blocks)))
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    @property
+    def extra_params(self) -> tuple[ParamSlot, ...]:
+        return tuple(p for p in self.params if p.where == "extra")
+
+    @cached_property
+    def param_index(self) -> dict[str, int]:
+        return {p.name: i for i, p in enumerate(self.params)}
+
+    # ------------------------------------------------------------ per-node data
+    def _per_node(self, fn) -> torch.Tensor:
+        out = torch.empty(self.num_nodes, dtype=torch.long)
+        for li, layer in enumerate(self.layers):
+            out[layer.start : layer.stop] = fn(li, layer)
+        return out
+
+    @cached_property
+    def node_kind(self) -> torch.Tensor:
+        """``(N,)`` index into :data:`NODE_KINDS`."""
+        return self._per_node(lambda li, l: NODE_KINDS.index(l.kind))
+
+    @cached_property
+    def node_depth(self) -> torch.Tensor:
+        """``(N,)`` layer depth of every node."""
+        return self._per_node(lambda li, l: l.depth)
+
+    @cached_property
+    def node_layer(self) -> torch.Tensor:
+        """``(N,)`` index of the :class:`NeuronLayer` of every node."""
+        return self._per_node(lambda li, l: li)
+
+    @cached_property
+    def node_position(self) -> torch.Tensor:
+        """``(N,)`` position of every node within its layer (the input/output position)."""
+        return self._per_node(lambda li, l: torch.arange(l.size))
+
+    @cached_property
+    def kind_nodes(self) -> dict[str, torch.Tensor]:
+        """``{kind: (n,) node indices}`` for every kind of :data:`NODE_KINDS`."""
+        return {k: (self.node_kind == i).nonzero().flatten() for i, k in enumerate(NODE_KINDS)}
+
+    def nodes_of_kind(self, kind: str) -> torch.Tensor:
+        """Node indices of the input, hidden or output neurons (ascending)."""
+        return self.kind_nodes[kind]
+
+    # ------------------------------------------------------- neuron-space geometry
+    def space_runs(self, si: int) -> tuple[tuple[int, int], ...]:
+        """The nodes neuron space ``si`` moves, as runs ``(base, inner)``: neuron ``c`` of the
+        space is nodes ``base + c * inner + s`` for every ``s < inner``.
+
+        Each layer of the space is a run with ``inner = 1`` at the layer's start; each segment
+        ``(layer, offset, inner)`` of a composite layer (a concatenation, a flattened feature map)
+        is a run at the layer's start plus ``offset``. Every other geometric question about spaces
+        (:meth:`node_permutation`, :meth:`node_scale`, :attr:`fixed_nodes`, :attr:`node_spatial`)
+        is answered from these runs.
+        """
+        return self._space_runs[si]
+
+    @cached_property
+    def _space_runs(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        return tuple(
+            tuple((self.layers[li].start, 1) for li in sp.layers)
+            + tuple((self.layers[li].start + off, inner) for li, off, inner in sp.segments)
+            for sp in self.spaces
+        )
+
+    def node_permutation(self, perms: dict[int, torch.Tensor], batch_size: int) -> torch.Tensor:
+        """``(B, N)`` gather index: new node ``n`` of network ``b`` is old node ``out[b, n]``.
+
+        ``perms[space]`` is a ``(B, size)`` permutation of that space's neurons; it moves every run
+        of the space (:meth:`space_runs`): ``out[b, base + c * inner + s] = base + p[b, c] * inner + s``.
+        """
+        idx = torch.arange(self.num_nodes).expand(batch_size, -1).clone()
+        for si, p in perms.items():
+            size = self.spaces[si].size
+            for base, inner in self.space_runs(si):
+                idx[:, base : base + size * inner] = base + (p[:, :, None] * inner + torch.arange(inner)).flatten(1)
+        return idx
+
+    def node_scale(self, scales: dict[int, torch.Tensor], batch_size: int, dtype=torch.float64) -> torch.Tensor:
+        """``(B, N)`` factor of every node: ``scales[space]`` (``(B, size)``, per neuron of the space)
+        repeated over each run of the space, 1 for nodes of unscaled spaces."""
+        out = torch.ones(batch_size, self.num_nodes, dtype=dtype)
+        for si, s in scales.items():
+            size = self.spaces[si].size
+            for base, inner in self.space_runs(si):
+                out[:, base : base + size * inner] = s.to(dtype).repeat_interleave(inner, dim=1)
+        return out
+
+    @cached_property
+    def fixed_nodes(self) -> torch.Tensor:
+        """``(N,)`` bool: the node is moved by no neuron permutation (input and output neurons, and
+        hidden neurons that some op singles out)."""
+        moved = torch.zeros(self.num_nodes, dtype=torch.bool)
+        for si, sp in enumerate(self.spaces):
+            if sp.permutable:
+                for base, inner in self.space_runs(si):
+                    moved[base : base + sp.size * inner] = True
+        return ~moved
+
+    @cached_property
+    def node_spatial(self) -> torch.Tensor:
+        """``(N,)`` long: for a node that mirrors a neuron at ``inner > 1`` positions (a flattened
+        feature map), its position ``s < inner``; ``-1`` for every other node."""
+        spatial = torch.full((self.num_nodes,), -1, dtype=torch.long)
+        for si, sp in enumerate(self.spaces):
+            for base, inner in self.space_runs(si):
+                if inner > 1:
+                    spatial[base : base + sp.size * inner] = torch.arange(inner).repeat(sp.size)
+        return spatial
+
+    # ---------------------------------------------------------------- block geometry
+    def block_selection(self, i: int) -> tuple[slice | torch.Tensor | None, slice | torch.Tensor | None]:
+        """Which neurons of its two layers block ``i`` connects, relative to each layer:
+        ``(sources, targets)``, each ``None`` (the whole layer), a slice, or an index tensor.
+
+        Dense, grouped, shared and identity blocks connect their two whole layers. A copy block
+        connects ``count`` source neurons (from ``src_offset``, or the listed ``index``) to
+        ``count * inner`` target neurons from ``dst_offset``: source ``i`` feeds targets ``i * inner + s``.
+        """
+        return self._block_selections[i]
+
+    @cached_property
+    def _block_selections(self) -> tuple:
+        out = []
+        for b in self.blocks:
+            if b.kind != "copy":
+                out.append((None, None))
+                continue
+            targets = slice(b.dst_offset, b.dst_offset + b.count * b.inner)
+            if b.index:
+                out.append((torch.tensor(b.index, dtype=torch.long), targets))
+            else:
+                out.append((slice(b.src_offset, b.src_offset + b.count), targets))
+        return tuple(out)
+
+    def block_nodes(self, i: int) -> tuple[slice | torch.Tensor, slice | torch.Tensor]:
+        """The nodes block ``i`` connects, ``(sources, targets)``, as slices or index tensors of the
+        whole graph (:meth:`block_selection` shifted by each layer's start)."""
+        b = self.blocks[i]
+        src, dst = self.block_selection(i)
+        return _absolute(self.layers[b.src], src), _absolute(self.layers[b.dst], dst)
+
+    # ------------------------------------------------------------------ identity
+    @cached_property
+    def fingerprint(self) -> int:
+        """A stable 63-bit hash of the layout's structure (``meta`` excluded): equal for equal
+        layouts in every process, so saved per-layout state can be checked against a layout."""
+        d = self.to_dict()
+        d.pop("meta", None)
+        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 1
+
+    # -------------------------------------------------------------- edge lists
+    @cached_property
+    def edge_index(self) -> torch.Tensor:
+        """``(2, E)`` source/destination node of every edge, block after block.
+
+        Within a dense block the order is row-major over ``(out, in)``: edge ``o * in + i``
+        is ``src.start + i -> dst.start + o``, matching ``W.reshape(out * in, -1)``.
+        """
+        parts = [self.block_edge_index(i) for i in range(len(self.blocks))]
+        if not parts:
+            return torch.empty(2, 0, dtype=torch.long)
+        return torch.cat(parts, dim=1)
+
+    def block_edge_index(self, i: int) -> torch.Tensor:
+        """``(2, E_i)`` source/destination nodes of the edges of block ``i``."""
+        b = self.blocks[i]
+        s, d = self.layers[b.src], self.layers[b.dst]
+        if b.kind == "identity":
+            src, dst = torch.arange(s.start, s.stop), torch.arange(d.start, d.stop)
+        elif b.kind == "copy":
+            i = torch.tensor(b.index, dtype=torch.long) if b.index else b.src_offset + torch.arange(b.count)
+            src = s.start + i.repeat_interleave(b.inner)
+            dst = d.start + b.dst_offset + torch.arange(b.count * b.inner)
+        else:  # dense (groups == 1) and grouped: row-major over (out, in // groups)
+            out, in_g = d.size, s.size // b.groups
+            o, j = torch.meshgrid(torch.arange(out), torch.arange(in_g), indexing="ij")
+            dst = d.start + o
+            src = s.start + (o // (out // b.groups)) * in_g + j
+        return torch.stack([src.reshape(-1), dst.reshape(-1)])
+
+    @cached_property
+    def edge_block(self) -> torch.Tensor:
+        """``(E,)`` index of the block of every edge."""
+        return torch.repeat_interleave(
+            torch.arange(len(self.blocks)),
+            torch.tensor([self.block_num_edges(i) for i in range(len(self.blocks))], dtype=torch.long),
+        )
+
+    @cached_property
+    def max_kernel(self) -> int:
+        """Length of the longest edge feature vector (1 for a pure MLP)."""
+        return max([b.kernel_numel for b in self.blocks if b.has_tensor] + [1])
+
+    # ---------------------------------------------------------------- summary
+    def summary(self) -> str:
+        """Human-readable description: layers, edge blocks per kind, neuron spaces."""
+        lines = [
+            f"Layout: {self.num_nodes} nodes, {self.num_edges} edges, {self.num_params} parameters "
+            f"in {len(self.params)} tensors",
+        ]
+        lines.append("  layers:")
+        for li, l in enumerate(self.layers):
+            lines.append(
+                f"    [{li}] {l.name:<24} {l.kind:<6} depth {l.depth:<3} nodes {l.start}..{l.stop - 1} "
+                f"({l.size}) space {l.space}"
+            )
+        kinds: dict[str, list[int]] = {}
+        for i, b in enumerate(self.blocks):
+            key = b.kind if not b.has_tensor else ("dense linear" if not b.kernel else f"dense k={'x'.join(map(str, b.kernel))}")
+            kinds.setdefault(key, []).append(i)
+        lines.append("  edge blocks by kind:")
+        for key, idx in kinds.items():
+            n_e = sum(self.block_num_edges(i) for i in idx)
+            n_p = sum(math.prod(self.block_shape(i)) for i in idx if self.blocks[i].has_tensor)
+            lines.append(f"    {key:<14} blocks {len(idx):<3} edges {n_e:<10} parameters {n_p}")
+        lines.append("  neuron spaces:")
+        for si, s in enumerate(self.spaces):
+            names = ", ".join(self.layers[li].name for li in s.layers)
+            tag = "permutable" if s.permutable else "fixed"
+            scale = f" scaling {s.scaling:<8}" if s.permutable else " " * 17
+            note = f"  ({s.note})" if s.note else ""
+            lines.append(f"    [{si}] size {s.size:<5} {tag:<10}{scale} layers: {names}{note}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "layers": [asdict(x) for x in self.layers],
+            "spaces": [asdict(x) for x in self.spaces],
+            "blocks": [asdict(x) for x in self.blocks],
+            "params": [asdict(x) for x in self.params],
+            "node_features": list(self.node_features),
+            "meta": self.meta,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Layout:
+        if d.get("format_version") != FORMAT_VERSION:
+            raise FileFormatError(
+                f"layout format_version {d.get('format_version')!r} is not supported "
+                f"(this wgraph reads version {FORMAT_VERSION})"
+            )
+        return cls(
+            layers=tuple(NeuronLayer(**x) for x in d["layers"]),
+            spaces=tuple(
+                NeuronSpace(**{**x, "layers": tuple(x["layers"]), "segments": tuple(map(tuple, x.get("segments", ())))})
+                for x in d["spaces"]
+            ),
+            blocks=tuple(
+                EdgeBlock(**{**x, "kernel": tuple(x["kernel"]), "index": tuple(x.get("index", ()))}) for x in d["blocks"]
+            ),
+            params=tuple(
+                ParamSlot(**{**x, "shape": tuple(x["shape"]), "parts": tuple(x.get("parts", ()))}) for x in d["params"]
+            ),
+            node_features=tuple(d["node_features"]),
+            meta=d.get("meta", {}),
+        )
+
+    @classmethod
+    def from_json(cls, s: str) -> Layout:
+        return cls.from_dict(json.loads(s))
+
+
+def _absolute(layer: NeuronLayer, sel):
+    """A selection relative to ``layer`` (see :meth:`Layout.block_selection`) as graph node indices."""
+    if sel is None:
+        return slice(layer.start, layer.stop)
+    if isinstance(sel, slice):
+        return slice(layer.start + sel.start, layer.start + sel.stop)
+    return layer.start + sel
