@@ -3,14 +3,13 @@
 import networkx as nx
 import pytest
 import torch
+from conftest import assert_state_dict_exact, outputs_match
 from torch import nn
 
 import wgraph
 from wgraph.graph import Layout, WeightGraph
 from wgraph.testing import assert_equivariant, assert_invariant, equivariance_error
 from wgraph.zoo import mlp, resnet_mlp, small_cnn
-
-from conftest import assert_state_dict_exact, outputs_match
 
 
 def _cnn_batch(B=3, seed=0):
@@ -62,7 +61,8 @@ def test_mixed_dtype_and_device_rejected():
     x = torch.randn(1, 1, 16, 16)
     sds = [m.state_dict() for m in models]
     as64 = {k: v.double() for k, v in sds[1].items()}
-    with pytest.raises(wgraph.IncompatibleBatchError, match="checkpoint 0 is torch.float32 but checkpoint 1 is torch.float64"):
+    mixed = "checkpoint 0 is torch.float32 but checkpoint 1 is torch.float64"
+    with pytest.raises(wgraph.IncompatibleBatchError, match=mixed):
         wgraph.to_graph_batch([sds[0], as64], models[0], x)
     half = {**sds[0], "0.bias": sds[0]["0.bias"].double()}
     with pytest.raises(wgraph.IncompatibleBatchError, match="mix dtypes"):
@@ -201,7 +201,9 @@ def test_assert_equivariant_passes_and_fails():
     _, g = _cnn_batch()
     g = g.to(torch.float64)
     assert_equivariant(lambda gr: torch.tanh(gr.nodes) * 2, g)  # per-node map
-    assert_equivariant(lambda gr: WeightGraph(gr.layout, gr.nodes * 3, [None if e is None else e.sin() for e in gr.edges]), g)
+    assert_equivariant(
+        lambda gr: WeightGraph(gr.layout, gr.nodes * 3, [None if e is None else e.sin() for e in gr.edges]), g
+    )
     with pytest.raises(AssertionError, match="not equivariant"):
         assert_equivariant(lambda gr: gr.nodes.cumsum(1), g)
 

@@ -6,13 +6,12 @@ two or more neurons and preserves the function (float64, rtol 1e-9).
 
 import torch
 import torch.nn.functional as F
+from conftest import assert_state_dict_exact, outputs_match
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import wgraph
-
-from conftest import assert_state_dict_exact, outputs_match
 
 ACTIVATIONS = [nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.SiLU, nn.Identity]
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

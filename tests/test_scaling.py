@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import outputs_match
 from torch import nn
 
 import wgraph
 from wgraph.symmetry import Symmetry
 from wgraph.zoo import mlp, small_cnn
-
-from conftest import outputs_match
 
 
 def _models():

@@ -16,7 +16,6 @@ import wgraph
 from wgraph.cli import main
 from wgraph.errors import ZooError
 from wgraph.zoo import ZooWriter, digits_cnn, generate_cnn_zoo, generate_inr_zoo, load_zoo
-from wgraph.zoo import store as zoo_store
 
 CNN = dict(runs=6, checkpoints=2, epochs=2, seed=1, shard_size=3, channels=8, progress=False)
 INR = dict(images=12, steps=30, seed=1, shard_size=5, progress=False)

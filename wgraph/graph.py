@@ -12,13 +12,9 @@ The Layout's dataclasses are re-exported here (``from wgraph.graph import Layout
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -188,8 +184,11 @@ class WeightGraph:
     def to(self, *args, **kwargs) -> WeightGraph:
         """Move / cast every tensor, as :meth:`torch.Tensor.to` (non-float extras only move)."""
         nodes = self.nodes.to(*args, **kwargs)
-        extras = {k: v.to(*args, **kwargs) if v.is_floating_point() else v.to(nodes.device) for k, v in self.extras.items()}
-        return WeightGraph(self.layout, nodes, [None if e is None else e.to(*args, **kwargs) for e in self.edges], extras)
+        extras = {
+            k: v.to(*args, **kwargs) if v.is_floating_point() else v.to(nodes.device) for k, v in self.extras.items()
+        }
+        edges = [None if e is None else e.to(*args, **kwargs) for e in self.edges]
+        return WeightGraph(self.layout, nodes, edges, extras)
 
     @staticmethod
     def cat(graphs: list[WeightGraph]) -> WeightGraph:

@@ -443,7 +443,10 @@ class Layout:
             )
         kinds: dict[str, list[int]] = {}
         for i, b in enumerate(self.blocks):
-            key = b.kind if not b.has_tensor else ("dense linear" if not b.kernel else f"dense k={'x'.join(map(str, b.kernel))}")
+            if not b.has_tensor:
+                key = b.kind
+            else:
+                key = "dense linear" if not b.kernel else f"dense k={'x'.join(map(str, b.kernel))}"
             kinds.setdefault(key, []).append(i)
         lines.append("  edge blocks by kind:")
         for key, idx in kinds.items():
@@ -488,7 +491,8 @@ class Layout:
                 for x in d["spaces"]
             ),
             blocks=tuple(
-                EdgeBlock(**{**x, "kernel": tuple(x["kernel"]), "index": tuple(x.get("index", ()))}) for x in d["blocks"]
+                EdgeBlock(**{**x, "kernel": tuple(x["kernel"]), "index": tuple(x.get("index", ()))})
+                for x in d["blocks"]
             ),
             params=tuple(
                 ParamSlot(**{**x, "shape": tuple(x["shape"]), "parts": tuple(x.get("parts", ()))}) for x in d["params"]

@@ -84,7 +84,14 @@ def _assert(fn, graph, invariant, trials, seed, atol, rtol, scale=False):
 
 
 def assert_invariant(
-    fn, graph: WeightGraph, *, trials: int = 3, seed: int = 0, atol: float = 1e-8, rtol: float = 1e-6, scale: bool = False
+    fn,
+    graph: WeightGraph,
+    *,
+    trials: int = 3,
+    seed: int = 0,
+    atol: float = 1e-8,
+    rtol: float = 1e-6,
+    scale: bool = False,
 ):
     """Assert ``fn(g.permute(p)) == fn(g)`` for random function-preserving permutations ``p``
     (with ``scale=True``, permutations and scalings)."""
@@ -92,7 +99,14 @@ def assert_invariant(
 
 
 def assert_equivariant(
-    fn, graph: WeightGraph, *, trials: int = 3, seed: int = 0, atol: float = 1e-8, rtol: float = 1e-6, scale: bool = False
+    fn,
+    graph: WeightGraph,
+    *,
+    trials: int = 3,
+    seed: int = 0,
+    atol: float = 1e-8,
+    rtol: float = 1e-6,
+    scale: bool = False,
 ):
     """Assert ``fn(g.permute(p)) == fn(g).permute(p)`` (WeightGraph outputs) or the node-permuted
     ``(B, N, ...)`` tensor, for random function-preserving permutations ``p`` (``scale=True``:

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def mlp(sizes: list[int] | tuple[int, ...] = (784, 256, 256, 10), activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(
+    sizes: list[int] | tuple[int, ...] = (784, 256, 256, 10), activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     """A plain MLP ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between layers."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -138,7 +138,7 @@ class _Group:
         # _forward runs the convolutions, then the global average pool + flatten as a mean over (H, W):
         # the same numbers, without vmap's slow path (as_strided_) for adaptive_avg_pool2d
         assert isinstance(self.model[-3], torch.nn.AdaptiveAvgPool2d) and isinstance(self.model[-2], torch.nn.Flatten)
-        x_train, y_train = data[0], data[1]
+        y_train = data[1]
         n = len(y_train)
         inits, batches, masks, subsets = [], [], [], []
         for hp in hps:
