@@ -25,3 +25,19 @@ def assert_state_dict_exact(got, want):
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _every_layout_is_consistent():
+    """Every Layout the suite builds (conversions of every architecture it covers) passes the file
+    checks that untrusted layouts go through (:meth:`wgraph.Layout.check`): a check that rejected
+    a real architecture would make its saved graphs unreadable."""
+    original = wgraph.Layout.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.check()
+
+    wgraph.Layout.__init__ = init
+    yield
+    wgraph.Layout.__init__ = original

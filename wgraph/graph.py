@@ -11,7 +11,6 @@ The Layout's dataclasses are re-exported here (``from wgraph.graph import Layout
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -90,6 +89,11 @@ class WeightGraph:
             raise IncompatibleBatchError(
                 f"extras {sorted(extras)} do not match the layout's {[p.name for p in layout.extra_params]}"
             )
+        for p in layout.extra_params:
+            v = extras[p.name]
+            if tuple(v.shape) != (B, *p.shape) or (p.dtype is not None and v.dtype != getattr(torch, p.dtype)):
+                want = f"{p.dtype} of shape {(B, *p.shape)}"
+                raise IncompatibleBatchError(f"extra state {p.name!r}: expected {want}, got {v.dtype} {tuple(v.shape)}")
         self.layout = layout
         self.nodes = nodes
         self.edges = list(edges)
@@ -335,6 +339,7 @@ class WeightGraph:
         State outside the graph (``layout.extra_params``, e.g. BatchNorm's ``num_batches_tracked``)
         is not in PyG data: pass it as ``extras`` or it is set to zero, with a warning.
         """
+        layout.check()
         N, E = layout.num_nodes, layout.num_edges
         x, ea = data.x, data.edge_attr
         if x.shape[0] % N or ea.shape[0] % E or x.shape[0] // N != ea.shape[0] // E:
@@ -412,12 +417,26 @@ class WeightGraph:
                 meta = f.metadata() or {}
                 if "wgraph_layout" not in meta:
                     raise FileFormatError(f"{path}: a safetensors file, but not a wgraph graph (no layout)")
-                layout = Layout.from_json(meta["wgraph_layout"])
+                try:
+                    layout = Layout.from_json(meta["wgraph_layout"])
+                except FileFormatError as e:
+                    raise FileFormatError(f"{path}: {e}") from None
+                want = ["nodes", *(f"edges/{b.name}" for b in layout.blocks if b.has_tensor)]
+                want += [f"extras/{p.name}" for p in layout.extra_params]
+                have = set(f.keys())
+                missing, unexpected = [k for k in want if k not in have], sorted(have - set(want))
+                if missing or unexpected:
+                    raise FileFormatError(
+                        f"{path}: the tensors do not match the layout: missing {missing}, unexpected {unexpected}"
+                    )
                 nodes = f.get_tensor("nodes")
                 edges = [
                     None if not blk.has_tensor else f.get_tensor(f"edges/{blk.name}") for blk in layout.blocks
                 ]
                 extras = {p.name: f.get_tensor(f"extras/{p.name}") for p in layout.extra_params}
-        except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
+        except (SafetensorError, OSError) as e:
             raise FileFormatError(f"{path}: not a readable wgraph file ({e})") from None
-        return cls(layout, nodes, edges, extras)
+        try:
+            return cls(layout, nodes, edges, extras)
+        except IncompatibleBatchError as e:
+            raise FileFormatError(f"{path}: the tensors do not match the layout: {e}") from None

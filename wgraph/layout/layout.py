@@ -1,28 +1,5 @@
-"""The architecture half of a weight graph: :class:`Layout` and its dataclasses.
-
-A network becomes a graph whose **nodes are neurons** and whose **edges are weights**.
-
-* Every activation that a parametric op reads or writes contributes one :class:`NeuronLayer`: a
-  contiguous range of node indices, one node per feature (channel) of that activation.
-* Every weight tensor is one dense :class:`EdgeBlock` from the layer it reads to the layer it writes.
-  The block keeps the parameter's native shape: ``(out, in)`` for ``Linear`` and
-  ``(out, in, *kernel)`` for a convolution, so edge ``(o, i)`` carries the kernel ``W[o, i]`` as its
-  feature vector. No ``edge_index`` is stored; :meth:`Layout.edge_index` produces one on demand.
-* Biases (and normalization statistics) are **node features**: column ``f`` of ``nodes[b, n, f]``.
-* Residual additions add ``identity`` blocks (no parameters, edge value 1) and tie the two layers
-  into one :class:`NeuronSpace`: a set of layers that must be permuted together.
-
-The **parameter map** (:class:`ParamSlot`) puts every element of every state-dict entry in exactly
-one place, so :meth:`wgraph.WeightGraph.to_state_dict` is a bit-exact inverse of the conversion.
-
-Everything here depends only on the architecture, so a Layout is computed once and shared by every
-checkpoint. The geometry that other rooms ask of it lives here too, as methods and cached
-properties: the nodes a neuron space moves (:meth:`Layout.space_runs`, and from them
-:meth:`Layout.node_permutation`, :meth:`Layout.node_scale`, :attr:`Layout.fixed_nodes`,
-:attr:`Layout.node_spatial`), the nodes a block reads and writes (:meth:`Layout.block_selection`,
-:meth:`Layout.block_nodes`), the nodes of each kind (:meth:`Layout.nodes_of_kind`) and a stable
-:attr:`Layout.fingerprint`.
-"""
+"""The :class:`Layout`: everything about a weight graph that depends only on the architecture,
+with the geometry the other rooms ask of it (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -35,160 +12,9 @@ from typing import Any
 
 import torch
 
-from .errors import FileFormatError
-
-NODE_KINDS = ("input", "hidden", "output")
-#: Per-neuron scaling groups, from largest to smallest: ``real`` (any nonzero factor: only linear
-#: ops touch the neurons), ``positive`` (positive factors: ReLU, LeakyReLU, max pooling, ...),
-#: ``sign`` (factors +-1: odd activations such as tanh and sin), ``none``.
-SCALING_GROUPS = ("real", "positive", "sign", "none")
-
-
-def intersect_scaling(a: str, b: str) -> str:
-    """The largest scaling group contained in both ``a`` and ``b``."""
-    if a == b or b == "real":
-        return a
-    if a == "real":
-        return b
-    return "none"
-
-BLOCK_KINDS = ("dense", "grouped", "identity", "copy", "shared")
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class NeuronLayer:
-    """The neurons of one activation's feature axis: nodes ``start .. start + size - 1``.
-
-    ``name`` is the module path (or fx node) that produced the activation, ``kind`` one of
-    :data:`NODE_KINDS`, ``depth`` the number of parametric ops between the input and this layer,
-    ``space`` the index of the :class:`NeuronSpace` it belongs to. ``scaling`` is the largest
-    group of per-neuron scalings ``h_i -> s_i h_i`` that the ops applied to these neurons commute
-    with (see :data:`SCALING_GROUPS`): scaling a hidden neuron's incoming weights and bias by ``s``
-    and its outgoing weights by ``1/s`` then preserves the function.
-    """
-
-    name: str
-    kind: str
-    depth: int
-    start: int
-    size: int
-    space: int
-    scaling: str = "none"
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.size
-
-
-@dataclass(frozen=True)
-class NeuronSpace:
-    """Layers whose neurons share one permutation (tied by residual additions).
-
-    A space is ``permutable`` only if every layer in it is hidden: input and output neurons are
-    ordered by the data and the task, so permuting them changes the function. ``scaling``: the
-    per-neuron scaling group the space admits besides permutations (:data:`SCALING_GROUPS`).
-    ``note`` says why a space of hidden neurons is not permutable (an op that singles them out).
-    ``segments`` lists where the space's neurons reappear in composite layers (concatenations,
-    flattened feature maps): ``(layer, offset, inner)`` means node ``offset + c * inner + s`` of
-    that layer moves with neuron ``c`` of the space, for every ``s < inner``.
-    ``heads > 1``: attention dimensions in ``heads`` contiguous blocks. A permutation may only
-    reorder dimensions within a head and move whole heads; spaces with the same ``head_group``
-    (the query/key space and the value space of one attention) move their heads together, and
-    ``head_group == -1`` means heads stay in place (a per-head parameter outside the graph, such
-    as a relative position bias table, pins them).
-    """
-
-    name: str
-    layers: tuple[int, ...]
-    size: int
-    permutable: bool
-    scaling: str = "none"
-    note: str = ""
-    segments: tuple[tuple[int, int, int], ...] = ()
-    heads: int = 1
-    head_group: int = -1
-
-
-@dataclass(frozen=True)
-class EdgeBlock:
-    """All edges from layer ``src`` to layer ``dst`` that come from one parameter (or a skip).
-
-    ``kind == "dense"``: the weight ``param`` of shape ``(dst.size, src.size, *kernel)``; edge
-    ``(o, i)`` has feature vector ``W[o, i].flatten()`` of length ``prod(kernel)``.
-    ``kind == "grouped"``: a grouped convolution with ``groups`` groups, weight of native shape
-    ``(out, in // groups, *kernel)``: destination ``o`` in group ``o // (out // groups)`` reads the
-    ``in // groups`` sources of that group; edge ``(o, j)`` carries ``W[o, j]`` (block diagonal).
-    ``kind == "shared"``: a second use of the weight of dense block ``index[0]`` (a shared module
-    or tied weights), with the same edges as a dense block; no tensor of its own: its edge values
-    are that block's weight, transposed if ``index[1] == 1`` (the weight used as ``W^T``).
-    ``kind == "identity"``: a residual connection, edge ``i -> i`` with value 1, no parameter.
-    ``kind == "copy"``: neurons that reappear in a composite layer (a concatenation, or a flatten
-    that gives every channel one node per spatial position): edges with value 1 from source neuron
-    ``src_offset + i`` to destination nodes ``dst_offset + i * inner + s`` for ``s < inner``,
-    ``i < count``; no parameter. With ``index``, source neuron ``index[i]`` instead of
-    ``src_offset + i`` (a fixed reordering such as a channel shuffle).
-    """
-
-    name: str
-    kind: str
-    src: int
-    dst: int
-    param: str | None = None
-    kernel: tuple[int, ...] = ()
-    src_offset: int = 0
-    dst_offset: int = 0
-    inner: int = 1
-    count: int = 0
-    groups: int = 1
-    index: tuple[int, ...] = ()
-
-    @property
-    def kernel_numel(self) -> int:
-        return math.prod(self.kernel)
-
-    @property
-    def has_tensor(self) -> bool:
-        """Whether the block holds a parameter (dense) or only structure (identity, copy)."""
-        return self.kind in ("dense", "grouped")
-
-
-@dataclass(frozen=True)
-class ParamSlot:
-    """Where one state-dict entry lives in the graph.
-
-    ``where == "edges"``: the whole tensor is the dense block ``index``.
-    ``where == "nodes"``: a vector stored in node-feature column ``feature`` of layer ``index``.
-    ``where == "extra"``: state that belongs to no neuron (e.g. BatchNorm's ``num_batches_tracked``),
-    kept as is in :attr:`WeightGraph.extras` with its own ``dtype`` so the round trip stays exact.
-    ``where == "alias"``: a second name of the tensor ``alias_of`` (tied weights appear under
-    both names in a state dict); stored once, returned under both names.
-
-    ``parts``: a parameter that feeds several blocks or layers (attention's packed ``in_proj``)
-    is the concatenation along its first axis of the blocks (``edges``) or layers (``nodes``)
-    listed, ``index`` being the first. ``transposed``: the block holds the parameter viewed as
-    ``(in, out, *kernel)`` with its first two axes swapped (``x @ W``, positional embeddings
-    ``(1, tokens, C)``, embedding tables ``(tokens, C)``, transposed convolutions).
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    where: str
-    index: int
-    feature: int = -1
-    dtype: str | None = None
-    parts: tuple[int, ...] = ()
-    transposed: bool = False
-    alias_of: str | None = None
-
-    @property
-    def targets(self) -> tuple[int, ...]:
-        """The blocks (``edges``) or layers (``nodes``) that hold the parameter."""
-        return self.parts or (self.index,)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+from ..errors import FileFormatError
+from .check import check_layout, read_part
+from .parts import FORMAT_VERSION, NODE_KINDS, EdgeBlock, NeuronLayer, NeuronSpace, ParamSlot
 
 
 @dataclass(frozen=True)
@@ -479,31 +305,47 @@ class Layout:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Layout:
+        """Read :meth:`to_dict`'s form, checking every field's type and the layout's consistency
+        (:meth:`check`): a layout from a file is untrusted, and a wrong one would map weights to the
+        wrong places. Raises :class:`~wgraph.errors.FileFormatError` naming the field."""
+        if not isinstance(d, dict):
+            raise FileFormatError(f"layout: expected a JSON object, got {type(d).__name__}")
         if d.get("format_version") != FORMAT_VERSION:
             raise FileFormatError(
                 f"layout format_version {d.get('format_version')!r} is not supported "
                 f"(this wgraph reads version {FORMAT_VERSION})"
             )
-        return cls(
-            layers=tuple(NeuronLayer(**x) for x in d["layers"]),
-            spaces=tuple(
-                NeuronSpace(**{**x, "layers": tuple(x["layers"]), "segments": tuple(map(tuple, x.get("segments", ())))})
-                for x in d["spaces"]
-            ),
-            blocks=tuple(
-                EdgeBlock(**{**x, "kernel": tuple(x["kernel"]), "index": tuple(x.get("index", ()))})
-                for x in d["blocks"]
-            ),
-            params=tuple(
-                ParamSlot(**{**x, "shape": tuple(x["shape"]), "parts": tuple(x.get("parts", ()))}) for x in d["params"]
-            ),
-            node_features=tuple(d["node_features"]),
-            meta=d.get("meta", {}),
-        )
+        parts = {}
+        kinds = (("layers", NeuronLayer), ("spaces", NeuronSpace), ("blocks", EdgeBlock), ("params", ParamSlot))
+        for key, part in kinds:
+            items = d.get(key)
+            if not isinstance(items, list):
+                raise FileFormatError(f"layout.{key}: expected a list, got {type(items).__name__}")
+            parts[key] = tuple(read_part(part, x, f"layout.{key}[{i}]") for i, x in enumerate(items))
+        features = d.get("node_features")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise FileFormatError(f"layout.node_features: expected a list of strings, got {features!r}")
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise FileFormatError(f"layout.meta: expected an object, got {type(meta).__name__}")
+        layout = cls(**parts, node_features=tuple(features), meta=meta)
+        layout.check()
+        return layout
 
     @classmethod
     def from_json(cls, s: str) -> Layout:
-        return cls.from_dict(json.loads(s))
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise FileFormatError(f"layout: not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+    def check(self) -> None:
+        """Raise :class:`~wgraph.errors.FileFormatError` naming the first inconsistent field
+        (see :func:`wgraph.layout.check.check_layout`); a layout that passed is not checked again."""
+        if not self.__dict__.get("_checked"):
+            check_layout(self)
+            self.__dict__["_checked"] = True
 
 
 def _absolute(layer: NeuronLayer, sel):
