@@ -129,9 +129,53 @@ def test_networkx_export():
     assert g.nodes[3]["bias"] == pytest.approx(m[0].bias[1].item())
     (_, _, attrs), = [e for e in g.edges(data=True) if e[0] == 1 and e[1] == 4]
     assert attrs["param"] == "0.weight" and attrs["value"] == pytest.approx(m[0].weight[2, 1].item())
-    conv = wgraph.to_graph(small_cnn(channels=2, classes=2), torch.randn(1, 1, 16, 16)).to_networkx()
-    values = [d["value"] for _, _, d in conv.edges(data=True) if d["param"] == "0.weight"]
-    assert len(values) == 2 and len(values[0]) == 9
+    assert sorted(g.predecessors(4)) == [0, 1] and g.in_degree(4) == 2 and list(g.successors(4)) == [5]
+    assert g.number_of_edges(1, 4) == 1 and g.edges[1, 4, 0] is attrs  # one key dict for both directions
+    cnn = small_cnn(channels=2, classes=2)
+    conv = wgraph.to_graph(cnn, torch.randn(1, 1, 16, 16)).to_networkx()
+    kernels = {(u, v): d for u, v, d in conv.edges(data=True) if d["param"] == "0.weight"}
+    assert len(kernels) == 2
+    (u, v), d = sorted(kernels.items())[1]  # input 0 -> channel 1
+    assert d["kernel"] == "3x3" and "value" not in d
+    assert [d[f"w{k}"] for k in range(9)] == pytest.approx(cnn[0].weight[1, 0].flatten().tolist())
+
+
+def test_networkx_export_writes_graphml(tmp_path):
+    g = wgraph.to_graph(resnet_mlp(d_in=3, width=2, depth=1, d_out=2), torch.randn(1, 3))
+    conv = wgraph.to_graph(small_cnn(channels=2, classes=2), torch.randn(1, 1, 16, 16))
+    for graph in (g, conv):
+        nxg = graph.to_networkx()
+        nx.write_graphml(nxg, tmp_path / "g.graphml")
+        back = nx.read_graphml(tmp_path / "g.graphml")
+        assert back.number_of_edges() == nxg.number_of_edges() == graph.num_edges
+
+
+def test_pyg_index_and_hetero_round_trip():
+    models, g = _cnn_batch(B=3)
+    lay = g.layout
+    one = g.to_pyg(index=2)
+    assert torch.equal(one.x, g.nodes[2]) and one.edge_attr.shape == (lay.num_edges, 9)
+    het = g.to_pyg(index=1, hetero=True)
+    types = {t for _, t, _ in het.edge_types}
+    assert types == {"k3x3", "linear"}
+    assert het["neuron", "linear", "neuron"].edge_attr.shape[1] == 1
+    assert het["neuron", "k3x3", "neuron"].edge_attr.shape[1] == 9
+    total = sum(het[t].edge_attr.numel() for t in het.edge_types)
+    assert total == sum(p.numel for p in lay.params if p.where == "edges")  # no padding: one value per weight
+    sd = models[1].state_dict()
+    store = het["neuron", "k3x3", "neuron"]
+    for e in torch.randint(store.edge_attr.shape[0], (30,)).tolist():
+        name = het.param_names[store.edge_param[e]]
+        flat = sd[name].flatten()[store.edge_flat[e] : store.edge_flat[e] + 9]
+        assert torch.equal(store.edge_attr[e], flat)
+    back = WeightGraph.from_pyg(het, lay)
+    assert_state_dict_exact(back.to_state_dict(), sd)
+    batch = g.to_pyg(hetero=True)
+    back = WeightGraph.from_pyg(batch, lay)
+    for i in range(3):
+        assert_state_dict_exact(back.to_state_dict(i), models[i].state_dict())
+    with pytest.raises(IndexError):
+        g.to_pyg(index=3)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import export
 from .errors import FileFormatError, IncompatibleBatchError, StateDictError
 from .layout import (
     BLOCK_KINDS,
@@ -265,130 +266,49 @@ class WeightGraph:
 
         Identity and copy edges carry the value 1 in channel 0.
         """
-        lay = self.layout
-        K = lay.max_kernel
-        parts = []
-        for i in range(len(lay.blocks)):
-            values = self.block_values(i)
-            part = values.new_zeros(*values.shape[:2], K)
-            part[..., : values.shape[2]] = values
-            parts.append(part)
-        if not parts:
-            return self.nodes.new_zeros(self.batch_size, 0, K)
-        return torch.cat(parts, dim=1)
+        return export.padded_edge_attr(self)
 
-    def _edge_param_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(E,)`` parameter index (-1 for identity/copy edges) and flat offset of each edge's first element."""
-        lay = self.layout
-        params, flats = [], []
-        for i, blk in enumerate(lay.blocks):
-            n = lay.block_num_edges(i)
-            if not blk.has_tensor:
-                params.append(torch.full((n,), -1, dtype=torch.long))
-                flats.append(torch.full((n,), -1, dtype=torch.long))
-            else:
-                params.append(torch.full((n,), lay.param_index[blk.param], dtype=torch.long))
-                flats.append(torch.arange(n, dtype=torch.long) * blk.kernel_numel)
-        if not params:
-            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-        return torch.cat(params), torch.cat(flats)
+    def to_pyg(self, index: int | None = None, *, hetero: bool = False):
+        """Export as ``torch_geometric.data.Data``: network ``index``, or every network (a ``Batch``
+        when there are several) with ``index=None``.
 
-    def to_pyg(self):
-        """Export as ``torch_geometric.data.Data`` (B = 1) or ``Batch`` (B > 1).
+        Fields: ``x (N, F)`` node features, ``edge_index (2, E)``, ``edge_attr (E, K)`` zero-padded
+        to the longest kernel, ``edge_block (E,)``, ``edge_param (E,)`` (index into ``param_names``,
+        -1 for identity/copy edges), ``edge_flat (E,)`` (flat offset in that parameter of the edge's
+        first kernel element: the edge's ``K_b = prod(kernel)`` values are
+        ``param.flatten()[edge_flat : edge_flat + K_b]``), ``node_kind``, ``node_depth``,
+        ``node_layer``, ``node_position`` and ``param_names``.
 
-        Fields: ``x (N, F)`` node features, ``edge_index (2, E)``, ``edge_attr (E, K)``,
-        ``edge_block (E,)``, ``edge_param (E,)`` (index into ``param_names``, -1 for identity/copy edges),
-        ``edge_flat (E,)`` (flat offset in that parameter of the edge's first kernel element: the
-        edge's ``K_b = prod(kernel)`` values are ``param.flatten()[edge_flat : edge_flat + K_b]``),
-        ``node_kind``, ``node_depth``, ``node_layer``, ``node_position`` and ``param_names``.
-        :meth:`from_pyg` writes such a graph back.
+        ``hetero=True``: a ``HeteroData`` with node type ``"neuron"`` and one edge type per kernel
+        shape (``("neuron", "k3x3", "neuron")``, ``"linear"``, ``"identity"``, ``"copy"``), each with
+        the fields above and unpadded ``edge_attr (E_t, K_t)``. :meth:`from_pyg` reads both forms.
         """
-        with warnings.catch_warnings():  # torch_geometric's import-time deprecation noise
-            warnings.simplefilter("ignore", FutureWarning)
-            from torch_geometric.data import Batch, Data
-
-        lay = self.layout
-        ea = self.edge_attr()
-        ep, ef = self._edge_param_maps()
-        datas = []
-        for b in range(self.batch_size):
-            datas.append(
-                Data(
-                    x=self.nodes[b],
-                    edge_index=lay.edge_index,
-                    edge_attr=ea[b],
-                    edge_block=lay.edge_block,
-                    edge_param=ep,
-                    edge_flat=ef,
-                    node_kind=lay.node_kind,
-                    node_depth=lay.node_depth,
-                    node_layer=lay.node_layer,
-                    node_position=lay.node_position,
-                    param_names=[p.name for p in lay.params],
-                    num_nodes=lay.num_nodes,
-                )
-            )
-        return datas[0] if len(datas) == 1 else Batch.from_data_list(datas)
+        return export.to_pyg(self, index, hetero=hetero)
 
     @classmethod
     def from_pyg(cls, data, layout: Layout, extras: dict[str, torch.Tensor] | None = None) -> WeightGraph:
         """Inverse of :meth:`to_pyg`: rebuild the graph from ``x`` and ``edge_attr``.
 
-        Accepts a ``Data`` (one network) or a ``Batch`` of networks of ``layout``; only ``x`` and
-        ``edge_attr`` are read, so a model that edits them writes its result back this way.
-        State outside the graph (``layout.extra_params``, e.g. BatchNorm's ``num_batches_tracked``)
-        is not in PyG data: pass it as ``extras`` or it is set to zero, with a warning.
+        Accepts a ``Data`` / ``HeteroData`` (one network) or a ``Batch`` of networks of ``layout``;
+        only ``x`` and ``edge_attr`` are read, so a model that edits them writes its result back this
+        way. State outside the graph (``layout.extra_params``, e.g. BatchNorm's
+        ``num_batches_tracked``) is not in PyG data: pass it as ``extras`` or it is set to zero, with
+        a warning. The layout is checked first (:meth:`Layout.check`).
         """
         layout.check()
-        N, E = layout.num_nodes, layout.num_edges
-        x, ea = data.x, data.edge_attr
-        if x.shape[0] % N or ea.shape[0] % E or x.shape[0] // N != ea.shape[0] // E:
-            raise IncompatibleBatchError(
-                f"PyG data with {x.shape[0]} nodes / {ea.shape[0]} edges does not match a layout "
-                f"with {N} nodes / {E} edges per network"
-            )
-        B = x.shape[0] // N
-        x = x.reshape(B, N, -1)
-        ea = ea.reshape(B, E, -1)
-        edges, off = [], 0
-        for i, blk in enumerate(layout.blocks):
-            n = layout.block_num_edges(i)
-            if not blk.has_tensor:
-                edges.append(None)
-            else:
-                edges.append(ea[:, off : off + n, : blk.kernel_numel].reshape(B, *layout.block_shape(i)).clone())
-            off += n
+        nodes, edges = export.from_pyg(data, layout)
         if extras is None and layout.extra_params:
             warnings.warn(
                 f"from_pyg: {[p.name for p in layout.extra_params]} are not part of PyG data; set to zero "
                 "(pass extras= to keep them)",
                 stacklevel=2,
             )
-        return cls(layout, x.clone(), edges, extras)
+        return cls(layout, nodes, edges, extras)
 
     def to_networkx(self, index: int = 0):
-        """Network ``index`` as a ``networkx.MultiDiGraph`` for inspection.
-
-        Nodes carry ``kind``, ``layer`` (name), ``depth``, ``position`` and one attribute per node
-        feature; edges carry ``block``, ``kind``, ``param`` and ``value`` (a float for Linear
-        weights, a list for conv kernels, 1.0 for identity and copy edges).
-        """
-        import networkx as nx
-
-        lay = self.layout
-        g = nx.MultiDiGraph()
-        feats = self.nodes[index].tolist()
-        for layer in lay.layers:
-            for p in range(layer.size):
-                n = layer.start + p
-                attrs = {name: feats[n][f] for f, name in enumerate(lay.node_features)}
-                g.add_node(n, kind=layer.kind, layer=layer.name, depth=layer.depth, position=p, **attrs)
-        for i, blk in enumerate(lay.blocks):
-            vals = self.block_values(i)[index].tolist()
-            src, dst = lay.block_edge_index(i).tolist()
-            for u, v, val in zip(src, dst, vals):
-                g.add_edge(u, v, block=blk.name, kind=blk.kind, param=blk.param, value=val if blk.kernel else val[0])
-        return g
+        """Network ``index`` as a ``networkx.MultiDiGraph`` for inspection, GraphML-safe (see
+        :func:`wgraph.export.to_networkx`: conv kernels are edge attributes ``w0 .. w{K-1}``)."""
+        return export.to_networkx(self, index)
 
     # --------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:
