@@ -53,7 +53,7 @@ def _assert_same_zoo(a, b):
 
 # ---------------------------------------------------------------- storage
 ARCH = {"name": "digits_cnn", "kwargs": {"channels": 4}, "input_shape": [1, 1, 8, 8],
-        "per_network": {"activation": "act"}}  # fmt: skip
+        "per_network": {"activation": "act"}}
 COLS = {"run": "int", "checkpoint": "int", "acc": "float", "act": "str", "good": "bool"}
 
 
@@ -65,7 +65,7 @@ def _write_small(path, n_shards=2, per=3):
         for s in range(n_shards):
             rows = range(s * per, (s + 1) * per)
             table = {"run": list(rows), "checkpoint": [0] * per, "acc": [0.5, float("nan"), 1.0][:per],
-                     "act": ["relu", "tanh", "gelu"][:per], "good": [True, False, True][:per]}  # fmt: skip
+                     "act": ["relu", "tanh", "gelu"][:per], "good": [True, False, True][:per]}
             w.write_shard(s, {k: v[s * per : (s + 1) * per] for k, v in stacked.items()}, table)
         w.finish()
     return stacked

@@ -15,4 +15,4 @@ from .store import ZooWriter, load_zoo
 __all__ = [
     "Zoo", "ZooWriter", "load_zoo", "generate_cnn_zoo", "generate_inr_zoo",
     "ARCHITECTURES", "register_arch", "digits_cnn", "siren", "mlp", "resnet_mlp", "small_cnn",
-]  # fmt: skip
+]

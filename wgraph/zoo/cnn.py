@@ -50,7 +50,7 @@ COLUMNS = {
     "lr": "float", "weight_decay": "float", "init_std": "float", "dropout": "float",
     "optimizer": "str", "train_fraction": "float", "activation": "str",
     "test_acc": "float", "test_loss": "float", "train_acc": "float", "train_loss": "float",
-}  # fmt: skip
+}
 HYPERPARAMETERS = ("lr", "weight_decay", "init_std", "dropout", "optimizer", "train_fraction", "activation")
 
 
@@ -261,7 +261,7 @@ def _train_shard(cfg: CNNZooConfig, runs: list[int], data, bar) -> tuple[dict, d
 
 
 def generate_cnn_zoo(out, *, runs: int = 250, checkpoints: int = 4, epochs: int = 20, seed: int = 0,
-                     shard_size: int = 50, progress: bool = True, threads: int | None = 1, **settings):  # fmt: skip
+                     shard_size: int = 50, progress: bool = True, threads: int | None = 1, **settings):
     """Generate (or resume) a CNN zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
     ``runs`` training runs of ``checkpoints`` checkpoints each (``runs · checkpoints`` networks,

@@ -66,7 +66,7 @@ class Zoo:
     """
 
     def __init__(self, kind: str, arch: dict, weights: dict[str, torch.Tensor], table: dict[str, np.ndarray],
-                 *, config: dict | None = None, path=None):  # fmt: skip
+                 *, config: dict | None = None, path=None):
         self.kind = kind
         self.arch = arch
         self.weights = weights
@@ -113,7 +113,7 @@ class Zoo:
         idx = _as_index(index, len(self))
         t = torch.from_numpy(idx)
         z = Zoo(self.kind, self.arch, {k: v[t] for k, v in self.weights.items()},
-                {k: v[idx] for k, v in self.table.items()}, config=self.config, path=self.path)  # fmt: skip
+                {k: v[idx] for k, v in self.table.items()}, config=self.config, path=self.path)
         z._template = self._template
         return z
 

@@ -111,7 +111,7 @@ def fit_inrs(cfg: INRZooConfig, images: list[int], bar=None) -> tuple[dict[str, 
 
 
 def generate_inr_zoo(out, *, images: int | None = None, steps: int = 300, seed: int = 0, shard_size: int = 600,
-                     init: str = "shared", progress: bool = True, threads: int | None = 1, **settings):  # fmt: skip
+                     init: str = "shared", progress: bool = True, threads: int | None = 1, **settings):
     """Generate (or resume) an INR zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
     ``images``: fit the first ``images`` digits images (``None``: all 1,797). ``init``:
@@ -140,7 +140,7 @@ def generate_inr_zoo(out, *, images: int | None = None, steps: int = 300, seed: 
                 weights, mse = fit_inrs(cfg, shards[i], bar)
                 ids = shards[i]
                 table = {"run": ids, "checkpoint": [0] * len(ids), "image": ids,
-                         "label": labels[ids].tolist(), "recon_mse": mse.tolist()}  # fmt: skip
+                         "label": labels[ids].tolist(), "recon_mse": mse.tolist()}
                 writer.write_shard(i, weights, table)
         writer.finish()
     return load_zoo(out)

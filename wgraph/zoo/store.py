@@ -302,7 +302,7 @@ class ZooWriter:
         fresh = {
             "format": FORMAT, "version": VERSION, "kind": kind, "arch": json.loads(json.dumps(arch)),
             "columns": dict(columns), "config": json.loads(json.dumps(config or {})), "complete": False, "shards": [],
-        }  # fmt: skip
+        }
         _check_arch(fresh["arch"], "arch")
         _check_columns(fresh["columns"], "columns")
         self.template = _template(fresh["arch"], "arch")
