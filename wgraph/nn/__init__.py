@@ -8,6 +8,9 @@ Parameter-sharing NFNs on a :class:`WeightSpace` view of chain networks: :class:
 :class:`ParamSharingNFN` (presets ``np``, ``hnp``, ``monomial``, ``magep``).
 
 Baseline: :class:`StatNN`, an MLP on per-tensor weight statistics (preset ``statnn``).
+
+Every model type answers ``Model.supports(layout)`` with a :class:`Support` (can it read that layout,
+and if not, why).
 """
 
 from .encoders import EdgeEncoder, EncoderError, InputNormalization, NodeEncoder, kernel_key
@@ -18,6 +21,7 @@ from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, LearnedPosEmbedding, NPLinear, NPPool, TupleOp
 from .ps_models import ParamSharingNFN, PSConfigError
 from .statnn import StatNN
+from .support import Support
 from .readout import InvariantReadout, ParameterHead, ReadoutError
 from .weight_space import ChainSpec, WeightSpace, WeightSpaceError, random_graph
 
@@ -28,5 +32,5 @@ __all__ = [
     "ConfigError", "PresetError", "EncoderError", "ReadoutError",
     "WeightSpace", "WeightSpaceError", "ChainSpec", "random_graph", "NPLinear", "HNPLinear", "NPPool", "HNPPool",
     "LearnedPosEmbedding", "IOSinusoidalEncoding", "TupleOp", "MonomialLinear", "MonomialPool", "activation_for",
-    "MAGEP", "ParamSharingNFN", "PSConfigError", "StatNN",
+    "MAGEP", "ParamSharingNFN", "PSConfigError", "StatNN", "Support",
 ]  # fmt: skip

@@ -45,6 +45,7 @@ from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, message_pass
 from ..kernels.spec import apply_act_
 from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
 from .readout import POOLS, InvariantReadout, ParameterHead, _Act
+from .support import Support
 
 
 class ConfigError(WgraphError):
@@ -352,6 +353,14 @@ class GraphNFN(nn.Module):
             )  # fmt: skip
         else:
             self.head = ParameterHead(self.layouts, H, cfg.act)
+
+    @classmethod
+    def supports(cls, layout: Layout) -> Support:
+        """Whether a graph NFN reads ``layout``: every block but a shared (tied-weight) one, which
+        the edge encoder has no lift for yet (a model built for such a layout fails in its encoder)."""
+        if any(b.kind == "shared" for b in layout.blocks):
+            return Support(False, "graph NFNs do not read shared (tied-weight) blocks yet")
+        return Support(True)
 
     # ------------------------------------------------------------------ pieces
     def fit_normalization(self, graphs: Graphs) -> None:

@@ -39,7 +39,8 @@ from .gnn import ConfigError
 from .magep import MAGEP
 from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, NPLinear, NPPool, TupleOp
-from .weight_space import ChainSpec, as_weight_space
+from .support import Support
+from .weight_space import ChainSpec, WeightSpaceError, as_weight_space
 
 COMMON = {"type": None, "hidden": 16, "layers": 3, "out_dim": 1, "head_hidden": 256, "act": "auto"}
 EXTRA = {
@@ -132,6 +133,17 @@ class ParamSharingNFN(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(C * self.pool.out_features, cfg["head_hidden"]), nn.ReLU(), nn.Linear(cfg["head_hidden"], cfg["out_dim"])
         )
+
+    @classmethod
+    def supports(cls, layout: Layout) -> Support:
+        """Whether the parameter-sharing layers read ``layout``: it must be a chain of layers
+        (:meth:`ChainSpec.from_layout`, whose error the constructor raises otherwise); the reason
+        is that error's first sentence, which names the block that breaks the chain."""
+        try:
+            ChainSpec.from_layout(layout)
+        except WeightSpaceError as e:
+            return Support(False, str(e).split(". ")[0])
+        return Support(True)
 
     def forward(self, graph) -> torch.Tensor:
         x = self.encoder(as_weight_space(graph))

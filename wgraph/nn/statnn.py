@@ -28,6 +28,7 @@ from torch import nn
 
 from ..graph import Layout, WeightGraph
 from .gnn import ConfigError
+from .support import Support
 
 #: The statistics, in feature order.
 STATS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")
@@ -102,6 +103,12 @@ class StatNN(nn.Module):
             width = cfg["hidden"]
         layers.append(nn.Linear(width, cfg["out_dim"]))
         self.mlp = nn.Sequential(*layers)
+
+    @classmethod
+    def supports(cls, layout: Layout) -> Support:
+        """StatNN reads any layout: it summarizes every float tensor of the state dict, whatever the
+        architecture."""
+        return Support(True)
 
     def features(self, graph: WeightGraph) -> torch.Tensor:
         """``(B, 7 * tensors)`` raw (unstandardized) features of ``graph``."""
