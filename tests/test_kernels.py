@@ -126,9 +126,9 @@ def test_gradcheck_reference(gen):
 
 
 def test_registered_backend_is_used(gen, monkeypatch):
-    import wgraph.kernels
+    import wgraph.kernels.registry
 
-    monkeypatch.setattr(wgraph.kernels, "_BACKENDS", dict(wgraph.kernels._BACKENDS))
+    monkeypatch.setattr(wgraph.kernels.registry, "_BACKENDS", dict(wgraph.kernels.registry._BACKENDS))
     calls = []
 
     def spy(*args, **kwargs):

@@ -29,93 +29,30 @@ The block structure stays explicit, so a backend can exploit it:
 
 Because ``C`` acts on the raw ``K``-dimensional edge features inside the kernel, a backend can
 re-lift the weights at every layer and never hold an ``E x H`` edge state.
+
+Backends (:mod:`wgraph.kernels.backend`, :mod:`wgraph.kernels.registry`) declare which cases they
+compute themselves; the rest go down an explicit fallback chain (``triton -> fused -> reference``)
+that :func:`explain` prints. Resolve a backend once per layer and device with :func:`get_backend`
+and pass the :class:`Backend` as ``backend=``; a name is resolved on every call.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import warnings
-from typing import Callable
-
 import torch
 
-from ..errors import WgraphError
-from . import fused, reference
+from .backend import Backend, Case, KernelError, Support
 from .blocks import pair_sum
-from .spec import ACTIVATIONS, AGGREGATORS, BLOCK_KINDS
-
-
-class KernelError(WgraphError):
-    """Bad arguments to :func:`message_pass`, or an unknown backend."""
-
-
-_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference.message_pass}
-
-#: Backends whose module is imported on first use, with the optional package each needs. Each
-#: module defines ``message_pass`` with the backend signature.
-_LAZY: dict[str, tuple[str, str]] = {
-    "pyg": ("wgraph.kernels.pyg", "torch_geometric"),
-    "scatter": ("wgraph.kernels.scatter", "torch_scatter"),
-    "triton": ("wgraph.kernels.triton_fused", "triton"),
-}
-
-#: Used when a lazy backend's optional dependency is missing (with a warning naming it).
-FALLBACK = "fused"
-
-
-def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
-    """Make ``fn`` selectable as ``message_pass(..., backend=name)``.
-
-    ``fn`` receives the arguments of :func:`message_pass` after validation (``aggr`` as a tuple,
-    without ``backend``; ``groups`` only when it is not 1) and must return what the reference
-    backend returns.
-    """
-    _BACKENDS[name] = fn
-
-
-# ``fused``: dense and grouped blocks with node-sized results and recomputation in the backward pass
-# (sum / mean: native kernels on CPU, tile by tile elsewhere; max / min / std: tile by tile); identity /
-# copy blocks use the reference.
-register_backend("fused", fused.message_pass)
-
-
-def available_backends() -> tuple[str, ...]:
-    """Every backend name :func:`message_pass` accepts, ``"auto"`` included."""
-    return (*_BACKENDS, *(n for n in _LAZY if n not in _BACKENDS), "auto")
-
-
-def missing_package(name: str) -> str | None:
-    """The optional package backend ``name`` needs and this environment lacks, or ``None``."""
-    package = _LAZY[name][1] if name in _LAZY else None
-    return package if package and importlib.util.find_spec(package) is None else None
-
-
-def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
-    """The backend that ``name`` runs on ``device``.
-
-    ``"auto"`` is ``"triton"`` on CUDA devices (when Triton imports) and ``"fused"`` elsewhere. A
-    lazy backend whose optional dependency does not import resolves to :data:`FALLBACK`, with a
-    warning that names the missing package.
-    """
-    if name == "auto":
-        name = "triton" if torch.device(device or "cpu").type == "cuda" else "fused"
-    if name in _BACKENDS:
-        return name
-    if name not in _LAZY:
-        raise KernelError(f"unknown message-passing backend {name!r}; available: {list(available_backends())}")
-    try:
-        module = importlib.import_module(_LAZY[name][0])
-    except ImportError as e:
-        warnings.warn(
-            f"message-passing backend {name!r} is unavailable ({e}); using {FALLBACK!r} instead. "
-            f"Install the missing package to use it.",
-            stacklevel=3,
-        )
-        _BACKENDS[name] = _BACKENDS[FALLBACK]
-        return name
-    register_backend(name, module.message_pass)
-    return name
+from .registry import (
+    FALLBACK,
+    Explanation,
+    available_backends,
+    explain,
+    get_backend,
+    missing_package,
+    register_backend,
+    resolve_backend,
+)
+from .spec import ACTIVATION_TABLE, ACTIVATIONS, AGGREGATORS, BLOCK_KINDS
 
 
 def message_pass(
@@ -129,7 +66,7 @@ def message_pass(
     aggr: str | tuple[str, ...] | list[str] = "sum",
     act: str = "relu",
     groups: int = 1,
-    backend: str = "reference",
+    backend: str | Backend = "reference",
 ) -> torch.Tensor:
     """Aggregated messages of one edge block, one row per receiving node.
 
@@ -145,13 +82,14 @@ def message_pass(
         aggr: one aggregator name or a sequence of them (see :data:`AGGREGATORS`).
         groups: grouped blocks: the number of groups (1 for every other kind).
         act: the nonlinearity ``phi`` (a key of :data:`ACTIVATIONS`).
-        backend: a name from :func:`available_backends` (``"auto"``: see :func:`resolve_backend`).
+        backend: a name from :func:`available_backends` (``"auto"``: see :func:`get_backend`) or a
+            :class:`Backend` resolved by :func:`get_backend`.
 
     Returns:
         ``(B, n_recv, H * len(aggr))``, aggregators concatenated in the given order.
     """
     aggr = (aggr,) if isinstance(aggr, str) else tuple(aggr)
-    backend = resolve_backend(backend, send.device)
+    backend = get_backend(backend, send.device)
     if kind not in BLOCK_KINDS:
         raise KernelError(f"unknown block kind {kind!r}; expected one of {list(BLOCK_KINDS)}")
     if not aggr or any(a not in AGGREGATORS for a in aggr):
@@ -159,7 +97,8 @@ def message_pass(
     if act not in ACTIVATIONS:
         raise KernelError(f"unknown activation {act!r}; expected one of {list(ACTIVATIONS)}")
     if send.dim() != 3 or recv.dim() != 3 or send.shape[0] != recv.shape[0] or send.shape[2] != recv.shape[2]:
-        raise KernelError(f"send and recv must be (B, n, H) with equal B and H, got {tuple(send.shape)}, {tuple(recv.shape)}")
+        shapes = f"{tuple(send.shape)}, {tuple(recv.shape)}"
+        raise KernelError(f"send and recv must be (B, n, H) with equal B and H, got {shapes}")
     B, H = send.shape[0], send.shape[2]
     if edge_weight.dim() != 2 or edge_weight.shape[1] != H:
         raise KernelError(f"edge_weight must be (K, {H}), got {tuple(edge_weight.shape)}")
@@ -182,14 +121,30 @@ def message_pass(
                 f"and {n_tgt} targets"
             )
         if edge is None and K != 1:
-            raise KernelError(f"{kind} block without edge state: edge_weight must be (1, H), got {tuple(edge_weight.shape)}")
+            got = tuple(edge_weight.shape)
+            raise KernelError(f"{kind} block without edge state: edge_weight must be (1, H), got {got}")
         if edge is not None and tuple(edge.shape) != (B, n_tgt, K):
             raise KernelError(f"{kind} block: edge must be (B, targets, K) = {(B, n_tgt, K)}, got {tuple(edge.shape)}")
-    extra = {"groups": groups} if groups != 1 else {}
-    return _BACKENDS[backend](send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, **extra)
+    return backend(send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups)
 
 
 __all__ = [
-    "message_pass", "register_backend", "available_backends", "resolve_backend", "missing_package", "KernelError", "AGGREGATORS", "ACTIVATIONS",
+    "message_pass",
+    "Backend",
+    "Case",
+    "Support",
+    "get_backend",
+    "explain",
+    "Explanation",
+    "register_backend",
+    "available_backends",
+    "resolve_backend",
+    "missing_package",
+    "FALLBACK",
+    "KernelError",
+    "AGGREGATORS",
+    "ACTIVATIONS",
+    "ACTIVATION_TABLE",
+    "BLOCK_KINDS",
     "pair_sum",
-]  # fmt: skip
+]

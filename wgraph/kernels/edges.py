@@ -41,7 +41,7 @@ def _edges(kind: str, B: int, n_a: int, n_b: int, groups: int, device: str) -> t
     return (net * n_a + a).reshape(-1), (net * n_b + b).reshape(-1)
 
 
-def block_edges(kind: str, B: int, n_a: int, n_b: int, groups: int, reverse: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+def block_edges(kind: str, B: int, n_a: int, n_b: int, groups: int, reverse: bool, device):
     """``(src, dst)`` node rows of every edge of a block (batch folded in), in edge-tensor order."""
     a, b = _edges(kind, B, n_a, n_b, groups, str(device))
     return (b, a) if reverse else (a, b)

@@ -16,9 +16,10 @@ On CPU, for float32 / float64 blocks (:func:`wgraph.kernels.native.usable`), for
 run the same math in native kernels (:mod:`wgraph.kernels.native`: one sweep over the block that
 keeps each pre-activation in registers, no tiles). Everywhere else (other devices and dtypes, no C
 compiler, ``WGRAPH_NATIVE=0``) the block is cut into tiles (the whole block of several networks
-when one network's block fits the budget, otherwise a few rows of one network) such that one tile's ``(b, rows, in, H)`` pre-activation takes at most
-:func:`tile_budget` bytes (:data:`TILE_BYTES` per torch thread; at least one row of one network
-per tile). Dense blocks need no index tensors: a tile is a slice of ``x`` and of the node states.
+when one network's block fits the budget, otherwise a few rows of one network) such that one
+tile's ``(b, rows, in, H)`` pre-activation takes at most :func:`tile_budget` bytes
+(:data:`TILE_BYTES` per torch thread; at least one row of one network per tile). Dense blocks need
+no index tensors: a tile is a slice of ``x`` and of the node states.
 
 Forward (a custom :class:`torch.autograd.Function`): for each tile, ``z`` is formed, ``phi`` applied
 in place and the tile reduced into a ``(B, n_recv, H)`` accumulator (the rows' own outputs for
@@ -47,9 +48,13 @@ directions, every aggregator:
   ``std = sqrt(max(S2 / n - (S / n)^2, 0) + eps)`` as in the reference, and the max's gradient goes
   to its sender.
 
-``kind="identity"`` and ``"copy"`` blocks go to :func:`wgraph.kernels.reference.message_pass`: every
-target has exactly one source, so their messages are node-sized already and there is nothing to
-fuse.
+``kind="identity"`` and ``"copy"`` blocks are not computed here (:func:`supports` says so, and the
+dispatcher hands them to this backend's fallback, ``reference``): every target has exactly one
+source, so their messages are node-sized already and there is nothing to fuse.
+
+NaN and Inf propagate as in the reference, forward and backward (the kernels compute the same IEEE
+operations; ReLU keeps a NaN and passes its gradient on, as ``torch.relu`` does; a NaN max or min
+sends a NaN gradient to every sender of its receiver, as ``torch.amax`` does).
 
 The backward is first-order only (``once_differentiable``): double backward through the fused
 path raises an error; use the reference backend for higher-order gradients.
@@ -63,6 +68,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import native, reference
+from .backend import Backend, Case, Support
 from .blocks import dense_sum_aggregate, on_dense
 from .spec import act_grad, apply_act_, std_eps
 
@@ -118,7 +124,7 @@ class _DenseSum(torch.autograd.Function):
     def forward(ctx, send, recv, edge, weight, reverse: bool, act: str, budget: int, scale: float):
         ctx.save_for_backward(send, recv, edge, weight)
         ctx.reverse, ctx.act, ctx.budget, ctx.scale = reverse, act, budget, scale
-        if native.usable(edge):
+        if native.usable(edge, act):
             return native.forward(send, recv, edge, weight, reverse, act, scale)
         B, out, inn, _ = edge.shape
         H = weight.shape[1]
@@ -138,7 +144,7 @@ class _DenseSum(torch.autograd.Function):
     def backward(ctx, grad):
         send, recv, edge, weight = ctx.saved_tensors
         reverse, act, need = ctx.reverse, ctx.act, ctx.needs_input_grad[:4]
-        if native.usable(edge):
+        if native.usable(edge, act):
             grads = native.backward(send, recv, edge, weight, grad, reverse, act, need, ctx.scale)
             return (*grads, None, None, None, None)
         if ctx.scale != 1:
@@ -209,8 +215,10 @@ class _DenseStats(torch.autograd.Function):
     g_min [u = argmin]``. Ties: ``torch.amax`` (the reference) splits the gradient evenly between
     senders of equal ``phi(z)``, this sends it to the first (both are subgradients). They differ only
     on exact ties: ReLU's zeros carry no gradient either way (``phi'(z) = 0`` there), but identical
-    senders (equal states and edges, e.g. pruned weights) do, and there the gradients of the tied
-    senders are not permuted with them. A NaN is the max and the min, as in the reference.
+    senders (equal states and edges, e.g. pruned weights, or an infinite receiver state) do, and
+    there the gradients of the tied senders are not permuted with them. A NaN is the max and the
+    min, as in the reference, and its gradient is NaN for every sender of the receiver (its saved
+    sender index is -1).
 
     Half-precision inputs (float16, bfloat16) accumulate their statistics in float32, and the
     outputs stay float32 (the caller casts its result).
@@ -225,7 +233,8 @@ class _DenseStats(torch.autograd.Function):
         fill = {"sum": 0.0, "sq": 0.0, "max": -math.inf, "min": math.inf}
         acc = _accumulator_dtype(send.dtype)
         stats = {w: send.new_full((B, n_recv, H), fill[w], dtype=acc) for w in which}
-        index = {w: torch.zeros(B, n_recv, H, dtype=torch.long, device=send.device) for w in which if w in ("max", "min")}
+        extremes = [w for w in which if w in ("max", "min")]
+        index = {w: torch.zeros(B, n_recv, H, dtype=torch.long, device=send.device) for w in extremes}
         for bs, rs in _tiles(B, out, inn * H * edge.element_size(), budget):
             m = apply_act_(_preact(send, recv, edge, weight, reverse, bs, rs), act)
             at = (bs, rs) if not reverse else (bs,)  # the receivers this tile reaches
@@ -242,6 +251,8 @@ class _DenseStats(torch.autograd.Function):
                         better = (v > cur if w == "max" else v < cur) | (v.isnan() & ~cur.isnan())
                         v, i = torch.where(better, v, cur), torch.where(better, i, index[w][at])
                     stats[w][at], index[w][at] = v, i
+        for w, i in index.items():  # -1: the extreme is NaN (its gradient is NaN for every sender)
+            i.masked_fill_(stats[w].isnan(), -1)
         ctx.save_for_backward(send, recv, edge, weight, *index.values())
         ctx.reverse, ctx.act, ctx.budget, ctx.which = reverse, act, budget, which
         return tuple(stats[w] for w in which)
@@ -261,18 +272,25 @@ class _DenseStats(torch.autograd.Function):
                 return _over_senders(t, bs, rs, reverse)
 
             acc = _accumulator_dtype(z.dtype)
-            dphi = at(g["sum"]).to(acc).expand_as(z).clone() if g.get("sum") is not None else torch.zeros_like(z, dtype=acc)
+            if g.get("sum") is not None:
+                dphi = at(g["sum"]).to(acc).expand_as(z).clone()
+            else:
+                dphi = torch.zeros_like(z, dtype=acc)
             if g.get("sq") is not None:
                 dphi.addcmul_(at(g["sq"]).to(acc), apply_act_(z.to(acc, copy=True), act), value=2)
             for w, idx in index.items():
                 if g[w] is None:
                     continue
                 gw, iw = at(g[w]), at(idx)
+                nan = iw < 0
                 if reverse:  # sender indices count the network's rows: keep those of this tile's rows
                     iw = iw - rs.start
                     mine = (iw >= 0) & (iw < rs.stop - rs.start)
                     gw, iw = torch.where(mine, gw, 0), iw.clamp(0, rs.stop - rs.start - 1)
+                else:
+                    gw, iw = torch.where(nan, 0, gw), iw.clamp_min(0)
                 dphi.scatter_add_(axis, iw, gw.to(dphi.dtype))  # node-sized: each receiver's gradient to its sender
+                dphi.masked_fill_(nan, math.nan)  # a NaN extreme: NaN for all its senders, as torch.amax's backward
             return act_grad(z, dphi.to(z.dtype), act)
 
         grads = _tile_backward(tile_grad, send, recv, edge, weight, reverse, ctx.budget, ctx.needs_input_grad[:4])
@@ -292,17 +310,16 @@ def message_pass(
     groups: int = 1,
     tile_bytes: int | None = None,
 ) -> torch.Tensor:
-    """See :func:`wgraph.kernels.message_pass` (arguments already validated) and the module docstring.
+    """See :func:`wgraph.kernels.message_pass` (arguments already validated, a case :func:`supports`
+    accepts: dense and grouped blocks) and the module docstring.
 
     ``tile_bytes`` overrides :func:`tile_budget` for this call.
     """
-    if kind not in ("dense", "grouped"):
-        return reference.message_pass(
-            send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
-        )
     budget = tile_budget() if tile_bytes is None else tile_bytes
     if any(a not in _FUSED_AGGR for a in aggr):
-        return _stats_aggregate(send, recv, edge, edge_weight, groups=groups, reverse=reverse, aggr=aggr, act=act, budget=budget)
+        kw = dict(groups=groups, reverse=reverse, aggr=aggr, act=act, budget=budget)
+        return _stats_aggregate(send, recv, edge, edge_weight, **kw)
+
     def dense_sum(s, r, e, scale=1.0):
         return _DenseSum.apply(s, r, e, edge_weight, reverse, act, budget, scale)
 
@@ -332,4 +349,20 @@ def _stats_aggregate(send, recv, edge, edge_weight, *, groups, reverse, aggr, ac
     return on_dense(aggregate, send, recv, edge, groups=groups, reverse=reverse)
 
 
-__all__ = ["message_pass", "TILE_BYTES", "tile_budget"]
+def supports(case: Case) -> Support:
+    """Dense and grouped blocks, every aggregator, activation, dtype and device; the answer says
+    which path computes the case (native C kernels, tiles, or the statistics sweep)."""
+    if case.kind not in ("dense", "grouped"):
+        return Support(False, f"{case.kind} blocks: one message per target, node-sized already (nothing to fuse)")
+    if any(a not in _FUSED_AGGR for a in case.aggr):
+        return Support(True, "one tile-by-tile statistics sweep (max / min / std) in torch")
+    why_not = native.unusable(case.dtype, case.device, case.act)
+    if why_not is None:
+        return Support(True, "native C kernels (sum / mean)")
+    return Support(True, f"tiles in torch (sum / mean; not native: {why_not})")
+
+
+#: Dense and grouped blocks here; identity and copy blocks to the reference.
+BACKEND = Backend("fused", message_pass, supports, fallback=reference.BACKEND)
+
+__all__ = ["message_pass", "supports", "BACKEND", "TILE_BYTES", "tile_budget"]

@@ -15,7 +15,13 @@
  *           gx[b,v,u,k] = sum_h G[h] c[k,h]       (each only where its pointer is not NULL)
  *
  * Every pre-activation is recomputed in registers, W = 16 channels at a time (H must be a multiple
- * of W: the caller pads); nothing of size B x R x C x H is ever stored.
+ * of W: the caller pads; Hr <= H channels are real, the rest zero); nothing of size B x R x C x H is
+ * ever stored.
+ *
+ * Activations: the build defines WG_ACT_<NAME> as each activation's code, its position in
+ * wgraph.kernels.spec.ACTIVATION_TABLE; WG_ACTS lists those this file implements (wg_act_known).
+ * NaN and Inf propagate as in torch: ReLU is z <= 0 ? 0 : z (a NaN stays NaN) and its derivative
+ * z <= 0 ? 0 : 1 (torch's threshold_backward passes the gradient of a NaN on).
  *
  * Threads (OpenMP, when built with it) take contiguous ranges of the B * R (network, row) pairs.
  * Column sums of a network that a thread covers whole go straight to the output; the networks at
@@ -43,7 +49,10 @@
 
 typedef int64_t i64;
 
-enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_TANH = 2, ACT_SILU = 3, ACT_GELU = 4 };
+/* The activations implemented here; each needs its code WG_ACT_<NAME> from the build. */
+#define WG_ACTS(X) X(IDENTITY) X(RELU) X(TANH) X(SILU) X(GELU)
+#define WG_ACT_ENUM(NAME) ACT_##NAME = WG_ACT_##NAME,
+enum { WG_ACTS(WG_ACT_ENUM) };
 
 /* Channels per chunk: 16 floats fill one AVX-512 register (two AVX2 ones). */
 #define W 16
@@ -117,7 +126,11 @@ static int alloc_parts(int nt, i64 slot_size, size_t elem, void **part, i64 **pa
 #include __FILE__
 
 /* Bumped whenever a signature changes; the loader checks it. */
-int wg_abi_version(void) { return 4; }
+int wg_abi_version(void) { return 5; }
+
+/* Whether this file implements the activation of code act. */
+#define WG_ACT_IS(NAME) || act == ACT_##NAME
+int wg_act_known(int act) { return 0 WG_ACTS(WG_ACT_IS); }
 
 /* Channels per vector chunk: callers pad H to a multiple of it. */
 int wg_lanes(void) { return W; }
@@ -128,7 +141,7 @@ int wg_lanes(void) { return W; }
 
 static inline T WG_FN(act)(T z, int act) {
     switch (act) {
-    case ACT_RELU: return z > 0 ? z : 0;
+    case ACT_RELU: return z <= 0 ? 0 : z;
     case ACT_TANH: return WG_TANH(z);
     case ACT_SILU: return z / (1 + WG_EXP(-z));
     case ACT_GELU: return (T)0.5 * z * (1 + WG_ERF(z * (T)0.7071067811865476));
@@ -138,7 +151,7 @@ static inline T WG_FN(act)(T z, int act) {
 
 static inline T WG_FN(dact)(T z, int act) {
     switch (act) {
-    case ACT_RELU: return z > 0 ? 1 : 0;
+    case ACT_RELU: return z <= 0 ? 0 : 1;
     case ACT_TANH: { T t = WG_TANH(z); return 1 - t * t; }
     case ACT_SILU: { T s = 1 / (1 + WG_EXP(-z)); return s * (1 + z * (1 - s)); }
     case ACT_GELU:
@@ -173,15 +186,16 @@ WG_INLINE V WG_FN(zvec)(const T *pv, const T *qu, const T *xe, const T *c, i64 K
     return z0 + z1;
 }
 
-/* phi(z) and g * phi'(z) of a chunk (zero channels stay zero: phi(0) = 0 for every activation) */
+/* phi(z) and g * phi'(z) of a chunk (zero channels stay zero: phi(0) = 0 for every activation). ReLU
+ * masks with ~(z <= 0), not (z > 0): a NaN is kept, and passes its gradient on. */
 WG_INLINE V WG_FN(vact)(V z, int act) {
-    if (act == ACT_RELU) return (V)((VI)z & (VI)(z > 0));
+    if (act == ACT_RELU) return (V)((VI)z & ~(VI)(z <= 0));
     if (act != ACT_IDENTITY)
         for (int j = 0; j < W; j++) z[j] = WG_FN(act)(z[j], act);
     return z;
 }
 WG_INLINE V WG_FN(vgrad)(V z, V g, int act) {
-    if (act == ACT_RELU) return (V)((VI)g & (VI)(z > 0));
+    if (act == ACT_RELU) return (V)((VI)g & ~(VI)(z <= 0));
     if (act == ACT_IDENTITY) return g;
     for (int j = 0; j < W; j++) z[j] = g[j] * WG_FN(dact)(z[j], act);
     return z;
@@ -224,10 +238,11 @@ WG_INLINE void WG_FN(fwd_rows)(const T *pb, i64 p_sr, const T *qb, i64 q_sr, con
  * gx already at the chunk's first channel): each edge's G = s g * phi'(z) is recomputed and summed
  * into its row's gradient (gp), its column's (gq), the lift's (gc: for K <= WG_KMAX, K accumulators
  * kept in registers for the whole range, reusing the broadcasts of x that z needed) and its own
- * (gx: dot products with the lift's rows, summed over chunks). */
+ * (gx: dot products with the lift's rows over the chunk's nl real channels, summed over chunks; a
+ * padding channel's z is x * 0, NaN for an infinite x, and must not reach gx). */
 WG_INLINE void WG_FN(bwd_chunk)(const T *restrict pb, i64 p_sr, const T *restrict qb, i64 q_sr,
                                 const T *restrict xb, const T *restrict c, const T *restrict gb, i64 g_sr,
-                                int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int act, T scale,
+                                int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int nl, int act, T scale,
                                 T *restrict gpb, T *restrict gqb, T *restrict gct, T *restrict gxb) {
     const int in_regs = K <= WG_KMAX;
     V lacc[WG_KMAX];
@@ -255,7 +270,7 @@ WG_INLINE void WG_FN(bwd_chunk)(const T *restrict pb, i64 p_sr, const T *restric
                 for (i64 k = 0; k < K; k++) {
                     const V d = G * WG_FN(vload)(c + k * H);
                     T acc = 0;
-                    for (int j = 0; j < W; j++) acc += d[j];
+                    for (int j = 0; j < nl; j++) acc += d[j];
                     gxe[k] += acc;
                 }
             }
@@ -266,13 +281,16 @@ WG_INLINE void WG_FN(bwd_chunk)(const T *restrict pb, i64 p_sr, const T *restric
         for (i64 k = 0; k < K; k++) WG_FN(vadd)(gct + k * H, lacc[k]);
 }
 
-/* The backward of rows v0..v1 of one network, all channels (K and act constants: WG_SPECIALIZE). */
+/* The backward of rows v0..v1 of one network, all channels (K and act constants: WG_SPECIALIZE; Hr
+ * of the H channels are real). */
 WG_INLINE void WG_FN(bwd_rows)(const T *pb, i64 p_sr, const T *qb, i64 q_sr, const T *xb, const T *c, const T *gb,
-                               i64 g_sr, int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, int act, T scale,
-                               T *gpb, T *gqb, T *gct, T *gxb) {
-    for (i64 h0 = 0; h0 < H; h0 += W)
-        WG_FN(bwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, gb + h0, g_sr, cols_receive, v0, v1, C, K, H, act,
-                         scale, gpb ? gpb + h0 : NULL, gqb ? gqb + h0 : NULL, gct ? gct + h0 : NULL, gxb);
+                               i64 g_sr, int cols_receive, i64 v0, i64 v1, i64 C, i64 K, i64 H, i64 Hr, int act,
+                               T scale, T *gpb, T *gqb, T *gct, T *gxb) {
+    for (i64 h0 = 0; h0 < H; h0 += W) {
+        const int nl = Hr - h0 < W ? (int)(Hr - h0) : W;
+        WG_FN(bwd_chunk)(pb + h0, p_sr, qb + h0, q_sr, xb, c + h0, gb + h0, g_sr, cols_receive, v0, v1, C, K, H, nl,
+                         act, scale, gpb ? gpb + h0 : NULL, gqb ? gqb + h0 : NULL, gct ? gct + h0 : NULL, gxb);
+    }
 }
 
 /* Where thread t puts the column sums of network b: the output itself when its range holds every
@@ -329,8 +347,8 @@ int WG_FN(wg_forward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 
 }
 
 int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64 q_sr, const T *x, const T *c,
-                       const T *g, i64 g_sb, i64 g_sr, T *gp, T *gq, T *gc, T *gx, i64 B, i64 R, i64 C, i64 K, i64 H,
-                       int act, T scale, int cols_receive, int nthreads) {
+                       const T *g, i64 g_sb, i64 g_sr, T *gp, T *gq, T *gc, T *gx, i64 B, i64 R, i64 C, i64 K, i64 Hr,
+                       i64 H, int act, T scale, int cols_receive, int nthreads) {
     if (H % W) return 2;
     const i64 n = B * R;
     int nt = WG_THREADS(nthreads);
@@ -354,7 +372,8 @@ int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64
             T *gqb = gq ? WG_FN(column_sums)(gq, part, part_b, t, f == s, b, v0, v1, R, C * H) : NULL;
 #define WG_BWD(KK, AA)                                                                                             \
     WG_FN(bwd_rows)(p + b * p_sb, p_sr, q + b * q_sb, q_sr, x + b * R * C * K, c, g + b * g_sb, g_sr, cols_receive, \
-                    v0, v1, C, KK, H, AA, scale, gp ? gp + b * R * H : NULL, gqb, gct, gx ? gx + b * R * C * K : NULL)
+                    v0, v1, C, KK, H, Hr, AA, scale, gp ? gp + b * R * H : NULL, gqb, gct,                     \
+                    gx ? gx + b * R * C * K : NULL)
             WG_SPECIALIZE(WG_BWD);
 #undef WG_BWD
         }

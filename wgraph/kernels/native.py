@@ -20,16 +20,20 @@ edge-sized is allocated, and threads (OpenMP, ``torch.get_num_threads()`` of the
 block by rows with results independent of scheduling.
 
 **Building.** The first use in a process compiles ``native.c`` with the machine's C compiler
-(``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -ffp-contract=fast``, OpenMP where the compiler has
-it), a few seconds, into a cache directory (``$WGRAPH_CACHE_DIR``, else
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -ffp-contract=fast``, OpenMP where
+the compiler has it), a few seconds, into a cache directory (``$WGRAPH_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/wgraph`` or ``~/.cache/wgraph``). The file name hashes the source, the compiler,
 its flags and the CPU, so a shared home directory never hands one machine another's binary.
 Later processes load the cached library (a library found there is loaded as it is: keep the
-directory writable by you only, as for any compiled-extension cache). Without a working compiler, a warning names the reason
-once and :mod:`wgraph.kernels.fused` runs its eager tiles (slower, same results); set
+directory writable by you only, as for any compiled-extension cache). Without a working compiler,
+a warning names the reason once and :mod:`wgraph.kernels.fused` runs its eager tiles (slower, same results); set
 ``WGRAPH_NATIVE=0`` to choose the tiles outright.
 
-Used for float32 / float64 CPU tensors; other dtypes and devices take the tiles.
+Used for float32 / float64 CPU tensors and the activations ``native.c`` implements (it says which:
+:func:`unusable`); other cases take the tiles. Activation codes are positions in
+:data:`wgraph.kernels.spec.ACTIVATION_TABLE`, passed to the compiler as ``-DWG_ACT_<NAME>=<code>``.
+NaN and Inf propagate as in torch (ReLU is ``z <= 0 ? 0 : z``, which keeps a NaN, and its
+derivative passes the gradient of a NaN on, as ``threshold_backward`` does).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .spec import ACTIVATION_TABLE, act_code
+
 #: Use the native kernels (``WGRAPH_NATIVE=0`` in the environment turns them off at import).
 ENABLED = os.environ.get("WGRAPH_NATIVE", "1") != "0"
 
@@ -62,15 +68,22 @@ FLAG_SETS = (
     ("-O3",),
 )
 #: Flags of every build. ``-std=c11`` alone would stop GCC from contracting ``a * b + c`` into fused
-#: multiply-adds, which these FMA-bound loops are made of; the flag contracts them.
-_COMMON = ("-std=c11", "-ffp-contract=fast", "-fPIC", "-shared", "-Wno-psabi")
+#: multiply-adds, which these FMA-bound loops are made of; the flag contracts them. The activation
+#: codes come from :data:`wgraph.kernels.spec.ACTIVATION_TABLE`.
+_COMMON = (
+    "-std=c11",
+    "-ffp-contract=fast",
+    "-fPIC",
+    "-shared",
+    "-Wno-psabi",
+    *(f"-DWG_ACT_{a.name.upper()}={code}" for code, a in enumerate(ACTIVATION_TABLE)),
+)
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 #: Channels per vector chunk of ``native.c``: H is padded with zero channels to a multiple of it
 #: (phi(0) = 0 for every activation and zero gradients stay zero, so the padding contributes nothing).
 LANES = 16
-ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "silu": 3, "gelu": 4}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 _lib: ctypes.CDLL | None = None
@@ -125,8 +138,8 @@ def build(directory: Path | None = None) -> Path:
     source = SOURCE.read_bytes()
     errors = []
     for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), version.encode(), " ".join((*flags, *_COMMON)).encode(),
-                                         _cpu_id().encode(), platform.machine().encode()])).hexdigest()[:20]  # fmt: skip
+        parts = [source, " ".join(cc), version, " ".join((*flags, *_COMMON)), _cpu_id(), platform.machine()]
+        key = hashlib.sha256(b"\0".join(p if isinstance(p, bytes) else p.encode() for p in parts)).hexdigest()[:20]
         target = directory / f"native-{key}.so"
         if target.exists():
             return target
@@ -142,7 +155,8 @@ def build(directory: Path | None = None) -> Path:
             return target
         os.unlink(tmp)
         errors.append((cmd, res.stderr.strip()))
-    lines = [line for line in errors[-1][1].splitlines() if "error" in line.lower()] or errors[-1][1].splitlines() or ["?"]
+    last = errors[-1][1].splitlines()
+    lines = [line for line in last if "error" in line.lower()] or last or ["?"]
     details = "\n\n".join(f"{' '.join(cmd)}\n{err}" for cmd, err in errors)
     raise BuildError(f"the C compiler {' '.join(cc)!r} could not build {SOURCE.name}: {lines[0].strip()}\n\n{details}")
 
@@ -172,16 +186,34 @@ def _load() -> ctypes.CDLL | None:
         for suffix, S in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
             fwd, bwd = getattr(lib, f"wg_forward_{suffix}"), getattr(lib, f"wg_backward_{suffix}")
             fwd.argtypes = [P, I, I, P, I, I, P, P, P, I, I, I, I, I, N, S, N, N]
-            bwd.argtypes = [P, I, I, P, I, I, P, P, P, I, I, P, P, P, P, I, I, I, I, I, N, S, N, N]
+            bwd.argtypes = [P, I, I, P, I, I, P, P, P, I, I, P, P, P, P, I, I, I, I, I, I, N, S, N, N]
             fwd.restype = bwd.restype = N
+        lib.wg_act_known.argtypes, lib.wg_act_known.restype = [N], N
         _lib = lib
         return lib
 
 
-def usable(edge: torch.Tensor) -> bool:
-    """Whether a dense block with these edge features runs natively (CPU, float32 / float64, and
-    the library builds; the first call builds it)."""
-    return ENABLED and not _failed and edge.device.type == "cpu" and edge.dtype in _SUFFIX and _load() is not None
+def unusable(dtype: torch.dtype | None, device: torch.device | None, act: str | None = None) -> str | None:
+    """Why a dense block of this dtype, device and activation does not run natively, or ``None``
+    when it does (CPU, float32 / float64, the library builds and ``native.c`` implements ``act``;
+    the first call that gets that far builds the library)."""
+    if not ENABLED:
+        return "WGRAPH_NATIVE=0"
+    if device is None or device.type != "cpu":
+        return "tensors not all on the CPU"
+    if dtype not in _SUFFIX:
+        return f"{dtype}, not float32 / float64"
+    if _failed or _load() is None:
+        return f"the library did not build ({_failed[0]})"
+    if act is not None and not _lib.wg_act_known(act_code(act)):
+        return f"native.c does not implement the activation {act!r}"
+    return None
+
+
+def usable(edge: torch.Tensor, act: str | None = None) -> bool:
+    """Whether a dense block with these edge features (and activation ``act``) runs natively: see
+    :func:`unusable`."""
+    return unusable(edge.dtype, edge.device, act) is None
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -191,6 +223,11 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def _strided(t: torch.Tensor) -> tuple[int, int, int]:
+    """A ``(B, n, H)`` tensor as ``native.c`` takes it: pointer, network stride, row stride."""
+    return _ptr(t), t.stride(0), t.stride(1)
 
 
 def _check(rc: int, what: str) -> None:
@@ -226,13 +263,14 @@ def forward(send, recv, edge, weight, reverse: bool, act: str, scale: float = 1.
     B, R, C, K = x.shape
     out = torch.zeros(B, C if reverse else R, Hp, dtype=x.dtype)
     fn = getattr(_lib, f"wg_forward_{_SUFFIX[x.dtype]}")
-    rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(out),
-            B, R, C, K, Hp, ACT_CODES[act], scale, int(reverse), torch.get_num_threads())  # fmt: skip
+    sizes = (B, R, C, K, Hp)
+    rc = fn(*_strided(p), *_strided(q), _ptr(x), _ptr(c), _ptr(out), *sizes, act_code(act), scale, int(reverse),
+            torch.get_num_threads())
     _check(rc, "forward")
     return _unpad(out, H)
 
 
-def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tuple[bool, bool, bool, bool], scale: float = 1.0):
+def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tuple[bool, ...], scale: float = 1.0):
     """Gradients ``(send, recv, edge, weight)`` of :func:`forward` (with the same ``scale``) for the
     receivers' gradient ``grad``, ``None`` where ``need`` says not needed."""
     need_s, need_r, need_e, need_w = need
@@ -245,12 +283,12 @@ def backward(send, recv, edge, weight, grad, reverse: bool, act: str, need: tupl
     gc = torch.zeros(K, Hp, dtype=x.dtype) if need_w else None
     gx = torch.zeros(B, R, C, K, dtype=x.dtype) if need_e else None
     fn = getattr(_lib, f"wg_backward_{_SUFFIX[x.dtype]}")
-    rc = fn(_ptr(p), p.stride(0), p.stride(1), _ptr(q), q.stride(0), q.stride(1), _ptr(x), _ptr(c), _ptr(g),
-            g.stride(0), g.stride(1), _ptr(gp), _ptr(gq), _ptr(gc), _ptr(gx), B, R, C, K, Hp, ACT_CODES[act], scale,
-            int(reverse), torch.get_num_threads())  # fmt: skip
+    grads, sizes = (_ptr(gp), _ptr(gq), _ptr(gc), _ptr(gx)), (B, R, C, K, H, Hp)
+    rc = fn(*_strided(p), *_strided(q), _ptr(x), _ptr(c), *_strided(g), *grads, *sizes, act_code(act), scale,
+            int(reverse), torch.get_num_threads())
     _check(rc, "backward")
     g_send, g_recv = (_unpad(gq, H), _unpad(gp, H)) if not reverse else (_unpad(gp, H), _unpad(gq, H))
     return g_send, g_recv, gx, _unpad(gc, H)
 
 
-__all__ = ["ENABLED", "BuildError", "build", "cache_dir", "usable", "forward", "backward"]
+__all__ = ["ENABLED", "BuildError", "build", "cache_dir", "usable", "unusable", "forward", "backward"]

@@ -12,6 +12,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
 from . import edges
+from .backend import Backend
 
 
 class BlockMessages(MessagePassing):
@@ -38,3 +39,9 @@ def message_pass(send, recv, edge, edge_weight, *, kind, reverse, aggr, act, gro
     s, r, src, dst, lift = edges.edge_list(send, recv, edge, edge_weight, kind, reverse, groups)
     out = BlockMessages(aggr, act)(s, r, torch.stack([src, dst]), lift)
     return out.reshape(B, n_recv, -1)
+
+
+#: Every case.
+BACKEND = Backend("pyg", message_pass)
+
+__all__ = ["message_pass", "BlockMessages", "BACKEND"]

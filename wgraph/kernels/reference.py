@@ -1,20 +1,20 @@
 """Reference message-passing backend: plain PyTorch, per-edge messages materialized.
 
-This is the ground truth every other backend is compared with. It builds the pre-activation of
-every edge of the block as one broadcast over ``(B, out, in, H)`` (no index tensors: a dense block's
-edges are all pairs of its two layers), applies the nonlinearity and reduces over the sender axis.
-Memory is ``O(B * out * in * H)`` per block; fused backends keep only node-sized accumulators.
+This is the ground truth every other backend is compared with, and the end of every fallback chain
+(it computes every case). It builds the pre-activation of every edge of the block as one broadcast
+over ``(B, out, in, H)`` (no index tensors: a dense block's edges are all pairs of its two layers),
+applies the nonlinearity and reduces over the sender axis; a grouped block folds its groups into the
+batch first (:func:`~wgraph.kernels.blocks.on_dense`). Memory is ``O(B * out * in * H)`` per block;
+fused backends keep only node-sized accumulators.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .backend import Backend, Support
+from .blocks import on_dense
 from .spec import ACTIVATIONS, std_eps
-
-
-def _activation(name: str):
-    return ACTIVATIONS[name]
 
 
 def _reduce(m: torch.Tensor, dim: int, aggr: tuple[str, ...]) -> torch.Tensor:
@@ -49,26 +49,19 @@ def message_pass(
     groups: int = 1,
 ) -> torch.Tensor:
     """See :func:`wgraph.kernels.message_pass` (arguments already validated)."""
-    phi = _activation(act)
+    phi = ACTIVATIONS[act]
     if kind in ("identity", "copy"):
         return _fanout(phi, send, recv, edge, edge_weight, reverse, aggr)
-    if groups > 1:  # block diagonal: fold the groups into the batch
-        B, G = send.shape[0], groups
 
-        def fold(t):
-            return t.reshape(B * G, t.shape[1] // G, *t.shape[2:])
+    def dense(send, recv, edge, n_send):
+        # edge is (B, out, in, K). Forward: receivers are the block's rows (out), senders its
+        # columns (in). Reverse: receivers are the columns, senders the rows.
+        lift = edge @ edge_weight  # (B, out, in, H)
+        if not reverse:
+            return _reduce(phi(recv[:, :, None, :] + send[:, None, :, :] + lift), 2, aggr)
+        return _reduce(phi(send[:, :, None, :] + recv[:, None, :, :] + lift), 1, aggr)
 
-        edge = edge.reshape(B * G, edge.shape[1] // G, *edge.shape[2:])
-        out = message_pass(fold(send), fold(recv), edge, edge_weight, kind="dense", reverse=reverse, aggr=aggr, act=act)
-        return out.reshape(B, -1, out.shape[-1])
-    # Dense block: edge is (B, out, in, K). Forward: receivers are the block's rows (out),
-    # senders its columns (in). Reverse: receivers are the columns, senders the rows.
-    lift = edge @ edge_weight  # (B, out, in, H)
-    if not reverse:
-        z = recv[:, :, None, :] + send[:, None, :, :] + lift
-        return _reduce(phi(z), 2, aggr)
-    z = send[:, :, None, :] + recv[:, None, :, :] + lift
-    return _reduce(phi(z), 1, aggr)
+    return on_dense(dense, send, recv, edge, groups=groups, reverse=reverse)
 
 
 def _fanout(phi, send, recv, edge, edge_weight, reverse, aggr):
@@ -85,3 +78,11 @@ def _fanout(phi, send, recv, edge, edge_weight, reverse, aggr):
         return _reduce(phi(z).reshape(B, c * inner, 1, H), 2, aggr)
     z = send.reshape(B, c, inner, H) + recv[:, :, None, :] + lift
     return _reduce(phi(z), 2, aggr)
+
+
+_EVERY = Support(True, "plain PyTorch, every case")
+
+#: Computes every case: the end of every fallback chain.
+BACKEND = Backend("reference", message_pass, lambda case: _EVERY)
+
+__all__ = ["message_pass", "BACKEND"]

@@ -35,17 +35,21 @@ Two launches, both deterministic: a row kernel (programs own row blocks, loop ov
 a column kernel (programs own column blocks, loop over rows) gives ``dL/dc``. ``z`` is thus
 recomputed twice in the backward pass; in exchange nothing bigger than ``x`` is ever allocated.
 
-Activations: ``relu``, ``tanh``, ``silu``, ``gelu`` (exact erf GELU, as :func:`torch.nn.functional.gelu`)
-and ``identity``; ``phi'`` is the derivative torch uses (``relu'(0) = 0``). Dtypes: float32 and
+Activations: :data:`ACTS` (``relu``, ``tanh``, ``silu``, ``gelu`` (exact erf GELU, as
+:func:`torch.nn.functional.gelu`) and ``identity``), branched on by their codes in
+:data:`wgraph.kernels.spec.ACTIVATION_TABLE`; ``phi'`` is the derivative torch uses
+(``relu'(0) = 0``). NaN and Inf propagate as in torch: ReLU is ``where(z <= 0, 0, z)`` (a NaN stays
+NaN; ``tl.maximum`` would drop it) and its derivative ``where(z <= 0, 0, 1)``. Dtypes: float32 and
 float64 are computed in their own precision; float16 and bfloat16 are loaded, computed and
 accumulated in float32 and the results cast back.
 
 Grouped blocks fold their groups into the batch (a reshape of node states and edge, as the
-reference does). Everything else goes to :func:`wgraph.kernels.fused.message_pass`, which computes
-aggregators ``max``, ``min`` and ``std`` tile by tile in torch on the same device (half precision
-accumulated in float32) and passes identity and copy blocks on to the reference: those aggregators;
-identity and copy blocks; other dtypes; inputs on different devices or of size zero; and tensors that are not
-on a CUDA device, except under the Triton interpreter:
+reference does). :func:`supports` declines everything else, which the dispatcher hands to this
+backend's fallback, ``fused`` (it computes aggregators ``max``, ``min`` and ``std`` tile by tile in
+torch on the same device, half precision accumulated in float32, and passes identity and copy
+blocks on to the reference): those aggregators; identity and copy blocks; other dtypes and
+activations; inputs on different devices or of different dtypes; and tensors that are not on a
+CUDA device, except under the Triton interpreter; and blocks with an empty tensor:
 
 * **CPU tensors and** ``TRITON_INTERPRET=1``: Triton decides, when a kernel is *decorated* (that is,
   when this module is first imported), whether it is compiled or interpreted. If
@@ -64,10 +68,17 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from . import fused
+from .backend import Backend, Case, Support
 from .blocks import dense_sum_aggregate
+from .spec import act_code
 
-#: Activation name -> the code the kernels branch on (a compile-time constant).
-ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "silu": 3, "gelu": 4}
+#: The activations these kernels implement; each is branched on by its code (a compile-time constant).
+ACTS = ("identity", "relu", "tanh", "silu", "gelu")
+_IDENTITY = tl.constexpr(act_code("identity"))
+_RELU = tl.constexpr(act_code("relu"))
+_TANH = tl.constexpr(act_code("tanh"))
+_SILU = tl.constexpr(act_code("silu"))
+_GELU = tl.constexpr(act_code("gelu"))
 
 _TRITON_AGGR = ("sum", "mean")
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -89,35 +100,38 @@ MAX_BI = 32
 
 @triton.jit
 def _phi(z, ACT: tl.constexpr):
-    """The nonlinearity (ACT: see ACT_CODES)."""
-    if ACT == 1:
-        z = tl.maximum(z, 0.0)
-    elif ACT == 2:  # tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2|z|) (no overflow)
+    """The nonlinearity of code ACT (one of :data:`ACTS`)."""
+    if ACT == _RELU:  # not tl.maximum: a NaN stays NaN
+        z = tl.where(z <= 0, 0.0, z).to(z.dtype)
+    elif ACT == _TANH:  # tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2|z|) (no overflow)
         e = tl.exp(-2.0 * tl.abs(z))
         t = (1.0 - e) / (1.0 + e)
         z = tl.where(z >= 0, t, -t)
-    elif ACT == 3:
+    elif ACT == _SILU:
         z = z * tl.sigmoid(z)
-    elif ACT == 4:  # exact GELU: z Phi(z)
+    elif ACT == _GELU:  # exact GELU: z Phi(z)
         z = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+    else:
+        tl.static_assert(ACT == _IDENTITY, "activation not implemented by the triton kernels")
     return z
 
 
 @triton.jit
 def _dphi(z, ACT: tl.constexpr):
-    """The derivative of the nonlinearity at z."""
-    if ACT == 0:
+    """The derivative of the nonlinearity at z (ReLU's passes a NaN's gradient on, as torch's)."""
+    if ACT == _IDENTITY:
         d = tl.full(z.shape, 1.0, z.dtype)
-    elif ACT == 1:
-        d = tl.where(z > 0, 1.0, 0.0).to(z.dtype)
-    elif ACT == 2:
+    elif ACT == _RELU:
+        d = tl.where(z <= 0, 0.0, 1.0).to(z.dtype)
+    elif ACT == _TANH:
         e = tl.exp(-2.0 * tl.abs(z))
         t = (1.0 - e) / (1.0 + e)
         d = 1.0 - t * t
-    elif ACT == 3:
+    elif ACT == _SILU:
         s = tl.sigmoid(z)
         d = s * (1.0 + z * (1.0 - s))
     else:  # GELU: Phi(z) + z pdf(z)
+        tl.static_assert(ACT == _GELU, "activation not implemented by the triton kernels")
         d = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
     return d
 
@@ -149,7 +163,7 @@ def _fwd_kernel(
     s_ab, s_ao, s_cb, s_ci, s_xb, s_xo, s_xi, s_xk, s_wk, s_ob, s_on,
     K: tl.constexpr, ACT: tl.constexpr, FIX_ROWS: tl.constexpr,
     BO: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
-):  # fmt: skip
+):
     """``out[b, n] = sum over the other axis of phi(z)``: n a row (FIX_ROWS) or a column.
 
     Grid: (B, blocks of the output axis). Each program loops over the other axis in tiles.
@@ -198,7 +212,7 @@ def _bwd_rows_kernel(
     K: tl.constexpr, ACT: tl.constexpr, G_ROWS: tl.constexpr,
     NEED_A: tl.constexpr, NEED_X: tl.constexpr, NEED_W: tl.constexpr,
     BO: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-):  # fmt: skip
+):
     """Programs own row blocks and loop over columns: ``dL/da`` (rows), ``dL/dx`` and ``(K, H)``
     partials of ``dL/dC`` (one per program, at ``dw_ptr[program]``).
 
@@ -234,7 +248,8 @@ def _bwd_rows_kernel(
         else:
             G = _node_tile(g_ptr, i, im, h, hm, s_gn, DT)[None, :, :] * _dphi(z, ACT)
         xm = om[:, None] & im[None, :]
-        G = tl.where(xm[:, :, None], G, 0.0)
+        # masked channels too: their z is x * 0, NaN for an infinite x, and would reach dx's sums
+        G = tl.where(xm[:, :, None] & hm[None, None, :], G, 0.0)
         if NEED_A:
             da += G
         if NEED_X or NEED_W:
@@ -268,7 +283,7 @@ def _bwd_cols_kernel(
     s_ab, s_ao, s_cb, s_ci, s_xb, s_xo, s_xi, s_xk, s_wk, s_gb, s_gn, s_dcb, s_dci,
     K: tl.constexpr, ACT: tl.constexpr, G_ROWS: tl.constexpr,
     BO: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr,
-):  # fmt: skip
+):
     """Programs own column blocks and loop over rows: ``dL/dc_i = sum_o G_{oi}``."""
     b = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1)
@@ -345,8 +360,8 @@ class _TritonDenseSum(torch.autograd.Function):
             a, c, edge, weight, acc, out, inn, H,
             a.stride(0), a.stride(1), c.stride(0), c.stride(1), *edge.stride(), weight.stride(0),
             acc.stride(0), acc.stride(1),
-            K=K, ACT=ACT_CODES[act], FIX_ROWS=not reverse, BO=BO, BI=BI, BH=BH, num_warps=NUM_WARPS,
-        )  # fmt: skip
+            K=K, ACT=act_code(act), FIX_ROWS=not reverse, BO=BO, BI=BI, BH=BH, num_warps=NUM_WARPS,
+        )
         ctx.save_for_backward(send, recv, edge, weight)
         ctx.reverse, ctx.act = reverse, act
         return acc.to(send.dtype)
@@ -365,7 +380,7 @@ class _TritonDenseSum(torch.autograd.Function):
         BO, BI, BH = _tiles(out, inn, H)
         acc = _acc_dtype(send.dtype)
         dev = send.device
-        common = dict(K=K, ACT=ACT_CODES[act], G_ROWS=not reverse, BO=BO, BI=BI, BH=BH, num_warps=NUM_WARPS)
+        common = dict(K=K, ACT=act_code(act), G_ROWS=not reverse, BO=BO, BI=BI, BH=BH, num_warps=NUM_WARPS)
         da = dc = de = dw = None
         if need_a or need_e or need_w:
             n_prog = triton.cdiv(out, BO)
@@ -378,7 +393,7 @@ class _TritonDenseSum(torch.autograd.Function):
                 a.stride(0), a.stride(1), c.stride(0), c.stride(1), *edge.stride(), weight.stride(0),
                 grad.stride(0), grad.stride(1), da.stride(0), da.stride(1), *de_buf.stride(),
                 NEED_A=need_a, NEED_X=need_e, NEED_W=need_w, BK=_pow2(K), **common,
-            )  # fmt: skip
+            )
             da = da.to(a.dtype) if need_a else None
             de = de_buf.to(edge.dtype) if need_e else None
             dw = dw_part.sum(0).to(weight.dtype) if need_w else None
@@ -388,19 +403,44 @@ class _TritonDenseSum(torch.autograd.Function):
                 a, c, edge, weight, grad, dc, out, inn, H,
                 a.stride(0), a.stride(1), c.stride(0), c.stride(1), *edge.stride(), weight.stride(0),
                 grad.stride(0), grad.stride(1), dc.stride(0), dc.stride(1), **common,
-            )  # fmt: skip
+            )
             dc = dc.to(c.dtype)
         gs, gr = (dc, da) if not reverse else (da, dc)
         return gs, gr, de, dw, None, None
 
 
+def _where(case: Case) -> Support | None:
+    """Why the kernels do not take tensors of ``case``'s dtype, device and sizes, or ``None``."""
+    if case.dtype is None or case.device is None:
+        return Support(False, "tensors of different dtypes or devices")
+    if case.dtype not in _DTYPES:
+        return Support(False, f"{case.dtype}: float32, float64, float16 and bfloat16 only")
+    if case.device.type != "cuda" and not INTERPRETED:
+        return Support(False, f"compiled kernels take CUDA tensors, not {case.device.type} (TRITON_INTERPRET=1 on CPU)")
+    if case.empty:
+        return Support(False, "an empty tensor (nothing to launch)")
+    return None
+
+
 def runs_here(*tensors: torch.Tensor) -> bool:
     """Whether the Triton kernels take these tensors: one CUDA device (any device when
     :data:`INTERPRETED`), one supported dtype, nothing empty."""
-    t0 = tensors[0]
-    if any(t.device != t0.device or t.dtype != t0.dtype or t.numel() == 0 for t in tensors):
-        return False
-    return t0.dtype in _DTYPES and (INTERPRETED or t0.device.type == "cuda")
+    return _where(Case.of(tensors, "dense", ("sum",), "relu")) is None
+
+
+_YES = {False: Support(True, "Triton kernels"), True: Support(True, "Triton kernels (interpreted, TRITON_INTERPRET=1)")}
+
+
+def supports(case: Case) -> Support:
+    """Dense and grouped blocks with sum / mean of :data:`ACTS` on CUDA tensors (any device when
+    :data:`INTERPRETED`) of a dtype the kernels take (see the module docstring)."""
+    if case.kind not in ("dense", "grouped"):
+        return Support(False, f"{case.kind} blocks: not fused")
+    if any(a not in _TRITON_AGGR for a in case.aggr):
+        return Support(False, f"aggregators {[a for a in case.aggr if a not in _TRITON_AGGR]}: sum and mean only")
+    if case.act not in ACTS:
+        return Support(False, f"activation {case.act!r} is not implemented in Triton")
+    return _where(case) or _YES[INTERPRETED]
 
 
 def message_pass(
@@ -415,20 +455,16 @@ def message_pass(
     act: str,
     groups: int = 1,
 ) -> torch.Tensor:
-    """See :func:`wgraph.kernels.message_pass` (arguments already validated) and the module docstring."""
-    if (
-        kind not in ("dense", "grouped")
-        or any(a not in _TRITON_AGGR for a in aggr)
-        or act not in ACT_CODES
-        or not runs_here(send, recv, edge, edge_weight)
-    ):
-        return fused.message_pass(
-            send, recv, edge, edge_weight, kind=kind, reverse=reverse, aggr=aggr, act=act, groups=groups
-        )
+    """See :func:`wgraph.kernels.message_pass` (arguments already validated, a case :func:`supports`
+    accepts) and the module docstring."""
+
     def dense_sum(s, r, e):
         return _TritonDenseSum.apply(s, r, e, edge_weight, reverse, act)
 
     return dense_sum_aggregate(dense_sum, send, recv, edge, groups=groups, reverse=reverse, aggr=aggr)
 
 
-__all__ = ["message_pass", "INTERPRETED", "ACT_CODES", "runs_here"]
+#: Dense and grouped blocks with sum / mean on CUDA here; the rest to ``fused``.
+BACKEND = Backend("triton", message_pass, supports, fallback=fused.BACKEND)
+
+__all__ = ["message_pass", "supports", "BACKEND", "INTERPRETED", "ACTS", "runs_here"]
