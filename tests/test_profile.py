@@ -8,8 +8,18 @@ import sys
 
 import pytest
 
-from wgraph.profile import MEMORY_ENV, Config, ProfileError, measure, plot, resolve_arch, run_isolated, table
-from wgraph.profile import layout_of, unsupported_reason
+from wgraph.profile import (
+    MEMORY_ENV,
+    Config,
+    ProfileError,
+    layout_of,
+    measure,
+    plot,
+    resolve_arch,
+    run_isolated,
+    table,
+    unsupported_reason,
+)
 
 ARCH = "mlp:12,8,8,3"
 
@@ -39,7 +49,26 @@ def test_unrepresentable_architectures_are_listed_with_the_reason():
     rec = run_isolated(Config(arch, 1, 4, "hnp", input_shape=(1, 64)))
     assert rec["status"].startswith("n/a: this layout is not a chain of layers")
     for scope in ("layer", "model"):  # the graph NFN measures what NP cannot represent
-        assert measure(Config(arch, 2, 4, "gnn-fused", scope=scope, layers=2, reps=1, input_shape=(1, 64)))["time_s"] > 0
+        cfg = Config(arch, 2, 4, "gnn-fused", scope=scope, layers=2, reps=1, input_shape=(1, 64))
+        assert measure(cfg)["time_s"] > 0
+
+
+def test_the_profiler_asks_the_models_whether_they_read_a_layout(monkeypatch):
+    """``unsupported_reason`` keeps only what is about the profiler; the rest is the model's ``supports``."""
+    from wgraph.nn import GraphNFN, ParamSharingNFN, Support
+    from wgraph.profile.methods import NFN_INSTALLED, NFN_METHODS
+
+    layout = layout_of(ARCH)
+    for method in ("gnn-fused", "np", "magep"):
+        assert unsupported_reason(Config(ARCH, 1, 4, method), layout) is None
+    monkeypatch.setattr(GraphNFN, "supports", classmethod(lambda cls, lay: Support(False, "no graph NFN here")))
+    monkeypatch.setattr(ParamSharingNFN, "supports", classmethod(lambda cls, lay: Support(False, "no chain here")))
+    assert unsupported_reason(Config(ARCH, 1, 4, "gnn-fused"), layout) == "no graph NFN here"
+    for method in ("np", "hnp", "monomial", "magep", *(NFN_METHODS if NFN_INSTALLED else ())):
+        assert unsupported_reason(Config(ARCH, 1, 4, method), layout) == "no chain here"
+    # what is the profiler's own comes first: the device a backend runs on, nfn's scope
+    assert "CUDA" in unsupported_reason(Config(ARCH, 1, 4, "gnn-triton"), layout)
+    assert "layer scope only" in unsupported_reason(Config(ARCH, 1, 4, "nfn-hnp", scope="model"), layout)
 
 
 def test_memory_cap_and_bad_requests():
@@ -57,8 +86,8 @@ def test_cli_writes_table_csv_and_plots(tmp_path, capsys):
     from wgraph.cli import main
 
     out = tmp_path / "prof"
-    code = main(["profile", "--arch", ARCH, "--batch", "2", "--width", "4,8", "--methods", "gnn-fused,gnn-triton",
-                 "-o", str(out)])  # fmt: skip
+    methods = "gnn-fused,gnn-triton"
+    code = main(["profile", "--arch", ARCH, "--batch", "2", "--width", "4,8", "--methods", methods, "-o", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "| mlp:12,8,8,3 | layer | 2 | 4 | gnn-fused |" in text and "n/a: the triton backend runs on CUDA" in text
@@ -70,8 +99,9 @@ def test_cli_writes_table_csv_and_plots(tmp_path, capsys):
 
 
 def _rec(method, width, time_s, step_mb):
-    return {"arch": ARCH, "scope": "layer", "batch": 2, "width": width, "method": method, "device": "cpu", "threads": 1,
-            "params_per_net": 155, "time_s": time_s, "step_mb": step_mb, "total_mb": step_mb + 5, "status": "ok"}  # fmt: skip
+    config = {"arch": ARCH, "scope": "layer", "batch": 2, "width": width, "method": method, "device": "cpu"}
+    measured = {"time_s": time_s, "step_mb": step_mb, "total_mb": step_mb + 5, "status": "ok"}
+    return {**config, "threads": 1, "params_per_net": 155, **measured}
 
 
 def test_table_ratios_and_plots(tmp_path):
@@ -92,7 +122,7 @@ def test_memory_freed_before_the_reset_counts_again_when_reused():
     earlier step freed is not resident, so a step reusing it raises the high-water mark."""
     import torch
 
-    from wgraph.profile import _hwm_mb, _reset_peak, _rss_mb
+    from wgraph.profile.measurement import _hwm_mb, _reset_peak, _rss_mb
 
     x = torch.ones(50_000_000)  # 200 MB, then freed (the "warm-up")
     del x
@@ -108,7 +138,7 @@ def test_memory_process_unmaps_large_allocations_when_freed():
     set at once, so the high-water mark of a step follows its live tensors."""
     code = """
 import torch
-from wgraph.profile import _hwm_mb, _reset_peak, _rss_mb
+from wgraph.profile.measurement import _hwm_mb, _reset_peak, _rss_mb
 _reset_peak()
 before = _rss_mb()
 for _ in range(3):  # three 80 MB tensors one after the other: a peak of one, not three
