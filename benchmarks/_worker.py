@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wgraph.profile import WorkerFailed, run_worker as _run_argv  # noqa: E402
+from wgraph.profile import WorkerFailed  # noqa: E402
+from wgraph.profile import run_worker as _run_argv  # noqa: E402
 
 __all__ = ["WorkerFailed", "run_worker"]
 

@@ -50,7 +50,7 @@ def _measure(kind: str, extra: list[str], threads: int) -> dict:
         "command": " ".join(argv).replace(str(out), "DIR"), "kind": kind, "threads": threads,
         "seconds": seconds, "cpu_seconds": cpu, "networks": networks, "networks_per_s": networks / seconds,
         "load_before": load_before, "load_after": load_after,
-    }  # fmt: skip
+    }
     rate = row["networks_per_s"]
     print(f"{row['command']}: {networks} networks in {seconds:.1f} s, {cpu:.1f} CPU s ({rate:.2f}/s)", flush=True)
     return row
@@ -61,7 +61,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--runs", type=int, default=250)
     ap.add_argument("--kinds", nargs="+", choices=["cnn", "inr"], default=["cnn", "inr"])
-    ap.add_argument("--inr-threads", type=int, nargs="+", help="threads of the INR runs (default: the first of --threads)")
+    inr_help = "threads of the INR runs (default: the first of --threads)"
+    ap.add_argument("--inr-threads", type=int, nargs="+", help=inr_help)
     ap.add_argument("--append", action="store_true", help="keep the rows already in the results file")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = ap.parse_args()
@@ -78,8 +79,8 @@ def main() -> None:
 
 
 def _write(rows: list[dict], out: Path) -> None:
-    info = {"cpu": platform.machine(), "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__, "rows": rows}  # fmt: skip
+    machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
+    info = {**machine, "torch": torch.__version__, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "zoo_generation.json").write_text(json.dumps(info, indent=1) + "\n")
     lines = [
@@ -94,8 +95,11 @@ def _write(rows: list[dict], out: Path) -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| `{r['command']}` | {r['networks']} | {r['seconds']:.0f} s | {r['cpu_seconds']:.0f} s "
-                     f"| {r['networks_per_s']:.2f} | {r['load_before']:.1f} / {r['load_after']:.1f} |")  # fmt: skip
+        load = f"{r['load_before']:.1f} / {r['load_after']:.1f}"
+        lines.append(
+            f"| `{r['command']}` | {r['networks']} | {r['seconds']:.0f} s | {r['cpu_seconds']:.0f} s "
+            f"| {r['networks_per_s']:.2f} | {load} |"
+        )
     lines += ["", "Reproduce: `python benchmarks/bench_zoo.py` (defaults: `--threads 1 --runs 250`)."]
     (out / "zoo_generation.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'zoo_generation.md'}", flush=True)

@@ -29,26 +29,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _docs import replace_block  # noqa: E402  (benchmarks/_docs.py, beside this script)
-from wgraph.profile import Config, plot, profile, table  # noqa: E402
+
+from wgraph.profile import MEM_CAP_GB, TIMEOUT_S, Config, plot, profile, table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "profiling.md"
 MLP = "mlp:784,256,256,10"
 
+WIDTH_METHODS = ("gnn-reference", "gnn-scatter", "gnn-fused", "np", "hnp", "magep", "nfn-np")
+RESNET18 = "torchvision:resnet18"
 PARTS = {
-    "width": [Config(MLP, 8, w, m) for w in (16, 32, 64)
-              for m in ("gnn-reference", "gnn-scatter", "gnn-fused", "np", "hnp", "magep", "nfn-np")],
+    "width": [Config(MLP, 8, w, m) for w in (16, 32, 64) for m in WIDTH_METHODS],
     "size": [Config(MLP, b, 32, m) for b in (2, 8, 32) for m in ("gnn-reference", "gnn-fused", "np")],
-    "resnet18": [Config("torchvision:resnet18", 2, w, m, input_shape=(1, 3, 32, 32))
-                 for w in (8, 16) for m in ("gnn-reference", "gnn-fused", "np", "hnp")],
-}  # fmt: skip
+    "resnet18": [
+        Config(RESNET18, 2, w, m, input_shape=(1, 3, 32, 32))
+        for w in (8, 16)
+        for m in ("gnn-reference", "gnn-fused", "np", "hnp")
+    ],
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default=",".join(PARTS))
-    ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--mem-cap-gb", type=float, default=8.0)
+    ap.add_argument("--timeout", type=float, default=TIMEOUT_S)
+    ap.add_argument("--mem-cap-gb", type=float, default=MEM_CAP_GB)
     args = ap.parse_args()
     import torch
 
