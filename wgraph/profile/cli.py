@@ -12,8 +12,6 @@ from .measurement import MEM_CAP_GB, TIMEOUT_S, profile
 from .methods import METHODS, default_methods
 from .report import plot, table, write_csv
 
-_CONFIG_FIELDS = {f.name: f for f in fields(Config)}
-
 
 def _ints(text: str) -> list[int]:
     try:
@@ -24,7 +22,7 @@ def _ints(text: str) -> list[int]:
 
 def _config_option(p, name: str, **kwargs) -> None:
     """``--name``, with the default and help text of :class:`Config`'s field ``name``."""
-    f = _CONFIG_FIELDS[name]
+    f = next(f for f in fields(Config) if f.name == name)
     p.add_argument(f"--{name}", type=type(f.default), default=f.default, help=f.metadata["help"], **kwargs)
 
 
