@@ -41,7 +41,7 @@ from torch import nn
 
 from ..errors import WgraphError
 from ..graph import Layout, WeightGraph
-from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends, message_pass, pair_sum
+from ..kernels import ACTIVATIONS, AGGREGATORS, Backend, available_backends, get_backend, message_pass, pair_sum
 from ..kernels.spec import apply_act_
 from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
 from .readout import POOLS, InvariantReadout, ParameterHead, _Act
@@ -182,7 +182,9 @@ class GNNLayer(nn.Module):
         self.norm = nn.LayerNorm(hidden) if norm == "layer" else nn.Identity()
         self.edge_update = _EdgeUpdate(hidden, act) if edge_updates else None
 
-    def _messages(self, d: _Direction, layout: Layout, h: torch.Tensor, edge_inputs, reverse: bool) -> torch.Tensor:
+    def _messages(
+        self, d: _Direction, layout: Layout, h: torch.Tensor, edge_inputs, reverse: bool, backend: Backend
+    ) -> torch.Tensor:
         """The aggregated messages of every node, ``(B, N, H * len(aggr))``, before ``P``.
 
         Node states are split into per-layer views once (a block reads its two layers' views, so
@@ -213,15 +215,16 @@ class GNNLayer(nn.Module):
                 recv = recv + bias
             m = message_pass(
                 _select(send_all[sl], s), recv, x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr,
-                act=self.act, groups=getattr(blk, "groups", 1), backend=self.backend,
+                act=self.act, groups=blk.groups, backend=backend,
             )  # fmt: skip
             incoming[rl].append((r, m))
         width = h.shape[2] * len(self.aggr)
         return torch.cat([_gather(items, h, size, width) for items, size in zip(incoming, sizes)], dim=1)
 
     def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list[EdgeInput]):
-        a_f = self._messages(self.fwd, layout, h, edge_inputs, reverse=False)
-        a_b = self._messages(self.bwd, layout, h, edge_inputs, reverse=True)
+        backend = get_backend(self.backend, h.device)  # once per layer call, not per block and direction
+        a_f = self._messages(self.fwd, layout, h, edge_inputs, reverse=False, backend=backend)
+        a_b = self._messages(self.bwd, layout, h, edge_inputs, reverse=True, backend=backend)
         # U's first layer applied to [h | P_f a_f + p_f | P_b a_b + p_b]; P is linear, so it is folded
         # into U: U_h h + (U_f P_f) a_f + (U_b P_b) a_b + (u + U_f p_f + U_b p_b), which never forms
         # P's outputs or their concatenation.
