@@ -6,8 +6,8 @@ devices and dtypes, and where no C compiler is found, are tested on the CPU.
 
 import pytest
 import torch
+from test_backends import non_finite
 
-import wgraph
 import wgraph.kernels.fused as fused
 import wgraph.kernels.native as native
 from wgraph.kernels import available_backends, message_pass
@@ -267,6 +267,33 @@ def test_stats_propagate_nan(gen, monkeypatch, reverse, tile_bytes):
     torch.testing.assert_close(out, ref, equal_nan=True)
 
 
+def assert_like_reference_non_finite(inputs, rtol, **kw):
+    """``fused`` and ``reference`` agree on values and gradients, NaN and Inf at the same places and
+    the finite rest to ``rtol`` of its largest magnitude."""
+    ref, ref_g = outputs_and_grads("reference", inputs, **kw)
+    out, out_g = outputs_and_grads("fused", inputs, **kw)
+    assert ref.isnan().any()
+    for a, b in zip((out, *out_g), (ref, *ref_g)):
+        finite = b[torch.isfinite(b)]
+        atol = rtol * max(finite.abs().max().item() if finite.numel() else 0.0, 1.0)
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True)
+
+
+@pytest.mark.parametrize("aggr", [("sum",), ("mean",), ("sum", "mean"), *STATS_AGGRS])
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu", "silu", "identity"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("tile_bytes", [None, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_inputs_match_reference(gen, monkeypatch, aggr, act, reverse, tile_bytes, dtype):
+    """NaN and Inf in edges and node states propagate as in the reference, forward and backward, also
+    when a receiver's senders come in several tiles."""
+    if tile_bytes is not None:
+        monkeypatch.setattr(fused, "tile_budget", lambda: tile_bytes)
+    inputs = list(non_finite(block_inputs(gen, "dense", reverse, dtype=dtype)))
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert_like_reference_non_finite(inputs, rtol, kind="dense", reverse=reverse, aggr=aggr, act=act)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_stats_half_precision_accumulate_in_float32(gen, dtype, reverse):
@@ -274,7 +301,8 @@ def test_stats_half_precision_accumulate_in_float32(gen, dtype, reverse):
     carried in bfloat16 drift; accumulated in float32, the result is as close to the float64 truth as
     the reference's, and the backward pass runs in the input's dtype."""
     out_n, in_n = (1, 5000) if not reverse else (5000, 1)
-    send, recv, edge, weight = (t.detach() for t in block_inputs(gen, "dense", reverse, out_n=out_n, in_n=in_n, dtype=torch.float64, b=1, k=1))
+    wide = block_inputs(gen, "dense", reverse, out_n=out_n, in_n=in_n, dtype=torch.float64, b=1, k=1)
+    send, recv, edge, weight = (t.detach() for t in wide)
     send = send.abs() + 4
     kw = dict(kind="dense", reverse=reverse, aggr=("sum", "std", "max"), act="relu")
     exact = message_pass(send, recv, edge * 0.01, weight, backend="reference", **kw)

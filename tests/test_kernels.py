@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from wgraph.kernels import (
+    ACTIVATION_TABLE,
     ACTIVATIONS,
     KernelError,
     available_backends,
     message_pass,
     register_backend,
 )
-from wgraph.kernels.spec import std_eps
+from wgraph.kernels.spec import act_code, act_grad, apply_act_, std_eps
 
 B, H, K = 2, 5, 3
 
@@ -168,3 +169,19 @@ def test_bad_shapes(gen):
         message_pass(send, recv, rnd(gen, B, 4, 1, K), w, kind="grouped", groups=2)
     with pytest.raises(KernelError, match="multiple of sources"):
         message_pass(send, recv, None, rnd(gen, 1, H), kind="identity")
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_activation_table_matches_autograd(act):
+    """One table: ``ACTIVATIONS``, the in-place form and ``g * phi'(z)`` of every entry agree with torch's
+    autograd, NaN and Inf included; an entry's code is its position."""
+    assert list(ACTIVATIONS) == [a.name for a in ACTIVATION_TABLE] and act_code(act) == list(ACTIVATIONS).index(act)
+    z = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.5, -2.0], dtype=torch.float64)
+    z = z.requires_grad_()
+    out = ACTIVATIONS[act](z)
+    g = torch.tensor([0.5, -1.0, 2.0, 1.0, 3.0, -0.25, 4.0], dtype=torch.float64)
+    (want,) = torch.autograd.grad(out, z, g)
+    torch.testing.assert_close(act_grad(z.detach(), g, act), want, equal_nan=True)
+    torch.testing.assert_close(apply_act_(z.detach().clone(), act), out.detach(), equal_nan=True)
+    with pytest.raises(ValueError, match="no derivative"):
+        act_grad(z.detach(), g, "swish")

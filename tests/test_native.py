@@ -11,10 +11,12 @@ import sys
 
 import pytest
 import torch
-from test_fused import _cnn_graphs, assert_close_rel, block_inputs, outputs_and_grads
+from test_backends import non_finite
+from test_fused import _cnn_graphs, assert_close_rel, assert_like_reference_non_finite, block_inputs, outputs_and_grads
 
 import wgraph.kernels.native as native
-from wgraph.kernels import message_pass
+from wgraph.kernels import ACTIVATION_TABLE, message_pass
+from wgraph.kernels.spec import act_code
 from wgraph.nn import GraphNFN
 
 ACTS = ["relu", "tanh", "gelu", "silu", "identity"]
@@ -49,6 +51,32 @@ def assert_matches_reference(inputs, rtol=1e-5, **kw):
 def test_dense_matches_reference(gen, act, reverse, k, h):
     inputs = block_inputs(gen, "dense", reverse, out_n=7, in_n=5, k=k, h=h)
     assert_matches_reference(inputs, kind="dense", reverse=reverse, aggr=("sum", "mean"), act=act)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("k", [1, 9])
+@pytest.mark.parametrize("h", [16, 20])  # 20: a partial chunk, whose padding channels must not reach dL/dx
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("aggr", [("sum",), ("mean",), ("sum", "mean")])  # a lone mean is scaled in the kernel
+def test_non_finite_inputs_match_reference(gen, act, reverse, k, h, dtype, aggr):
+    """Issue 15: NaN and Inf propagate as in the reference, forward and every gradient (ReLU keeps a
+    NaN and passes its gradient on; an infinite edge feature spoils no other edge's gradient)."""
+    inputs = list(non_finite(block_inputs(gen, "dense", reverse, out_n=7, in_n=5, k=k, h=h, dtype=dtype)))
+    assert native.usable(inputs[2], act)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert_like_reference_non_finite(inputs, rtol, kind="dense", reverse=reverse, aggr=aggr, act=act)
+
+
+def test_activation_codes_come_from_the_table():
+    """native.c is built with one -DWG_ACT_<NAME>=<code> per activation of the table, and says which
+    codes it implements (all of today's; no code beyond the table)."""
+    defines = [f for f in native._COMMON if f.startswith("-DWG_ACT_")]
+    assert defines == [f"-DWG_ACT_{a.name.upper()}={i}" for i, a in enumerate(ACTIVATION_TABLE)]
+    assert all(native._lib.wg_act_known(act_code(a)) for a in ACTS)
+    assert not native._lib.wg_act_known(len(ACTIVATION_TABLE))
+    assert native.unusable(torch.float32, torch.device("cpu"), "relu") is None
+    assert "float32 / float64" in native.unusable(torch.bfloat16, torch.device("cpu"), "relu")
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -204,13 +232,15 @@ def test_build_failure_warns_once_and_falls_back(gen, tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="could not build native.c: cc: fatal error: broken on purpose") as caught:
         assert not native.usable(inputs[2])
         assert_matches_reference(inputs, kind="dense", reverse=False, aggr=("mean",), act="relu")
-        assert_matches_reference(block_inputs(gen, "dense", True), kind="dense", reverse=True, aggr=("sum",), act="tanh")
+        reverse = block_inputs(gen, "dense", True)
+        assert_matches_reference(reverse, kind="dense", reverse=True, aggr=("sum",), act="tanh")
     assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
 
 
 def test_switched_off_by_environment():
     code = "import torch, wgraph.kernels.native as n; print(n.ENABLED, n.usable(torch.zeros(1, 1, 1, 1)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "WGRAPH_NATIVE": "0"})
+    env = {**os.environ, "WGRAPH_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 

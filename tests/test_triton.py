@@ -18,9 +18,8 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed: the triton backend falls back to fused")
 
-import wgraph  # noqa: E402
 import wgraph.kernels.triton_fused as tf  # noqa: E402
-from wgraph.kernels import message_pass, resolve_backend  # noqa: E402
+from wgraph.kernels import ACTIVATIONS, explain, get_backend, message_pass, resolve_backend  # noqa: E402
 from wgraph.nn import GraphNFN  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -99,6 +98,23 @@ def test_tiles_are_powers_of_two_within_budget():
             assert n >= 1 and n & (n - 1) == 0
         assert BH >= H and BI <= tf.MAX_BI
         assert BO * BI * BH <= max(tf.TILE_ELEMS, BH)
+
+
+def test_supports_declares_the_fallbacks():
+    """What the kernels compute themselves; the rest goes to ``fused`` (and on to ``reference``)."""
+    assert tf.BACKEND.chain() == ("triton", "fused", "reference")
+    assert set(tf.ACTS) <= set(ACTIVATIONS)
+    assert tf.BACKEND.supports("dense", ("sum", "mean"), "gelu", torch.bfloat16, "cuda")
+    for args, why in [
+        (("identity", "sum", "relu", torch.float32, "cuda"), "not fused"),
+        (("dense", ("mean", "max"), "relu", torch.float32, "cuda"), "sum and mean only"),
+        (("dense", "sum", "relu", torch.int64, "cuda"), "float32, float64"),
+    ]:
+        answer = tf.BACKEND.supports(*args)
+        assert not answer and why in answer.why, (args, answer)
+    if not tf.INTERPRETED:
+        assert "CUDA tensors" in tf.BACKEND.supports("dense", "sum", "relu", torch.float32, "cpu").why
+        assert explain("triton", device="cpu").runs("dense") == "fused"
 
 
 def test_cpu_tensors_without_interpreter_go_to_fused(gen):
@@ -184,6 +200,23 @@ def test_strided_inputs(gen, small_tiles):
     assert not args[0].is_contiguous() and not args[2].is_contiguous()
     kw = dict(kind="dense", reverse=False, aggr=("sum", "mean"), act="tanh")
     assert_agree([big_s, big_r, edge_t, weight], args=args, **kw)
+
+
+@interp
+@pytest.mark.parametrize("act", ["relu", "tanh", "silu", "gelu", "identity"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_non_finite_inputs_match_reference(gen, small_tiles, act, reverse):
+    """Issue 15: NaN and Inf in edges and node states propagate as in the reference, forward and every
+    gradient (ReLU keeps a NaN; masked channels of an infinite edge do not reach dL/dx)."""
+    from test_backends import non_finite
+
+    inputs = list(non_finite(block_inputs(gen, reverse, b=3, k=2, dtype=torch.float64)))
+    kw = dict(kind="dense", reverse=reverse, aggr=("sum", "mean"), act=act)
+    ref, ref_g = outputs_and_grads("reference", inputs, **kw)
+    out, out_g = outputs_and_grads("triton", inputs, **kw)
+    assert ref.isnan().any()
+    for a, b in zip((out, *out_g), (ref, *ref_g)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True)
 
 
 @interp
@@ -297,10 +330,8 @@ def test_gpu_other_dtypes(gen, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_auto_resolves_to_triton_on_cuda():
-    import wgraph.kernels as K
-
     assert resolve_backend("auto", "cuda") == "triton"
-    assert K._BACKENDS["triton"] is tf.message_pass
+    assert get_backend("auto", "cuda") is tf.BACKEND and tf.BACKEND.fn is tf.message_pass
     assert not tf.INTERPRETED
 
 

@@ -440,7 +440,8 @@ def supports(case: Case) -> Support:
         return Support(False, f"aggregators {[a for a in case.aggr if a not in _TRITON_AGGR]}: sum and mean only")
     if case.act not in ACTS:
         return Support(False, f"activation {case.act!r} is not implemented in Triton")
-    return _where(case) or _YES[INTERPRETED]
+    no = _where(case)
+    return _YES[INTERPRETED] if no is None else no
 
 
 def message_pass(
