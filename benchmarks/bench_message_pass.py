@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _docs import replace_block  # noqa: E402  (benchmarks/_docs.py, beside this script)
+
 from wgraph.profile import Config, profile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,8 +68,8 @@ PARTS = ("layer", "pna", "model")
 PNA = ("mean", "max", "std")
 
 TARGETS = {  # the targets, as ratios of one run
-    "layer": "the fused backend (`gnn-fused` on CPU, `gnn-triton` on CUDA) at most 1.0x the NP layer's memory and time; at least 3x less memory and 2x less time "
-    "than `gnn-reference` and `gnn-pyg`",
+    "layer": "the fused backend (`gnn-fused` on CPU, `gnn-triton` on CUDA) at most 1.0x the NP layer's memory and "
+    "time; at least 3x less memory and 2x less time than `gnn-reference` and `gnn-pyg`",
     "model": "graph NFN at most 0.25x the NP stack's peak memory and 0.5x its time",
 }
 
@@ -97,7 +98,8 @@ def nodes_record(cfg: Config, timeout: float) -> dict:
 
     rec = {**{k: v for k, v in cfg.__dict__.items() if k != "extra"}, **cfg.extra}
     try:
-        res = run_measurement([__file__, "--nodes-worker", json.dumps({**cfg.__dict__, "extra": {}})], cfg.device, timeout)
+        worker = [__file__, "--nodes-worker", json.dumps({**cfg.__dict__, "extra": {}})]
+        res = run_measurement(worker, cfg.device, timeout)
     except WorkerFailed as e:
         return {**rec, "status": f"failed (exit {e.returncode}): {e.last_line}"}
     return {**rec, **res, "status": "ok"}
@@ -108,22 +110,22 @@ def configs(args) -> list[Config]:
     out = []
     if "layer" in args.parts:
         for name, (desc, arch, batch, width) in cases.items():
+            kw = dict(device=args.device, threads=args.threads)
             for m in [NODES, *methods(args.device)]:
-                out.append(Config(arch, batch, width, m, device=args.device, threads=args.threads,
-                                  extra={"case": name, "desc": desc, "part": "layer"}))  # fmt: skip
+                out.append(Config(arch, batch, width, m, **kw, extra={"case": name, "desc": desc, "part": "layer"}))
     if "pna" in args.parts:
         for name, (desc, arch, batch, width) in cases.items():
+            kw = dict(device=args.device, threads=args.threads, aggr=PNA)
             for m in ("gnn-reference", "gnn-fused"):
-                out.append(Config(arch, batch, width, m, device=args.device, threads=args.threads, aggr=PNA,
-                                  extra={"case": name, "desc": desc, "part": "pna"}))  # fmt: skip
+                out.append(Config(arch, batch, width, m, **kw, extra={"case": name, "desc": desc, "part": "pna"}))
     if "model" in args.parts:
         name, width, layers = QUICK_HEADLINE if args.quick else HEADLINE
         desc, arch, batch, _ = cases[name]
         gnn = "gnn-triton" if args.device == "cuda" else "gnn-fused"
+        desc = f"{desc.split(',')[0]}, {layers} layers of width {width}"
+        kw = dict(scope="model", layers=layers, device=args.device, threads=args.threads)
         for m in (gnn, "np"):
-            out.append(Config(arch, batch, width, m, scope="model", layers=layers, device=args.device, threads=args.threads,
-                              extra={"case": name, "desc": f"{desc.split(',')[0]}, {layers} layers of width {width}",
-                                     "part": "model"}))  # fmt: skip
+            out.append(Config(arch, batch, width, m, **kw, extra={"case": name, "desc": desc, "part": "model"}))
     return out
 
 
@@ -182,8 +184,9 @@ def verdicts(records: list[dict]) -> list[str]:
     for case in dict.fromkeys(r["case"] for r in records if r["part"] == "pna"):
         f, ref = by.get(("pna", case, "gnn-fused")), by.get(("pna", case, "gnn-reference"))
         if f and ref:
+            mem = f["step_mb"] / max(ref["step_mb"], 1e-9)
             out.append(
-                f"* PNA layer ({', '.join(PNA)}), case {case}: `gnn-fused` needs {f['step_mb'] / max(ref['step_mb'], 1e-9):.2f}x "
+                f"* PNA layer ({', '.join(PNA)}), case {case}: `gnn-fused` needs {mem:.2f}x "
                 f"the memory and {f['time_s'] / ref['time_s']:.2f}x the time of `gnn-reference` (no target)."
             )
     model = [r for r in records if r["part"] == "model" and r["status"] == "ok"]
@@ -191,11 +194,11 @@ def verdicts(records: list[dict]) -> list[str]:
     n = next((r for r in model if r["method"] == "np"), None)
     if g and n:
         mem, t = g["step_mb"] / n["step_mb"], g["time_s"] / n["time_s"]
-        ok = mem <= 0.25 and t <= 0.5
+        verdict = "meets" if mem <= 0.25 and t <= 0.5 else "misses"
         out.append(
-            f"* model (headline), case {g['case']}: the graph NFN ({g['method']}) {'meets' if ok else 'misses'} the target: "
-            f"peak memory {mem:.2f}x and time {t:.2f}x of the NP stack ({g['step_mb']:.0f} MB vs {n['step_mb']:.0f} MB, "
-            f"{g['time_s']:.3g} s vs {n['time_s']:.3g} s)."
+            f"* model (headline), case {g['case']}: the graph NFN ({g['method']}) {verdict} the target: "
+            f"peak memory {mem:.2f}x and time {t:.2f}x of the NP stack "
+            f"({g['step_mb']:.0f} MB vs {n['step_mb']:.0f} MB, {g['time_s']:.3g} s vs {n['time_s']:.3g} s)."
         )
     return out
 
@@ -215,15 +218,15 @@ def plot(records: list[dict], path: Path) -> None:
     names = list(dict.fromkeys(r["method"] for _, g in groups for r in g))
     colors = {m: plt.cm.tab10(i) for i, m in enumerate(names)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / max(len(names), 1)
     for ax, key, label in zip(axes, ("step_mb", "time_s"), ("peak memory of the step (MB)", "time per step (s)")):
         for gi, (_, g) in enumerate(groups):
             present = [m for m in names if any(r["method"] == m for r in g)]
             for j, m in enumerate(present):
                 r = next(r for r in g if r["method"] == m)
                 x = gi - 0.4 + (j + 0.5) * 0.8 / len(present)
-                ax.bar(x, max(r[key], 1e-3), width=0.8 / len(present) * 0.9, color=colors[m],
-                       label=m if gi == 0 or m not in [q["method"] for q in groups[0][1]] else None)  # fmt: skip
+                first = gi == 0 or m not in [q["method"] for q in groups[0][1]]  # one legend entry per method
+                bar = dict(width=0.8 / len(present) * 0.9, color=colors[m], label=m if first else None)
+                ax.bar(x, max(r[key], 1e-3), **bar)
         ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel(label)
@@ -257,7 +260,10 @@ def write(records: list[dict], args, meta: dict) -> None:
     stem = f"message_pass{suffix}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
-    head = ["| case | method | time / step | step memory | total memory | time vs NP | memory vs NP |", "|---|---|---|---|---|---|---|"]
+    head = [
+        "| case | method | time / step | step memory | total memory | time vs NP | memory vs NP |",
+        "|---|---|---|---|---|---|---|",
+    ]
     body = [
         f"Command: `{meta['command']}`  ",
         f"Device: {meta['device']}; torch {meta['torch']}; {meta['threads']} torch thread(s); {meta['date']}.",

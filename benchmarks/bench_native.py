@@ -57,14 +57,18 @@ def run(spec: str, mode: str, cache: str) -> dict:
     arch, batch = spec.rsplit("@", 1)
     env = dict(os.environ, WGRAPH_CACHE_DIR=cache, WGRAPH_NATIVE="0" if mode == "eager" else "1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", WORKER, arch, batch], env=env, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-c", WORKER, arch, batch]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return {"arch": arch, "batch": int(batch), "mode": mode, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--archs", default="mlp:784,256,256,10@4;cnn:16@64;torchvision:resnet18@2",
-                    help="semicolon-separated ARCH@BATCH (architecture spec and batch size)")  # fmt: skip
+    ap.add_argument(
+        "--archs",
+        default="mlp:784,256,256,10@4;cnn:16@64;torchvision:resnet18@2",
+        help="semicolon-separated ARCH@BATCH (architecture spec and batch size)",
+    )
     args = ap.parse_args()
     records = []
     with tempfile.TemporaryDirectory() as cache:
@@ -93,9 +97,14 @@ def main() -> None:
         "| architecture | batch | kernels | first step | later steps (best of 3) |",
         "|---|---|---|---|---|",
     ]
-    label = {"cold": "native, built in the first step (empty cache)", "warm": "native, cached", "eager": "eager tiles (`WGRAPH_NATIVE=0`)"}
+    label = {
+        "cold": "native, built in the first step (empty cache)",
+        "warm": "native, cached",
+        "eager": "eager tiles (`WGRAPH_NATIVE=0`)",
+    }
     for r in records:
-        lines.append(f"| {r['arch']} | {r['batch']} | {label[r['mode']]} | {r['first_s']:.3g} s | {r['step_s']:.3g} s |")
+        times = f"{r['first_s']:.3g} s | {r['step_s']:.3g} s"
+        lines.append(f"| {r['arch']} | {r['batch']} | {label[r['mode']]} | {times} |")
     (RESULTS / "native_build.md").write_text("\n".join(lines) + "\n")
     replace_block(DOC, "<!-- native-build:start -->", "<!-- native-build:end -->", "\n".join(lines[2:]))
     print("\n".join(lines))

@@ -48,10 +48,14 @@ from wgraph.kernels import message_pass
 # name: (description, batch, H, blocks as (out, in, K))
 CASES = {
     "a": ("8 x MLP 784-256-256-10, H=32", 8, 32, [(256, 784, 1), (256, 256, 1), (10, 256, 1)]),
-    "b": ("64 x Small-CNN-Zoo CNN (3x3 convs, 16 channels), H=64", 64, 64,
-          [(16, 1, 9), (16, 16, 9), (16, 16, 9), (10, 16, 1)]),
+    "b": (
+        "64 x Small-CNN-Zoo CNN (3x3 convs, 16 channels), H=64",
+        64,
+        64,
+        [(16, 1, 9), (16, 16, 9), (16, 16, 9), (10, 16, 1)],
+    ),
     "c": ("512 x MLP 2-32-32-1, H=64", 512, 64, [(32, 2, 1), (32, 32, 1), (1, 32, 1)]),
-}  # fmt: skip
+}
 BACKENDS = ("reference", "fused", "triton")
 
 
@@ -141,9 +145,10 @@ def main():
     p.add_argument("--cases", default="a,b,c")
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument(
-        "--tiles", default="2048:32:4,4096:32:4,4096:16:4,8192:32:8,8192:64:8",
+        "--tiles",
+        default="2048:32:4,4096:32:4,4096:16:4,8192:32:8,8192:64:8",
         help="TILE_ELEMS:MAX_BI:NUM_WARPS settings tried for triton (a sweep)",
-    )  # fmt: skip
+    )
     p.add_argument("--profile", action="store_true", help="only profile triton's kernels (torch.profiler) per case")
     args = p.parse_args()
     import triton
@@ -166,16 +171,17 @@ def main():
         desc, batch, H, blocks = CASES[name]
         inputs = make_inputs(batch, H, blocks)
         total, edge = floor_bytes(batch, H, blocks)
-        res = {"description": desc, "edge_MB": edge / 1e6, "floor_MB": total / 1e6,
-               "floor_us": total / (args.peak_tbs * 1e12) * 1e6, "backends": {}, "triton_tiles": {}}  # fmt: skip
+        floor_us = total / (args.peak_tbs * 1e12) * 1e6
+        res = {"description": desc, "edge_MB": edge / 1e6, "floor_MB": total / 1e6, "floor_us": floor_us}
+        res.update(backends={}, triton_tiles={})
         for be in args.backends.split(","):
             fwd = timed(lambda: step(be, inputs, backward=False), args.warmup, args.reps)
             both = timed(lambda: step(be, inputs), args.warmup, args.reps)
             mem = peak_mb(lambda: step(be, inputs))
             gpu, err = graph_ms(lambda: step(be, inputs), args.warmup, args.reps)
             frac = None if gpu is None else res["floor_us"] / (gpu * 1e3)
-            res["backends"][be] = {"fwd_ms": fwd, "fwd_bwd_ms": both, "gpu_fwd_bwd_ms": gpu, "graph_error": err,
-                                   "peak_MB": mem, "bandwidth_fraction": frac}  # fmt: skip
+            times = {"fwd_ms": fwd, "fwd_bwd_ms": both, "gpu_fwd_bwd_ms": gpu, "graph_error": err}
+            res["backends"][be] = {**times, "peak_MB": mem, "bandwidth_fraction": frac}
             msg = f"fwd {fwd:.3f} ms  fwd+bwd {both:.3f} ms  gpu {gpu} ms  peak {mem:.1f} MB {err or ''}"
             print(name, be, msg, flush=True)
         for t in [x for x in args.tiles.split(",") if x]:
@@ -242,16 +248,21 @@ def to_markdown(info):
                 f"| {name}: {res['description']} | {be} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
                 f"{_ms(r['gpu_fwd_bwd_ms'])} | {r['peak_MB']:.1f} | {_pct(r['bandwidth_fraction'])} |"
             )
-    lines += ["", "Floors: " + "; ".join(
+    floors = [
         f"{n}: {r['edge_MB']:.2f} MB of edge features, {r['floor_MB']:.2f} MB per step, {r['floor_us']:.1f} us"
         for n, r in info["cases"].items()
-    ), ""]  # fmt: skip
-    lines += ["Triton tile sweep (GPU fwd+bwd ms by `TILE_ELEMS:MAX_BI:NUM_WARPS`; default "
-              f"{info['tile_elems_default']}, `MAX_BI` {info['max_bi']}, {info['num_warps']} warps):", ""]  # fmt: skip
+    ]
+    lines += ["", "Floors: " + "; ".join(floors), ""]
+    defaults = f"{info['tile_elems_default']}, `MAX_BI` {info['max_bi']}, {info['num_warps']} warps"
+    lines += [f"Triton tile sweep (GPU fwd+bwd ms by `TILE_ELEMS:MAX_BI:NUM_WARPS`; default {defaults}):", ""]
     for name, res in info["cases"].items():
         lines.append(f"- {name}: " + ", ".join(f"{t}: {_ms(ms)}" for t, ms in res["triton_tiles"].items()))
-    errors = [f"{n}/{be}: {r['graph_error']}" for n, res in info["cases"].items() for be, r in res["backends"].items()
-              if r["graph_error"]]  # fmt: skip
+    errors = [
+        f"{n}/{be}: {r['graph_error']}"
+        for n, res in info["cases"].items()
+        for be, r in res["backends"].items()
+        if r["graph_error"]
+    ]
     if errors:
         lines += ["", "CUDA-graph capture failed (no GPU time): " + "; ".join(errors)]
     return "\n".join(lines) + "\n"
