@@ -21,7 +21,7 @@
  * Activations: the build defines WG_ACT_<NAME> as each activation's code, its position in
  * wgraph.kernels.spec.ACTIVATION_TABLE; WG_ACTS lists those this file implements (wg_act_known).
  * NaN and Inf propagate as in torch: ReLU is z <= 0 ? 0 : z (a NaN stays NaN) and its derivative
- * z <= 0 ? 0 : 1 (torch's threshold_backward passes the gradient of a NaN on).
+ * z <= 0 ? 0 : 1 (torch's threshold_backward passes the gradient of a NaN on); see relu_keeps.
  *
  * Threads (OpenMP, when built with it) take contiguous ranges of the B * R (network, row) pairs.
  * Column sums of a network that a thread covers whole go straight to the output; the networks at
@@ -109,6 +109,8 @@ static int alloc_parts(int nt, i64 slot_size, size_t elem, void **part, i64 **pa
 #define WG_TANH tanhf
 #define WG_ERF erff
 #define WG_I int32_t
+#define WG_U uint32_t
+#define WG_NEG_INF_BITS (-8388608) /* -inf's bits as a signed integer */
 #include __FILE__
 #undef WG_T
 #undef WG_S
@@ -116,6 +118,8 @@ static int alloc_parts(int nt, i64 slot_size, size_t elem, void **part, i64 **pa
 #undef WG_TANH
 #undef WG_ERF
 #undef WG_I
+#undef WG_NEG_INF_BITS
+#undef WG_U
 
 #define WG_T double
 #define WG_S f64
@@ -123,6 +127,8 @@ static int alloc_parts(int nt, i64 slot_size, size_t elem, void **part, i64 **pa
 #define WG_TANH tanh
 #define WG_ERF erf
 #define WG_I int64_t
+#define WG_U uint64_t
+#define WG_NEG_INF_BITS (-4503599627370496LL)
 #include __FILE__
 
 /* Bumped whenever a signature changes; the loader checks it. */
@@ -165,8 +171,10 @@ static inline T WG_FN(dact)(T z, int act) {
  * vector, for masks. */
 typedef T WG_FN(V) __attribute__((vector_size(W * sizeof(T))));
 typedef WG_I WG_FN(VI) __attribute__((vector_size(W * sizeof(T))));
+typedef WG_U WG_FN(VU) __attribute__((vector_size(W * sizeof(T))));
 #define V WG_FN(V)
 #define VI WG_FN(VI)
+#define VU WG_FN(VU)
 
 /* Unaligned vector loads and stores of one chunk (memcpy of a constant size: one vector move). */
 WG_INLINE V WG_FN(vload)(const T *p) { V v; memcpy(&v, p, sizeof v); return v; }
@@ -186,16 +194,22 @@ WG_INLINE V WG_FN(zvec)(const T *pv, const T *qu, const T *xe, const T *c, i64 K
     return z0 + z1;
 }
 
-/* phi(z) and g * phi'(z) of a chunk (zero channels stay zero: phi(0) = 0 for every activation). ReLU
- * masks with ~(z <= 0), not (z > 0): a NaN is kept, and passes its gradient on. */
+/* ReLU as torch computes it, on the bits of z (integer compares of this vector type vectorize where
+ * its float compares do not): z is kept unless it is -0 ... -inf, that is unless its bits, read as a
+ * signed integer, are at most those of -inf; so a NaN of either sign is kept. Its derivative passes
+ * g on where z is kept and is not +0 (threshold_backward: z <= 0 ? 0 : g, a NaN passes). */
+WG_INLINE VI WG_FN(relu_keeps)(V z) { return (VI)((VI)z > WG_NEG_INF_BITS); }
+WG_INLINE VI WG_FN(nonzero)(V z) { return (VI)((VU)z | -(VU)z) >> (8 * sizeof(T) - 1); } /* -1 unless z = +0 */
+
+/* phi(z) and g * phi'(z) of a chunk (zero channels stay zero: phi(0) = 0 for every activation) */
 WG_INLINE V WG_FN(vact)(V z, int act) {
-    if (act == ACT_RELU) return (V)((VI)z & ~(VI)(z <= 0));
+    if (act == ACT_RELU) return (V)((VI)z & WG_FN(relu_keeps)(z));
     if (act != ACT_IDENTITY)
         for (int j = 0; j < W; j++) z[j] = WG_FN(act)(z[j], act);
     return z;
 }
 WG_INLINE V WG_FN(vgrad)(V z, V g, int act) {
-    if (act == ACT_RELU) return (V)((VI)g & ~(VI)(z <= 0));
+    if (act == ACT_RELU) return (V)((VI)g & WG_FN(relu_keeps)(z) & WG_FN(nonzero)(z));
     if (act == ACT_IDENTITY) return g;
     for (int j = 0; j < W; j++) z[j] = g[j] * WG_FN(dact)(z[j], act);
     return z;
@@ -393,4 +407,5 @@ int WG_FN(wg_backward)(const T *p, i64 p_sb, i64 p_sr, const T *q, i64 q_sb, i64
 #undef T
 #undef V
 #undef VI
+#undef VU
 #endif

@@ -61,13 +61,14 @@ def _gelu_grad(z, g):
     return (cdf + z * pdf) * g
 
 
-#: Every nonlinearity, in code order (the position of an entry is its kernel code: append new ones).
+#: Every nonlinearity, in code order: the position of an entry is its kernel code (append new ones; the
+#: native kernels' speed depends on the codes' values, measured with these).
 ACTIVATION_TABLE = (
-    Activation("relu", F.relu, lambda z, g: torch.ops.aten.threshold_backward(g.expand_as(z), z, 0), torch.relu_),
-    Activation("gelu", F.gelu, _gelu_grad),
-    Activation("silu", F.silu, _silu_grad, lambda z: F.silu(z, inplace=True)),
-    Activation("tanh", F.tanh, _tanh_grad, torch.tanh_),
     Activation("identity", _identity, lambda z, g: g.expand_as(z), _identity),
+    Activation("relu", F.relu, lambda z, g: torch.ops.aten.threshold_backward(g.expand_as(z), z, 0), torch.relu_),
+    Activation("tanh", F.tanh, _tanh_grad, torch.tanh_),
+    Activation("silu", F.silu, _silu_grad, lambda z: F.silu(z, inplace=True)),
+    Activation("gelu", F.gelu, _gelu_grad),
 )
 
 _BY_NAME = {a.name: a for a in ACTIVATION_TABLE}
