@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow lint bench clean
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -12,6 +12,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check wgraph tests benchmarks
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

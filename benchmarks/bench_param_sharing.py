@@ -5,7 +5,7 @@ scope, run in its own subprocess: one ``width -> width`` channel layer on a rand
 of ``width`` channels (requires grad), then ``backward`` from fixed random gradients of its outputs;
 time is the best of at least 3 steps after a warm-up step (more while they take under a second,
 fewer once they have taken 10 s); memory is the step's peak above the resident size before it
-(``step``) and with the inputs (``total``), measured in a process of its own; see ``wgraph/profile.py``.
+(``step``) and with the inputs (``total``), measured in a process of its own; see ``wgraph/profile/``.
 
 Cases (the fused message-passing issue's):
   a: batch 8 of 784-256-256-10 MLPs, width 32
@@ -67,7 +67,7 @@ def write(records: list[dict], quick: bool, meta: dict) -> None:
         f"{meta['machine']}, torch {meta['torch']}, nfn {meta['nfn']}. One `width -> width` layer, forward + "
         "backward from fixed random output gradients; time: best of at least 3 steps after a warm-up; memory: the "
         "step's peak above the resident size before it / the same with the inputs (time and memory each in a "
-        "process of its own; see wgraph/profile.py).",
+        "process of its own; see wgraph/profile/).",
         "",
         "| case | layer | wgraph time | nfn time | wgraph memory (step / total) | nfn memory (step / total) | speed-up | memory ratio (step) |",
         "|---|---|---|---|---|---|---|---|",
