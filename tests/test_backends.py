@@ -216,9 +216,9 @@ def test_backends_declare_what_they_compute():
     assert isinstance(fused, Backend) and fused.chain() == ("fused", "reference")
     assert fused.supports("dense", ("mean", "max"), "gelu", torch.float16, "cpu")
     answer = fused.supports("copy", "sum", "relu", torch.float32, "cpu")
-    assert isinstance(answer, Support) and not answer and "node-sized" in answer.why
-    assert "native" in fused.supports("grouped", "sum", "relu", torch.float64, "cpu").why
-    assert "tiles" in fused.supports("dense", "sum", "relu", torch.bfloat16, "cpu").why
+    assert isinstance(answer, Support) and not answer and "node-sized" in answer.reason
+    assert "native" in fused.supports("grouped", "sum", "relu", torch.float64, "cpu").reason
+    assert "tiles" in fused.supports("dense", "sum", "relu", torch.bfloat16, "cpu").reason
     reference = get_backend("reference")
     assert reference.chain() == ("reference",) and reference.supports("identity", "std", "tanh", torch.float32, "cpu")
     assert get_backend(fused) is fused and resolve_backend("auto", "cpu") == "fused"
@@ -243,7 +243,7 @@ def test_triton_chain_without_a_gpu():
     assert get_backend("auto", "cuda").name == "triton"
     assert triton.supports("grouped", ("sum", "mean"), "silu", torch.bfloat16, "cuda")
     no = triton.supports("dense", ("mean", "std"), "relu", torch.float32, "cuda")
-    assert not no and "sum and mean only" in no.why
+    assert not no and "sum and mean only" in no.reason
     on_cuda = explain("auto", device="cuda", aggr=("mean", "max"))
     assert on_cuda.runs("dense") == "fused" and on_cuda.runs("identity") == "reference"
     assert explain("auto", device="cuda").runs("dense") == "triton"

@@ -111,9 +111,9 @@ def test_supports_declares_the_fallbacks():
         (("dense", "sum", "relu", torch.int64, "cuda"), "float32, float64"),
     ]:
         answer = tf.BACKEND.supports(*args)
-        assert not answer and why in answer.why, (args, answer)
+        assert not answer and why in answer.reason, (args, answer)
     if not tf.INTERPRETED:
-        assert "CUDA tensors" in tf.BACKEND.supports("dense", "sum", "relu", torch.float32, "cpu").why
+        assert "CUDA tensors" in tf.BACKEND.supports("dense", "sum", "relu", torch.float32, "cpu").reason
         assert explain("triton", device="cpu").runs("dense") == "fused"
 
 

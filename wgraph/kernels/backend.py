@@ -23,21 +23,11 @@ from typing import Callable
 import torch
 
 from ..errors import WgraphError
+from ..support import Support
 
 
 class KernelError(WgraphError):
     """Bad arguments to :func:`wgraph.kernels.message_pass`, or an unknown backend."""
-
-
-@dataclass(frozen=True)
-class Support:
-    """A backend's answer for one case: whether it computes the case itself (``bool(support)``), and why."""
-
-    ok: bool
-    why: str
-
-    def __bool__(self) -> bool:
-        return self.ok
 
 
 @dataclass(frozen=True)
@@ -98,7 +88,7 @@ class Backend:
             if answer:
                 return tuple(steps)
             if backend.fallback is None:
-                tried = "; ".join(f"{b.name}: {s.why}" for b, s in steps)
+                tried = "; ".join(f"{b.name}: {s.reason}" for b, s in steps)
                 raise KernelError(f"no message-passing backend computes {case} ({tried})")
             backend = backend.fallback
 

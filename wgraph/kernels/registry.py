@@ -123,7 +123,7 @@ class Explanation:
 
     def __str__(self) -> str:
         def steps(chain):
-            return " -> ".join(f"{n}: {'yes' if s else 'no'}, {s.why}" for n, s in chain)
+            return " -> ".join(f"{n}: {'yes' if s else 'no'}, {s.reason}" for n, s in chain)
 
         lines = [(k, r, steps(chain)) for k, r, chain in self.rows]
         wk, wr = (max(len(x) for x in col) for col in zip(("kind", "runs"), *[(k, r) for k, r, _ in lines]))

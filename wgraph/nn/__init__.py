@@ -21,7 +21,7 @@ from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, LearnedPosEmbedding, NPLinear, NPPool, TupleOp
 from .ps_models import ParamSharingNFN, PSConfigError
 from .statnn import StatNN
-from .support import Support
+from ..support import Support
 from .readout import InvariantReadout, ParameterHead, ReadoutError
 from .weight_space import ChainSpec, WeightSpace, WeightSpaceError, random_graph
 

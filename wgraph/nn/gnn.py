@@ -45,7 +45,7 @@ from ..kernels import ACTIVATIONS, AGGREGATORS, Backend, available_backends, get
 from ..kernels.spec import apply_act_
 from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
 from .readout import POOLS, InvariantReadout, ParameterHead, _Act
-from .support import Support
+from ..support import Support
 
 
 class ConfigError(WgraphError):

@@ -39,7 +39,7 @@ from .gnn import ConfigError
 from .magep import MAGEP
 from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, NPLinear, NPPool, TupleOp
-from .support import Support
+from ..support import Support
 from .weight_space import ChainSpec, WeightSpaceError, as_weight_space
 
 COMMON = {"type": None, "hidden": 16, "layers": 3, "out_dim": 1, "head_hidden": 256, "act": "auto"}

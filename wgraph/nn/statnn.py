@@ -28,7 +28,7 @@ from torch import nn
 
 from ..graph import Layout, WeightGraph
 from .gnn import ConfigError
-from .support import Support
+from ..support import Support
 
 #: The statistics, in feature order.
 STATS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")
