@@ -98,3 +98,50 @@ def test_scaling_is_what_the_docs_say():
     torch.testing.assert_close(g2.edges[1][0], s2[:, None] * W[p2][:, p1] / s1[None, :])
     b = g.param("0.bias")[0]
     torch.testing.assert_close(g2.param("0.bias")[0], s1 * b[p1])
+
+
+class _LayerScale(nn.Module):
+    """``x * gamma + beta`` on hidden neurons (a layer scale and a learned shift), then ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+        self.gamma = nn.Parameter(torch.rand(6) + 0.5)
+        self.beta = nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x) * self.gamma + self.beta))
+
+
+@pytest.mark.parametrize(
+    "make, features",
+    [
+        (lambda: nn.Sequential(nn.Linear(3, 6), nn.PReLU(6), nn.Linear(6, 2)), {"prelu"}),
+        (lambda: nn.Sequential(nn.Linear(3, 6), nn.PReLU(), nn.Linear(6, 2)), set()),
+        (_LayerScale, {"scale", "shift"}),
+    ],
+)
+def test_node_features_follow_their_scaling_rule(make, features):
+    """A space that declares a scaling group is scaled by ``random_symmetry(scale=True)`` and
+    ``permute`` applies it to every node feature of its layers (issue: a PReLU space declared
+    'positive' but ``permute`` refused its slope)."""
+    torch.manual_seed(0)
+    model = make().double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    g = wgraph.to_graph(model, x[:1])
+    assert features <= set(g.layout.node_features)
+    sym = wgraph.random_symmetry(g, seed=1, scale=True)
+    if not sym.scales:  # then the layout must not promise a scaling either
+        assert all(g.layout.space_scaling(si) == "none" for si, sp in enumerate(g.layout.spaces) if sp.permutable)
+        return
+    outputs_match(model, g.permute(sym), x, rtol=1e-9)
+
+
+def test_a_feature_without_a_rule_admits_permutations_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)).double().eval()
+    g = wgraph.to_graph(model, torch.randn(2, 3, dtype=torch.float64))
+    for si, sp in enumerate(g.layout.spaces):
+        if sp.permutable:
+            assert g.layout.space_scaling(si) == "none"
+    assert not wgraph.random_symmetry(g, seed=0, scale=True).scales

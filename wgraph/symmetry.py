@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import IncompatibleBatchError, WgraphError
-from .layout import Layout
+from .layout import FEATURE_SCALING, Layout
 
 if TYPE_CHECKING:
     from .graph import WeightGraph
@@ -127,12 +127,13 @@ def random_symmetry(
     if scale:
         sgen = torch.Generator().manual_seed(seed + 7919)
         for si, space in enumerate(layout.spaces):
-            if not space.permutable or space.scaling not in _ALLOWED:
+            group = layout.space_scaling(si)
+            if not space.permutable or group not in _ALLOWED:
                 continue
             s = torch.ones(n, space.size, dtype=torch.float64)
-            if space.scaling in ("positive", "real"):
+            if group in ("positive", "real"):
                 s = torch.exp(2 * torch.rand(n, space.size, generator=sgen, dtype=torch.float64) - 1)
-            if space.scaling in ("sign", "real"):
+            if group in ("sign", "real"):
                 flips = torch.randint(2, (n, space.size), generator=sgen).bool()
                 flips[~flips.any(dim=1), 0] = True  # at least one flip
                 s = torch.where(flips, -s, s)
@@ -191,19 +192,20 @@ def _rescale(graph: WeightGraph, sym: Symmetry) -> WeightGraph:
             )
     s_node = sym.node_scale(layout, B, graph.dtype).to(graph.device)
     feats = layout.node_features
-    bias_col = feats.index("bias") if "bias" in feats else None
     scaled = (s_node != 1).any(dim=0).cpu()
     for p in layout.params:
-        if p.where == "nodes" and p.feature != bias_col:
-            l = layout.layers[p.index]
-            if scaled[l.start : l.stop].any():
-                raise WgraphError(
-                    f"cannot scale the neurons of layer {l.name!r}: node feature {feats[p.feature]!r} "
-                    f"({p.name}) has no scaling rule"
-                )
+        if p.where == "nodes" and feats[p.feature] not in FEATURE_SCALING:
+            for li in p.targets:
+                l = layout.layers[li]
+                if scaled[l.start : l.stop].any():
+                    raise WgraphError(
+                        f"cannot scale the neurons of layer {l.name!r}: node feature {feats[p.feature]!r} "
+                        f"({p.name}) has no scaling rule"
+                    )
     nodes = graph.nodes.clone()
-    if bias_col is not None:
-        nodes[..., bias_col] *= s_node
+    for f, name in enumerate(feats):  # a feature that scales with its neuron: s ** FEATURE_SCALING[name]
+        if FEATURE_SCALING.get(name):
+            nodes[..., f] *= s_node ** FEATURE_SCALING[name]
     edges = []
     for i, (blk, e) in enumerate(zip(layout.blocks, graph.edges)):
         src, dst = layout.block_edge_index(i).to(graph.device)

@@ -28,6 +28,7 @@ from .check import check_layout
 from .layout import Layout
 from .parts import (
     BLOCK_KINDS,
+    FEATURE_SCALING,
     FORMAT_VERSION,
     NODE_KINDS,
     SCALING_GROUPS,
@@ -40,5 +41,5 @@ from .parts import (
 
 __all__ = [
     "Layout", "NeuronLayer", "NeuronSpace", "EdgeBlock", "ParamSlot", "check_layout",
-    "NODE_KINDS", "SCALING_GROUPS", "BLOCK_KINDS", "FORMAT_VERSION", "intersect_scaling",
+    "NODE_KINDS", "SCALING_GROUPS", "FEATURE_SCALING", "BLOCK_KINDS", "FORMAT_VERSION", "intersect_scaling",
 ]

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import FileFormatError
 from .check import check_layout, read_part
-from .parts import FORMAT_VERSION, NODE_KINDS, EdgeBlock, NeuronLayer, NeuronSpace, ParamSlot
+from .parts import FEATURE_SCALING, FORMAT_VERSION, NODE_KINDS, EdgeBlock, NeuronLayer, NeuronSpace, ParamSlot
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,20 @@ class Layout:
             + tuple((self.layers[li].start + off, inner) for li, off, inner in sp.segments)
             for sp in self.spaces
         )
+
+    def space_scaling(self, si: int) -> str:
+        """The scaling group space ``si`` admits where :func:`wgraph.permute` can apply it: the
+        space's declared ``scaling``, or ``"none"`` if one of its layers carries a node feature
+        without a rule in :data:`~wgraph.layout.parts.FEATURE_SCALING`."""
+        return self._space_scalings[si]
+
+    @cached_property
+    def _space_scalings(self) -> tuple[str, ...]:
+        ruled = {li for li in range(len(self.layers))}
+        for p in self.params:
+            if p.where == "nodes" and self.node_features[p.feature] not in FEATURE_SCALING:
+                ruled -= set(p.targets)
+        return tuple(sp.scaling if all(li in ruled for li in sp.layers) else "none" for sp in self.spaces)
 
     def node_permutation(self, perms: dict[int, torch.Tensor], batch_size: int) -> torch.Tensor:
         """``(B, N)`` gather index: new node ``n`` of network ``b`` is old node ``out[b, n]``.

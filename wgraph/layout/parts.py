@@ -21,6 +21,13 @@ def intersect_scaling(a: str, b: str) -> str:
         return b
     return "none"
 
+#: How a node feature moves when its neuron is rescaled, ``h -> s h`` (see :mod:`wgraph.symmetry`):
+#: the power of ``s`` it is multiplied by. A bias or a learned shift (``x + beta``) is added to the
+#: neuron, so it scales with it (1); a PReLU slope (``prelu(s x) = s prelu(x)`` for ``s > 0``) and a
+#: layer scale (``x * gamma``) are unchanged (0). A feature missing here has no scaling rule: the
+#: spaces of its layers admit permutations only (:meth:`Layout.space_scaling`).
+FEATURE_SCALING = {"bias": 1, "shift": 1, "prelu": 0, "scale": 0}
+
 BLOCK_KINDS = ("dense", "grouped", "identity", "copy", "shared")
 FORMAT_VERSION = 1
 
