@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -81,6 +82,115 @@ def digits_cnn(channels: int = 16, classes: int = 10, activation: str = "relu") 
     )
 
 
+class StridedCrop(nn.Module):
+    """``x[..., top::stride, left::stride]``. After a stride-1 convolution it gives the windows of a
+    strided convolution whose padding is uneven (TensorFlow's ``"same"``), which ``nn.Conv2d``
+    cannot pad."""
+
+    def __init__(self, top: int, left: int, stride: int):
+        super().__init__()
+        self.top, self.left, self.stride = int(top), int(left), int(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.top :: self.stride, self.left :: self.stride]
+
+    def extra_repr(self) -> str:
+        return f"top={self.top}, left={self.left}, stride={self.stride}"
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's ``"same"`` padding (before, after) of one spatial axis of length :math:`n`: the
+    output has :math:`m = \\lceil n / s \\rceil` positions, the padding is
+    :math:`p = \\max((m - 1)s + k - n, 0)`, :math:`\\lfloor p / 2 \\rfloor` before and the rest after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def tf_cnn(channels: list[int] | tuple[int, ...] = (1, 16, 16, 16), kernel_size: int | list[int] = 3, stride: int = 2,
+           padding: str = "same", input_size: list[int] | tuple[int, int] = (28, 28), classes: int = 10,
+           activation: str = "relu") -> nn.Sequential:
+    """The CNN of the Small CNN Zoo (Unterthiner et al. 2020), computing what the TensorFlow original
+    computes: convolutions ``channels[i] -> channels[i + 1]`` (``kernel_size``: one int, or one per
+    layer; ``stride``), each followed by ``activation``; global average pooling; a linear layer to
+    ``classes`` logits. ``padding`` is TensorFlow's: ``"valid"`` (none) or ``"same"`` for inputs of
+    ``input_size`` (H, W) (see :func:`tf_same_padding`); where a layer's padding is uneven, the layer is
+    a stride-1 convolution followed by a :class:`StridedCrop`, which reads the same windows. Keys:
+    ``conv{i}.weight`` ``(out, in, kh, kw)``, ``conv{i}.bias``, ``dense.weight``, ``dense.bias``."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r}: expected one of {sorted(ACTIVATIONS)}")
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding {padding!r}: expected 'same' or 'valid'")
+    n = len(channels) - 1
+    kernels = [kernel_size] * n if isinstance(kernel_size, int) else list(kernel_size)
+    if n < 1 or len(kernels) != n:
+        raise ValueError(f"{n} convolutions (channels {list(channels)}) need {n} kernel sizes, got {kernel_size}")
+    h, w = input_size
+    layers: dict[str, nn.Module] = {}
+    for i, (c_in, c_out, k) in enumerate(zip(channels[:-1], channels[1:], kernels)):
+        if padding == "valid":
+            layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, k, stride=stride)
+            h, w = (h - k) // stride + 1, (w - k) // stride + 1
+        else:
+            (top, bottom), (left, right) = tf_same_padding(h, k, stride), tf_same_padding(w, k, stride)
+            if (top, left) == (bottom, right):
+                layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, k, stride=stride, padding=(top, left))
+            elif k % 2:
+                layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, k, padding=k // 2)
+                layers[f"crop{i}"] = StridedCrop(k // 2 - top, k // 2 - left, stride)
+            else:
+                raise ValueError(f"layer {i}: uneven 'same' padding with an even kernel size {k} is not supported")
+            h, w = -(-h // stride), -(-w // stride)
+        if min(h, w) < 1:
+            raise ValueError(f"layer {i}: an input of {list(input_size)} leaves no spatial positions")
+        layers[f"act{i}"] = ACTIVATIONS[activation]()
+    layers |= {"pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten(), "dense": nn.Linear(channels[-1], classes)}
+    return nn.Sequential(OrderedDict(layers))
+
+
+#: Keyword fragments of model factories that would load weights (a manifest builds architectures only).
+_LOADS_WEIGHTS = ("weight", "pretrained", "checkpoint", "file", "url", "path")
+
+
+def _architecture_only(model: nn.Module) -> nn.Module:
+    """Drop BatchNorm's ``num_batches_tracked`` step counters: the zoo format stores floating-point
+    tensors, and the counter changes the function only when training with ``momentum=None``."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
+            m.num_batches_tracked = None
+    return model
+
+
+def _check_factory_kwargs(library: str, kwargs: dict) -> None:
+    bad = sorted(k for k in kwargs if any(w in k.lower() for w in _LOADS_WEIGHTS))
+    if bad:
+        raise ValueError(f"{library} arguments {bad} would load weights; a zoo names an architecture only")
+
+
+def torchvision_model(model: str, **kwargs) -> nn.Module:
+    """``torchvision.models.get_model(model, weights=None, **kwargs)``, randomly initialized (nothing
+    is downloaded), without BatchNorm step counters."""
+    try:
+        import torchvision
+    except ImportError:
+        raise ValueError("torchvision is not installed (pip install 'wgraph[vision]')") from None
+    if model not in torchvision.models.list_models():
+        raise ValueError(f"torchvision has no model {model!r}")
+    _check_factory_kwargs("torchvision", kwargs)
+    return _architecture_only(torchvision.models.get_model(model, weights=None, **kwargs))
+
+
+def timm_model(model: str, **kwargs) -> nn.Module:
+    """``timm.create_model(model, pretrained=False, **kwargs)`` (nothing is downloaded), without
+    BatchNorm step counters."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm is not installed (pip install timm)") from None
+    _check_factory_kwargs("timm", kwargs)
+    return _architecture_only(timm.create_model(model, pretrained=False, **kwargs))
+
+
 class Sine(nn.Module):
     """``sin(w0 · x)``, the SIREN activation (Sitzmann et al. 2020). ``w0`` is a constant, not a
     parameter: the state dict holds only the linear layers' weights."""
@@ -96,10 +206,27 @@ class Sine(nn.Module):
         return f"w0={self.w0}"
 
 
-def siren(sizes: list[int] | tuple[int, ...] = (2, 32, 32, 1), w0: float = 30.0) -> nn.Sequential:
+class ShiftedSequential(nn.Sequential):
+    """``nn.Sequential`` whose output is shifted by a constant: ``f(x) + offset`` (the INRs of
+    DWSNets and neural-graphs add 0.5 to the last layer's output)."""
+
+    def __init__(self, *layers: nn.Module, offset: float = 0.0):
+        super().__init__(*layers)
+        self.offset = float(offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.offset
+
+    def extra_repr(self) -> str:
+        return f"offset={self.offset}"
+
+
+def siren(sizes: list[int] | tuple[int, ...] = (2, 32, 32, 1), w0: float = 30.0, offset: float = 0.0) -> nn.Sequential:
     """A SIREN ``sizes[0] -> ... -> sizes[-1]``: ``Linear`` layers with :class:`Sine` (``w0``) between
     them, the last layer linear. The layers are created with the SIREN initialization: first layer
-    ``U(-1/n, 1/n)``, later layers ``U(-√(6/n)/w0, √(6/n)/w0)`` (``n`` = fan-in), biases likewise."""
+    ``U(-1/n, 1/n)``, later layers ``U(-√(6/n)/w0, √(6/n)/w0)`` (``n`` = fan-in), biases likewise.
+    ``offset``: a constant added to the output, :math:`f(x) + c` (a :class:`ShiftedSequential`;
+    the state dict is the same)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b)
@@ -110,7 +237,7 @@ def siren(sizes: list[int] | tuple[int, ...] = (2, 32, 32, 1), w0: float = 30.0)
         layers.append(lin)
         if i < len(sizes) - 2:
             layers.append(Sine(w0))
-    return nn.Sequential(*layers)
+    return ShiftedSequential(*layers, offset=offset) if offset else nn.Sequential(*layers)
 
 
 #: Builders a zoo manifest may name (``arch.name``), called with JSON keyword arguments. A manifest
@@ -121,6 +248,9 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "siren": siren,
     "small_cnn": small_cnn,
     "resnet_mlp": resnet_mlp,
+    "tf_cnn": tf_cnn,
+    "torchvision": torchvision_model,
+    "timm": timm_model,
 }
 
 
