@@ -3,12 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_state_dict_exact, outputs_match
 from torch import nn
 
 import wgraph
 from wgraph.zoo import resnet_mlp, small_cnn
-
-from conftest import assert_state_dict_exact, outputs_match
 
 
 class CustomCNN(nn.Module):
@@ -30,10 +29,24 @@ class CustomCNN(nn.Module):
 
 CASES = {
     "linear": (lambda: nn.Linear(6, 3), (2, 6)),
-    "mlp-flatten-input": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.SiLU(), nn.Dropout(0.1), nn.Linear(5, 2)), (2, 3, 4)),
-    "conv1d": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3, padding=2), nn.ELU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(4, 3)), (2, 2, 9)),
+    "mlp-flatten-input": (
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.SiLU(), nn.Dropout(0.1), nn.Linear(5, 2)),
+        (2, 3, 4),
+    ),
+    "conv1d": (
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 4, 3, padding=2), nn.ELU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(4, 3)
+        ),
+        (2, 2, 9),
+    ),
     "conv2d": (lambda: small_cnn(in_channels=3, channels=6), (2, 3, 20, 20)),
-    "conv3d": (lambda: nn.Sequential(nn.Conv3d(1, 3, 2, stride=2, bias=False), nn.ReLU(), nn.AvgPool3d(2), nn.Conv3d(3, 4, 1), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2)), (2, 1, 8, 8, 8)),
+    "conv3d": (
+        lambda: nn.Sequential(
+            nn.Conv3d(1, 3, 2, stride=2, bias=False), nn.ReLU(), nn.AvgPool3d(2), nn.Conv3d(3, 4, 1),
+            nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2),
+        ),
+        (2, 1, 8, 8, 8),
+    ),
     "custom-forward": (CustomCNN, (2, 3, 16, 16)),
     "residual-mlp": (lambda: resnet_mlp(d_in=10, width=6, depth=2, d_out=3), (2, 10)),
     "sequence-linear": (lambda: nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 2)), (2, 9, 5)),
@@ -172,6 +185,42 @@ def test_data_dependent_control_flow():
         wgraph.to_graph(M(), torch.randn(2, 3))
 
 
+def test_front_ends_that_cannot_trace_are_all_named():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:  # torch.export cannot decide this branch either
+                return self.a(x)
+            return self.a(x) * 2
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="(?s)torch.fx cannot trace M.*torch.export failed too"):
+        wgraph.to_graph(M(), torch.randn(2, 3))
+    with pytest.raises(wgraph.UnsupportedOperation) as e:
+        wgraph.to_graph(M(), torch.randn(2, 3), tracer="fx")
+    assert "torch.export" not in str(e.value)
+
+
+def test_an_op_that_cannot_run_on_meta_tensors_runs_on_the_example_input():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            scale = x.abs().max().item()  # a Python number: a meta tensor has no value to give
+            return self.b(torch.relu(self.a(x / scale)))
+
+    m = M().double()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    g = wgraph.to_graph(m, x)
+    assert g.layout.meta["tracer"] == "fx"
+    assert_state_dict_exact(g.to_state_dict(), m.state_dict())
+    outputs_match(m, g.permute(wgraph.random_symmetry(g, seed=0, scale=True)), x)
+
+
 def test_example_input_that_does_not_run():
     with pytest.raises(wgraph.ConversionError, match=r"does not run on the example input \(\(2, 5\)\)"):
         wgraph.to_graph(nn.Linear(3, 2), torch.randn(2, 5))
@@ -253,7 +302,7 @@ def test_scaling_groups_of_hidden_spaces():
         nn.Linear(5, 6),                              # real (no nonlinearity)
         nn.Linear(6, 7), nn.GELU(),                   # none
         nn.Linear(7, 2),
-    )  # fmt: skip
+    )
     spaces = wgraph.to_graph(m, torch.randn(1, 3)).layout.spaces
     assert [s.scaling for s in spaces] == ["none", "positive", "sign", "real", "none", "none"]
     cnn = wgraph.to_graph(small_cnn(), torch.randn(1, 1, 28, 28)).layout

@@ -8,11 +8,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_state_dict_exact, outputs_match
 from torch import nn
 
 import wgraph
-
-from conftest import assert_state_dict_exact, outputs_match
 
 
 def _check(model, x, seed=0):
@@ -36,7 +35,9 @@ def _check(model, x, seed=0):
 
 
 def test_batchnorm_statistics_are_node_features():
-    m = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    m = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)
+    )
     g = _check(m, torch.randn(2, 3, 8, 8))
     feats = g.layout.node_features
     assert {"bn_weight", "bn_bias", "bn_mean", "bn_var"} <= set(feats)
@@ -60,9 +61,10 @@ def test_layernorm_keeps_one_permutable_space():
 
 
 def test_groupnorm_with_groups_fixes_the_space():
-    m = nn.Sequential(nn.Conv1d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.GroupNorm(1, 4),
-                      nn.Conv1d(4, 6, 1), nn.InstanceNorm1d(6, affine=True), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                      nn.Linear(6, 2))  # fmt: skip
+    m = nn.Sequential(
+        nn.Conv1d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.GroupNorm(1, 4),
+        nn.Conv1d(4, 6, 1), nn.InstanceNorm1d(6, affine=True), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(6, 2),
+    )
     g = _check(m, torch.randn(2, 2, 10))
     spaces = g.layout.spaces
     assert not spaces[1].permutable and "GroupNorm with 4 groups" in spaces[1].note
@@ -70,8 +72,10 @@ def test_groupnorm_with_groups_fixes_the_space():
 
 
 def test_depthwise_convolution_ties_its_channels():
-    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, groups=8, padding=1), nn.ReLU6(),
-                      nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))  # fmt: skip
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, groups=8, padding=1), nn.ReLU6(),
+        nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    )
     g = _check(m, torch.randn(2, 3, 6, 6))
     dw = [b for b in g.layout.blocks if b.kind == "grouped"]
     assert len(dw) == 1 and dw[0].groups == 8
@@ -81,8 +85,10 @@ def test_depthwise_convolution_ties_its_channels():
 
 
 def test_grouped_convolution_is_exact_but_fixed():
-    m = nn.Sequential(nn.Conv2d(4, 8, 1), nn.ReLU(), nn.Conv2d(8, 6, 3, groups=2), nn.ReLU(), nn.Conv2d(6, 5, 1),
-                      nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(5, 2))  # fmt: skip
+    m = nn.Sequential(
+        nn.Conv2d(4, 8, 1), nn.ReLU(), nn.Conv2d(8, 6, 3, groups=2), nn.ReLU(), nn.Conv2d(6, 5, 1),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(5, 2),
+    )
     g = _check(m, torch.randn(2, 4, 7, 7))
     spaces = g.layout.spaces
     assert not spaces[1].permutable and not spaces[2].permutable and spaces[3].permutable
@@ -242,8 +248,10 @@ def test_stochastic_depth_and_module_versions():
 
 
 def test_transposed_convolution_and_prelu():
-    m = nn.Sequential(nn.Conv2d(2, 6, 3), nn.PReLU(6), nn.ConvTranspose2d(6, 4, 3, stride=2), nn.PReLU(),
-                      nn.Conv2d(4, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))  # fmt: skip
+    m = nn.Sequential(
+        nn.Conv2d(2, 6, 3), nn.PReLU(6), nn.ConvTranspose2d(6, 4, 3, stride=2), nn.PReLU(),
+        nn.Conv2d(4, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2),
+    )
     with torch.no_grad():
         m[1].weight.uniform_(-0.5, 0.5)
     g = _check(m, torch.randn(2, 2, 6, 6))
@@ -347,3 +355,52 @@ def test_tied_embedding_and_output_layer():
     torch.testing.assert_close(permuted(ids), model(ids))
     stream = [s for s in g.layout.spaces if s.permutable and s.size == 6]
     assert len(stream) == 1  # embedding output and residual stream: one space, tied to the head's input
+
+
+def test_registry_one_rule_per_op_and_declared_scalings():
+    from wgraph.convert.rules import REGISTRY, SCALINGS, Registry
+    from wgraph.convert.rules.pointwise import pointwise
+
+    registry = Registry()
+    registry.register(functions=(torch.atan,), scaling="sign")(pointwise)
+    registry.register(functions=(torch.atan,), scaling="sign")(pointwise)  # the same declaration again: fine
+    with pytest.raises(ValueError, match="two conversion rules"):
+        registry.register(functions=(torch.atan,), scaling="none")(pointwise)
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        registry.register(functions=(torch.asin,), scaling="odd")
+    loaded = []
+    registry.lazy("torch", loaded.append)  # registers once its package is imported
+    registry.load_lazy()
+    registry.load_lazy()
+    assert loaded == [registry]
+    assert all(d.scaling in SCALINGS for _, _, d in REGISTRY.entries())
+    # An ATen alias declared by a rule converts like its fx-level op, with the same declaration.
+    aten = REGISTRY.find("call_function", torch.ops.aten.relu.default)
+    fx_level = REGISTRY.find("call_module", nn.ReLU())
+    assert aten.rule is fx_level.rule and aten.scaling == fx_level.scaling == "positive"
+    assert REGISTRY.find("call_method", "no_such_method") is None
+
+
+def test_a_registered_rule_converts_its_op():
+    """What docs/contributing.md asks of a new rule: a small model using the op round-trips exactly,
+    and a random symmetry (scalings included) preserves its function."""
+    from wgraph.convert.rules import register
+    from wgraph.convert.rules.pointwise import pointwise
+
+    register(functions=(torch.atan,), methods=("atan",), aten=("atan.default",), scaling="sign")(pointwise)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.b(torch.atan(self.a(x)))
+
+    for tracer in ("fx", "export"):
+        m = M().double()
+        x = torch.randn(4, 3, dtype=torch.float64)
+        g = wgraph.to_graph(m, x, tracer=tracer)
+        assert_state_dict_exact(g.to_state_dict(), m.state_dict())
+        assert [s.scaling for s in g.layout.spaces if s.permutable] == ["sign"]
+        outputs_match(m, g.permute(wgraph.random_symmetry(g, seed=0, scale=True)), x)

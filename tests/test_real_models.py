@@ -8,10 +8,9 @@ import warnings
 
 import pytest
 import torch
+from conftest import assert_state_dict_exact
 
 import wgraph
-
-from conftest import assert_state_dict_exact
 
 
 def _calibrate(model, x):
@@ -54,7 +53,7 @@ def _check(model, x, min_permutable=1, dtype=torch.float64):
 TORCHVISION = {
     "resnet18": 64, "densenet121": 64, "vit_b_16": 64, "swin_t": 64, "regnet_y_400mf": 64, "squeezenet1_0": 64,
     "mobilenet_v3_small": 32, "efficientnet_b0": 32, "convnext_tiny": 32, "shufflenet_v2_x0_5": 32,
-}  # fmt: skip
+}
 DEPTHWISE = {"mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "shufflenet_v2_x0_5", "regnet_y_400mf"}
 
 
@@ -75,15 +74,21 @@ def _hf(name):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     if name == "gpt2":
-        cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16, use_cache=False,
-                                      attn_implementation="sdpa", bos_token_id=0, eos_token_id=0)  # fmt: skip
+        cfg = transformers.GPT2Config(
+            n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16, use_cache=False,
+            attn_implementation="sdpa", bos_token_id=0, eos_token_id=0,
+        )
         return transformers.GPT2Model(cfg), torch.randint(0, 50, (2, 8))
     if name == "bert":
-        cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                                      vocab_size=50, max_position_embeddings=16, attn_implementation="sdpa")  # fmt: skip
+        cfg = transformers.BertConfig(
+            num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+            vocab_size=50, max_position_embeddings=16, attn_implementation="sdpa",
+        )
         return transformers.BertModel(cfg), torch.randint(0, 50, (2, 8))
-    cfg = transformers.ViTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                                 image_size=32, patch_size=8, num_labels=3, attn_implementation="sdpa")  # fmt: skip
+    cfg = transformers.ViTConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+        image_size=32, patch_size=8, num_labels=3, attn_implementation="sdpa",
+    )
     return transformers.ViTForImageClassification(cfg), torch.randn(2, 3, 32, 32)
 
 
@@ -106,7 +111,8 @@ def test_parameter_head_covers_packed_attention_parameters():
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.inp, self.attn, self.out = nn.Linear(3, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 2)
+            self.inp, self.out = nn.Linear(3, 8), nn.Linear(8, 2)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
 
         def forward(self, x):
             h = self.inp(x)

@@ -1,4 +1,5 @@
-"""Model → WeightGraph conversion: tracing (:mod:`.trace`), per-op rules (:mod:`.rules`), batches (:mod:`.batch`)."""
+"""Model → WeightGraph conversion: tracing (:mod:`.trace`, :mod:`.interpret`), per-op rules (the package
+:mod:`.rules`, one module per op family), batches (:mod:`.batch`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from .trace import build_layout, layout_of
 __all__ = ["to_graph", "to_graph_batch", "load_into", "layout_of", "build_layout", "gather", "supported_ops"]
 
 
-def to_graph(model: nn.Module, example_input, *, concrete_args: dict | None = None, tracer: str = "auto") -> WeightGraph:
+def to_graph(
+    model: nn.Module, example_input, *, concrete_args: dict | None = None, tracer: str = "auto"
+) -> WeightGraph:
     """The WeightGraph (B = 1) of ``model``'s current weights.
 
     ``example_input`` is a tensor (or tuple of tensors) that ``model`` accepts; it fixes the input

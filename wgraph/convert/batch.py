@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import IncompatibleBatchError, StateDictError
-from ..graph import Layout, WeightGraph
+from ..graph import WeightGraph
+from ..layout import Layout
 
 
 def _key_error(layout: Layout, keys, where: str) -> StateDictError:
@@ -25,7 +26,8 @@ def _key_error(layout: Layout, keys, where: str) -> StateDictError:
     extra = [k for k in keys if k not in layout.param_index]
     parts = []
     if missing:
-        parts.append("missing " + ", ".join(f"{k!r} (expected shape {layout.params[layout.param_index[k]].shape})" for k in missing))
+        shapes = [layout.params[layout.param_index[k]].shape for k in missing]
+        parts.append("missing " + ", ".join(f"{k!r} (expected shape {shape})" for k, shape in zip(missing, shapes)))
     if extra:
         parts.append("unexpected " + ", ".join(repr(k) for k in extra))
     return StateDictError(f"{where}: {'; '.join(parts)}")
@@ -38,7 +40,9 @@ def _stack_checkpoints(layout: Layout, state_dicts: Sequence) -> dict[str, torch
     expected = layout.param_index.keys()
     for i, sd in enumerate(sds):
         if not isinstance(sd, Mapping):
-            raise StateDictError(f"checkpoint {i}: expected a state dict (mapping of name -> tensor), got {type(sd).__name__}")
+            raise StateDictError(
+                f"checkpoint {i}: expected a state dict (mapping of name -> tensor), got {type(sd).__name__}"
+            )
         if sd.keys() != expected:
             raise _key_error(layout, list(sd.keys()), f"checkpoint {i}")
     # The gather is memory-bound: stacking different entries on parallel threads (torch releases
@@ -46,7 +50,8 @@ def _stack_checkpoints(layout: Layout, state_dicts: Sequence) -> dict[str, torch
     slots = sorted(layout.params, key=lambda p: -p.numel)
     workers = max(1, min(torch.get_num_threads(), len(slots)))
     with ThreadPoolExecutor(workers) as ex:
-        stacked = dict(zip((p.name for p in slots), ex.map(lambda p: _stack_entry(p, [sd[p.name] for sd in sds]), slots)))
+        entries = ex.map(lambda p: _stack_entry(p, [sd[p.name] for sd in sds]), slots)
+        stacked = dict(zip((p.name for p in slots), entries))
     return {p.name: stacked[p.name] for p in layout.params}
 
 
@@ -60,7 +65,9 @@ def _stack_entry(slot, tensors: list) -> torch.Tensor:
             if not isinstance(t, torch.Tensor):
                 raise StateDictError(f"checkpoint {i}: {name!r} is a {type(t).__name__}, not a tensor") from None
             if tuple(t.shape) != slot.shape:
-                raise StateDictError(f"checkpoint {i}: {name!r} has shape {tuple(t.shape)}, expected {slot.shape}") from None
+                raise StateDictError(
+                    f"checkpoint {i}: {name!r} has shape {tuple(t.shape)}, expected {slot.shape}"
+                ) from None
         devices = sorted({str(t.device) for t in tensors})
         raise IncompatibleBatchError(f"{name!r}: checkpoints are on different devices {devices}") from None
     if tuple(stacked.shape[1:]) != slot.shape:
@@ -97,12 +104,17 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
     ``state_dicts`` is a sequence of state dicts (or modules), or one mapping of stacked tensors
     ``{name: (B, *shape)}`` (as a zoo stores them; these are used without a copy).
     """
-    stacked = _check_stacked(layout, state_dicts) if isinstance(state_dicts, Mapping) else _stack_checkpoints(layout, state_dicts)
+    if isinstance(state_dicts, Mapping):
+        stacked = _check_stacked(layout, state_dicts)
+    else:
+        stacked = _stack_checkpoints(layout, state_dicts)
     extra = {p.name for p in layout.extra_params} | {p.name for p in layout.params if p.where == "alias"}
     kinds = {(t.dtype, t.device) for k, t in stacked.items() if k not in extra}
     if len(kinds) > 1:
         detail = ", ".join(f"{k!r}: {t.dtype} on {t.device}" for k, t in stacked.items() if k not in extra)
-        raise IncompatibleBatchError(f"parameters mix dtypes or devices ({detail}); cast the checkpoints to one dtype and device")
+        raise IncompatibleBatchError(
+            f"parameters mix dtypes or devices ({detail}); cast the checkpoints to one dtype and device"
+        )
     dtype, device = next(iter(kinds))
     if not dtype.is_floating_point:
         raise IncompatibleBatchError(f"parameters are {dtype}; a weight graph needs floating-point weights")
@@ -114,11 +126,15 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
         t = stacked[slot.name]
         if slot.where == "alias":
             if not torch.equal(t, stacked[slot.alias_of]):
-                raise StateDictError(f"{slot.name!r} is tied to {slot.alias_of!r} in this architecture, but differs from it")
+                raise StateDictError(
+                    f"{slot.name!r} is tied to {slot.alias_of!r} in this architecture, but differs from it"
+                )
             continue
         if slot.where == "extra":
             if str(t.dtype).removeprefix("torch.") != slot.dtype or t.device != device:
-                raise IncompatibleBatchError(f"{slot.name!r} is {t.dtype} on {t.device}, expected {slot.dtype} on {device}")
+                raise IncompatibleBatchError(
+                    f"{slot.name!r} is {t.dtype} on {t.device}, expected {slot.dtype} on {device}"
+                )
             extras[slot.name] = t
         elif slot.where == "edges":
             if slot.transposed:

@@ -1,10 +1,10 @@
-"""Incremental construction of a :class:`~wgraph.graph.Layout` while interpreting a traced model.
+"""Incremental construction of a :class:`~wgraph.layout.Layout` while interpreting a traced model.
 
 The rules in :mod:`wgraph.convert.rules` call three things: :meth:`LayoutBuilder.new_layer` (an op
 writes a fresh activation), :meth:`LayoutBuilder.dense` (a weight connects two layers) and
 :meth:`LayoutBuilder.tie` (two layers must share one permutation, e.g. a residual addition).
 Ties are kept in a union-find forest; :meth:`LayoutBuilder.build` turns its roots into
-:class:`~wgraph.graph.NeuronSpace` objects.
+:class:`~wgraph.layout.NeuronSpace` objects.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import UnsupportedOperation
-from ..graph import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot, intersect_scaling
+from ..layout import EdgeBlock, Layout, NeuronLayer, NeuronSpace, ParamSlot, intersect_scaling
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ class LayoutBuilder:
         li = self.new_layer(name, off, max(self.depth(p) for p in parts), segments=segs)
         off = 0
         for p in parts:
-            self.blocks.append(EdgeBlock(f"cat:{self.layers[p]['name']}->{name}", "copy", p, li, dst_offset=off, count=self.size(p)))
+            block = f"cat:{self.layers[p]['name']}->{name}"
+            self.blocks.append(EdgeBlock(block, "copy", p, li, dst_offset=off, count=self.size(p)))
             off += self.size(p)
             self.restrict_scaling(p, "none")
         self.restrict_scaling(li, "none")
@@ -122,7 +123,8 @@ class LayoutBuilder:
         each tied to its neuron (node ``c * inner + s`` moves with neuron ``c``)."""
         segs = [(l, o * inner, k * inner) for l, o, k in self.segments(src)]
         li = self.new_layer(name, self.size(src) * inner, self.depth(src), segments=segs)
-        self.blocks.append(EdgeBlock(f"flatten:{self.layers[src]['name']}", "copy", src, li, inner=inner, count=self.size(src)))
+        block = f"flatten:{self.layers[src]['name']}"
+        self.blocks.append(EdgeBlock(block, "copy", src, li, inner=inner, count=self.size(src)))
         self.restrict_scaling(src, "none")
         self.restrict_scaling(li, "none")
         return li
@@ -134,7 +136,8 @@ class LayoutBuilder:
         self.fix(src, f"channel reordering at {where}")
         li = self.new_layer(name, len(index), self.depth(src))
         self.fix(li, f"channel reordering at {where}")
-        self.blocks.append(EdgeBlock(f"reorder:{self.layers[src]['name']}->{name}", "copy", src, li, count=len(index), index=tuple(index)))
+        block = f"reorder:{self.layers[src]['name']}->{name}"
+        self.blocks.append(EdgeBlock(block, "copy", src, li, count=len(index), index=tuple(index)))
         self.restrict_scaling(li, "none")
         return li
 
@@ -144,7 +147,8 @@ class LayoutBuilder:
         self.fix(src, f"split at {where}")
         li = self.new_layer(name, size, self.depth(src))
         self.fix(li, f"split at {where}")
-        self.blocks.append(EdgeBlock(f"split:{self.layers[src]['name']}->{name}", "copy", src, li, src_offset=offset, count=size))
+        block = f"split:{self.layers[src]['name']}->{name}"
+        self.blocks.append(EdgeBlock(block, "copy", src, li, src_offset=offset, count=size))
         self.restrict_scaling(li, "none")
         return li
 
@@ -210,9 +214,16 @@ class LayoutBuilder:
         self.slots[param] = slot
 
     def dense(
-        self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], where: str,
-        transposed: bool = False, kernel: tuple[int, ...] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        src: int,
+        dst: int,
+        param: str,
+        shape: tuple[int, ...],
+        where: str,
+        transposed: bool = False,
+        kernel: tuple[int, ...] | None = None,
+    ) -> None:
         """A weight ``param`` of shape ``(dst.size, src.size, *kernel)`` from ``src`` to ``dst``
         (``transposed``: a parameter laid out ``(src.size, dst.size, *kernel)``, e.g. ``x @ W``).
         A parameter already used by another dense block becomes a :meth:`shared` block."""
@@ -240,8 +251,10 @@ class LayoutBuilder:
             if a != b:
                 self.tie(a, b)
         self.blocks.append(
-            EdgeBlock(name=name, kind="shared", src=src, dst=dst, param=prev.name, kernel=first.kernel,
-                      index=(prev.index, int(reverse)))  # fmt: skip
+            EdgeBlock(
+                name=name, kind="shared", src=src, dst=dst, param=prev.name, kernel=first.kernel,
+                index=(prev.index, int(reverse)),
+            )
         )
 
     def dense_parts(self, param: str, shape: tuple[int, ...], parts: list[tuple[int, int]], where: str) -> None:
@@ -257,14 +270,18 @@ class LayoutBuilder:
         """One vector split over several layers' node feature ``feature`` (a packed bias)."""
         for li in layers:
             if (li, feature) in self._columns:
-                raise UnsupportedOperation(f"{where}: layer {self.layers[li]['name']!r} already has a {feature!r} parameter")
+                raise UnsupportedOperation(
+                    f"{where}: layer {self.layers[li]['name']!r} already has a {feature!r} parameter"
+                )
             self._columns.add((li, feature))
         if feature not in self.node_features:
             self.node_features.append(feature)
         col = self.node_features.index(feature)
         self._claim(param, ParamSlot(param, tuple(shape), "nodes", layers[0], col, parts=tuple(layers)), where)
 
-    def grouped(self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], groups: int, where: str) -> None:
+    def grouped(
+        self, name: str, src: int, dst: int, param: str, shape: tuple[int, ...], groups: int, where: str
+    ) -> None:
         """A grouped convolution's weight ``(out, in // groups, *kernel)``: block diagonal.
 
         A depthwise convolution (``groups == in == out``) connects channel ``c`` to channel ``c``
@@ -355,9 +372,8 @@ class LayoutBuilder:
             return
         ra, rb = self._find(a), self._find(b)
         if self.size(a) != self.size(b):
-            raise UnsupportedOperation(
-                f"cannot tie layers {self.layers[a]['name']!r} ({self.size(a)}) and {self.layers[b]['name']!r} ({self.size(b)})"
-            )
+            na, nb = self.layers[a]["name"], self.layers[b]["name"]
+            raise UnsupportedOperation(f"cannot tie layers {na!r} ({self.size(a)}) and {nb!r} ({self.size(b)})")
         if ra != rb:
             lo, hi = min(ra, rb), max(ra, rb)
             self._parent[hi] = lo
@@ -409,7 +425,9 @@ class LayoutBuilder:
                 )
             )
         params = tuple(
-            self.slots[k] if k in self.slots else ParamSlot(k, self.slots[self.aliases[k]].shape, "alias", -1, alias_of=self.aliases[k])
+            self.slots[k]
+            if k in self.slots
+            else ParamSlot(k, self.slots[self.aliases[k]].shape, "alias", -1, alias_of=self.aliases[k])
             for k in state_keys
         )
         return Layout(

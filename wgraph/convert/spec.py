@@ -27,7 +27,8 @@ def resolve_spec(spec: str) -> nn.Module:
         names = torchvision.models.list_models()
         if attr not in names:
             close = [n for n in names if attr.lower()[:4] in n][:8]
-            raise SpecError(f"{spec!r}: torchvision has no model {attr!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+            similar = f"; similar: {', '.join(close)}" if close else ""
+            raise SpecError(f"{spec!r}: torchvision has no model {attr!r}{similar}")
         return torchvision.models.get_model(attr, weights=None)
     try:
         module = importlib.import_module(mod_name)

@@ -1,144 +1,26 @@
-"""Trace a model with ``torch.fx`` and interpret it on the example input to build its Layout.
+"""Trace a model and build its Layout: the front ends, and the ordered attempts that use them.
 
-Like ``torch.fx.passes.shape_prop.ShapeProp``, :class:`LayoutInterpreter` runs the traced graph on
-real tensors; beside each value it keeps a *meta* saying which neurons lie on which axis, computed
-by the per-op rules of :mod:`wgraph.convert.rules`.
+:func:`build_layout` tries the attempts of :data:`ATTEMPTS` in order. The first one runs; each
+later one runs only after the failure its ``after`` names, and the first success gives the layout.
+A model is traced in eval mode first, and in training mode where eval mode leaves parameters
+unused (auxiliary heads). When no attempt succeeds, the error is the last attempt's, except that
+front ends which could not trace at all are all named, and a model that does not run on its example
+input says so instead.
 """
 
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import fx, nn
 
 from ..errors import ConversionError, UnsupportedOperation, WgraphError
-from ..graph import Layout
-from . import rules
-from .builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
-
-
-def _target_name(target) -> str:
-    if isinstance(target, str):
-        return target
-    mod = getattr(target, "__module__", None) or ""
-    return f"{mod}.{getattr(target, '__name__', repr(target))}".lstrip(".")
-
-
-def _location(node: fx.Node) -> str:
-    """The user's source line that created ``node`` (from the recorded stack trace)."""
-    st = node.stack_trace or ""
-    torch_dir = str(Path(torch.__file__).parent)
-    lines = [
-        l.strip() for l in st.strip().splitlines() if l.strip().startswith("File ") and torch_dir not in l
-    ]
-    return f" at {lines[-1]}" if lines else ""
-
-
-def _module_path(node: fx.Node) -> str:
-    """The innermost module whose forward created ``node`` (fx records ``nn_module_stack``)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    key, val = list(stack.items())[-1]
-    path = val[0] if isinstance(val, tuple) else key
-    return f" in module {path!r}" if path else ""
-
-
-class LayoutInterpreter(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, builder: LayoutBuilder, param_names: set[str]):
-        super().__init__(gm)
-        self.builder = builder
-        self.param_names = param_names
-        self.metas: dict[fx.Node, Any] = {}
-
-    def _where(self, n: fx.Node) -> str:
-        if n.op == "call_module":
-            mod = self.module.get_submodule(n.target)
-            return f"module {n.target!r} ({type(mod).__name__})"
-        return f"fx node {n.name!r} ({n.op} {_target_name(n.target)}){_module_path(n)}{_location(n)}"
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        self.metas[n] = self._meta(n, out)
-        return out
-
-    def _meta(self, n: fx.Node, out: Any):
-        b = self.builder
-        if n.op == "placeholder":
-            return Raw(n.name) if isinstance(out, torch.Tensor) else None
-        if n.op == "get_attr":
-            name = str(n.target)
-            if name in self.param_names:
-                return Param(b.path(name), tuple(out.shape), out.dtype)
-            if any(p.startswith(name + ".") for p in self.param_names):
-                raise UnsupportedOperation(f"{self._where(n)}: reads the module {name!r} as a value")
-            return None
-        if n.op == "output":
-            for m in _flatten(fx.node.map_arg(n.args[0], lambda a: self.metas[a])):
-                if isinstance(m, Feat):
-                    b.mark_output(m.layer)
-            return None
-
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        metas = fx.node.map_arg(n.args, lambda a: self.metas[a])
-        kwmetas = fx.node.map_arg(n.kwargs, lambda a: self.metas[a])
-        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
-        op = rules.Op(n, self._where(n), module, tuple(args), dict(kwargs), tuple(metas), dict(kwmetas), out)
-
-        if module is not None:
-            rule = rules.find_module_rule(module)
-        elif n.op == "call_function":
-            rule = rules.FUNCTION_RULES.get(n.target)
-        else:
-            rule = rules.METHOD_RULES.get(n.target)
-        if rule is not None:
-            return rule(b, op)
-        if isinstance(n.target, type) and issubclass(n.target, tuple):  # a namedtuple of outputs
-            return tuple(metas) + tuple(kwmetas.values())
-
-        # No rule: fine only if neither parameters nor hidden neurons are involved.
-        params = [m.name for m in _flatten((metas, kwmetas)) if isinstance(m, Param)]
-        if params:
-            raise UnsupportedOperation(
-                f"{op.where}: parameter {params[0]!r} is used by {_target_name(n.target)}, which has no "
-                f"conversion rule.\n  Supported {rules.supported_ops()}"
-            )
-        has_params = module is not None and any(True for _ in module.parameters())
-        touches_hidden = any(isinstance(m, (Feat, SplitFeat)) for m in _flatten((metas, kwmetas)))
-        if not has_params and not touches_hidden:
-            return rules._raw_or_none(op) if isinstance(out, torch.Tensor) else None
-        raise UnsupportedOperation(
-            f"{op.where}: no conversion rule for {_target_name(n.target) if module is None else type(module).__name__}.\n"
-            f"  Supported {rules.supported_ops()}"
-        )
-
-
-def _flatten(x):
-    if isinstance(x, (tuple, list)):
-        for y in x:
-            yield from _flatten(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from _flatten(y)
-    else:
-        yield x
-
-
-def _on_meta(module: nn.Module):
-    """Context in which ``module``'s parameters and buffers are "meta" tensors (shapes only, tied
-    tensors stay tied); the real ones are back afterwards. Nothing is copied."""
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    named = dict(module.named_parameters(remove_duplicate=False))
-    named.update(module.named_buffers(remove_duplicate=False))
-    return _reparametrize_module(module, {k: v.detach().to("meta") for k, v in named.items()}, tie_weights=True)
-
-
-def _as_tuple(example_input) -> tuple:
-    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+from ..layout import Layout
+from .builder import LayoutBuilder
+from .interpret import LayoutInterpreter, on_meta
+from .rules import REGISTRY
 
 
 def trace(model: nn.Module, concrete_args: dict | None = None, record_stack_traces: bool = False) -> fx.GraphModule:
@@ -182,133 +64,254 @@ def export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
         ) from None
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One way of building a layout: a front end (``"fx"`` or ``"export"``, with or without source
+    lines recorded for error messages) whose graph is interpreted on "meta" tensors (shapes only,
+    no arithmetic: converting a ResNet-50 costs milliseconds, not a forward pass) or on the example
+    input. ``after``: the ``(attempt, step)`` failures this attempt answers, ``(None, None)`` when
+    it may run first (see :data:`STEPS`)."""
+
+    name: str
+    front_end: str
+    on_meta: bool
+    after: tuple[tuple[str | None, str | None], ...]
+    source_lines: bool = False
+
+    def answers(self, said: list[Said]) -> bool:
+        last = (said[-1].attempt.name, said[-1].step) if said else (None, None)
+        return last in self.after
+
+
+#: How an attempt can fail: ``"trace"`` (its front end produced no graph), ``"refused"`` (a rule
+#: raised UnsupportedOperation), ``"failed"`` (an op could not run, e.g. on meta tensors),
+#: ``"error"`` (any other WgraphError).
+STEPS = ("trace", "refused", "failed", "error")
+
+#: The ways of building a layout, in the order they are tried (``tracer`` picks the front ends).
+ATTEMPTS = (
+    Attempt("torch.fx", "fx", on_meta=True, after=((None, None),)),
+    Attempt("torch.fx on the example input", "fx", on_meta=False, after=(("torch.fx", "failed"),)),
+    # A rule refused an op: trace again recording each node's source line (its first use costs about
+    # two seconds of imports), so that the error names the line.
+    Attempt("torch.fx with source lines", "fx", on_meta=True, after=(("torch.fx", "refused"),), source_lines=True),
+    Attempt(
+        "torch.fx with source lines on the example input",
+        "fx",
+        on_meta=False,
+        after=(("torch.fx on the example input", "refused"), ("torch.fx with source lines", "failed")),
+        source_lines=True,
+    ),
+    # Forwards that torch.fx cannot trace (data-dependent Python control flow, transformers models).
+    Attempt("torch.export", "export", on_meta=False, after=((None, None), ("torch.fx", "trace"))),
+)
+FRONT_ENDS = {"auto": ("fx", "export"), "fx": ("fx",), "export": ("export",)}
+
+
+@dataclass(frozen=True)
+class Said:
+    """What one attempt said: the step that failed (:data:`STEPS`) and its error."""
+
+    attempt: Attempt
+    step: str
+    error: Exception
+
+
+@dataclass
+class Built:
+    """A layout builder, the front end that built it and the mode the model was traced in."""
+
+    builder: LayoutBuilder
+    front_end: str
+    mode: str
+
+
+@dataclass
+class _Conversion:
+    """One model on one example input in one mode: what every attempt needs.
+
+    ``inputs`` is the example input as given, ``args`` what the traced graph runs on (in training
+    mode a batch of one is doubled). ``graphs`` keeps the graph of each front end already traced.
+    """
+
+    model: nn.Module
+    root: nn.Module
+    inputs: tuple
+    args: tuple
+    concrete_args: dict | None
+    state_keys: list[str]
+    aliases: dict[str, str]
+    prefix: str
+    graphs: dict[tuple[str, bool], fx.GraphModule] = field(default_factory=dict)
+
+    def graph(self, attempt: Attempt) -> fx.GraphModule:
+        key = (attempt.front_end, attempt.source_lines)
+        if key not in self.graphs:
+            if attempt.front_end == "fx":
+                self.graphs[key] = trace(self.root, self.concrete_args, attempt.source_lines)
+            else:
+                self.graphs[key] = export(self.root, self.args)
+        return self.graphs[key]
+
+    def interpret(self, gm: fx.GraphModule, on_meta_tensors: bool) -> LayoutBuilder:
+        builder = LayoutBuilder(prefix=self.prefix, aliases=self.aliases)
+        if on_meta_tensors:
+            args = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in self.args)
+            with on_meta(gm):
+                LayoutInterpreter(gm, builder, set(self.state_keys)).run(*args)
+        else:
+            LayoutInterpreter(gm, builder, set(self.state_keys)).run(*self.args)
+        return builder
+
+    def bad_input(self) -> ConversionError | None:
+        """The error of a model that fails on its example input (the better explanation), if it does."""
+        try:
+            self.model(*self.inputs)
+        except Exception as e:
+            shapes = ", ".join(
+                str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in self.inputs
+            )
+            return ConversionError(
+                f"{type(self.model).__name__} does not run on the example input ({shapes}): {type(e).__name__}: {e}"
+            )
+        return None
+
+    def unused(self, builder: LayoutBuilder) -> list[str]:
+        """State-dict entries that ``builder`` found no place for."""
+        return [k for k in self.state_keys if k not in builder.slots and k not in builder.aliases]
+
+
+def _first_success(conv: _Conversion, attempts: tuple[Attempt, ...], mode: str) -> Built:
+    """The first attempt that builds a layout, or the error that explains why none did."""
+    said: list[Said] = []
+    for attempt in attempts:
+        if not attempt.answers(said):
+            continue
+        try:
+            gm = conv.graph(attempt)
+        except UnsupportedOperation as e:
+            said.append(Said(attempt, "trace", e))
+            continue
+        try:
+            return Built(conv.interpret(gm, attempt.on_meta), attempt.front_end, mode)
+        except UnsupportedOperation as e:
+            said.append(Said(attempt, "refused", e))
+        except WgraphError as e:
+            said.append(Said(attempt, "error", e))
+        except Exception as e:  # an op that cannot run on these tensors
+            said.append(Said(attempt, "failed", e))
+    error = _explain(conv, said)
+    # Drop the fx interpreter's "While executing ..." appendix.
+    raise type(error)(str(error.args[0]).split("\n\nWhile executing")[0]) from None
+
+
+def _explain(conv: _Conversion, said: list[Said]) -> Exception:
+    last = said[-1]
+    if last.step in ("trace", "failed") and (bad_input := conv.bad_input()) is not None:
+        return bad_input
+    if last.step == "trace":
+        first, *others = [s for s in said if s.step == "trace"]
+        also = "".join(f"\n  {s.attempt.name} failed too: {s.error}" for s in others)
+        return UnsupportedOperation(f"{first.error}{also}")
+    if last.step == "failed":
+        e = last.error
+        return ConversionError(f"interpreting the traced {type(conv.model).__name__} failed: {type(e).__name__}: {e}")
+    return last.error
+
+
+def _in_mode(conv: _Conversion, attempts: tuple[Attempt, ...], train: bool) -> Built:
+    conv.model.train(train)
+    if train:  # training-mode BatchNorm needs two samples: repeat a batch of one along axis 0
+        one = [isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 1 for t in conv.inputs]
+        args = tuple(torch.cat([t, t]) if doubled else t for t, doubled in zip(conv.inputs, one))
+        conv = replace(conv, args=args, graphs={})
+    return _first_success(conv, attempts, "train" if train else "eval")
+
+
+def _in_training_mode(conv: _Conversion, attempts: tuple[Attempt, ...]) -> Built | None:
+    """The layout of the training graph if it uses every parameter (the buffers that training-mode
+    BatchNorm updates are restored), else None."""
+    saved = {k: v.clone() for k, v in conv.model.named_buffers()}
+    try:
+        built = _in_mode(conv, attempts, train=True)
+        return None if conv.unused(built.builder) else built
+    except WgraphError:
+        return None
+    finally:
+        for k, v in conv.model.named_buffers():
+            v.copy_(saved[k])
+
+
 def build_layout(model: nn.Module, example_input, concrete_args: dict | None = None, tracer: str = "auto") -> Layout:
     """Trace ``model`` and interpret it on ``example_input`` (a tensor or tuple of tensors).
 
     ``tracer``: ``"fx"`` (``torch.fx.symbolic_trace``: module-level ops, source locations in
     errors), ``"export"`` (``torch.export``: ATen ops, traces data-dependent Python control flow)
-    or ``"auto"`` (fx, and export where fx cannot trace).
+    or ``"auto"`` (fx, and export where fx cannot trace). The attempts are :data:`ATTEMPTS`.
     """
-    if tracer not in ("auto", "fx", "export"):
+    if tracer not in FRONT_ENDS:
         raise ConversionError(f"tracer must be 'auto', 'fx' or 'export', got {tracer!r}")
     if not isinstance(model, nn.Module):
         raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    rules.register_optional_rules()
+    REGISTRY.load_lazy()
     state_keys = list(model.state_dict().keys())
     if not state_keys:
         raise ConversionError(f"{type(model).__name__} has no parameters: there is no weight graph to build")
     inputs = _as_tuple(example_input)
-    # Tied tensors appear under several state-dict names: map every later name to the first.
-    first: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        key = id(t)
-        if key in first:
-            aliases[name] = first[key]
-        else:
-            first[key] = name
     # A bare leaf module (e.g. one nn.Linear) is traced inside a wrapper so its rule applies.
-    leaf = rules.find_module_rule(model) is not None
-    root = nn.Sequential(model) if leaf else model
-
-    def check_runs() -> None:
-        """Raise ConversionError if the model itself fails on the example input."""
-        try:
-            model(*inputs)
-        except Exception as e:
-            shapes = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in inputs)
-            raise ConversionError(
-                f"{type(model).__name__} does not run on the example input ({shapes}): {type(e).__name__}: {e}"
-            ) from None
-
-    used = {"tracer": tracer}
-
-    def interpret(record: bool, inputs=inputs) -> LayoutBuilder:
-        builder = LayoutBuilder(prefix="0." if leaf else "", aliases=aliases)
-        try:
-            if tracer == "export":
-                gm = export(root, inputs)
-            else:
-                try:
-                    gm = trace(root, concrete_args, record)
-                    used["tracer"] = "fx"
-                except UnsupportedOperation as fx_error:
-                    if tracer == "fx":
-                        raise
-                    try:
-                        gm = export(root, inputs)
-                    except UnsupportedOperation as export_error:
-                        raise UnsupportedOperation(f"{fx_error}\n  torch.export failed too: {export_error}") from None
-                    used["tracer"] = "export"
-        except UnsupportedOperation:
-            check_runs()  # a bad example input is the better explanation
-            raise
-        if used["tracer"] == "fx":
-            # Shapes are all the rules need: interpret a copy of the traced graph on the "meta"
-            # device first (no arithmetic, so converting a ResNet-50 costs milliseconds, not a
-            # forward pass), and only where an op cannot run on meta tensors, the real model.
-            meta_inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
-            try:
-                with _on_meta(gm):
-                    LayoutInterpreter(gm, builder, set(state_keys)).run(*meta_inputs)
-                return builder
-            except WgraphError:
-                raise
-            except Exception:
-                builder = LayoutBuilder(prefix="0." if leaf else "", aliases=aliases)
-        try:
-            LayoutInterpreter(gm, builder, set(state_keys)).run(*inputs)
-        except WgraphError:
-            raise
-        except Exception as e:
-            check_runs()
-            raise ConversionError(f"interpreting the traced {type(model).__name__} failed: {type(e).__name__}: {e}") from None
-        return builder
-
-    def interpret_in(train: bool) -> LayoutBuilder:
-        model.train(train)
-        # Training-mode BatchNorm needs two samples: repeat a batch of one along axis 0.
-        xs = tuple(torch.cat([t, t]) if train and isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 1 else t for t in inputs)
-        try:
-            try:
-                return interpret(False, xs)
-            except UnsupportedOperation:
-                return interpret(True, xs)  # raises again, now with the source location
-        except WgraphError as e:  # drop the fx interpreter's "While executing ..." appendix
-            raise type(e)(str(e.args[0]).split("\n\nWhile executing")[0]) from None
-
+    leaf = REGISTRY.find("call_module", model) is not None
+    conv = _Conversion(
+        model=model,
+        root=nn.Sequential(model) if leaf else model,
+        inputs=inputs,
+        args=inputs,
+        concrete_args=concrete_args,
+        state_keys=state_keys,
+        aliases=_aliases(model),
+        prefix="0." if leaf else "",
+    )
+    attempts = tuple(a for a in ATTEMPTS if a.front_end in FRONT_ENDS[tracer])
     was_training = model.training
-    mode = "eval"
     try:
         with torch.no_grad():
-            builder = interpret_in(train=False)  # no statistics updates, deterministic dropout
-            if any(k not in builder.slots and k not in builder.aliases for k in state_keys):
-                # Parameters unused in eval mode (e.g. auxiliary heads): trace the training graph,
-                # restoring the buffers that training-mode BatchNorm updates.
-                saved = {k: v.clone() for k, v in model.named_buffers()}
-                try:
-                    train_builder = interpret_in(train=True)
-                    if all(k in train_builder.slots or k in train_builder.aliases for k in state_keys):
-                        builder, mode = train_builder, "train"
-                except WgraphError:
-                    pass
-                finally:
-                    for k, v in model.named_buffers():
-                        v.copy_(saved[k])
+            built = _in_mode(conv, attempts, train=False)  # no statistics updates, deterministic dropout
+            if conv.unused(built.builder):  # parameters unused in eval mode (e.g. auxiliary heads)
+                built = _in_training_mode(conv, attempts) or built
     finally:
         model.train(was_training)
-    missing = [k for k in state_keys if k not in builder.slots and k not in builder.aliases]
+    missing = conv.unused(built.builder)
     if missing:
         raise UnsupportedOperation(
             f"{type(model).__name__}: state-dict entries {missing} are not used by forward on the example input "
             "(or belong to modules the converter has no rule for); the graph could not restore them"
         )
-    if not builder.blocks:
+    if not built.builder.blocks:
         raise ConversionError(f"{type(model).__name__}: no weight connects any neurons")
     # Module versions (``state_dict()._metadata``) that some modules check when loading.
     metadata = {k: dict(v) for k, v in getattr(model.state_dict(), "_metadata", {}).items()}
-    meta = {"model": type(model).__name__, "traced_in": mode, "tracer": used["tracer"], "state_dict_metadata": metadata}
-    return builder.build(state_keys, meta=meta)
+    meta = {
+        "model": type(model).__name__,
+        "traced_in": built.mode,
+        "tracer": built.front_end,
+        "state_dict_metadata": metadata,
+    }
+    return built.builder.build(state_keys, meta=meta)
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """Tied tensors appear under several state-dict names: every later name -> the first."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in first:
+            aliases[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return aliases
+
+
+def _as_tuple(example_input) -> tuple:
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()

@@ -1,0 +1,76 @@
+"""Normalization: the neurons stay, their per-channel state becomes node features."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import UnsupportedOperation
+from ..builder import Feat, LayoutBuilder
+from .registry import Op, register
+
+#: The node-feature prefix of each normalization module's state (``bn_weight``, ``ln_bias``, ...).
+NORM_PREFIX = {
+    nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn", nn.BatchNorm3d: "bn", nn.SyncBatchNorm: "bn",
+    nn.InstanceNorm1d: "in", nn.InstanceNorm2d: "in", nn.InstanceNorm3d: "in",
+    nn.GroupNorm: "gn", nn.LayerNorm: "ln", nn.RMSNorm: "rms",
+}
+_STATE_NAMES = {"weight": "weight", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+@register(modules=tuple(NORM_PREFIX))
+def norm(b: LayoutBuilder, op: Op):
+    """Normalization keeps the neurons; its per-channel state becomes node features.
+
+    BatchNorm / InstanceNorm normalize each channel separately (axis 1): the affine ``weight``,
+    ``bias`` and the running statistics (which change the function in eval mode) are node features
+    ``bn_weight, bn_bias, bn_mean, bn_var``. LayerNorm / RMSNorm normalize over the last axis: all
+    neurons of the layer enter one statistic, which is permutation invariant, so the space stays
+    permutable as one. GroupNorm couples the channels of each contiguous group: unless it has one
+    group or one channel per group, a permutation could mix groups, so its space is fixed.
+    ``num_batches_tracked`` belongs to no neuron and is kept as an extra.
+    """
+    m, path = op.module, b.path(op.node.target)
+    x, meta = op.args[0], op.metas[0]
+    prefix = NORM_PREFIX[type(m)]
+    if prefix in ("ln", "rms"):
+        if len(m.normalized_shape) != 1:
+            raise UnsupportedOperation(
+                f"{op.where}: normalizes over {len(m.normalized_shape)} axes {tuple(m.normalized_shape)}; "
+                "only normalization over the neuron axis alone is supported"
+            )
+        axis, size = x.dim() - 1, m.normalized_shape[0]
+    else:
+        axis, size = 1, x.shape[1]
+    li = b.as_layer(meta, axis, size, op.where)
+    features = [f"{prefix}_{_STATE_NAMES[a]}" for a in m.state_dict() if a in _STATE_NAMES]
+    li = b.free_layer(li, features, path)
+    if prefix == "gn" and m.num_groups not in (1, m.num_channels):
+        b.fix(li, f"GroupNorm with {m.num_groups} groups at {path!r}")
+    for attr, value in m.state_dict().items():
+        key = b.qualify(path, attr)
+        if attr in _STATE_NAMES:
+            b.node_param(li, f"{prefix}_{_STATE_NAMES[attr]}", key, tuple(value.shape), op.where)
+        elif value.dim() == 0:
+            b.extra(key, (), value.dtype, op.where)
+        else:
+            raise UnsupportedOperation(f"{op.where}: no place for state {key!r} of shape {tuple(value.shape)}")
+    b.restrict_scaling(li, "none")
+    return Feat(li, axis)
+
+
+@register(functions=(F.layer_norm,), aten=("layer_norm.default",))
+def layer_norm_functional(b: LayoutBuilder, op: Op):
+    """``F.layer_norm(x, shape, self.weight, self.bias)`` over the neuron axis (as ``nn.LayerNorm``)."""
+    x, meta = op.args[0], op.metas[0]
+    shape = tuple(op.arg(1, "normalized_shape"))
+    if len(shape) != 1:
+        raise UnsupportedOperation(f"{op.where}: layer norm over {len(shape)} axes is not supported")
+    li = b.as_layer(meta, x.dim() - 1, shape[0], op.where)
+    li = b.free_layer(li, ["ln_weight", "ln_bias"], op.node.name)
+    for i, name, feature in ((2, "weight", "ln_weight"), (3, "bias", "ln_bias")):
+        v, p = op.param(i, name)
+        if p is not None:
+            b.node_param(li, feature, p.name, tuple(v.shape), op.where)
+    b.restrict_scaling(li, "none")
+    return Feat(li, x.dim() - 1)

@@ -1,0 +1,175 @@
+"""Parametric layers: ops whose weight writes a new layer of neurons.
+
+``nn.Linear``, convolutions (transposed too), ``F.linear`` / ``F.conv*``, ``x @ self.W``, ATen's
+``addmm`` (GPT-2's ``Conv1D``), embedding tables, and PReLU (a learned slope per neuron).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import UnsupportedOperation
+from ..builder import Feat, LayoutBuilder, Param
+from .registry import Op, register
+
+
+def _weight_layer(
+    b: LayoutBuilder,
+    op: Op,
+    x: torch.Tensor,
+    meta,
+    axis: int,
+    name: str,
+    weight: str,
+    shape: tuple[int, ...],
+    bias: tuple[str, tuple[int, ...]] | None = None,
+    *,
+    groups: int = 1,
+    transposed: bool = False,
+) -> Feat:
+    """A new layer written by a weight read along ``axis`` of ``x`` (and a bias): the shape shared
+    by linear layers, convolutions and their functional forms.
+
+    ``shape`` is the weight's own shape: ``(out, in // groups, *kernel)``, or ``(in, out, *kernel)``
+    when ``transposed`` (``x @ W``, transposed convolutions). The result's neuron axis has as
+    many axes after it as ``axis`` has in ``x``.
+    """
+    n_out, n_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1] * groups)
+    src = b.as_layer(meta, axis, n_in, op.where)
+    dst = b.new_layer(name, n_out, b.depth(src) + 1)
+    if groups == 1:
+        b.dense(weight, src, dst, weight, shape, op.where, transposed=transposed, kernel=tuple(shape[2:]))
+    else:
+        b.grouped(weight, src, dst, weight, shape, groups, op.where)
+    if bias is not None:
+        b.node_param(dst, "bias", bias[0], bias[1], op.where)
+    return Feat(dst, op.out.dim() - (x.dim() - axis))
+
+
+def _module_layer(b: LayoutBuilder, op: Op, n_spatial: int, **kwargs) -> Feat:
+    """:func:`_weight_layer` of a module with ``weight`` and optional ``bias`` (Linear, Conv, ...)
+    whose input has ``n_spatial`` axes after its channel axis."""
+    m, path = op.module, b.path(op.node.target)
+    x = op.args[0]
+    bias = None if m.bias is None else (b.qualify(path, "bias"), tuple(m.bias.shape))
+    axis = x.dim() - 1 - n_spatial
+    name, weight = path or type(m).__name__, b.qualify(path, "weight")
+    return _weight_layer(b, op, x, op.metas[0], axis, name, weight, tuple(m.weight.shape), bias, **kwargs)
+
+
+@register(modules=(nn.Linear,))
+def linear(b: LayoutBuilder, op: Op):
+    """``y = x W^T + b``: a new layer of ``out_features`` neurons, W is a dense (out, in) block."""
+    return _module_layer(b, op, 0)
+
+
+@register(modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d))
+def conv(b: LayoutBuilder, op: Op):
+    """Convolution: a dense (out, in, *kernel) block; the kernel is each edge's feature vector.
+    Grouped and depthwise convolutions give block-diagonal ``grouped`` blocks."""
+    return _module_layer(b, op, len(op.module.kernel_size), groups=op.module.groups)
+
+
+@register(modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+def conv_transpose(b: LayoutBuilder, op: Op):
+    """Transposed convolution: weight ``(in, out, *kernel)``, held as a dense ``(out, in, *kernel)``
+    block with the first two axes swapped."""
+    m = op.module
+    if m.groups != 1:
+        raise UnsupportedOperation(
+            f"{op.where}: grouped transposed convolution (groups={m.groups}) is not supported yet"
+        )
+    return _module_layer(b, op, len(m.kernel_size), transposed=True)
+
+
+def _functional_weights(op: Op) -> tuple[Param, tuple[str, tuple[int, ...]] | None]:
+    """The weight (argument 1) and bias (argument 2) parameters of ``F.linear`` / ``F.conv*``."""
+    _, w = op.param(1, "weight")
+    bias_v, bias = op.param(2, "bias")
+    return w, None if bias is None else (bias.name, tuple(bias_v.shape))
+
+
+@register(functions=(F.linear,), aten=("linear.default",))
+def linear_functional(b: LayoutBuilder, op: Op):
+    """``F.linear(x, self.weight, self.bias)``: the same block as ``nn.Linear``."""
+    x = op.args[0]
+    w, bias = _functional_weights(op)
+    return _weight_layer(b, op, x, op.metas[0], x.dim() - 1, w.name.rsplit(".", 1)[0] or w.name, w.name, w.shape, bias)
+
+
+@register(functions=(F.conv1d, F.conv2d, F.conv3d), aten=("conv1d.default", "conv2d.default", "conv3d.default"))
+def conv_functional(b: LayoutBuilder, op: Op):
+    """``F.conv2d(x, self.weight, self.bias, stride, padding, dilation, groups)``: as ``nn.Conv2d``."""
+    x = op.args[0]
+    w, bias = _functional_weights(op)
+    axis = x.dim() - 1 - (len(w.shape) - 2)
+    name = w.name.rsplit(".", 1)[0] or w.name
+    return _weight_layer(b, op, x, op.metas[0], axis, name, w.name, w.shape, bias, groups=op.arg(6, "groups", 1))
+
+
+@register(functions=(operator.matmul, torch.matmul), methods=("matmul", "__matmul__"))
+def matmul(b: LayoutBuilder, op: Op):
+    """``x @ self.W`` with ``W`` of shape ``(in, out)``: a dense block held transposed."""
+    (x, meta), (w, wm) = (op.args[0], op.metas[0]), (op.args[1], op.metas[1])
+    if not isinstance(wm, Param) or w.dim() != 2 or isinstance(meta, Param):
+        raise UnsupportedOperation(f"{op.where}: only activation @ parameter (a 2-D weight) is supported")
+    return _weight_layer(b, op, x, meta, x.dim() - 1, wm.name, wm.name, wm.shape, transposed=True)
+
+
+@register(aten=("addmm.default",))
+def addmm(b: LayoutBuilder, op: Op):
+    """``addmm(bias, x, W)`` = ``x @ W + bias`` with ``W`` of shape ``(in, out)`` (GPT-2's Conv1D)."""
+    (bias, bm), (x, meta), (w, wm) = zip(op.args[:3], op.metas[:3])
+    if not isinstance(wm, Param) or not isinstance(bm, Param):
+        raise UnsupportedOperation(f"{op.where}: addmm with computed weights is not supported")
+    name, bias = wm.name.rsplit(".", 1)[0], (bm.name, tuple(bias.shape))
+    return _weight_layer(b, op, x, meta, x.dim() - 1, name, wm.name, wm.shape, bias, transposed=True)
+
+
+def _embedding_table(b: LayoutBuilder, op: Op, name: str, key: str, shape: tuple[int, ...]) -> Feat:
+    """Token ids are input nodes (never permuted), the ``(tokens, C)`` table the edges from each
+    token to the C neurons of a new layer."""
+    tokens = b.new_layer(name, shape[0], 0, kind="input")
+    out = b.new_layer(f"{name}:out", shape[1], 1)
+    b.dense(key, tokens, out, key, shape, op.where, transposed=True)
+    return Feat(out, op.out.dim() - 1)
+
+
+@register(modules=(nn.Embedding,))
+def embedding(b: LayoutBuilder, op: Op):
+    """A lookup table ``(tokens, C)``: one input node per token, the table a dense block."""
+    m, path = op.module, b.path(op.node.target)
+    if m.max_norm is not None:
+        raise UnsupportedOperation(f"{op.where}: Embedding(max_norm=...) rewrites its weights in forward")
+    return _embedding_table(b, op, path or "embedding", b.qualify(path, "weight"), tuple(m.weight.shape))
+
+
+@register(aten=("embedding.default",))
+def embedding_functional(b: LayoutBuilder, op: Op):
+    """``embedding(W, ids)``: as :func:`embedding`, the table a parameter argument."""
+    w, wm = op.args[0], op.metas[0]
+    if not isinstance(wm, Param):
+        raise UnsupportedOperation(f"{op.where}: embedding of a computed table")
+    return _embedding_table(b, op, wm.name, wm.name, tuple(w.shape))
+
+
+@register(modules=(nn.PReLU,))
+def prelu(b: LayoutBuilder, op: Op):
+    """PReLU: one learned slope per channel (axis 1) is a node feature ``prelu``; a single shared
+    slope is kept as an extra. Positive scalings commute with it."""
+    m, path = op.module, b.path(op.node.target)
+    x, meta = op.args[0], op.metas[0]
+    axis = 1 if x.dim() > 1 else 0
+    li = b.as_layer(meta, axis, x.shape[axis], op.where)
+    key = b.qualify(path, "weight")
+    if m.num_parameters == 1:
+        b.extra(key, tuple(m.weight.shape), m.weight.dtype, op.where)
+    else:
+        li = b.free_layer(li, ["prelu"], path)
+        b.node_param(li, "prelu", key, tuple(m.weight.shape), op.where)
+    b.restrict_scaling(li, "positive")
+    return Feat(li, axis)

@@ -1,0 +1,206 @@
+"""Neuron-wise ops: activations, dropout, arithmetic, casts; and two layers combined neuron by
+neuron (residual additions, gates).
+
+Each registration declares the scaling group its ops commute with (``f(s x) = s f(x)``):
+linear ops any real ``s``, positively homogeneous ones (ReLU) ``s > 0``, odd ones (tanh)
+``s = ±1``, all others none.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import UnsupportedOperation
+from ..builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
+from .registry import Op, register
+
+
+def _scaling_of(op: Op, n_feats: int) -> str:
+    """The scaling group an op with ``n_feats`` neuron operands commutes with (its declaration)."""
+    scaling = op.declared.scaling
+    if scaling == "dividend":  # x / c is linear, c / x is not
+        return "real" if isinstance(op.metas[0], Feat) and n_feats == 1 else "none"
+    return "none" if n_feats > 1 else scaling  # x * x, x * sigmoid(x), ...
+
+
+def pointwise(b: LayoutBuilder, op: Op):
+    """An op applied to each neuron separately (or softmax across neurons): neurons unchanged.
+
+    Permuting neurons commutes with it, so the result carries the argument's meta. Any other
+    tensor argument must be a scalar (a per-channel constant would pin the neurons in place) or the
+    neurons of another layer, which :func:`merge` ties to this one.
+    """
+    feats = op.feats()
+    splits = [m for _, m in op.tensors() if isinstance(m, SplitFeat)]
+    if splits:
+        if len(op.tensors()) != 1 or tuple(op.out.shape) != tuple(op.args[0].shape):
+            raise UnsupportedOperation(f"{op.where}: combines a tensor whose neuron axis is split with other tensors")
+        b.restrict_scaling(splits[0].layer, _scaling_of(op, 1))
+        return splits[0]
+    if not feats:
+        return op.raw()
+    (x, meta), *others = feats
+    if any(m.layer != meta.layer for _, m in others):
+        return merge(b, op)
+    for v, m in op.tensors():
+        if isinstance(m, Param):
+            _per_neuron_param(b, op, v, m, x, meta)
+        elif m != meta and v.numel() != 1:
+            raise UnsupportedOperation(
+                f"{op.where}: combines hidden neurons with a non-scalar tensor of shape {tuple(v.shape)}; "
+                "only scalars may be mixed into hidden activations"
+            )
+    if tuple(op.out.shape) != tuple(x.shape):
+        raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
+    b.restrict_scaling(meta.layer, _scaling_of(op, len(feats)))
+    return meta
+
+
+def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: torch.Tensor, meta: Feat) -> None:
+    """``x * self.gamma`` / ``x + self.beta`` with one value per neuron (ConvNeXt's layer scale, a
+    learned shift): the node feature the op declares (``scale`` / ``shift``). A scalar parameter is
+    kept as an extra."""
+    if v.numel() == 1:
+        b.extra(m.name, tuple(v.shape), v.dtype, op.where)
+        return
+    feature = op.declared.param_feature
+    axis = meta.axis - (x.dim() - v.dim())
+    C = x.shape[meta.axis]
+    per_neuron = 0 <= axis < v.dim() and v.shape[axis] == C and v.numel() == C
+    if feature == "shift" and not per_neuron and meta.axis == x.dim() - 1 and v.shape[-1] == C:
+        # A learned positional embedding (1, tokens, C): one input node per position, its
+        # values the edges from that position to the C neurons.
+        pos = b.new_layer(m.name, v.numel() // C, 0, kind="input")
+        b.dense(m.name, pos, meta.layer, m.name, m.shape, op.where, transposed=True)
+        b.restrict_scaling(meta.layer, "none")
+        return
+    if feature is None or not per_neuron:
+        raise UnsupportedOperation(
+            f"{op.where}: parameter {m.name!r} of shape {tuple(v.shape)} enters hidden activations of shape "
+            f"{tuple(x.shape)}; only per-neuron scales (x * p) and shifts (x + p) are supported"
+        )
+    b.node_param(meta.layer, feature, m.name, tuple(v.shape), op.where)
+
+
+def merge(b: LayoutBuilder, op: Op):
+    """Two layers combined neuron by neuron: ``a + f(a)`` (residual), ``x * gate(x)`` (squeeze-
+    excitation), ... Neuron ``c`` of one meets neuron ``c`` of the other, so both layers must be
+    permuted alike: they are tied into one space, and an identity block (labelled as the op
+    declares) joins them. The result keeps the later layer's nodes. Broadcasting is allowed along
+    the other axes (``(B, C, H, W) * (B, C, 1, 1)``), not along the neuron axis.
+    """
+    tensors = [(v, m) for v, m in op.tensors() if isinstance(m, Feat) or (isinstance(m, Raw) and v.numel() != 1)]
+    if len(tensors) != 2 or any(m is None and v.numel() != 1 for v, m in op.tensors()):
+        raise UnsupportedOperation(
+            f"{op.where}: combines {len(op.tensors())} tensors elementwise; only two layers can be joined"
+        )
+    (va, ma), (vb, mb) = tensors
+    ref, ref_v = (ma, va) if isinstance(ma, Feat) else (mb, vb)
+    out_axis = op.out.dim() - ref_v.dim() + ref.axis
+
+    def layer_of(v, m):
+        axis = out_axis - (op.out.dim() - v.dim())
+        if not 0 <= axis < v.dim() or v.shape[axis] != op.out.shape[out_axis]:
+            raise UnsupportedOperation(
+                f"{op.where}: combines tensors of shapes {tuple(va.shape)} and {tuple(vb.shape)} whose neuron "
+                "axes do not line up (broadcasting along the neuron axis)"
+            )
+        return b.as_layer(m, axis, v.shape[axis], op.where)
+
+    la, lb = layer_of(va, ma), layer_of(vb, mb)
+    if la == lb:
+        b.restrict_scaling(la, "none")
+        return Feat(la, out_axis)
+    src, dst = sorted((la, lb))
+    b.restrict_scaling(src, "none")
+    b.restrict_scaling(dst, "none")
+    b.identity(f"{op.declared.merge_label}:{b.layers[src]['name']}->{b.layers[dst]['name']}", src, dst)
+    b.tie(src, dst)
+    return Feat(dst, out_axis)
+
+
+# Linear: any real scaling commutes.
+register(
+    modules=(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d),
+    functions=(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, operator.neg, operator.pos, torch.neg),
+    methods=("neg", "float", "double", "half", "to", "type", "contiguous", "clone", "detach"),
+    aten=(
+        "mul.Scalar", "neg.default", "dropout.default", "clone.default", "alias.default", "detach.default",
+        "_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "lift_fresh_copy.default",
+    ),
+    scaling="real",
+)(pointwise)
+register(
+    functions=(operator.mul, torch.mul),
+    methods=("mul", "__mul__"),
+    aten=("mul.Tensor",),
+    scaling="real",
+    param_feature="scale",
+    merge_label="gate",
+)(pointwise)
+register(functions=(operator.truediv, torch.div), methods=("div", "__truediv__"), scaling="dividend")(pointwise)
+# Positively homogeneous: f(s x) = s f(x) for s > 0.
+register(
+    modules=(nn.ReLU, nn.LeakyReLU),
+    functions=(F.relu, F.relu_, torch.relu, torch.relu_, F.leaky_relu, torch.abs),
+    methods=("relu", "relu_", "abs"),
+    aten=("relu.default", "relu_.default", "leaky_relu.default", "abs.default"),
+    scaling="positive",
+)(pointwise)
+# Odd: f(-x) = -f(x).
+register(
+    modules=(nn.Tanh, nn.Softsign, nn.Hardtanh, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink),
+    functions=(torch.tanh, F.tanh, torch.sin, F.softsign, F.hardtanh, F.tanhshrink, F.hardshrink, F.softshrink),
+    methods=("tanh", "sin"),
+    aten=("tanh.default", "sin.default", "hardtanh.default"),
+    scaling="sign",
+)(pointwise)
+# No scaling commutes.
+register(
+    modules=(
+        nn.ReLU6, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid,
+        nn.Softplus, nn.LogSigmoid, nn.Threshold, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Softmax,
+        nn.LogSoftmax, nn.Softmin,
+    ),
+    functions=(
+        F.relu6, F.elu, F.celu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.softplus,
+        F.logsigmoid, F.threshold, torch.sigmoid, F.sigmoid, torch.cos, torch.exp, torch.sqrt, torch.square,
+        torch.clamp, torch.clip, F.alpha_dropout, F.softmax, F.log_softmax, F.softmin, torch.softmax,
+        torch.log_softmax, operator.pow, operator.sub, torch.sub,
+    ),
+    methods=(
+        "sigmoid", "cos", "exp", "sqrt", "square", "clamp", "clip", "clamp_min", "clamp_max", "softmax",
+        "log_softmax", "pow", "sub", "rsub", "__sub__", "__rsub__",
+    ),
+    aten=(
+        "gelu.default", "silu.default", "sigmoid.default", "div.Tensor", "div.Scalar", "sub.Tensor", "sub.Scalar",
+        "rsub.Scalar", "pow.Tensor_Scalar", "softmax.int", "_softmax.default", "elu.default", "cos.default",
+        "exp.default", "sqrt.default", "rsqrt.default", "clamp.default", "hardswish.default",
+        "hardsigmoid.default", "mish.default", "erf.default", "relu6.default",
+    ),
+)(pointwise)
+
+
+@register(
+    functions=(operator.add, torch.add),
+    methods=("add", "__add__"),
+    aten=("add.Tensor",),
+    param_feature="shift",
+    merge_label="skip",
+)
+@register(functions=(operator.iadd,), methods=("add_", "__iadd__"), merge_label="skip")
+@register(aten=("add.Scalar",))
+def add(b: LayoutBuilder, op: Op):
+    """``a + b``. A scalar is pointwise; two layers (or a layer and the raw input) form a
+    residual connection (:func:`merge`): ``y = a + f(a)`` keeps ``f(a)``'s nodes for ``y``, adds
+    an identity block from ``a`` and ties both layers into one neuron space."""
+    carriers = [m for v, m in op.tensors() if isinstance(m, Feat) or (isinstance(m, Raw) and v.numel() != 1)]
+    if any(isinstance(m, Param) for _, m in op.tensors()) and not any(isinstance(m, Feat) for m in carriers):
+        raise UnsupportedOperation(f"{op.where}: a parameter is added to the raw input; this is not supported yet")
+    if any(isinstance(m, Feat) for m in carriers) and len(carriers) == 2:
+        return merge(b, op)
+    return pointwise(b, op)

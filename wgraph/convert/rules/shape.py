@@ -1,0 +1,251 @@
+"""Shape ops: reshapes, axis reorderings, broadcasting, indexing, concatenation and splits.
+
+None of them computes anything; each rule finds where the neuron axis lands in the result, and
+refuses an op that would merge, split, reorder or single out neurons in a way the graph cannot
+represent.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+from torch import nn
+
+from ...errors import UnsupportedOperation
+from ..builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
+from .registry import Op, register
+
+
+def _around(shape: tuple[int, ...], j: int, k: int, prefix: int, suffix: int) -> bool:
+    """Whether the axes of ``shape`` before ``j`` hold ``prefix`` elements and those from ``k`` on ``suffix``."""
+    return math.prod(shape[:j]) == prefix and math.prod(shape[k:]) == suffix
+
+
+def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: tuple[int, ...]):
+    """Where the neuron axis of ``x`` lands in a reshape to ``out_shape``, if it stays intact.
+
+    In row-major order the neuron axis ``a`` of size C survives as output axis ``j`` exactly when
+    ``out[j] == C`` and the products of the sizes before and after it are unchanged (for C > 1 at
+    most one ``j`` qualifies). Otherwise the reshape merges or splits neurons.
+    """
+    C = x.shape[meta.axis]
+    prefix, suffix = math.prod(x.shape[: meta.axis]), math.prod(x.shape[meta.axis + 1 :])
+    found = [j for j, s in enumerate(out_shape) if s == C and _around(out_shape, j, j + 1, prefix, suffix)]
+    if found:  # unique when C > 1; with C == 1 any size-1 axis holds the single neuron
+        return Feat(meta.layer, min(found, key=lambda j: abs(j - meta.axis)))
+    # The neuron axis split in two consecutive axes (the first half of a channel shuffle).
+    for j in range(len(out_shape) - 1):
+        pair = out_shape[j : j + 2]
+        if pair[0] * pair[1] == C and min(pair) > 1 and _around(out_shape, j, j + 2, prefix, suffix):
+            return SplitFeat(meta.layer, (j, j + 1), (out_shape[j], out_shape[j + 1]))
+    # Flatten of the neuron axis with the axes after it: one node per (neuron, position).
+    for t in range(1, x.dim() - meta.axis):
+        inner = math.prod(x.shape[meta.axis + 1 : meta.axis + 1 + t])
+        rest = math.prod(x.shape[meta.axis + 1 + t :])
+        for j, s in enumerate(out_shape):
+            if s == C * inner and _around(out_shape, j, j + 1, prefix, rest):
+                name = f"{b.layers[meta.layer]['name']}:flat"
+                return Feat(b.spread(name, meta.layer, inner), j)
+    raise UnsupportedOperation(
+        f"{op.where}: reshapes {tuple(x.shape)} -> {tuple(out_shape)}, splitting or reordering the {C} "
+        f"neurons on axis {meta.axis} (e.g. a channel shuffle); this is not supported yet"
+    )
+
+
+@register(
+    modules=(nn.Flatten, nn.Unflatten),
+    functions=(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze),
+    methods=("flatten", "view", "reshape", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as"),
+    aten=(
+        "view.default", "reshape.default", "_unsafe_view.default", "unsqueeze.default", "squeeze.dim", "squeeze.dims",
+        "squeeze.default", "flatten.using_ints",
+    ),
+)
+def reshape(b: LayoutBuilder, op: Op):
+    x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat):
+        return _merge_split(b, op, x, meta, tuple(op.out.shape))
+    if not isinstance(meta, Feat):
+        return meta
+    return _reshaped(b, op, x, meta, tuple(op.out.shape))
+
+
+@register(
+    functions=(torch.transpose, torch.permute, torch.movedim, torch.swapaxes, torch.t),
+    methods=("transpose", "permute", "t", "movedim", "swapaxes"),
+    aten=("transpose.int", "permute.default", "t.default"),
+)
+def transpose(b: LayoutBuilder, op: Op):
+    """Axis reorderings move the neuron axis; find it by applying the same op to axis labels."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, (Feat, SplitFeat)):
+        return meta
+    # Apply the same op to an empty tensor whose axis sizes are distinct primes (no memory on "meta").
+    primes = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29)[: x.dim()]
+    probe = torch.empty(primes, device="meta")
+    name = op.node.target
+    fn = getattr(probe, name) if isinstance(name, str) else (lambda *a, **k: name(probe, *a, **k))
+    moved = list(fn(*op.args[1:], **op.kwargs).shape)
+    if isinstance(meta, SplitFeat):
+        return SplitFeat(meta.layer, tuple(moved.index(primes[a]) for a in meta.axes), meta.sizes)
+    return Feat(meta.layer, moved.index(primes[meta.axis]))
+
+
+def _merge_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, out_shape: tuple[int, ...]):
+    """A reshape that merges the two halves of a split neuron axis back into one axis: the
+    neurons come back in the order the axes now have (transposed halves: a channel shuffle)."""
+    if out_shape == tuple(x.shape):
+        return meta
+    a0, a1 = meta.axes
+    lo, hi = min(a0, a1), max(a0, a1)
+    C = meta.sizes[0] * meta.sizes[1]
+    prefix = math.prod(x.shape[:lo])
+    j = next((j for j in range(len(out_shape)) if out_shape[j] == C and math.prod(out_shape[:j]) == prefix), None)
+    if hi != lo + 1 or j is None or math.prod(out_shape[j + 1 :]) != math.prod(x.shape[hi + 1 :]):
+        raise UnsupportedOperation(f"{op.where}: reshapes a tensor whose neuron axis is split, without merging it back")
+    labels = torch.arange(C).view(meta.sizes)
+    order = labels if a0 < a1 else labels.T
+    index = order.reshape(-1).tolist()
+    if index == list(range(C)):
+        return Feat(meta.layer, j)
+    return Feat(b.reorder(f"{b.layers[meta.layer]['name']}:shuffle", meta.layer, index, op.where), j)
+
+
+@register(methods=("expand", "expand_as", "repeat"), aten=("expand.default",))
+def expand(b: LayoutBuilder, op: Op):
+    """Broadcasting copies keep neurons if they only grow other (or new leading) axes. An expanded
+    parameter stays a parameter (e.g. a class token expanded over the batch)."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    axis = meta.axis + op.out.dim() - x.dim()
+    if op.out.shape[axis] != x.shape[meta.axis]:
+        raise UnsupportedOperation(f"{op.where}: repeats the neuron axis")
+    return Feat(meta.layer, axis)
+
+
+@register(functions=(getattr, len), methods=("size", "dim", "numel"), aten=("_assert_tensor_metadata.default",))
+def shape_query(b: LayoutBuilder, op: Op):
+    return None
+
+
+@register(functions=(operator.getitem,))
+def getitem(b: LayoutBuilder, op: Op):
+    """Indexing shapes and tuples is fine; indexing hidden activations would single out neurons."""
+    x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, Feat):
+        axis = _indexed_axis(x, op.args[1], meta.axis)
+        if axis is None:
+            raise UnsupportedOperation(
+                f"{op.where}: indexes a hidden activation ({op.node.args[1]!r}) along its neuron axis; "
+                "reading individual hidden channels is not supported yet"
+            )
+        return Feat(meta.layer, axis)
+    if isinstance(x, torch.Tensor):
+        return meta
+    if isinstance(meta, (tuple, list)):
+        return meta[op.args[1]] if isinstance(op.args[1], int) else None
+    return None
+
+
+
+def _indexed_axis(x: torch.Tensor, index, axis: int) -> int | None:
+    """Where ``axis`` of ``x`` lands in ``x[index]``, or None if the index does not keep it whole."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (torch.Tensor, list)) for i in index):
+        return None
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    expanded = []
+    for i in index:
+        expanded += [slice(None)] * (x.dim() - n_real) if i is Ellipsis else [i]
+    expanded += [slice(None)] * (x.dim() + expanded.count(None) - len(expanded))
+    src, out = 0, 0
+    for i in expanded:
+        if i is None:
+            out += 1
+            continue
+        if src == axis:
+            return out if i == slice(None) else None
+        src += 1
+        out += 0 if isinstance(i, int) else 1
+    return None
+
+
+@register(aten=("select.int", "slice.Tensor"))
+def select_slice(b: LayoutBuilder, op: Op):
+    """``select``/``slice`` along a token or spatial axis keep the neurons; along the neuron axis
+    they would single neurons out."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    dim = op.arg(1, "dim", 0) % x.dim()
+    if dim == meta.axis:
+        if tuple(op.out.shape) == tuple(x.shape):
+            return meta
+        raise UnsupportedOperation(
+            f"{op.where}: slices the neuron axis; reading individual hidden channels is not supported yet"
+        )
+    return Feat(meta.layer, meta.axis - (1 if op.out.dim() < x.dim() and dim < meta.axis else 0))
+
+
+@register(functions=(torch.cat, torch.concat, torch.concatenate), aten=("cat.default",))
+def cat(b: LayoutBuilder, op: Op):
+    """Concatenation along the neuron axis gives a composite layer (:meth:`LayoutBuilder.concat`);
+    along another axis (tokens, batch) the parts must be neurons of one layer."""
+    parts, metas = op.args[0], op.metas[0]
+    dim = op.arg(1, "dim", 0) % parts[0].dim()
+    feats = [m for m in metas if isinstance(m, Feat)]
+    if not feats:
+        return next((m for m in metas if isinstance(m, Raw)), None)
+    if any(isinstance(m, Param) for m in metas) and all(m.axis != dim for m in feats):
+        return _cat_tokens(b, op, parts, metas, feats[0], dim)
+    if any(m.axis != dim for m in feats):
+        if all(isinstance(m, Feat) and m.layer == feats[0].layer and m.axis == feats[0].axis for m in metas):
+            return feats[0]
+        raise UnsupportedOperation(
+            f"{op.where}: concatenates hidden activations with other tensors along axis {dim}, which is not "
+            "their neuron axis; only parts from one layer can be joined this way"
+        )
+    layers = [b.as_layer(m, dim, t.shape[dim], op.where) for t, m in zip(parts, metas)]
+    return Feat(b.concat(op.node.name, layers), dim)
+
+
+@register(
+    functions=(torch.split, torch.chunk, torch.tensor_split),
+    methods=("split", "chunk", "tensor_split"),
+    aten=("split.Tensor", "split_with_sizes.default", "chunk.default"),
+)
+def split(b: LayoutBuilder, op: Op):
+    """Splitting along the neuron axis makes the source non-permutable (:meth:`LayoutBuilder.split`);
+    along another axis every piece keeps the same neurons."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return tuple(meta for _ in op.out)
+    dim = op.arg(2, "dim", 0) % x.dim()
+    if dim != meta.axis:
+        return tuple(Feat(meta.layer, meta.axis) for _ in op.out)
+    pieces, off = [], 0
+    for i, t in enumerate(op.out):
+        n = t.shape[dim]
+        pieces.append(Feat(b.split(f"{b.layers[meta.layer]['name']}:split{i}", meta.layer, off, n, op.where), dim))
+        off += n
+    return tuple(pieces)
+
+
+def _cat_tokens(b: LayoutBuilder, op: Op, parts, metas, meta: Feat, dim: int):
+    """``cat([class_token.expand(...), x], dim=tokens)``: a learned token is one more value per
+    neuron, a node feature ``token`` of the neurons' layer."""
+    for t, m in zip(parts, metas):
+        if isinstance(m, Feat):
+            if m != meta:
+                raise UnsupportedOperation(f"{op.where}: joins tokens of different layers")
+        elif isinstance(m, Param):
+            C = t.shape[meta.axis]
+            if math.prod(m.shape) != C or m.shape[-1] != C or meta.axis != t.dim() - 1:
+                raise UnsupportedOperation(f"{op.where}: parameter {m.name!r} of shape {m.shape} joins the tokens")
+            b.node_param(meta.layer, "token", m.name, m.shape, op.where)
+        else:
+            raise UnsupportedOperation(f"{op.where}: joins hidden tokens with a non-parameter tensor")
+    return meta
