@@ -10,9 +10,10 @@ nothing downloaded), in its own subprocess so that memory of one cannot affect t
   float32 and rtol 1e-4 above and for models with grouped/depthwise convolutions, whose float64
   CPU kernels are two orders of magnitude slower; a wrong permutation changes outputs at order 1).
   In float32 the tolerance is at least 10x the network's own rounding noise, measured as the
-  difference between the model computed in two memory layouts. Parameters get small noise and BatchNorm statistics are set from a
-  random calibration batch first, so that zero-initialized heads and vanishing signals cannot make
-  the check vacuous; the outputs must also differ between the two inputs.
+  difference between the model computed in two memory layouts. Parameters get small noise and
+  BatchNorm statistics are set from a random calibration batch first, so that zero-initialized
+  heads and vanishing signals cannot make the check vacuous; the outputs must also differ between
+  the two inputs.
 
     python benchmarks/convert_corpus.py [--models resnet18 vit_b_16 ...] [--timeout 900]
 
@@ -83,7 +84,8 @@ def run_one(name: str) -> dict:
     sd = g.to_state_dict()
     res["exact"] = all(torch.equal(sd[k], v) and sd[k].dtype == v.dtype for k, v in model.state_dict().items())
     res["permutable_neurons"] = sum(sp.size for sp in lay.spaces if sp.permutable)
-    res["hidden_neurons"] = sum(sp.size for sp in lay.spaces if all(lay.layers[li].kind == "hidden" for li in sp.layers))
+    hidden = [sp for sp in lay.spaces if all(lay.layers[li].kind == "hidden" for li in sp.layers)]
+    res["hidden_neurons"] = sum(sp.size for sp in hidden)
     del g, sd
 
     grouped = any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.modules())
@@ -118,7 +120,8 @@ def render(rows: list[dict]) -> str:
         f"{len(ok)} of {len(rows)} torchvision classification models convert with an exact round trip "
         f"and a function-preserving random symmetry ({100 * len(ok) / max(1, len(rows)):.0f}%).",
         "",
-        "| model | parameters | nodes | edges | seconds | exact | symmetry (rel. error) | permutable neurons | status |",
+        "| model | parameters | nodes | edges | seconds | exact | symmetry (rel. error) | permutable neurons "
+        "| status |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -56,11 +56,14 @@ def draw(out: Path) -> None:
         if edges:
             import networkx as nx
 
-            nx.draw_networkx_edges(nxg, pos, edgelist=edges, edge_color=color, alpha=0.5, arrows=False, ax=ax, label=f"{kind} edges")
+            nx.draw_networkx_edges(
+                nxg, pos, edgelist=edges, edge_color=color, alpha=0.5, arrows=False, ax=ax, label=f"{kind} edges"
+            )
     for li, l in enumerate(lay.layers):
         nodes = list(range(l.start, l.stop))
         color = "lightgray" if l.space == -1 or not lay.spaces[l.space].permutable else space_colors(l.space % 10)
-        ax.scatter([pos[n][0] for n in nodes], [pos[n][1] for n in nodes], s=120, color=color, edgecolors="black", zorder=3)
+        xs, ys = [pos[n][0] for n in nodes], [pos[n][1] for n in nodes]
+        ax.scatter(xs, ys, s=120, color=color, edgecolors="black", zorder=3)
         ax.annotate(f"{l.name}\n({l.kind})", (li, pos[l.stop - 1][1] + 0.5), ha="center", fontsize=8)
     ax.set_title("SmallNet as a weight graph: node colour = neuron space (grey: fixed or composite)")
     ax.set_xlabel("layers in topological order")
@@ -78,5 +81,6 @@ def draw(out: Path) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "img" / "small_net_graph.png")
+    default = Path(__file__).resolve().parent.parent / "docs" / "img" / "small_net_graph.png"
+    ap.add_argument("--out", type=Path, default=default)
     draw(ap.parse_args().out)
