@@ -145,3 +145,20 @@ def test_a_feature_without_a_rule_admits_permutations_only():
         if sp.permutable:
             assert g.layout.space_scaling(si) == "none"
     assert not wgraph.random_symmetry(g, seed=0, scale=True).scales
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+@pytest.mark.parametrize(
+    "act, odd",
+    [(nn.Hardtanh(), True), (nn.Hardtanh(-2.0, 2.0), True), (nn.Hardtanh(0.0, 6.0), False), (nn.ReLU6(), False)],
+)
+def test_hardtanh_is_odd_only_with_symmetric_bounds(act, odd, tracer):
+    """An asymmetric clamp (ReLU6, Hardtanh(0, 6)) commutes with no scaling: declaring it odd gave
+    sign flips that changed the function."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2)).double()
+    x = torch.randn(6, 3, dtype=torch.float64) * 4
+    g = wgraph.to_graph(model, x[:1], tracer=tracer)
+    (hidden,) = [si for si, sp in enumerate(g.layout.spaces) if sp.permutable]
+    assert g.layout.space_scaling(hidden) == ("sign" if odd else "none")
+    outputs_match(model, g.permute(wgraph.random_symmetry(g, seed=0, scale=True)), x, rtol=1e-9)

@@ -153,12 +153,27 @@ register(
 )(pointwise)
 # Odd: f(-x) = -f(x).
 register(
-    modules=(nn.Tanh, nn.Softsign, nn.Hardtanh, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink),
-    functions=(torch.tanh, F.tanh, torch.sin, F.softsign, F.hardtanh, F.tanhshrink, F.hardshrink, F.softshrink),
+    modules=(nn.Tanh, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink),
+    functions=(torch.tanh, F.tanh, torch.sin, F.softsign, F.tanhshrink, F.hardshrink, F.softshrink),
     methods=("tanh", "sin"),
-    aten=("tanh.default", "sin.default", "hardtanh.default"),
+    aten=("tanh.default", "sin.default"),
     scaling="sign",
 )(pointwise)
+
+
+@register(modules=(nn.Hardtanh,), functions=(F.hardtanh,), aten=("hardtanh.default",), scaling="sign")
+def hardtanh(b: LayoutBuilder, op: Op):
+    """``clamp(x, min_val, max_val)``: odd only when ``min_val == -max_val`` (``nn.Hardtanh()``);
+    ``nn.ReLU6`` (which ``torch.export`` writes as ``hardtanh(x, 0, 6)``) and other asymmetric bounds
+    commute with no scaling."""
+    meta = pointwise(b, op)
+    if op.module is not None:
+        low, high = op.module.min_val, op.module.max_val
+    else:
+        low, high = op.arg(1, "min_val", -1.0), op.arg(2, "max_val", 1.0)
+    if low != -high and meta is not None and hasattr(meta, "layer"):
+        b.restrict_scaling(meta.layer, "none")
+    return meta
 # No scaling commutes.
 register(
     modules=(
