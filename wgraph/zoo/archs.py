@@ -154,11 +154,17 @@ _LOADS_WEIGHTS = ("weight", "pretrained", "checkpoint", "file", "url", "path")
 
 def _architecture_only(model: nn.Module) -> nn.Module:
     """Drop BatchNorm's ``num_batches_tracked`` step counters: the zoo format stores floating-point
-    tensors, and the counter changes the function only when training with ``momentum=None``."""
+    tensors, and the counter changes the function only when training with ``momentum=None``. A state
+    dict loaded into the model may still hold them; they are ignored."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
             m.num_batches_tracked = None
+            m.register_load_state_dict_pre_hook(_ignore_step_counter)
     return model
+
+
+def _ignore_step_counter(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    state_dict.pop(prefix + "num_batches_tracked", None)  # BatchNorm adds it to a state dict without metadata
 
 
 def _check_factory_kwargs(library: str, kwargs: dict) -> None:
