@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..dirlock import LOCK, lock_directory
 from ..errors import ZooError
 from .dataset import Zoo, build_arch
 
@@ -53,7 +54,6 @@ FORMAT = "wgraph-zoo"
 VERSION = 1
 MANIFEST = "manifest.json"
 TEMP_PREFIX = ".tmp-"
-LOCK = ".lock"
 #: Column type names and the numpy dtypes :attr:`Zoo.table` gives them.
 COLUMN_TYPES = {"int": np.int64, "float": np.float64, "str": np.str_, "bool": np.bool_}
 REQUIRED_COLUMNS = ("run", "checkpoint")
@@ -291,7 +291,7 @@ class ZooWriter:
         self.root = Path(path)
         self.root.mkdir(parents=True, exist_ok=True)
         had_lock = (self.root / LOCK).exists()
-        self._lock = _lock(self.root)
+        self._lock = lock_directory(self.root, ZooError, "writing this zoo")
         try:
             self._open(kind, arch, columns, config, had_lock)
         except BaseException:
@@ -408,18 +408,3 @@ def _diff(stored: Any, now: Any) -> str:
         keys = [k for k in {**stored, **now} if stored.get(k) != now.get(k)]
         return ", ".join(f"{k}: {stored.get(k)!r} stored, {now.get(k)!r} now" for k in keys)
     return f"{stored!r} stored, {now!r} now"
-
-
-def _lock(root: Path):
-    """An exclusive lock on ``root/.lock`` (released when the returned file is closed)."""
-    f = open(root / LOCK, "a")  # noqa: SIM115 (held for the writer's lifetime)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return f
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise ZooError(f"{root}: another process is writing this zoo") from None
-    return f
