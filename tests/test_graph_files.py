@@ -231,3 +231,24 @@ def test_from_pyg_checks_the_layout():
         object.__setattr__(bad, f, getattr(g.layout, f))
     with pytest.raises(wgraph.FileFormatError, match="permutable"):
         wgraph.WeightGraph.from_pyg(g.to_pyg(), bad)
+
+
+def test_save_is_atomic_and_cleans_stale_temporaries(tmp_path):
+    g = wgraph.to_graph(small_cnn(channels=4, classes=3), torch.randn(1, 1, 16, 16))
+    target = tmp_path / "g.safetensors"
+    dead = tmp_path / ".g.safetensors.wgraph-tmp.999999999"  # a writer killed mid-write
+    dead.write_bytes(b"x" * 100)
+    other = tmp_path / ".other.safetensors.wgraph-tmp.999999999"  # another target's: left alone
+    other.write_bytes(b"x")
+    g.save(target)
+    assert not dead.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])
+    assert torch.equal(wgraph.WeightGraph.load(target).nodes, g.nodes)
+
+
+def test_directories_are_named_as_such(tmp_path):
+    g = wgraph.to_graph(small_cnn(channels=4, classes=3), torch.randn(1, 1, 16, 16))
+    with pytest.raises(wgraph.FileFormatError, match="it is a directory"):
+        g.save(tmp_path)
+    with pytest.raises(wgraph.FileFormatError, match="a directory, not a graph file"):
+        wgraph.WeightGraph.load(tmp_path)

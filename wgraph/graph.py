@@ -11,6 +11,8 @@ The Layout's dataclasses are re-exported here (``from wgraph.graph import Layout
 
 from __future__ import annotations
 
+import glob
+import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -312,17 +314,30 @@ class WeightGraph:
 
     # --------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:
-        """Write the graph as one safetensors file, the layout as JSON in its metadata."""
+        """Write the graph as one safetensors file, the layout as JSON in its metadata.
+
+        The file appears whole or not at all: it is written beside the target as
+        ``.<name>.wgraph-tmp.<pid>`` and renamed. Temporaries of that naming left by a process
+        that no longer runs (a ``kill -9`` mid-write) are removed on the next write."""
         from safetensors.torch import save_file
 
         path = Path(path)
+        if path.is_dir():
+            example = path / "graph.safetensors"
+            raise FileFormatError(f"cannot write {path}: it is a directory (give a file name, e.g. {example})")
         if not path.parent.exists():
             raise FileFormatError(f"cannot write {path}: directory {path.parent} does not exist")
         tensors = {"nodes": self.nodes.contiguous(), **{f"extras/{k}": v.contiguous() for k, v in self.extras.items()}}
         for blk, e in zip(self.layout.blocks, self.edges):
             if e is not None:
                 tensors[f"edges/{blk.name}"] = e.contiguous()
-        save_file(tensors, str(path), metadata={"wgraph_layout": self.layout.to_json()})
+        _remove_stale_temporaries(path)
+        tmp = path.with_name(f".{path.name}{_TEMP}{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata={"wgraph_layout": self.layout.to_json()})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> WeightGraph:
@@ -330,6 +345,8 @@ class WeightGraph:
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise FileFormatError(f"{path}: a directory, not a graph file (a .safetensors file written by wgraph)")
         if not path.is_file():
             raise FileFormatError(f"{path}: no such file")
         try:
@@ -360,3 +377,21 @@ class WeightGraph:
             return cls(layout, nodes, edges, extras)
         except IncompatibleBatchError as e:
             raise FileFormatError(f"{path}: the tensors do not match the layout: {e}") from None
+
+
+_TEMP = ".wgraph-tmp."
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.wgraph-tmp.<pid>`` files beside ``path`` whose writing process is gone."""
+    prefix = f".{path.name}{_TEMP}"
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix) :]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # a live process of another user
+            pass
