@@ -98,6 +98,18 @@ def test_cli_writes_table_csv_and_plots(tmp_path, capsys):
     assert png[:4] == b"\x89PNG" and len(png) > 10_000
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cli_refuses_cuda_without_a_device(tmp_path, capsys):
+    """Without CUDA, --device cuda is refused before anything runs (it marked every configuration
+    failed and wrote empty results)."""
+    from wgraph.cli import main
+
+    out = tmp_path / "prof"
+    code = main(["profile", "--arch", ARCH, "--device", "cuda", "-q", "-o", str(out)])
+    assert code == 2 and "no CUDA device is available" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _rec(method, width, time_s, step_mb):
     config = {"arch": ARCH, "scope": "layer", "batch": 2, "width": width, "method": method, "device": "cpu"}
     measured = {"time_s": time_s, "step_mb": step_mb, "total_mb": step_mb + 5, "status": "ok"}

@@ -28,8 +28,12 @@ def _config_option(p, name: str, **kwargs) -> None:
 
 def run(args) -> int:
     """The command: measure, print the table, write the files; exit status 1 if nothing ran."""
+    import torch
+
     from ..convert.spec import parse_shape
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ProfileError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is false)")
     methods = args.methods.split(",") if args.methods else default_methods(args.device)
     for m in methods:
         if m not in METHODS:
@@ -42,7 +46,7 @@ def run(args) -> int:
         Config(args.arch, b, w, m, **common) for b in _ints(args.batch) for w in _ints(args.width) for m in methods
     ]
     print(f"profiling {args.arch}: {len(configs)} configurations, each in its own process")
-    records = profile(configs, timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
+    records = profile(configs, timeout=args.timeout, mem_cap_gb=args.mem_cap_gb, progress=not args.quiet)
     print(table(records))
     write_csv(records, out / "profile.csv")
     (out / "profile.json").write_text(json.dumps(records, indent=1) + "\n")
@@ -70,4 +74,5 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per configuration")
     p.add_argument("--mem-cap-gb", type=float, default=MEM_CAP_GB, help="skip configurations estimated above this")
     p.add_argument("-o", "--out", default="profile", help="output directory (CSV, JSON, PNG plots)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=run)
