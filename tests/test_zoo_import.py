@@ -412,3 +412,69 @@ def test_cli(tmp_path, capsys):
     args = parser.parse_args(["zoo", "import", "checkpoints", "SRC", "OUT", "--arch", "mlp", "--arch-kwargs",
                               '{"sizes": [4, 3]}', "--input-shape", "1,4"])
     assert args.arch_kwargs == '{"sizes": [4, 3]}' and math.prod(map(int, args.input_shape.split(","))) == 4
+
+
+# ------------------------------------------------------------------ the Small Transformer Zoo (MNIST-Transformers)
+class SourceViT(nn.Module):
+    """The published MNIST-Transformers network in its own convention: attention as explicit
+    ``softmax(Q K^T / sqrt(d)) V`` matrix products, no residual connections."""
+
+    def __init__(self, dim=8, heads=2, layers=2, mul=2, size=12, patch=4, classes=10):
+        super().__init__()
+        self.heads = heads
+        self.embedding = nn.Module()
+        self.embedding.conv1 = nn.Conv2d(1, dim, patch, stride=patch)
+        self.embedding.pos_embedding = nn.Parameter(torch.randn((size // patch) ** 2, dim), requires_grad=False)
+        self.encoder = nn.ModuleList()
+        for _ in range(layers):
+            block = nn.Module()
+            block.attention = nn.Module()
+            for name in ("queries", "keys", "values", "out_projection"):
+                setattr(block.attention, name, nn.Linear(dim, dim, bias=False))
+            block.fc1, block.fc2 = nn.Linear(dim, dim * mul), nn.Linear(dim * mul, dim)
+            self.encoder.append(block)
+        self.classifier = nn.Module()
+        self.classifier.fc1, self.classifier.fc2 = nn.Linear(dim, dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.embedding.conv1(x)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1) + self.embedding.pos_embedding
+        b, s, e = x.shape
+        for blk in self.encoder:
+            h = F.layer_norm(x, (e,))
+            q, k, v = (getattr(blk.attention, n)(h).reshape(b, s, self.heads, -1).permute(0, 2, 1, 3)
+                       for n in ("queries", "keys", "values"))
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(e // self.heads), -1)
+            h = blk.attention.out_projection((att @ v).permute(0, 2, 1, 3).reshape(b, s, e))
+            x = blk.fc2(torch.relu(blk.fc1(F.layer_norm(h, (e,)))))
+        return self.classifier.fc2(torch.relu(self.classifier.fc1(F.layer_norm(x, (e,)).mean(1))))
+
+
+def test_small_transformer_zoo(tmp_path):
+    from wgraph.tasks.data import task_data
+    from wgraph.tasks.spec import get_task
+
+    torch.manual_seed(5)
+    data = tmp_path / "mnist_transformer"
+    (data / "mnist").mkdir(parents=True)
+    (data / "metadata").mkdir()
+    nets, rows = [SourceViT() for _ in range(4)], []
+    for i, m in enumerate(nets):
+        torch.save(m.state_dict(), data / "mnist" / f"run{i}_75_{9000 + i}.pt")
+        rows.append(f"{i},mnist/run{i}_75_{9000 + i}.pt,75,0.{90 + i},2,8\n")
+    torch.save({"embedding": {"weight": [torch.zeros(2)]}}, data / "mnist_train_0.1.pt")  # the loader's own cache
+    (data / "metadata" / "mnist.csv").write_text(
+        "seed,ckpt_file,ckpt_epoch,test_top1_accuracy,n_attention_heads,embed_dim\n" + "".join(rows))
+    kwargs = {"embed_dim": 8, "n_heads": 2, "image_size": 12}
+    report = import_zoo("checkpoints", data, tmp_path / "zoo", arch="small_vit", arch_kwargs=kwargs,
+                        input_shape=[1, 1, 12, 12], labels=str(data / "metadata" / "mnist.csv"), key="ckpt_file",
+                        rename={"test_top1_accuracy": "test_acc", "seed": "run"}, progress=False)
+    assert [(p.file, p.reason) for p in report.problems] == [("mnist.csv", "missing label")]  # the cache file
+    zoo = report.zoo
+    np.testing.assert_allclose(zoo.table["test_acc"], [0.90, 0.91, 0.92, 0.93])
+    x = torch.randn(3, 1, 12, 12)
+    for i, m in enumerate(nets):
+        assert torch.equal(zoo.weights["encoder.1.attention.keys.weight"][i], m.encoder[1].attention.keys.weight)
+        with torch.no_grad():
+            torch.testing.assert_close(zoo.network(i)(x), m(x), rtol=1e-5, atol=1e-5)
+    assert task_data(zoo, get_task("generalization")).graphs.batch_size == 4

@@ -246,6 +246,83 @@ def siren(sizes: list[int] | tuple[int, ...] = (2, 32, 32, 1), w0: float = 30.0,
     return ShiftedSequential(*layers, offset=offset) if offset else nn.Sequential(*layers)
 
 
+class _PatchEmbedding(nn.Module):
+    def __init__(self, channels: int, dim: int, image_size: int, patch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, dim, patch, stride=patch)
+        # fixed (requires_grad=False) in the published model: its checkpoints hold the sinusoidal table
+        self.pos_embedding = nn.Parameter(torch.zeros((image_size // patch) ** 2, dim), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        return x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1) + self.pos_embedding
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.queries, self.keys, self.values = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.out_projection = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, e = x.shape
+        q, k, v = (f(x).reshape(b, n, self.heads, e // self.heads).permute(0, 2, 1, 3)
+                   for f in (self.queries, self.keys, self.values))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out_projection(out.permute(0, 2, 1, 3).reshape(b, n, e))
+
+
+class _EncoderBlock(nn.Module):
+    """Attention, then a two-layer MLP, each after a LayerNorm without parameters and, as published,
+    without a residual connection."""
+
+    def __init__(self, dim: int, heads: int, forward_mul: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attention = _SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        hidden = dim * forward_mul
+        self.fc1, self.activation, self.fc2 = nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(self.norm2(self.attention(self.norm1(x))))))
+
+
+class _TokenMeanClassifier(nn.Module):
+    def __init__(self, dim: int, classes: int):
+        super().__init__()
+        self.fc1, self.activation, self.fc2 = nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(x.mean(dim=1))))
+
+
+class SmallViT(nn.Module):
+    """The vision transformer of the Small Transformer Zoo's MNIST-Transformers (Tran et al. 2025,
+    Transformer-NFN): patch embedding (a strided convolution plus a fixed position table), encoder
+    blocks, a final LayerNorm, a classifier on the mean token. Its state dict has the published
+    names (``embedding.conv1.*``, ``encoder.{i}.attention.queries.weight``, ``encoder.{i}.fc1.*``,
+    ``classifier.fc2.*``, ...); attention is :math:`\\mathrm{softmax}(Q_h K_h^T / \\sqrt{d_h}) V_h`
+    per head, computed by ``scaled_dot_product_attention``."""
+
+    def __init__(self, n_channels: int = 1, embed_dim: int = 32, n_layers: int = 2, n_heads: int = 2,
+                 forward_mul: int = 2, image_size: int = 28, patch_size: int = 4, n_classes: int = 10):
+        super().__init__()
+        if embed_dim % n_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not a multiple of n_heads {n_heads}")
+        self.embedding = _PatchEmbedding(n_channels, embed_dim, image_size, patch_size)
+        self.encoder = nn.ModuleList(_EncoderBlock(embed_dim, n_heads, forward_mul) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(embed_dim, elementwise_affine=False)
+        self.classifier = _TokenMeanClassifier(embed_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(x)
+        for block in self.encoder:
+            x = block(x)
+        return self.classifier(self.norm(x))
+
+
 #: Builders a zoo manifest may name (``arch.name``), called with JSON keyword arguments. A manifest
 #: is untrusted input: it can only pick from this table, never import code. Add your own with
 #: :func:`register_arch`.
@@ -255,6 +332,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
     "resnet_mlp": resnet_mlp,
     "tf_cnn": tf_cnn,
+    "small_vit": SmallViT,
     "torchvision": torchvision_model,
     "timm": timm_model,
 }

@@ -16,9 +16,14 @@ loading such a zoo). ``arch_kwargs``: JSON keyword arguments of the builder.
 
 ``labels``: a CSV file with one row per checkpoint; its ``key`` column (default ``file``) names the
 checkpoint by its path relative to ``SRC``, its file name or its stem. Every other column becomes a
-table column (typed int, float, bool or str); integer ``run`` / ``checkpoint`` columns are used as
-such (default: the checkpoint's position, 0). A checkpoint without a row, or with an empty field, is
-skipped (``missing label``).
+table column (typed int, float, bool or str; ``rename`` renames them); integer ``run`` /
+``checkpoint`` columns are used as such (default: the checkpoint's position, 0). A checkpoint without
+a row, or with an empty field, is skipped (``missing label``). A key that is a path relative to
+another directory is matched by its file name when that name is unique in ``SRC``.
+
+The Small Transformer Zoo's MNIST-Transformers (Tran et al. 2025) are such a folder:
+``arch="small_vit"`` (:class:`~wgraph.zoo.archs.SmallViT`), labels ``metadata/mnist.csv``, key
+``ckpt_file``.
 """
 
 from __future__ import annotations
@@ -91,40 +96,43 @@ def list_files(src: Path) -> tuple[Path, list[Path]]:
     raise ZooError(f"{src}: no such directory or list file")
 
 
-def _labels(path: Path, key: str, names: list[str]) -> tuple[dict[str, str], dict[int, dict], list]:
-    """Column types, each file's row (by position), and rows that name no file."""
+def _labels(path: Path, key: str, names: list[str], rename: dict[str, str]) -> tuple[dict, dict[int, dict], list]:
+    """Column types, each file's row (by position), and the rows that name no file."""
     header, body = read_csv(path)
     if key not in header:
         raise ZooError(f"{path}: no column {key!r} naming the checkpoints (key=, --key); columns: {header}")
     k = header.index(key)
-    cols = [c for c in header if c != key]
-    types = {c: column_type([r[header.index(c)] for r in body]) for c in cols}
-    values = {c: typed_column([r[header.index(c)] for r in body], types[c]) for c in cols}
-    lookup: dict[str, int] = {}
+    cols = {j: rename.get(c, c) for j, c in enumerate(header) if j != k}
+    types = {c: column_type([r[j] for r in body]) for j, c in cols.items()}
+    values = {c: typed_column([r[j] for r in body], types[c]) for j, c in cols.items()}
+    aliases: dict[str, set[int]] = {}
     for i, name in enumerate(names):
-        p = Path(name)
-        for alias in dict.fromkeys((name, p.name, p.stem)):
-            lookup.setdefault(alias, i)
+        for alias in (name, Path(name).name, Path(name).stem):
+            aliases.setdefault(alias, set()).add(i)
+    lookup = {a: i.pop() for a, i in aliases.items() if len(i) == 1}  # an ambiguous alias names nothing
     rows, unmatched = {}, []
     for r, fields in enumerate(body):
-        i = lookup.get(fields[k])
+        v = fields[k]
+        i = lookup.get(v, lookup.get(Path(v).name))  # a path relative to another root ends in the file name
         if i is None or i in rows:
             why = "names no checkpoint in the source" if i is None else f"repeats the row of {names[i]!r}"
             reason = MISSING_FILE if i is None else DUPLICATE
-            unmatched.append(Problem(path.name, None, reason, f"row {r + 1}: {fields[k]!r} {why}"))
+            unmatched.append(Problem(path.name, None, reason, f"row {r + 1}: {v!r} {why}"))
             continue
-        rows[i] = {c: values[c][r] for c in cols}
+        rows[i] = {c: values[c][r] for c in cols.values()}
     return types, rows, unmatched
 
 
 def plan(src, *, arch: str, arch_kwargs: dict | None = None, input_shape: list[int] | None = None,
-         labels: str | None = None, key: str = "file", dtype: str = "float32") -> Plan:
-    """Plan the import of the checkpoints in ``src`` (see the module docstring)."""
+         labels: str | None = None, key: str = "file", rename: dict[str, str] | None = None,
+         dtype: str = "float32") -> Plan:
+    """Plan the import of the checkpoints in ``src`` (see the module docstring); ``rename``: new
+    names of label columns (e.g. ``{"test_top1_accuracy": "test_acc"}``)."""
     root, files = list_files(Path(src))
     names = [p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p) for p in files]
     spec = resolve_arch(arch, arch_kwargs, input_shape)
     template, dt = arch_template(spec), dtype_of(dtype)
-    types, rows, problems = ({}, {}, []) if labels is None else _labels(Path(labels), key, names)
+    types, rows, problems = ({}, {}, []) if labels is None else _labels(Path(labels), key, names, rename or {})
     for c in ("run", "checkpoint"):
         if c in types and types[c] != "int":
             raise ZooError(f"{labels}: column {c!r} must hold integers (it is used as the zoo's {c})")
@@ -154,7 +162,7 @@ def plan(src, *, arch: str, arch_kwargs: dict | None = None, input_shape: list[i
         return read_files([it for it in items[start:stop] if it.index in ok], template, dt, list(columns), adapt)
 
     options = {"arch": arch, "arch_kwargs": arch_kwargs or {}, "input_shape": spec["input_shape"], "labels": labels,
-               "key": key}
+               "key": key, "rename": rename or {}}
     fp = fingerprint([(n, p.stat().st_size if p.is_file() else -1) for n, p in zip(names, files)]
                      + ([Path(labels).stat().st_size] if labels else []))
     return Plan("checkpoints", spec, columns, options, fp, len(items), read, dt, problems)
@@ -167,6 +175,7 @@ def add_arguments(p) -> None:
     p.add_argument("--input-shape", help="example input shape, e.g. 1,784 (torchvision default 1,3,224,224)")
     p.add_argument("--labels", help="CSV with one row per checkpoint")
     p.add_argument("--key", default="file", help="the CSV column naming the checkpoint (default 'file')")
+    p.add_argument("--rename", help="rename label columns, OLD=NEW[,OLD=NEW...] (e.g. test_top1_accuracy=test_acc)")
     p.add_argument("--dtype", default="float32", help="dtype of the stored weights (default float32)")
 
 
@@ -176,5 +185,8 @@ def options(args) -> dict:
     except json.JSONDecodeError as e:
         raise ZooError(f"--arch-kwargs: not JSON ({e})") from None
     shape = [int(s) for s in args.input_shape.split(",")] if args.input_shape else None
+    pairs = [p.split("=", 1) for p in args.rename.split(",")] if args.rename else []
+    if any(len(p) != 2 for p in pairs):
+        raise ZooError(f"--rename {args.rename!r}: expected OLD=NEW[,OLD=NEW...]")
     return {"arch": args.arch, "arch_kwargs": kwargs, "input_shape": shape, "labels": args.labels, "key": args.key,
-            "dtype": args.dtype}
+            "rename": dict(pairs), "dtype": args.dtype}
