@@ -1,14 +1,14 @@
-"""Systems of lines ("trees") for tree-sliced Wasserstein distances, and their sampler.
+r"""Systems of lines ("trees") for tree-sliced Wasserstein distances, and their sampler.
 
-A tree system of ``k`` lines in :math:`\\mathbb{R}^d`: line :math:`l` is
-:math:`\\{x_l + t\\,\\theta_l : t \\in \\mathbb{R}\\}` with a unit direction :math:`\\theta_l`, and
+A tree system of ``k`` lines in :math:`\mathbb{R}^d`: line :math:`l` is
+:math:`\{x_l + t\,\theta_l : t \in \mathbb{R}\}` with a unit direction :math:`\theta_l`, and
 :math:`t` is the line's coordinate (its origin :math:`x_l` at :math:`t = 0`). The lines form a tree
 (a metric graph whose distance is the length of the path along the lines):
 
 - **chain** (TSW-SL, Tran et al. 2024, Alg. 1): line :math:`l + 1` starts on line :math:`l`,
-  :math:`x_{l+1} = x_l + c_l\\,\\theta_l` with an offset :math:`c_l \\sim U(-s, s)`;
+  :math:`x_{l+1} = x_l + c_l\,\theta_l` with an offset :math:`c_l \sim U(-s, s)`;
 - **concurrent** (Db-TSW, Tran et al., ICLR 2025): every line goes through one root
-  :math:`r \\sim N(\\bar{x}, \\sigma^2 I)` (:math:`\\bar{x}` the data mean), :math:`c_l = 0`.
+  :math:`r \sim N(\bar{x}, \sigma^2 I)` (:math:`\bar{x}` the data mean), :math:`c_l = 0`.
 
 Both are rooted at :math:`x_1` (coordinate 0 of line 1), and line :math:`l + 1` hangs below the
 point :math:`c_l` of line :math:`l`. A fixed :class:`TreeSystem` gives a deterministic distance (a
@@ -28,7 +28,7 @@ TREE_KINDS = ("concurrent", "chain")
 
 @dataclass(frozen=True)
 class TreeSystem:
-    """``L`` trees of ``k`` lines in :math:`\\mathbb{R}^d`.
+    r"""``L`` trees of ``k`` lines in :math:`\mathbb{R}^d`.
 
     ``origins (L, k, d)``: the point at coordinate 0 of every line; ``directions (L, k, d)``: unit
     vectors; ``attach (L, k)``: the coordinate on line ``l`` where line ``l + 1`` starts (0 for a
@@ -78,21 +78,20 @@ class TreeSystem:
         )
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(coordinates, distances)``, both ``(L, k, n)``: the coordinate of each point's projection
-        on each line, :math:`t_l(y) = \\langle y - x_l, \\theta_l \\rangle`, and the point's distance
-        to the line, :math:`\\lVert y - x_l - t_l(y)\\,\\theta_l \\rVert`.
+        r"""``(coordinates, distances)``, both ``(L, k, n)``: the coordinate of each point's projection
+        on each line, :math:`t_l(y) = \langle y - x_l, \theta_l \rangle`, and the point's distance
+        to the line, :math:`\sqrt{\lVert y - x_l \rVert^2 - t_l(y)^2}`.
 
-        Computed relative to each tree's first origin :math:`r` (:math:`u = y - r`,
-        :math:`v_l = x_l - r`): memory :math:`O(L (n d + k n))`, not :math:`O(L k n d)`."""
-        root = self.origins[:, :1]  # (L, 1, d)
-        u = x[None] - root  # (L, n, d)
-        v = self.origins - root  # (L, k, d): zero for a concurrent system
-        t = torch.einsum("lkd,lnd->lkn", self.directions, u) - (self.directions * v).sum(-1)[..., None]
-        sq = (u * u).sum(-1)[:, None] - 2 * torch.einsum("lkd,lnd->lkn", v, u) + (v * v).sum(-1)[..., None]
+        Both come from products with the directions and the origins, taken relative to the mean
+        origin :math:`c` (to keep the squares small): :math:`O(L k d n)` time, no ``(L, k, n, d)`` tensor."""
+        c = self.origins.mean(dim=(0, 1))
+        u, v = x - c, self.origins - c  # (n, d), (L, k, d)
+        t = torch.einsum("lkd,nd->lkn", self.directions, u) - (self.directions * v).sum(-1)[..., None]
+        sq = (u * u).sum(-1) - 2 * torch.einsum("lkd,nd->lkn", v, u) + (v * v).sum(-1)[..., None]
         return t, (sq - t * t).clamp_min(torch.finfo(t.dtype).tiny).sqrt()
 
     def transform(self, rotation: torch.Tensor, translation: torch.Tensor | None = None) -> TreeSystem:
-        """The system moved by :math:`y \\mapsto R y + t` (``rotation (d, d)`` orthogonal): the
+        r"""The system moved by :math:`y \mapsto R y + t` (``rotation (d, d)`` orthogonal): the
         coordinates of the moved points on the moved lines are the old ones, so the distances between
         moved measures are unchanged (a joint isometry)."""
         origins = self.origins @ rotation.T
@@ -127,13 +126,13 @@ def sample_trees(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> TreeSystem:
-    """Draw ``n_trees`` tree systems of ``n_lines`` lines in dimension ``dim``.
+    r"""Draw ``n_trees`` tree systems of ``n_lines`` lines in dimension ``dim``.
 
     The root (every line's origin for ``kind="concurrent"``, the first line's for ``"chain"``) is
-    :math:`N(\\text{center}, \\text{std}^2 I)` (``center`` defaults to the origin; pass the data
+    :math:`N(\text{center}, \text{std}^2 I)` (``center`` defaults to the origin; pass the data
     mean, as :func:`~wgraph.ot.tree_sliced_wasserstein` does). Directions are uniform on the sphere,
     orthonormal within each tree if ``orthogonal`` (needs ``n_lines <= dim``). In a chain, line
-    :math:`l + 1` starts at coordinate :math:`c_l \\sim U(-\\text{offset}, \\text{offset})` of line
+    :math:`l + 1` starts at coordinate :math:`c_l \sim U(-\text{offset}, \text{offset})` of line
     :math:`l`. Random numbers come from ``generator`` (on the CPU, so a seed gives the same trees on
     every device).
     """
