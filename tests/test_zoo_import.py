@@ -179,7 +179,7 @@ def test_small_cnn_zoo_resume_gives_the_same_zoo(tmp_path, monkeypatch):
         assert torch.equal(resumed.zoo.weights[k], v)
     assert json.loads((tmp_path / "resumed" / REPORT).read_text())["shards"]["0"][0]["index"] == 1
     with pytest.raises(Exception, match="different arch"):  # another setting is refused, as for generation
-        import_zoo("small-cnn-zoo", tmp_path / "src", tmp_path / "resumed", shard_size=3, padding="valid",
+        import_zoo("small-cnn-zoo", tmp_path / "src", tmp_path / "resumed", shard_size=3, padding="same",
                    progress=False)
 
 

@@ -108,7 +108,7 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def tf_cnn(channels: list[int] | tuple[int, ...] = (1, 16, 16, 16), kernel_size: int | list[int] = 3, stride: int = 2,
-           padding: str = "same", input_size: list[int] | tuple[int, int] = (28, 28), classes: int = 10,
+           padding: str = "valid", input_size: list[int] | tuple[int, int] = (28, 28), classes: int = 10,
            activation: str = "relu") -> nn.Sequential:
     """The CNN of the Small CNN Zoo (Unterthiner et al. 2020), computing what the TensorFlow original
     computes: convolutions ``channels[i] -> channels[i + 1]`` (``kernel_size``: one int, or one per

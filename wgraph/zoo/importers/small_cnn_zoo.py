@@ -13,8 +13,8 @@ to the equivalent torch tensor: a convolution kernel ``(kh, kw, in, out)`` (HWIO
 ``(out, in, kh, kw)``, a dense kernel ``(in, out)`` becomes ``(out, in)``, biases stay. The torch
 network is :func:`~wgraph.zoo.archs.tf_cnn`, which computes what the TensorFlow network computes
 (TensorFlow's ``"same"`` padding included) for the stride and padding given (the published files do
-not record them; the defaults are stride 2 and ``"same"``), and whose activation is each network's
-``config.activation``.
+not record them; the defaults are stride 2 and ``"valid"``, Keras' default padding, as
+:func:`~wgraph.zoo.archs.small_cnn`), and whose activation is each network's ``config.activation``.
 
 Table: the metrics columns with ``config.`` dropped and ``test_accuracy`` / ``train_accuracy``
 renamed ``test_acc`` / ``train_acc`` (the names of wgraph's CNN zoos, so ``wgraph train`` reads them),
@@ -149,7 +149,7 @@ def ranges(positions: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def plan(src, *, stride: int = 2, padding: str = "same", input_size: list[int] | None = None,
+def plan(src, *, stride: int = 2, padding: str = "valid", input_size: list[int] | None = None,
          steps: list[int] | None = None, activation: str = "relu", weights: str = "weights.npy",
          layout: str = "layout.csv", metrics: str = "metrics.csv.gz") -> Plan:
     """Plan the import of the Small-CNN-Zoo directory ``src``. ``stride`` / ``padding``: of every
@@ -264,8 +264,8 @@ def _input_size(given, datasets, picked: list[int], where: Path) -> list[int]:
 
 def add_arguments(p) -> None:
     p.add_argument("--stride", type=int, default=2, help="stride of every convolution (default 2)")
-    p.add_argument("--padding", choices=["same", "valid"], default="same",
-                   help="TensorFlow padding of every convolution (default 'same')")
+    p.add_argument("--padding", choices=["same", "valid"], default="valid",
+                   help="TensorFlow padding of every convolution (default 'valid', Keras' default)")
     p.add_argument("--input-size", help="image H,W (default: from config.dataset: 28 for MNIST / Fashion-MNIST, "
                    "32 for CIFAR-10 / SVHN)")
     p.add_argument("--steps", help="import only these steps, e.g. 86 (the end of training)")
