@@ -146,7 +146,8 @@ def test_config_errors_name_the_key():
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 64, 65)])  # small and large o*i take different paths
 def test_fused_weight_update_gradients(shape):
-    from wgraph.nn.np_layers import _MixBroadcast, _row_col_means
+    from wgraph.nn.np_layers import _row_col_means
+    from wgraph.nn.weight_space import ChannelMix
 
     B, X, o, i = shape
     g = torch.Generator().manual_seed(0)
@@ -156,13 +157,13 @@ def test_fused_weight_update_gradients(shape):
     col = torch.randn(B, 4, o, dtype=torch.float64, generator=g, requires_grad=True)
     const = torch.randn(B, 4, dtype=torch.float64, generator=g, requires_grad=True)
     ref = torch.einsum("yx,bxjk->byjk", M, W) + row[:, :, None, :] + col[..., None] + const[..., None, None]
-    torch.testing.assert_close(_MixBroadcast.apply(M, W, row, col, const), ref)
+    torch.testing.assert_close(ChannelMix.apply(M, W, row, col, const), ref)
     if o * i < 1000:
-        assert torch.autograd.gradcheck(lambda *a: _MixBroadcast.apply(*a), (M, W, row, col, const))
+        assert torch.autograd.gradcheck(lambda *a: ChannelMix.apply(*a), (M, W, row, col, const))
         assert torch.autograd.gradcheck(lambda w: _row_col_means([w])[0][0] * 2 + _row_col_means([w])[1][0].sum(), (W,))
     else:
         dz = torch.randn_like(ref)
-        got = torch.autograd.grad(_MixBroadcast.apply(M, W, row, col, const), (M, W, row, col, const), dz)
+        got = torch.autograd.grad(ChannelMix.apply(M, W, row, col, const), (M, W, row, col, const), dz)
         want = torch.autograd.grad(ref, (M, W, row, col, const), dz)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
@@ -171,11 +172,12 @@ def test_fused_weight_update_gradients(shape):
 def test_weight_gradient_accumulates_in_place():
     """W's two gradients (channel mix, row / column means) are summed into the mix's gradient, not
     into a third W-sized tensor: that gradient must own its storage (not be a view)."""
-    from wgraph.nn.np_layers import _MixBroadcast, _row_col_means
+    from wgraph.nn.np_layers import _row_col_means
+    from wgraph.nn.weight_space import ChannelMix
 
     M, W = torch.randn(4, 3), torch.randn(2, 3, 64, 65, requires_grad=True)  # large o*i path
     r, c = _row_col_means([W])
-    z = _MixBroadcast.apply(M, W, None, None, None)
+    z = ChannelMix.apply(M, W, None, None, None)
     ptr = []
     z.grad_fn.register_hook(lambda grad_in, grad_out: ptr.append(grad_in[1].data_ptr()))
     (z.sum() + r[0].sum() + c[0].sum()).backward()

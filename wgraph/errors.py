@@ -33,3 +33,12 @@ class FileFormatError(WgraphError):
 
 class ZooError(WgraphError):
     """A model zoo directory is missing, incomplete, corrupted, or does not match its manifest."""
+
+
+class ConfigError(WgraphError):
+    """A bad configuration (a model preset, a training or zoo setting): an unknown key, a wrong type,
+    an unknown choice or a value out of range. The message names the key."""
+
+
+class MissingDependency(WgraphError):
+    """An optional package that a feature needs is not installed; the message names it."""

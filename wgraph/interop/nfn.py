@@ -58,8 +58,7 @@ def from_wsfeat(wsfeat, layout: Layout | None = None):
 def network_spec(layout_or_graph):
     """``nfn.common.NetworkSpec`` of a chain layout (hidden sizes marked -1, as ``nfn`` does)."""
     common, _ = _nfn()
-    layout = layout_or_graph.layout if isinstance(layout_or_graph, WeightGraph) else layout_or_graph
-    s = ChainSpec.from_layout(layout)
+    s = ChainSpec.of(layout_or_graph)
     L = s.num_layers
     ws, bs = [], []
     for i in range(L):

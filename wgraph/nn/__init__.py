@@ -13,24 +13,56 @@ Every model type answers ``Model.supports(layout)`` with a :class:`Support` (can
 and if not, why).
 """
 
-from .encoders import EdgeEncoder, EncoderError, InputNormalization, NodeEncoder, kernel_key
-from .gnn import ConfigError, GNNConfig, GNNLayer, GraphNFN, ReadoutConfig
-from .presets import PresetError, available_presets, from_preset, load_preset, preset_path
+from ..errors import ConfigError
+from ..support import Support
+from .configs import (
+    GNNConfig,
+    HNPConfig,
+    MAGEPConfig,
+    MonomialConfig,
+    NPConfig,
+    ParamSharingConfig,
+    PSConfigError,
+    ReadoutConfig,
+    StatNNConfig,
+    StatNNConfigError,
+)
+from .encoders import EdgeEncoder, EdgeInput, EncoderError, InputNormalization, NodeEncoder, kernel_key
+from .gnn import GNNLayer, GraphNFN
+from .layouts import model_layout, model_layouts
 from .magep import MAGEP
 from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, LearnedPosEmbedding, NPLinear, NPPool, TupleOp
-from .ps_models import ParamSharingNFN, PSConfigError
-from .statnn import StatNN
-from ..support import Support
+from .presets import (
+    PRESET_TYPES,
+    PresetError,
+    PresetType,
+    available_presets,
+    from_preset,
+    load_preset,
+    preset_path,
+    resolve_preset,
+)
+from .ps_models import ParamSharingNFN
 from .readout import InvariantReadout, ParameterHead, ReadoutError
+from .statnn import StatNN
 from .weight_space import ChainSpec, WeightSpace, WeightSpaceError, random_graph
 
 __all__ = [
-    "GraphNFN", "GNNLayer", "GNNConfig", "ReadoutConfig", "from_preset", "load_preset", "preset_path",
-    "available_presets",
-    "EdgeEncoder", "NodeEncoder", "InputNormalization", "InvariantReadout", "ParameterHead", "kernel_key",
-    "ConfigError", "PresetError", "EncoderError", "ReadoutError",
-    "WeightSpace", "WeightSpaceError", "ChainSpec", "random_graph", "NPLinear", "HNPLinear", "NPPool", "HNPPool",
-    "LearnedPosEmbedding", "IOSinusoidalEncoding", "TupleOp", "MonomialLinear", "MonomialPool", "activation_for",
-    "MAGEP", "ParamSharingNFN", "PSConfigError", "StatNN", "Support",
-]  # fmt: skip
+    # graph NFN
+    "GraphNFN", "GNNLayer", "EdgeEncoder", "NodeEncoder", "InputNormalization", "InvariantReadout", "ParameterHead",
+    "EdgeInput", "kernel_key",
+    # configurations and presets
+    "GNNConfig", "ReadoutConfig", "ParamSharingConfig", "NPConfig", "HNPConfig", "MonomialConfig", "MAGEPConfig",
+    "StatNNConfig", "PRESET_TYPES", "PresetType", "from_preset", "load_preset", "resolve_preset", "preset_path",
+    "available_presets", "model_layouts", "model_layout",
+    # errors
+    "ConfigError", "PresetError", "PSConfigError", "StatNNConfigError", "EncoderError", "ReadoutError",
+    "WeightSpaceError",
+    # parameter sharing
+    "WeightSpace", "ChainSpec", "random_graph", "NPLinear", "HNPLinear", "NPPool", "HNPPool", "LearnedPosEmbedding",
+    "IOSinusoidalEncoding", "TupleOp", "MonomialLinear", "MonomialPool", "activation_for", "MAGEP",
+    "ParamSharingNFN",
+    # baseline, capability
+    "StatNN", "Support",
+]

@@ -35,6 +35,7 @@ flattened feature map (neuron ``c`` at spatial position ``s``) also get a spatia
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -54,6 +55,26 @@ class EncoderError(WgraphError):
 def kernel_key(kernel: tuple[int, ...]) -> str:
     """Name of the edge type of a dense block with this kernel: ``"linear"``, ``"k3x3"``, ..."""
     return "linear" if not kernel else "k" + "x".join(map(str, kernel))
+
+
+@dataclass(frozen=True)
+class EdgeInput:
+    r"""What a message-passing layer reads of one edge block, in one of two forms.
+
+    *Raw* (``w`` given): the edge features ``x``, ``(B, out, in, K)``, or ``None`` for a block
+    without a tensor (its edges carry the constant 1), and the lift ``(w, b)``, ``(K, H)`` and
+    ``(H,)``: the edge embedding is :math:`x w + b`, which the layers compose with their own maps and
+    apply inside the kernel. *State* (``edge_updates``): ``x`` is the materialized edge state
+    ``(B, out, in, H)`` and ``w``, ``b`` are ``None``.
+    """
+
+    x: torch.Tensor | None
+    w: torch.Tensor | None = None
+    b: torch.Tensor | None = None
+
+    def embedding(self) -> torch.Tensor:
+        """The edge embedding ``(B, out, in, H)``: the state, or the lifted features."""
+        return self.x if self.w is None else self.x @ self.w + self.b
 
 
 class EdgeEncoder(nn.Module):

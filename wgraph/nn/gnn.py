@@ -32,126 +32,26 @@ neurons no permutation moves.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WgraphError
+from ..errors import ConfigError
 from ..graph import Layout, WeightGraph
-from ..kernels import ACTIVATIONS, AGGREGATORS, Backend, available_backends, get_backend, message_pass, pair_sum
+from ..kernels import ACTIVATIONS, Backend, get_backend, message_pass, pair_sum
 from ..kernels.spec import apply_act_
-from .encoders import EdgeEncoder, InputNormalization, NodeEncoder
-from .readout import POOLS, InvariantReadout, ParameterHead, _Act
 from ..support import Support
+from .configs import GNNConfig, ReadoutConfig
+from .encoders import EdgeEncoder, EdgeInput, InputNormalization, NodeEncoder
+from .layouts import model_layouts
+from .readout import InvariantReadout, ParameterHead, _Act
 
-
-class ConfigError(WgraphError):
-    """A bad model configuration: an unknown key, a wrong type, or an unknown choice."""
-
-
-# ----------------------------------------------------------------------------- configuration
-@dataclass
-class ReadoutConfig:
-    """The ``[readout]`` table of a preset (see :class:`~wgraph.nn.readout.InvariantReadout`)."""
-
-    pool: tuple[str, ...] = ("mean",)
-    per_layer: bool = False
-    output_states: bool = True
-    hidden: int = 64
-
-
-@dataclass
-class GNNConfig:
-    """Hyperparameters of :class:`GraphNFN`; a preset file (``type = "gnn"``) holds these keys."""
-
-    hidden: int = 64
-    layers: int = 4
-    aggr: tuple[str, ...] = ("mean",)
-    act: str = "relu"
-    norm: str = "layer"
-    edge_updates: bool = False
-    fourier_features: int = 0
-    fourier_scale: float = 1.0
-    normalize_inputs: bool = True
-    positions: bool = True
-    max_positions: int = 1024
-    max_depth: int = 64
-    head: str = "invariant"
-    out_dim: int = 1
-    backend: str = "auto"
-    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GNNConfig:
-        """Build from a dict (a parsed preset without its ``type``); unknown keys are errors."""
-        d = dict(d)
-        readout = d.pop("readout", {})
-        if not isinstance(readout, dict):
-            raise ConfigError(f"readout must be a table, got {readout!r}")
-        cfg = cls(**_typed(cls, d, ""), readout=ReadoutConfig(**_typed(ReadoutConfig, readout, "readout.")))
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        def choice(key, value, allowed):
-            if value not in allowed:
-                raise ConfigError(f"{key} = {value!r} is not one of {list(allowed)}")
-
-        for a in self.aggr:
-            choice("aggr", a, AGGREGATORS)
-        if not self.aggr:
-            raise ConfigError("aggr must name at least one aggregator")
-        for p in self.readout.pool:
-            choice("readout.pool", p, POOLS)
-        choice("act", self.act, ACTIVATIONS)
-        choice("norm", self.norm, ("layer", "none"))
-        choice("head", self.head, ("invariant", "parameters"))
-        choice("backend", self.backend, available_backends())
-        for key in ("hidden", "max_positions", "max_depth", "out_dim", "layers", "fourier_features"):
-            least = 0 if key in ("layers", "fourier_features") else 1
-            if getattr(self, key) < least:
-                raise ConfigError(f"{key} must be >= {least}, got {getattr(self, key)}")
-        if self.readout.hidden < 1:
-            raise ConfigError(f"readout.hidden must be >= 1, got {self.readout.hidden}")
-
-
-def _typed(cls, d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Check keys and value types of ``d`` against the fields of dataclass ``cls``."""
-    known = {f.name: f for f in fields(cls) if f.name != "readout"}
-    out = {}
-    for key, value in d.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {prefix + key!r}; known keys: {sorted(prefix + k for k in known)}")
-        default = getattr(cls(), key)
-        if isinstance(default, tuple):
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{prefix}{key} must be a list of strings, got {value!r}")
-            value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{prefix}{key} must be true or false, got {value!r}")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{prefix}{key} must be an integer, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{prefix}{key} must be a number, got {value!r}")
-            value = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"{prefix}{key} must be a string, got {value!r}")
-        out[key] = value
-    return out
+__all__ = ["GraphNFN", "GNNLayer", "GNNConfig", "ReadoutConfig", "ConfigError", "EdgeInput", "from_config"]
 
 
 # ----------------------------------------------------------------------------- layers
-EdgeInput = tuple  # (x, w, b): edge embedding x @ w + b, or (state, None, None) with edge states
-
-
 class _Direction(nn.Module):
     """The maps A, B (+bias), C and P of one message direction."""
 
@@ -162,12 +62,13 @@ class _Direction(nn.Module):
         self.edge = nn.Linear(hidden, hidden, bias=False)
         self.post = nn.Linear(hidden * n_aggr, hidden)
 
-    def edge_map(self, w: torch.Tensor | None, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``C`` composed with the edge lift ``(w, b)``: the kernel's ``(K, H)`` weight and a bias."""
+    def edge_map(self, inp: EdgeInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``C`` composed with the edge lift ``(w, b)``: the kernel's ``(K, H)`` weight and a bias
+        (``C`` itself and no bias for an edge state)."""
         c = self.edge.weight.t()
-        if w is None:
+        if inp.w is None:
             return c, None
-        return w @ c, b @ c
+        return inp.w @ c, inp.b @ c
 
 
 class GNNLayer(nn.Module):
@@ -183,7 +84,13 @@ class GNNLayer(nn.Module):
         self.edge_update = _EdgeUpdate(hidden, act) if edge_updates else None
 
     def _messages(
-        self, d: _Direction, layout: Layout, h: torch.Tensor, edge_inputs, reverse: bool, backend: Backend
+        self,
+        d: _Direction,
+        layout: Layout,
+        h: torch.Tensor,
+        edge_inputs: list[EdgeInput],
+        reverse: bool,
+        backend: Backend,
     ) -> torch.Tensor:
         """The aggregated messages of every node, ``(B, N, H * len(aggr))``, before ``P``.
 
@@ -195,10 +102,10 @@ class GNNLayer(nn.Module):
         """
         sizes = [layer.size for layer in layout.layers]
         plan = []  # per block: sender (layer, selection), receiver (layer, selection), kernel weight, bias
-        for bi, (blk, (x, w, b)) in enumerate(zip(layout.blocks, edge_inputs)):
+        for bi, (blk, inp) in enumerate(zip(layout.blocks, edge_inputs)):
             src, dst = layout.block_selection(bi)
             ends = ((blk.src, src), (blk.dst, dst)) if not reverse else ((blk.dst, dst), (blk.src, src))
-            plan.append((*ends, *d.edge_map(w, b)))
+            plan.append((*ends, *d.edge_map(inp)))
         reach = [sum(r == layer for _, (r, _), _, _ in plan) for layer in range(len(sizes))]
         folded = [bias is not None and r is None and reach[rl] == 1 for _, (rl, r), _, bias in plan]
         node_bias = [d.recv.bias] * len(sizes)
@@ -209,14 +116,15 @@ class GNNLayer(nn.Module):
         recv_all = torch.matmul(h, d.recv.weight.t()).add_(node_bias).split(sizes, dim=1)
         send_all = d.send(h).split(sizes, dim=1)
         incoming: list[list] = [[] for _ in sizes]  # per receiving layer: (selection, messages)
-        for blk, ((sl, s), (rl, r), weight, bias), fold, (x, _, _) in zip(layout.blocks, plan, folded, edge_inputs):
+        for blk, ((sl, s), (rl, r), weight, bias), fold, inp in zip(layout.blocks, plan, folded, edge_inputs):
             recv = _select(recv_all[rl], r)
             if bias is not None and not fold:
                 recv = recv + bias
+            sender = _select(send_all[sl], s)
             m = message_pass(
-                _select(send_all[sl], s), recv, x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr,
-                act=self.act, groups=blk.groups, backend=backend,
-            )  # fmt: skip
+                sender, recv, inp.x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr, act=self.act,
+                groups=blk.groups, backend=backend,
+            )
             incoming[rl].append((r, m))
         width = h.shape[2] * len(self.aggr)
         return torch.cat([_gather(items, h, size, width) for items, size in zip(incoming, sizes)], dim=1)
@@ -238,7 +146,8 @@ class GNNLayer(nn.Module):
         z = torch.addmm(bias, h.reshape(B * N, H), u_h.t())
         z.addmm_(a_f.reshape(B * N, -1), (u_f @ self.fwd.post.weight).t())
         z.addmm_(a_b.reshape(B * N, -1), (u_b @ self.bwd.post.weight).t())
-        y = torch.addmm(last.bias, apply_act_(z, self.act), last.weight.t()).add_(h.reshape(B * N, H))  # h + last(act(z))
+        y = torch.addmm(last.bias, apply_act_(z, self.act), last.weight.t())
+        y.add_(h.reshape(B * N, H))  # h + last(act(z))
         h = self.norm(y.view(B, N, H))
         if self.edge_update is not None:
             edge_inputs = self.edge_update(layout, h, edge_inputs)
@@ -278,37 +187,23 @@ class _EdgeUpdate(nn.Module):
         self.d = nn.Linear(hidden, hidden, bias=False)
         self.o = nn.Linear(hidden, hidden)
 
-    def forward(self, layout: Layout, h: torch.Tensor, edge_inputs):
+    def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list[EdgeInput]) -> list[EdgeInput]:
         phi = ACTIVATIONS[self.act]
         hs, hd = self.s(h), self.d(h)
         out = []
-        for bi, (blk, (e, _, _)) in enumerate(zip(layout.blocks, edge_inputs)):
+        for bi, (blk, inp) in enumerate(zip(layout.blocks, edge_inputs)):
             src, dst = layout.block_nodes(bi)
-            a, c = hs[:, src], hd[:, dst]
+            a, c, e = hs[:, src], hd[:, dst], inp.x
             if blk.has_tensor:
-                z = self.e(e) + pair_sum(a, c, getattr(blk, "groups", 1))
+                z = self.e(e) + pair_sum(a, c, blk.groups)
             else:  # source i feeds targets i * inner + s
                 z = self.e(e) + a.repeat_interleave(c.shape[1] // a.shape[1], dim=1) + c
-            out.append((e + self.o(phi(z)), None, None))
+            out.append(EdgeInput(e + self.o(phi(z))))
         return out
 
 
 # ----------------------------------------------------------------------------- model
 Graphs = Union[WeightGraph, list]
-
-
-def _layouts(arg) -> list[Layout]:
-    items = arg if isinstance(arg, (list, tuple)) else [arg]
-    out: list[Layout] = []
-    for x in items:
-        lay = x.layout if isinstance(x, WeightGraph) else x
-        if not isinstance(lay, Layout):
-            raise ConfigError(f"expected a Layout or WeightGraph (or a list of them), got {type(x).__name__}")
-        if lay not in out:
-            out.append(lay)
-    if not out:
-        raise ConfigError("a model needs at least one layout")
-    return out
 
 
 class GraphNFN(nn.Module):
@@ -329,16 +224,9 @@ class GraphNFN(nn.Module):
 
     def __init__(self, layouts, config: GNNConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or GNNConfig()
-        if overrides:
-            readout = overrides.pop("readout", cfg.readout)
-            if isinstance(readout, dict):
-                readout = ReadoutConfig(**{**asdict(cfg.readout), **_typed(ReadoutConfig, readout, "readout.")})
-            base = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "readout"}
-            cfg = GNNConfig(**{**base, **_typed(GNNConfig, overrides, "")}, readout=readout)
-        cfg.validate()
+        cfg = (config or GNNConfig()).replace(**overrides)
         self.config = cfg
-        self.layouts = _layouts(layouts)
+        self.layouts = model_layouts(layouts)
         H = cfg.hidden
         self.normalization = InputNormalization(self.layouts) if cfg.normalize_inputs else None
         self.edge_encoder = EdgeEncoder(self.layouts, H, cfg.fourier_features, cfg.fourier_scale)
@@ -351,9 +239,15 @@ class GraphNFN(nn.Module):
         if cfg.head == "invariant":
             r = cfg.readout
             self.head = InvariantReadout(
-                self.layouts, H, cfg.out_dim, pool=r.pool, per_layer=r.per_layer,
-                output_states=r.output_states, mlp_hidden=r.hidden, act=cfg.act,
-            )  # fmt: skip
+                self.layouts,
+                H,
+                cfg.out_dim,
+                pool=r.pool,
+                per_layer=r.per_layer,
+                output_states=r.output_states,
+                mlp_hidden=r.hidden,
+                act=cfg.act,
+            )
         else:
             self.head = ParameterHead(self.layouts, H, cfg.act)
 
@@ -373,10 +267,13 @@ class GraphNFN(nn.Module):
         self.normalization.fit(graphs)
 
     def encode(self, graph: WeightGraph) -> tuple[torch.Tensor, list[EdgeInput]]:
-        """Initial node states ``(B, N, H)`` and per-block edge inputs ``(x, w, b)``."""
+        """Initial node states ``(B, N, H)`` and per-block edge inputs (raw features and lifts, or
+        edge states with ``edge_updates``)."""
         own = self.node_encoder.bias.dtype
         if graph.dtype != own:
-            raise ConfigError(f"the graph is {graph.dtype} but the model is {own}: convert one (graph.to(...) or model.to(...))")
+            raise ConfigError(
+                f"the graph is {graph.dtype} but the model is {own}: convert one (graph.to(...) or model.to(...))"
+            )
         if self.normalization is not None:
             nodes, edges = self.normalization(graph)
         else:
@@ -386,17 +283,17 @@ class GraphNFN(nn.Module):
         inputs: list[EdgeInput] = []
         for blk, e in zip(lay.blocks, edges):
             w, b = self.edge_encoder.lift(blk)
-            inputs.append((None if e is None else self.edge_encoder.features(e, blk.kernel), w, b))
+            inputs.append(EdgeInput(None if e is None else self.edge_encoder.features(e, blk.kernel), w, b))
         if self.config.edge_updates:  # materialize the edge states L_k x
             B = graph.batch_size
             states = []
-            for bi, (x, w, b) in enumerate(inputs):
-                if x is None:
+            for bi, inp in enumerate(inputs):
+                if inp.x is None:
                     targets = lay.block_nodes(bi)[1]
-                    x = w[0].expand(B, targets.stop - targets.start, -1)
+                    x = inp.w[0].expand(B, targets.stop - targets.start, -1)
                 else:
-                    x = x @ w + b
-                states.append((x, None, None))
+                    x = inp.embedding()
+                states.append(EdgeInput(x))
             inputs = states
         return h, inputs
 
@@ -441,3 +338,9 @@ class GraphNFN(nn.Module):
         if isinstance(self.head, InvariantReadout):
             return torch.cat(results)
         return results
+
+
+def from_config(config: dict, layouts) -> GraphNFN:
+    """The graph NFN of a parsed ``type = "gnn"`` preset (its builder in
+    :data:`~wgraph.nn.presets.PRESET_TYPES`) for ``layouts``."""
+    return GraphNFN(layouts, GNNConfig.from_dict({k: v for k, v in config.items() if k != "type"}))

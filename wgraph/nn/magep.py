@@ -29,8 +29,7 @@ import torch
 from torch import nn
 
 from .monomial import MonomialLinear, chain_products
-from .np_layers import _check_input
-from .weight_space import WeightSpace, unflatten_kernel
+from .weight_space import WeightSpace, check_input, unflatten_kernel
 
 
 class MAGEP(MonomialLinear):
@@ -54,7 +53,7 @@ class MAGEP(MonomialLinear):
         )
 
     def forward(self, x) -> WeightSpace:
-        x = _check_input(x, self.spec, self.c_in, "MAGEP")
+        x = check_input(x, self.spec, self.c_in, "MAGEP")
         ws, bs = self.terms(x)
         F, G = chain_products(x)
         out_w, out_b = [], []

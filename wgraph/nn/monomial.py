@@ -34,8 +34,15 @@ import math
 import torch
 from torch import nn
 
-from .np_layers import _check_input, _mix, _spec
-from .weight_space import ChainSpec, WeightSpace, as_weight_space, flatten_kernel, unflatten_kernel
+from .weight_space import (
+    ChainSpec,
+    WeightSpace,
+    as_weight_space,
+    check_input,
+    flatten_kernel,
+    mix_channels,
+    unflatten_kernel,
+)
 
 
 def _param(*shape: int, fan_in: int) -> nn.Parameter:
@@ -53,7 +60,7 @@ class MonomialLinear(nn.Module):
 
     def __init__(self, spec, in_channels: int, out_channels: int, io_mixing: bool = False):
         super().__init__()
-        self.spec = s = _spec(spec)
+        self.spec = s = ChainSpec.of(spec)
         self.c_in, self.c_out, self.io_mixing = in_channels, out_channels, io_mixing
         ci, co, K, L = in_channels, out_channels, s.kernel_numels, s.num_layers
         n0, nL = s.n_in, s.n_out
@@ -73,7 +80,7 @@ class MonomialLinear(nn.Module):
             self.H_bias = _param(co * nL, ci * nL, fan_in=ci * (nL + 1))
 
     def forward(self, x) -> WeightSpace:
-        x = _check_input(x, self.spec, self.c_in, type(self).__name__)
+        x = check_input(x, self.spec, self.c_in, type(self).__name__)
         return WeightSpace(*self.terms(x), self.spec)
 
     def terms(self, x: WeightSpace) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -84,7 +91,7 @@ class MonomialLinear(nn.Module):
         B, n0, nL = W[0].shape[0], s.n_in, s.n_out
         out_w, out_b = [], []
         for i in range(L):
-            z = _mix(self.A[i], W[i])
+            z = mix_channels(self.A[i], W[i])
             if i == 0:
                 z = z + torch.einsum("okc,bcj->bojk", self.E0, b[0])
                 if self.io_mixing:
@@ -144,7 +151,7 @@ class MonomialPool(nn.Module):
 
     def __init__(self, spec, log: bool = True):
         super().__init__()
-        self.spec = _spec(spec)
+        self.spec = ChainSpec.of(spec)
         self.log = log
         self.out_features = self.spec.n_out * (self.spec.n_in + 1)
 
@@ -154,9 +161,10 @@ class MonomialPool(nn.Module):
         return torch.sign(p) * torch.log1p(p.abs()) if self.log else p
 
 
-def activation_for(spec: ChainSpec | object) -> nn.Module:
-    """The entrywise nonlinearity that commutes with the chain's hidden scaling group:
+def activation_for(spec) -> nn.Module:
+    """The entrywise nonlinearity that commutes with the hidden scaling group of chain ``spec`` (a
+    ChainSpec, Layout or WeightGraph):
     ``ReLU`` for ``positive``, ``Tanh`` for ``sign``, ``Identity`` for ``real`` (only linear maps
     commute with every nonzero factor), ``ReLU`` when the hidden layers admit no scaling."""
-    s = _spec(spec).hidden_scaling
+    s = ChainSpec.of(spec).hidden_scaling
     return {"positive": nn.ReLU(), "sign": nn.Tanh(), "real": nn.Identity()}.get(s, nn.ReLU())

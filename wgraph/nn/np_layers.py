@@ -47,27 +47,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import Layout
-from .weight_space import ChainSpec, WeightSpace, WeightSpaceError, as_weight_space, flatten_kernel, unflatten_kernel
-
-
-def _spec(spec_or_layout) -> ChainSpec:
-    if isinstance(spec_or_layout, ChainSpec):
-        return spec_or_layout
-    if isinstance(spec_or_layout, Layout):
-        return ChainSpec.from_layout(spec_or_layout)
-    if hasattr(spec_or_layout, "layout"):
-        return ChainSpec.from_layout(spec_or_layout.layout)
-    raise WeightSpaceError(f"expected a Layout, WeightGraph or ChainSpec, got {type(spec_or_layout).__name__}")
-
-
-def _check_input(x, spec: ChainSpec, channels: int, who: str) -> WeightSpace:
-    x = as_weight_space(x)
-    if x.spec.sizes != spec.sizes or x.spec.kernels != spec.kernels:
-        raise WeightSpaceError(f"{who} was built for chain {spec.sizes} kernels {spec.kernels}, got {x.spec.sizes} {x.spec.kernels}")
-    if x.channels != channels:
-        raise WeightSpaceError(f"{who} expects {channels} input channels, got {x.channels}")
-    return x
+from .weight_space import (
+    ChainSpec,
+    WeightSpace,
+    WeightSpaceError,
+    as_weight_space,
+    check_input,
+    flatten_kernel,
+    mix_channels,
+    unflatten_kernel,
+)
 
 
 class _Terms(nn.Module):
@@ -92,82 +81,6 @@ class _Terms(nn.Module):
 def _apply(M: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
     """``(out, X) @ (B, X, n) -> (B, out, n)``, as one matrix product over all ``B n`` columns."""
     return F.linear(feat.transpose(1, 2), M).transpose(1, 2)
-
-
-def _channel_matmul(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """``z[b, :, j, k] = M @ W[b, :, j, k]`` for ``W`` of shape ``(B, X, o, i)`` (no autograd graph
-    of its own when called from :class:`_MixBroadcast`).
-
-    Large ``o i``: one ``bmm`` with ``M`` broadcast over the batch (no copy of ``W``), written into
-    a tensor of its own rather than returned as a view of a 3-d result: autograd adds a second
-    gradient of ``W`` (from the row / column means) in place only into a tensor that owns its
-    storage, and otherwise allocates one more ``W``-sized sum. Small ``o i`` (CNN channels, INRs): a
-    batched product of many small matrices is slow, so ``W`` is transposed to ``(X, B o i)`` (a
-    transient copy) for one large matrix product.
-    """
-    B, X, o, i = W.shape
-    if o * i >= 4096:
-        z = W.new_empty(B, M.shape[0], o, i)
-        torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i), out=z.view(B, -1, o * i))
-        return z
-    Wt = W.transpose(0, 1).reshape(X, B * o * i)
-    return (M @ Wt).view(M.shape[0], B, o, i).transpose(0, 1).contiguous()
-
-
-class _MixBroadcast(torch.autograd.Function):
-    """``z[b,:,j,k] = M W[b,:,j,k] + row[b,:,k] + col[b,:,j] + const[b,:]`` in one op.
-
-    The NP weight update (``row``, ``col``, ``const`` may be ``None``). Forward: one matrix product
-    and in-place broadcast adds; backward: one matrix product for ``dW`` and one for ``dM``, sums of
-    ``dz`` for the broadcast terms. Keeps only ``M`` and ``W`` for backward (autograd's in-place
-    adds on a view would clone ``dz`` per term; its matrix-product paths would keep a transposed
-    copy of ``W``).
-    """
-
-    @staticmethod
-    def forward(ctx, M, W, row, col, const):
-        z = _channel_matmul(M, W)
-        if row is not None:
-            z += row[:, :, None, :]
-        if col is not None:
-            z += col[:, :, :, None]
-        if const is not None:
-            z += const[:, :, None, None]
-        ctx.save_for_backward(M, W)
-        ctx.has = (row is not None, col is not None, const is not None)
-        return z
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dz):
-        M, W = ctx.saved_tensors
-        B, X, o, i = W.shape
-        dM = dW = None
-        if o * i >= 4096:
-            if ctx.needs_input_grad[0]:
-                dM = torch.bmm(dz.reshape(B, -1, o * i), W.reshape(B, X, o * i).transpose(1, 2)).sum(0)
-            if ctx.needs_input_grad[1]:
-                dW = _channel_matmul(M.T, dz.contiguous())
-        else:  # one (Y, B o i) copy of dz serves both products
-            dzt = dz.transpose(0, 1).reshape(-1, B * o * i)
-            if ctx.needs_input_grad[0]:
-                dM = dzt @ W.transpose(0, 1).reshape(X, B * o * i).T
-            if ctx.needs_input_grad[1]:
-                dW = (M.T @ dzt).view(X, B, o, i).transpose(0, 1).contiguous()
-        has = ctx.has
-        dcol = dz.sum(-1) if has[1] or has[2] else None
-        return (
-            dM,
-            dW,
-            dz.sum(-2) if has[0] else None,
-            dcol if has[1] else None,
-            dcol.sum(-1) if has[2] else None,
-        )
-
-
-def _mix(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """Channel mixing of a ``(B, X, o, i)`` tensor: ``(B, out, o, i)``."""
-    return _MixBroadcast.apply(M, W, None, None, None)
 
 
 class _RowColMean(torch.autograd.Function):
@@ -206,7 +119,7 @@ class NPLinear(nn.Module):
 
     def __init__(self, spec, in_channels: int, out_channels: int, io_embed: bool = False):
         super().__init__()
-        self.spec = spec = _spec(spec)
+        self.spec = spec = ChainSpec.of(spec)
         self.c_in, self.c_out = in_channels, out_channels
         L, K, ci = spec.num_layers, spec.kernel_numels, in_channels
         G = ci * (sum(K) + L)
@@ -223,7 +136,7 @@ class NPLinear(nn.Module):
             self.out_bias_embed = nn.Parameter(torch.randn(ci, spec.n_out))
 
     def forward(self, x) -> WeightSpace:
-        x = _check_input(x, self.spec, self.c_in, "NPLinear")
+        x = check_input(x, self.spec, self.c_in, "NPLinear")
         L = self.spec.num_layers
         W = [flatten_kernel(w) for w in x.weights]
         b = list(x.biases)
@@ -238,7 +151,7 @@ class NPLinear(nn.Module):
             T, U = self.w[i], self.b[i]
             rows = torch.cat([r[i]] + ([c[i - 1], b[i - 1]] if i > 0 else []), 1)
             cols = torch.cat([c[i], b[i]] + ([r[i + 1]] if i < L - 1 else []), 1)
-            z = _MixBroadcast.apply(T["self"], W[i], _apply(T["row"], rows), _apply(T["col"], cols), F.linear(g, T["glob"], T.const))
+            z = mix_channels(T["self"], W[i], _apply(T["row"], rows), _apply(T["col"], cols), F.linear(g, T["glob"], T.const))
             out_w.append(unflatten_kernel(z, self.spec.kernels[i]))
             out_b.append(_apply(U["col"], cols) + F.linear(g, U["glob"], U.const)[:, :, None])
         return WeightSpace(out_w, out_b, self.spec)
@@ -255,7 +168,7 @@ class HNPLinear(nn.Module):
 
     def __init__(self, spec, in_channels: int, out_channels: int):
         super().__init__()
-        self.spec = spec = _spec(spec)
+        self.spec = spec = ChainSpec.of(spec)
         L, K, ci, co = spec.num_layers, spec.kernel_numels, in_channels, out_channels
         if L < 2:
             raise WeightSpaceError("HNPLinear needs a chain of at least 2 layers (the first and last layers are special)")
@@ -281,7 +194,7 @@ class HNPLinear(nn.Module):
                 self.layers.append(nn.ModuleDict({"w": _Terms(co * K[i], wsizes), "b": _Terms(co, {"col": col, "glob": G})}))
 
     def forward(self, x) -> WeightSpace:
-        x = _check_input(x, self.spec, self.c_in, "HNPLinear")
+        x = check_input(x, self.spec, self.c_in, "HNPLinear")
         spec, L, co = self.spec, self.spec.num_layers, self.c_out
         n0, nL = spec.n_in, spec.n_out
         W = [flatten_kernel(w) for w in x.weights]
@@ -319,7 +232,7 @@ class HNPLinear(nn.Module):
                 if i == 1:
                     rowf = rowf + F.linear(W0rows, T["big"]).transpose(1, 2)
                 cols = torch.cat([c[i], b[i], r[i + 1]] + ([W[-1].flatten(1, 2)] if i == L - 2 else []), 1)
-                z = _MixBroadcast.apply(T["self"], W[i], rowf, _apply(T["col"], cols), F.linear(g, T["glob"], T.const))
+                z = mix_channels(T["self"], W[i], rowf, _apply(T["col"], cols), F.linear(g, T["glob"], T.const))
                 out_w.append(unflatten_kernel(z, spec.kernels[i]))
                 U = self.layers[i]["b"]
                 out_b.append(_apply(U["col"], cols) + F.linear(g, U["glob"], U.const)[:, :, None])
@@ -337,7 +250,7 @@ class NPPool(nn.Module):
 
     def __init__(self, spec):
         super().__init__()
-        self.spec = _spec(spec)
+        self.spec = ChainSpec.of(spec)
         self.out_features = sum(k + 1 for k in self.spec.kernel_numels)
 
     def forward(self, x) -> torch.Tensor:
@@ -356,7 +269,7 @@ class HNPPool(nn.Module):
 
     def __init__(self, spec):
         super().__init__()
-        self.spec = s = _spec(spec)
+        self.spec = s = ChainSpec.of(spec)
         K, L = s.kernel_numels, s.num_layers
         n = 0
         for i in range(L):
@@ -387,7 +300,7 @@ class LearnedPosEmbedding(nn.Module):
 
     def __init__(self, spec, channels: int):
         super().__init__()
-        self.spec = s = _spec(spec)
+        self.spec = s = ChainSpec.of(spec)
         self.channels = channels
         self.layer_w = nn.Parameter(torch.randn(s.num_layers, channels))
         self.layer_b = nn.Parameter(torch.randn(s.num_layers, channels))
@@ -395,7 +308,7 @@ class LearnedPosEmbedding(nn.Module):
         self.out = nn.Parameter(torch.randn(s.n_out, channels))
 
     def forward(self, x) -> WeightSpace:
-        x = _check_input(x, self.spec, self.channels, "LearnedPosEmbedding")
+        x = check_input(x, self.spec, self.channels, "LearnedPosEmbedding")
         L, ws, bs = x.num_layers, [], []
         for i, (w, v) in enumerate(x):
             k = (None,) * (w.dim() - 4)
@@ -422,7 +335,7 @@ class IOSinusoidalEncoding(nn.Module):
 
     def __init__(self, spec, max_freq: float = 10, num_bands: int = 6, enc_layers: bool = True):
         super().__init__()
-        self.spec = _spec(spec)
+        self.spec = ChainSpec.of(spec)
         self.max_freq, self.num_bands, self.enc_layers = max_freq, num_bands, enc_layers
 
     def num_out_chan(self, in_chan: int) -> int:

@@ -11,22 +11,10 @@ A model maps a WeightGraph (or a one-channel WeightSpace) of a chain architectur
 invariant under hidden-neuron permutations (and, for ``monomial`` / ``magep``, under the scalings
 the activation allows: ``act = "auto"`` picks ReLU or tanh to match the network's activation).
 
-Keys (all optional but ``type``), with defaults:
-
-========== ================================================================ =========================
-key        meaning                                                          default
-========== ================================================================ =========================
-hidden     channels of every NF-layer                                       16
-layers     number of NF-layers                                              3
-out_dim    outputs of the head                                              1
-head_hidden width of the head MLP's hidden layer                            256
-act        ``auto``, ``relu``, ``gelu``, ``tanh``, ``silu``                 ``auto`` (relu for np/hnp)
-io_embed   np: learned input/output embeddings (breaks NP's extra symmetry) true
-encoding   np / hnp: ``none`` or ``sinusoidal`` IO encoding channels        ``none``
-io_mixing  monomial / magep: the terms that mix fixed positions              false
-log_pool   monomial / magep: signed-log of the invariant product chain      true
-poly_scale magep: initial scale of the polynomial terms                      0.1
-========== ================================================================ =========================
+Keys (all optional but ``type``): the fields of :class:`~wgraph.nn.configs.NPConfig`,
+:class:`~wgraph.nn.configs.HNPConfig`, :class:`~wgraph.nn.configs.MonomialConfig` and
+:class:`~wgraph.nn.configs.MAGEPConfig`, with their defaults and help texts (``docs/param-sharing.md``
+lists them).
 """
 
 from __future__ import annotations
@@ -34,104 +22,89 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graph import Layout, WeightGraph
-from .gnn import ConfigError
+from ..layout import Layout
+from ..support import Support
+from .configs import (
+    PS_ACTIVATIONS,
+    EncodedConfig,
+    MAGEPConfig,
+    MonomialConfig,
+    NPConfig,
+    ParamSharingConfig,
+    PSConfigError,
+)
+from .layouts import model_layout
 from .magep import MAGEP
 from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, NPLinear, NPPool, TupleOp
-from ..support import Support
+from .presets import PRESET_TYPES, typed_config
 from .weight_space import ChainSpec, WeightSpaceError, as_weight_space
 
-COMMON = {"type": None, "hidden": 16, "layers": 3, "out_dim": 1, "head_hidden": 256, "act": "auto"}
-EXTRA = {
-    "np": {"io_embed": True, "encoding": "none"},
-    "hnp": {"encoding": "none"},
-    "monomial": {"io_mixing": False, "log_pool": True},
-    "magep": {"io_mixing": False, "log_pool": True, "poly_scale": 0.1},
-}
-ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+__all__ = ["ParamSharingNFN", "PSConfigError", "from_config", "resolve_config"]
 
 
-class PSConfigError(ConfigError):
-    """A bad parameter-sharing model configuration (unknown key or type, wrong value)."""
+def resolve_config(config: dict | ParamSharingConfig) -> ParamSharingConfig:
+    """The typed configuration of a parsed preset dict (``type`` one of the parameter-sharing types),
+    defaults filled in; unknown types and keys and bad values raise :class:`PSConfigError`."""
+    if isinstance(config, ParamSharingConfig):
+        return config
+    kinds = [k for k, t in PRESET_TYPES.items() if issubclass(t.config, ParamSharingConfig)]
+    if config.get("type") not in kinds:
+        raise PSConfigError(f"unknown parameter-sharing model type {config.get('type')!r}; known: {kinds}")
+    return typed_config(config)
 
 
-def _layout(layout) -> Layout:
-    if isinstance(layout, WeightGraph):
-        return layout.layout
-    if isinstance(layout, Layout):
-        return layout
-    if isinstance(layout, (list, tuple)) and len(layout) == 1:
-        return _layout(layout[0])
-    raise PSConfigError(
-        f"parameter-sharing models are built for one architecture: pass one Layout or WeightGraph, got {type(layout).__name__}"
-    )
+def _layer(cfg: ParamSharingConfig, spec: ChainSpec, c_in: int, first: bool) -> nn.Module:
+    """One NF-layer of the stack ``cfg`` describes, ``c_in -> cfg.hidden`` channels."""
+    if isinstance(cfg, NPConfig):
+        return NPLinear(spec, c_in, cfg.hidden, io_embed=cfg.io_embed and first)
+    if isinstance(cfg, MAGEPConfig):
+        return MAGEP(spec, c_in, cfg.hidden, io_mixing=cfg.io_mixing, poly_scale=cfg.poly_scale)
+    if isinstance(cfg, MonomialConfig):
+        return MonomialLinear(spec, c_in, cfg.hidden, io_mixing=cfg.io_mixing)
+    return HNPLinear(spec, c_in, cfg.hidden)
 
 
-def resolve_config(config: dict) -> dict:
-    """``config`` with defaults filled in; unknown keys and bad values raise :class:`PSConfigError`."""
-    kind = config.get("type")
-    if kind not in EXTRA:
-        raise PSConfigError(f"unknown parameter-sharing model type {kind!r}; known: {sorted(EXTRA)}")
-    allowed = {**COMMON, **EXTRA[kind]}
-    for key in config:
-        if key not in allowed:
-            raise PSConfigError(f"unknown key {key!r} for a {kind!r} model; allowed keys: {sorted(allowed)}")
-    out = {**allowed, **config}
-    for key in ("hidden", "layers", "out_dim", "head_hidden"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise PSConfigError(f"{key!r} must be a positive integer, got {out[key]!r}")
-    if out["act"] != "auto" and out["act"] not in ACTS:
-        raise PSConfigError(f"'act' must be 'auto' or one of {sorted(ACTS)}, got {out['act']!r}")
-    if "encoding" in out and out["encoding"] not in ("none", "sinusoidal"):
-        raise PSConfigError(f"'encoding' must be 'none' or 'sinusoidal', got {out['encoding']!r}")
-    return out
+def _pool(cfg: ParamSharingConfig, spec: ChainSpec) -> nn.Module:
+    if isinstance(cfg, NPConfig):
+        return NPPool(spec)
+    if isinstance(cfg, MonomialConfig):
+        return MonomialPool(spec, log=cfg.log_pool)
+    return HNPPool(spec)
 
 
 class ParamSharingNFN(nn.Module):
     """Encoder (optional) -> NF-layer stack -> invariant pool -> MLP head; see :func:`from_config`."""
 
-    def __init__(self, layout, config: dict):
+    def __init__(self, layout, config: dict | ParamSharingConfig):
         super().__init__()
         self.config = cfg = resolve_config(config)
-        self.layout = lay = _layout(layout)
-        self.spec = spec = ChainSpec.from_layout(lay)
-        kind, C = cfg["type"], cfg["hidden"]
-        scale_aware = kind in ("monomial", "magep")
-        if cfg["act"] == "auto":
+        self.layout = model_layout(layout, "a parameter-sharing model", error=PSConfigError)
+        self.spec = spec = ChainSpec.from_layout(self.layout)
+        scale_aware = isinstance(cfg, MonomialConfig)
+        if cfg.act == "auto":
             act = activation_for(spec) if scale_aware else nn.ReLU()
         else:
-            act = ACTS[cfg["act"]]()
+            act = PS_ACTIVATIONS[cfg.act]()
             if scale_aware and type(act) is not type(activation_for(spec)):
                 raise PSConfigError(
-                    f"act={cfg['act']!r} does not commute with the hidden scaling group {spec.hidden_scaling!r} "
+                    f"act={cfg.act!r} does not commute with the hidden scaling group {spec.hidden_scaling!r} "
                     f"of this architecture; use 'auto' ({type(activation_for(spec)).__name__})"
                 )
         self.act = TupleOp(act)
         self.encoder = nn.Identity()
         c_in = 1
-        if cfg.get("encoding") == "sinusoidal":
+        if isinstance(cfg, EncodedConfig) and cfg.encoding == "sinusoidal":
             self.encoder = IOSinusoidalEncoding(spec)
             c_in = self.encoder.num_out_chan(1)
-        self.layers = nn.ModuleList()
-        for i in range(cfg["layers"]):
-            a = c_in if i == 0 else C
-            if kind == "np":
-                self.layers.append(NPLinear(spec, a, C, io_embed=cfg["io_embed"] and i == 0))
-            elif kind == "hnp":
-                self.layers.append(HNPLinear(spec, a, C))
-            elif kind == "monomial":
-                self.layers.append(MonomialLinear(spec, a, C, io_mixing=cfg["io_mixing"]))
-            else:
-                self.layers.append(MAGEP(spec, a, C, io_mixing=cfg["io_mixing"], poly_scale=cfg["poly_scale"]))
-        if kind == "np":
-            self.pool = NPPool(spec)
-        elif kind == "hnp":
-            self.pool = HNPPool(spec)
-        else:
-            self.pool = MonomialPool(spec, log=cfg["log_pool"])
+        self.layers = nn.ModuleList(
+            _layer(cfg, spec, c_in if i == 0 else cfg.hidden, first=i == 0) for i in range(cfg.layers)
+        )
+        self.pool = _pool(cfg, spec)
         self.head = nn.Sequential(
-            nn.Linear(C * self.pool.out_features, cfg["head_hidden"]), nn.ReLU(), nn.Linear(cfg["head_hidden"], cfg["out_dim"])
+            nn.Linear(cfg.hidden * self.pool.out_features, cfg.head_hidden),
+            nn.ReLU(),
+            nn.Linear(cfg.head_hidden, cfg.out_dim),
         )
 
     @classmethod
@@ -153,6 +126,7 @@ class ParamSharingNFN(nn.Module):
 
 
 def from_config(config: dict, layout) -> ParamSharingNFN:
-    """Build the model ``config`` describes (a parsed preset dict, ``type`` included) for ``layout``."""
+    """Build the model ``config`` describes (a parsed preset dict, ``type`` included) for ``layout``:
+    the builder of the parameter-sharing types in :data:`~wgraph.nn.presets.PRESET_TYPES`."""
     return ParamSharingNFN(layout, config)
 

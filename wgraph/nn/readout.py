@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import WgraphError
 from ..graph import NODE_KINDS, Layout, WeightGraph
 from ..kernels import ACTIVATIONS, pair_sum
-from .encoders import kernel_key
+from .encoders import EdgeInput, kernel_key
 
 POOLS = ("mean", "max", "sum")
 
@@ -135,19 +135,19 @@ class ParameterHead(nn.Module):
         names = sorted({f for lay in layouts for f in lay.node_features})
         self.node_out = nn.ModuleDict({n: nn.Linear(hidden, 1) for n in names})
 
-    def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list) -> WeightGraph:
+    def forward(self, layout: Layout, h: torch.Tensor, edge_inputs: list[EdgeInput]) -> WeightGraph:
         """Node states ``(B, N, H)`` and the model's edge inputs -> a WeightGraph of ``layout``."""
         phi = ACTIVATIONS[self.act]
         B = h.shape[0]
         send, recv = self.send(h), self.recv(h)
         edges: list[torch.Tensor | None] = []
-        for blk, (x, w, b) in zip(layout.blocks, edge_inputs):
+        for blk, inp in zip(layout.blocks, edge_inputs):
             if not blk.has_tensor:
                 edges.append(None)
                 continue
             s, d = layout.layers[blk.src], layout.layers[blk.dst]
-            e = x if w is None else x @ w + b  # (B, out, in // groups, H) edge embedding
-            pairs = pair_sum(send[:, s.start : s.stop], recv[:, d.start : d.stop], getattr(blk, "groups", 1))
+            e = inp.embedding()  # (B, out, in // groups, H)
+            pairs = pair_sum(send[:, s.start : s.stop], recv[:, d.start : d.stop], blk.groups)
             z = phi(pairs + self.edge(e))
             edges.append(self.edge_out[kernel_key(blk.kernel)](z).reshape(B, *layout.block_shape(len(edges))))
         cols = [self.node_out[f](h)[..., 0] for f in layout.node_features]

@@ -9,16 +9,9 @@ training zoo (:meth:`StatNN.fit_normalization`, kept in ``state_dict``) and fed 
 The features are invariant to every neuron permutation, so the model is too; it sees no structure
 beyond one tensor at a time.
 
-Preset keys (``type = "statnn"``):
-
-=========== ================================================ =======
-key         meaning                                          default
-=========== ================================================ =======
-hidden      width of the MLP's hidden layers                 256
-layers      hidden layers of the MLP                         2
-out_dim     outputs                                          1
-dropout     dropout after each hidden layer                  0.0
-=========== ================================================ =======
+Preset keys (``type = "statnn"``): the fields of :class:`~wgraph.nn.configs.StatNNConfig` (``hidden``,
+the width of the MLP's hidden layers, 256; ``layers``, 2; ``out_dim``, 1; ``dropout`` after each hidden
+layer, 0.0).
 """
 
 from __future__ import annotations
@@ -27,27 +20,15 @@ import torch
 from torch import nn
 
 from ..graph import Layout, WeightGraph
-from .gnn import ConfigError
 from ..support import Support
+from .configs import StatNNConfig, StatNNConfigError
+from .layouts import model_layout
+
+__all__ = ["StatNN", "StatNNConfig", "StatNNConfigError", "STATS", "weight_statistics", "stat_tensors", "from_config"]
 
 #: The statistics, in feature order.
 STATS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-DEFAULTS = {"hidden": 256, "layers": 2, "out_dim": 1, "dropout": 0.0}
-
-
-class StatNNConfigError(ConfigError):
-    """A bad StatNN configuration (unknown key, wrong value) or a graph it was not built for."""
-
-
-def _layout(layout) -> Layout:
-    if isinstance(layout, WeightGraph):
-        return layout.layout
-    if isinstance(layout, (list, tuple)) and len(layout) == 1:
-        return _layout(layout[0])
-    if isinstance(layout, Layout):
-        return layout
-    raise StatNNConfigError(f"StatNN is built for one architecture: pass one Layout or WeightGraph, got {type(layout).__name__}")
 
 
 def stat_tensors(layout: Layout) -> list[str]:
@@ -77,31 +58,24 @@ def weight_statistics(graph: WeightGraph, names: list[str] | None = None) -> tor
 class StatNN(nn.Module):
     """Per-tensor weight statistics (:func:`weight_statistics`) -> standardization -> MLP."""
 
-    def __init__(self, layout, config: dict | None = None):
+    def __init__(self, layout, config: dict | StatNNConfig | None = None):
         super().__init__()
-        config = {k: v for k, v in (config or {}).items() if k != "type"}
-        for key in config:
-            if key not in DEFAULTS:
-                raise StatNNConfigError(f"unknown key {key!r} for a 'statnn' model; allowed keys: {sorted(DEFAULTS)}")
-        self.config = cfg = {**DEFAULTS, **config}
-        for key in ("hidden", "layers", "out_dim"):
-            if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-                raise StatNNConfigError(f"{key!r} must be a positive integer, got {cfg[key]!r}")
-        if not 0.0 <= float(cfg["dropout"]) < 1.0:
-            raise StatNNConfigError(f"'dropout' must be in [0, 1), got {cfg['dropout']!r}")
-        self.layout = _layout(layout)
+        if not isinstance(config, StatNNConfig):  # a parsed preset (its "type" aside) or None
+            config = StatNNConfig.from_dict({k: v for k, v in (config or {}).items() if k != "type"})
+        self.config = cfg = config
+        self.layout = model_layout(layout, "StatNN", error=StatNNConfigError)
         self.names = stat_tensors(self.layout)
         n_in = len(STATS) * len(self.names)
         self.register_buffer("feature_mean", torch.zeros(n_in))
         self.register_buffer("feature_std", torch.ones(n_in))
         layers: list[nn.Module] = []
         width = n_in
-        for _ in range(cfg["layers"]):
-            layers += [nn.Linear(width, cfg["hidden"]), nn.ReLU()]
-            if cfg["dropout"]:
-                layers.append(nn.Dropout(float(cfg["dropout"])))
-            width = cfg["hidden"]
-        layers.append(nn.Linear(width, cfg["out_dim"]))
+        for _ in range(cfg.layers):
+            layers += [nn.Linear(width, cfg.hidden), nn.ReLU()]
+            if cfg.dropout:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = cfg.hidden
+        layers.append(nn.Linear(width, cfg.out_dim))
         self.mlp = nn.Sequential(*layers)
 
     @classmethod
@@ -127,3 +101,9 @@ class StatNN(nn.Module):
     def forward(self, graph: WeightGraph) -> torch.Tensor:
         x = (self.features(graph) - self.feature_mean) / self.feature_std
         return self.mlp(x.to(self.mlp[0].weight.dtype))
+
+
+def from_config(config: dict, layout) -> StatNN:
+    """The StatNN of a parsed ``type = "statnn"`` preset (its builder in
+    :data:`~wgraph.nn.presets.PRESET_TYPES`) for ``layout``."""
+    return StatNN(layout, config)

@@ -14,17 +14,21 @@ is its node feature ``"bias"``. :meth:`WeightSpace.from_graph` makes that view w
 
 Anything else (a residual addition, an attention block, normalization statistics, hidden neurons that
 may not be permuted) raises :class:`WeightSpaceError` naming what breaks the chain.
+
+Helpers of every parameter-sharing layer: :meth:`ChainSpec.of` (the chain of a layout, graph or
+spec), :func:`check_input` (a layer's input fits its chain and channels) and :func:`mix_channels`
+(the channel mixing :math:`z_{b,:,j,k} = M W_{b,:,j,k}`, with NP's broadcast terms, in one op).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 from ..errors import WgraphError
 from ..graph import Layout, WeightGraph
+from .layouts import model_layout
 
 
 class WeightSpaceError(WgraphError):
@@ -77,10 +81,21 @@ class ChainSpec:
 
     @classmethod
     def from_layout(cls, layout: Layout) -> ChainSpec:
-        return _chain_spec(layout)
+        """The chain of ``layout``, computed once per Layout object and kept in it (as the layout's
+        own cached properties are), not in a module-level cache."""
+        spec = layout.__dict__.get("_chain_spec")
+        if spec is None:
+            spec = layout.__dict__["_chain_spec"] = _chain_spec(layout)
+        return spec
+
+    @classmethod
+    def of(cls, x) -> ChainSpec:
+        """The chain of ``x``: a ChainSpec, or a Layout or WeightGraph (or a list of one) of a chain."""
+        if isinstance(x, ChainSpec):
+            return x
+        return _chain_spec(model_layout(x, "a parameter-sharing layer", error=WeightSpaceError))
 
 
-@lru_cache(maxsize=64)
 def _chain_spec(layout: Layout) -> ChainSpec:
     def fail(why: str):
         raise WeightSpaceError(
@@ -114,8 +129,7 @@ def _chain_spec(layout: Layout) -> ChainSpec:
             names = [layers[j].name for j in space.layers]
             fail(f"layer {l.name!r} shares its neuron permutation with layers {names}")
         if not space.permutable:
-            note = getattr(space, "note", "")
-            fail(f"hidden layer {l.name!r} may not be permuted" + (f" ({note})" if note else ""))
+            fail(f"hidden layer {l.name!r} may not be permuted" + (f" ({space.note})" if space.note else ""))
     bias_col = layout.node_features.index("bias") if "bias" in layout.node_features else -1
     has_bias = [False] * len(blocks)
     for p in layout.params:
@@ -256,6 +270,97 @@ class WeightSpace:
             [torch.cat([a, b], 1) for a, b in zip(self.biases, other.biases)],
             self.spec,
         )
+
+
+def check_input(x, spec: ChainSpec, channels: int, who: str) -> WeightSpace:
+    """``x`` (a WeightGraph or WeightSpace) as the input of layer ``who``, built for chain ``spec``
+    and ``channels`` input channels; a mismatch raises :class:`WeightSpaceError`."""
+    x = as_weight_space(x)
+    if x.spec.sizes != spec.sizes or x.spec.kernels != spec.kernels:
+        raise WeightSpaceError(
+            f"{who} was built for chain {spec.sizes} kernels {spec.kernels}, got {x.spec.sizes} {x.spec.kernels}"
+        )
+    if x.channels != channels:
+        raise WeightSpaceError(f"{who} expects {channels} input channels, got {x.channels}")
+    return x
+
+
+def _channel_matmul(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``z[b, :, j, k] = M @ W[b, :, j, k]`` for ``W`` of shape ``(B, X, o, i)`` (no autograd graph
+    of its own when called from :class:`ChannelMix`).
+
+    Large ``o i``: one ``bmm`` with ``M`` broadcast over the batch (no copy of ``W``), written into
+    a tensor of its own rather than returned as a view of a 3-d result: autograd adds a second
+    gradient of ``W`` (from the row / column means) in place only into a tensor that owns its
+    storage, and otherwise allocates one more ``W``-sized sum. Small ``o i`` (CNN channels, INRs): a
+    batched product of many small matrices is slow, so ``W`` is transposed to ``(X, B o i)`` (a
+    transient copy) for one large matrix product.
+    """
+    B, X, o, i = W.shape
+    if o * i >= 4096:
+        z = W.new_empty(B, M.shape[0], o, i)
+        torch.bmm(M.expand(B, *M.shape), W.reshape(B, X, o * i), out=z.view(B, -1, o * i))
+        return z
+    Wt = W.transpose(0, 1).reshape(X, B * o * i)
+    return (M @ Wt).view(M.shape[0], B, o, i).transpose(0, 1).contiguous()
+
+
+class ChannelMix(torch.autograd.Function):
+    """``z[b,:,j,k] = M W[b,:,j,k] + row[b,:,k] + col[b,:,j] + const[b,:]`` in one op.
+
+    The NP weight update (``row``, ``col``, ``const`` may be ``None``). Forward: one matrix product
+    and in-place broadcast adds; backward: one matrix product for ``dW`` and one for ``dM``, sums of
+    ``dz`` for the broadcast terms. Keeps only ``M`` and ``W`` for backward (autograd's in-place
+    adds on a view would clone ``dz`` per term; its matrix-product paths would keep a transposed
+    copy of ``W``).
+    """
+
+    @staticmethod
+    def forward(ctx, M, W, row, col, const):
+        z = _channel_matmul(M, W)
+        if row is not None:
+            z += row[:, :, None, :]
+        if col is not None:
+            z += col[:, :, :, None]
+        if const is not None:
+            z += const[:, :, None, None]
+        ctx.save_for_backward(M, W)
+        ctx.has = (row is not None, col is not None, const is not None)
+        return z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dz):
+        M, W = ctx.saved_tensors
+        B, X, o, i = W.shape
+        dM = dW = None
+        if o * i >= 4096:
+            if ctx.needs_input_grad[0]:
+                dM = torch.bmm(dz.reshape(B, -1, o * i), W.reshape(B, X, o * i).transpose(1, 2)).sum(0)
+            if ctx.needs_input_grad[1]:
+                dW = _channel_matmul(M.T, dz.contiguous())
+        else:  # one (Y, B o i) copy of dz serves both products
+            dzt = dz.transpose(0, 1).reshape(-1, B * o * i)
+            if ctx.needs_input_grad[0]:
+                dM = dzt @ W.transpose(0, 1).reshape(X, B * o * i).T
+            if ctx.needs_input_grad[1]:
+                dW = (M.T @ dzt).view(X, B, o, i).transpose(0, 1).contiguous()
+        has = ctx.has
+        dcol = dz.sum(-1) if has[1] or has[2] else None
+        return (
+            dM,
+            dW,
+            dz.sum(-2) if has[0] else None,
+            dcol if has[1] else None,
+            dcol.sum(-1) if has[2] else None,
+        )
+
+
+def mix_channels(M: torch.Tensor, W: torch.Tensor, row=None, col=None, const=None) -> torch.Tensor:
+    """Channel mixing of a ``(B, X, o, i)`` tensor by ``M`` ``(Y, X)``: ``(B, Y, o, i)``, plus the
+    broadcast terms ``row`` ``(B, Y, i)``, ``col`` ``(B, Y, o)`` and ``const`` ``(B, Y)`` that are
+    given (:class:`ChannelMix`)."""
+    return ChannelMix.apply(M, W, row, col, const)
 
 
 def as_weight_space(x) -> WeightSpace:
