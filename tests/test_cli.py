@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import wgraph
-from wgraph.cli import main
+from wgraph import cli
+from wgraph.cli import build_parser, main
 from wgraph.graph import WeightGraph
 from wgraph.zoo import small_cnn
 
@@ -109,3 +109,68 @@ def test_demo_runs(capsys, tmp_path):
     assert "| gnn-fused |" in out and str(tmp_path.resolve()) in out
     for f in ("zoo-cnn/manifest.json", "train-gnn/results.json", "train-np/results.json", "profile.csv", "profile_width.png"):
         assert (tmp_path / f).is_file(), f
+
+
+# ----------------------------------------------------------------------------- options derived from configs
+def _parsed(*argv) -> dict:
+    args = vars(build_parser().parse_args(list(argv)))
+    return {k: v for k, v in args.items() if k not in ("fn", "command", "zoo_kind")}
+
+
+def test_train_options_keep_their_flags_and_defaults():
+    """`wgraph train`'s options come from TrainConfig's fields: the same flags and defaults as before."""
+    got = _parsed("train", "--task", "generalization", "--model", "gnn", "--zoo", "z")
+    want = {
+        "task": "generalization", "model": "gnn", "zoo": "z", "out": "runs/train", "seed": 0, "split_seed": 0,
+        "epochs": None, "steps": None, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "val_fraction": 0.1,
+        "test_fraction": 0.1, "select": "best-val", "checkpoint_every": 100, "eval_batch_size": 256, "device": "cpu",
+        "resume": False, "progress": True,
+    }
+    assert got == want
+    flags = ["--no-progress", "--resume", "--select", "last", "--split-seed", "3", "--batch-size", "4", "--lr", "0.5"]
+    got = _parsed("train", "--task", "inr-classify", "--model", "np", "--zoo", "z", "--steps", "7", *flags)
+    assert (got["progress"], got["resume"], got["select"], got["split_seed"]) == (False, True, "last", 3)
+    assert (got["steps"], got["batch_size"], got["lr"], got["task"]) == (7, 4, 0.5, "inr-classify")
+    for bad in (["--task", "nope"], ["--epochs", "2", "--steps", "3"], []):  # a choice, exclusive, --zoo required
+        argv = ["train", "--task", "generalization", "--model", "gnn", *(["--zoo", "z"] if bad else []), *bad]
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+
+
+def test_zoo_options_keep_their_flags_and_defaults():
+    got = _parsed("zoo", "cnn", "out")
+    assert got == {"out": "out", "runs": 250, "checkpoints": 4, "epochs": 20, "seed": 0, "shard_size": 50,
+                   "threads": 1, "quiet": False}
+    got = _parsed("zoo", "inr", "out")
+    assert got == {"out": "out", "images": None, "steps": 300, "seed": 0, "init": "shared", "shard_size": 600,
+                   "threads": 1, "quiet": False}
+    assert _parsed("zoo", "inr", "o", "--images", "all")["images"] is None
+    assert _parsed("zoo", "inr", "o", "--images", "12", "--init", "independent")["images"] == 12
+    for bad in (["--images", "0"], ["--init", "same"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["zoo", "inr", "o", *bad])
+
+
+def test_a_bad_value_is_an_error_naming_the_option(tmp_path, capsys):
+    argv = ["train", "--task", "generalization", "--model", "statnn", "--zoo", str(tmp_path), "--batch-size", "0"]
+    assert main(argv) == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- subcommand modules
+def test_a_subcommand_whose_dependency_is_missing_says_so(tmp_path, monkeypatch, capsys):
+    """A subcommand module that cannot import a package stays listed, and running it names the package."""
+    (tmp_path / "wgraph_test_needs_pkg.py").write_text("import wgraph_test_missing_pkg\n\ndef register(sub): ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.SUBCOMMAND_MODULES, "needy", "wgraph_test_needs_pkg")
+    assert "needy" in build_parser().format_help()
+    assert main(["needy", "--any", "args"]) == 2
+    err = capsys.readouterr().err
+    assert "wgraph needy: error:" in err and "'wgraph_test_missing_pkg'" in err and "not installed" in err
+    assert main(["convert", "bad", "-o", str(tmp_path / "o")]) == 2  # the other subcommands still run
+
+
+def test_a_missing_wgraph_module_is_not_hidden(monkeypatch):
+    monkeypatch.setitem(cli.SUBCOMMAND_MODULES, "ghost", "wgraph.no_such_module")
+    with pytest.raises(ModuleNotFoundError, match="wgraph.no_such_module"):
+        build_parser()

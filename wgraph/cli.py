@@ -3,7 +3,9 @@
 A module that adds a subcommand defines ``register(sub)``, which adds its parser to ``sub`` (an
 ``argparse`` subparsers object) and sets ``fn`` (called with the parsed arguments, returns the exit
 status); it is listed in :data:`SUBCOMMAND_MODULES`. Keep those modules' imports light: heavy ones
-belong inside ``fn``.
+belong inside ``fn``. A subcommand whose module cannot be imported because a package it needs is
+missing stays listed, and running it says which package (exit status 2); a missing module of
+wgraph itself is a bug and raises.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import FileFormatError, SpecError, WgraphError
+from .errors import FileFormatError, MissingDependency, SpecError, WgraphError
 
 
 def _convert(args) -> int:
@@ -64,22 +66,34 @@ def _demo(args) -> int:
     return run(args.out, quick=args.quick)
 
 
-#: Modules whose ``register(sub)`` adds a subcommand (``zoo``, ``train``, ``profile``).
-SUBCOMMAND_MODULES = ("wgraph.zoo.cli", "wgraph.tasks.cli", "wgraph.profile")
+#: Subcommands that other modules add: name -> the module whose ``register(sub)`` adds it.
+SUBCOMMAND_MODULES = {"zoo": "wgraph.zoo.cli", "train": "wgraph.tasks.cli", "profile": "wgraph.profile"}
 
 
 def _register_modules(sub) -> None:
-    for name in SUBCOMMAND_MODULES:
+    for command, name in SUBCOMMAND_MODULES.items():
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as e:  # a module still being written (development only)
-            if e.name is None or not name.startswith(e.name):
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] == "wgraph":
                 raise
+            _unavailable(sub, command, name, e.name)
             continue
         module.register(sub)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _unavailable(sub, command: str, module: str, missing: str) -> None:
+    """Subcommand ``command`` whose ``module`` needs the package ``missing``: running it says so."""
+
+    def fn(args) -> int:
+        raise MissingDependency(f"this command needs the package {missing!r}, which is not installed ({module})")
+
+    p = sub.add_parser(command, help=f"(unavailable: needs the package {missing!r})", add_help=False)
+    p.set_defaults(fn=fn, unavailable=True)  # takes any arguments: running it only explains
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``wgraph`` command's parser, every subcommand included."""
     parser = argparse.ArgumentParser(prog="wgraph", description="Neural networks as graphs.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert a model to a weight graph file (safetensors)")
@@ -96,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="toy sizes (about a minute)")
     p.set_defaults(fn=_demo)
     _register_modules(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.fn(args)
     except WgraphError as e:

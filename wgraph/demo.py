@@ -22,10 +22,14 @@ import torch
 
 from . import load_into, random_symmetry, to_graph
 
-FULL = {"runs": 150, "checkpoints": 4, "epochs": 8, "train_epochs": 30, "profile_arch": "mlp:784,256,256,10",
-        "profile_batch": 8, "profile_widths": (16, 32)}  # fmt: skip
-QUICK = {"runs": 6, "checkpoints": 2, "epochs": 2, "train_epochs": 2, "profile_arch": "mlp:12,8,8,3",
-         "profile_batch": 2, "profile_widths": (4, 8)}  # fmt: skip
+FULL = {
+    "runs": 150, "checkpoints": 4, "epochs": 8, "train_epochs": 30,
+    "profile_arch": "mlp:784,256,256,10", "profile_batch": 8, "profile_widths": (16, 32),
+}
+QUICK = {
+    "runs": 6, "checkpoints": 2, "epochs": 2, "train_epochs": 2,
+    "profile_arch": "mlp:12,8,8,3", "profile_batch": 2, "profile_widths": (4, 8),
+}
 
 
 def _banner(i: int, text: str) -> None:
@@ -74,8 +78,10 @@ def learn(out: Path, p: dict) -> dict[str, float]:
     taus = {}
     for preset in ("gnn", "np"):
         run = out / f"train-{preset}"
-        cfg = TrainConfig(task="generalization", model=preset, zoo=str(zoo_dir), out=str(run), seed=0,
-                          epochs=p["train_epochs"], resume=(run / "checkpoint.pt").exists())  # fmt: skip
+        resume = (run / "checkpoint.pt").exists()
+        cfg = TrainConfig(
+            "generalization", preset, zoo=str(zoo_dir), out=str(run), epochs=p["train_epochs"], resume=resume
+        )
         res = train(cfg)
         taus[preset] = res["metrics"]["test"]["kendall_tau"]
     print("\npredicting test accuracy from weights (held-out training runs):")
@@ -89,10 +95,8 @@ def profile_case(out: Path, p: dict) -> Path | None:
     """One layer, graph NFN (reference and fused) against NP, each in its own process; table and plot."""
     from . import profile as prof
 
-    configs = [
-        prof.Config(p["profile_arch"], p["profile_batch"], w, m)
-        for w in p["profile_widths"] for m in ("gnn-reference", "gnn-fused", "np")
-    ]  # fmt: skip
+    methods = ("gnn-reference", "gnn-fused", "np")
+    configs = [prof.Config(p["profile_arch"], p["profile_batch"], w, m) for w in p["profile_widths"] for m in methods]
     records = prof.profile(configs)
     print(prof.table(records))
     prof.write_csv(records, out / "profile.csv")
@@ -113,6 +117,6 @@ def run(out: str | Path = "wgraph-demo", quick: bool = False) -> int:
     print(f"\n== summary ({time.perf_counter() - t0:.0f} s) ==")
     print(f"ResNet-18: round trip and symmetry {'passed' if converted else 'FAILED'}")
     print("Kendall tau: " + ", ".join(f"{k} {v:.3f}" for k, v in taus.items()))
-    print(f"files in {out.resolve()}: zoo-cnn/ (the zoo), train-gnn/ and train-np/ (results.json, model), "
-          f"profile.csv{', ' + png.name if png else ''}")  # fmt: skip
+    files = "zoo-cnn/ (the zoo), train-gnn/ and train-np/ (results.json, model), profile.csv"
+    print(f"files in {out.resolve()}: {files}{', ' + png.name if png else ''}")
     return 0 if converted else 1

@@ -7,12 +7,17 @@
 * :mod:`.models`: building a preset for a task;
 * :mod:`.checkpoint`: atomic, tensors-only training checkpoints;
 * :mod:`.distributed`: data-parallel setup under ``torchrun``;
+* :mod:`.config`: :class:`TrainConfig`, every setting of a run (``wgraph train``'s options come from it);
 * :mod:`.trainer`: :func:`train`, the loop (seeds, progress, checkpoints, resume, results JSON);
 * :mod:`.cli`: ``wgraph train``.
 """
 
+from .config import TrainConfig, TrainError
 from .data import TaskData, split_groups, task_data
 from .spec import TASKS, Task, TaskError, get_task
-from .trainer import TrainConfig, train
+from .trainer import train
 
-__all__ = ["TASKS", "Task", "TaskError", "get_task", "TaskData", "task_data", "split_groups", "TrainConfig", "train"]
+__all__ = [
+    "TASKS", "Task", "TaskError", "get_task", "TaskData", "task_data", "split_groups", "TrainConfig", "TrainError",
+    "train",
+]

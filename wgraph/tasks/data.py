@@ -41,7 +41,8 @@ def task_data(zoo, task: Task, where: str = "the zoo") -> TaskData:
             kind = getattr(zoo, "kind", "?")
             raise TaskError(
                 f"task {task.name!r} needs the column {col!r}, but {where} (kind {kind!r}) has columns "
-                f"{sorted(table)}; generalization needs a CNN zoo (wgraph zoo cnn), inr-classify an INR zoo (wgraph zoo inr)"
+                f"{sorted(table)}; generalization needs a CNN zoo (wgraph zoo cnn), "
+                "inr-classify an INR zoo (wgraph zoo inr)"
             )
     column = np.asarray(table[task.target])
     keep = np.isfinite(column.astype(np.float64))
@@ -65,5 +66,6 @@ def split_groups(groups, seed: int = 0, val: float = 0.1, test: float = 0.1) -> 
     if n_val + n_test >= n:
         raise TaskError(f"{n} groups are too few for val={val} and test={test} with a non-empty training part")
     order = np.random.default_rng(seed).permutation(n)
-    parts = {"val": uniq[order[:n_val]], "test": uniq[order[n_val : n_val + n_test]], "train": uniq[order[n_val + n_test :]]}
+    cut = n_val + n_test
+    parts = {"val": uniq[order[:n_val]], "test": uniq[order[n_val:cut]], "train": uniq[order[cut:]]}
     return {name: np.flatnonzero(np.isin(groups, keys)) for name, keys in parts.items()}

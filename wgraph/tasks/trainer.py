@@ -24,14 +24,14 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import WgraphError
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import DEFAULT_EPOCHS, RESUMABLE, TrainConfig, TrainError
 from .data import TaskData, split_groups, task_data
 from .distributed import Ranks, setup, teardown
 from .models import build_model, fit_normalization
@@ -40,49 +40,8 @@ from .spec import Task, get_task
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 MODEL = "model.safetensors"
-DEFAULT_EPOCHS = 10
-#: Settings that may differ between a run and its resumption (everything else must match).
-RESUMABLE = ("zoo", "out", "epochs", "steps", "device", "resume", "progress", "checkpoint_every", "eval_batch_size")
 
-
-class TrainError(WgraphError):
-    """A training configuration that cannot run (e.g. an output directory holding another run)."""
-
-
-@dataclass
-class TrainConfig:
-    task: str
-    model: str
-    zoo: str | None = None
-    out: str = "runs/train"
-    seed: int = 0
-    split_seed: int = 0
-    epochs: int | None = None  # default DEFAULT_EPOCHS when steps is not given either
-    steps: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    select: str = "best-val"
-    checkpoint_every: int = 100
-    eval_batch_size: int = 256
-    device: str = "cpu"
-    resume: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.select not in ("best-val", "last"):
-            raise TrainError(f"select must be 'best-val' or 'last', got {self.select!r}")
-        for key in ("epochs", "steps"):
-            v = getattr(self, key)
-            if v is not None and v < 1:
-                raise TrainError(f"{key} must be at least 1, got {v}")
-        for key in ("batch_size", "checkpoint_every", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise TrainError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise TrainError(f"lr must be positive, got {self.lr}")
+__all__ = ["TrainConfig", "TrainError", "train", "evaluate", "epoch_order", "DEFAULT_EPOCHS", "RESUMABLE"]
 
 
 # --------------------------------------------------------------------------- seeds and RNG states
@@ -101,9 +60,10 @@ def rng_state(device: torch.device) -> dict:
     """Every RNG state as tensors, numbers and lists (what ``torch.load(weights_only=True)`` reads)."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, state, py_gauss = random.getstate()
+    keys = torch.from_numpy(keys.astype(np.int64))
     out = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {"keys": keys, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "python": {"version": version, "state": list(state), "gauss": py_gauss},
     }
     if device.type == "cuda":
@@ -123,7 +83,9 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model, graphs, targets: torch.Tensor, index: torch.Tensor, task: Task, batch_size: int) -> dict[str, float]:
+def evaluate(
+    model, graphs, targets: torch.Tensor, index: torch.Tensor, task: Task, batch_size: int
+) -> dict[str, float]:
     """The task's loss and metrics of ``model`` on networks ``index`` (in eval mode, in chunks)."""
     was_training = model.training
     model.eval()
@@ -203,7 +165,8 @@ def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, dat
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         set_rng_state(ck["rng"], device)
-        step, history, best, train_s, epoch_loss = ck["step"], ck["history"], ck["best"], ck["train_s"], ck["epoch_loss"]
+        step, history, best = ck["step"], ck["history"], ck["best"]
+        train_s, epoch_loss = ck["train_s"], ck["epoch_loss"]
         resumed_from = step
     net = model
     if ranks.world > 1:
@@ -213,11 +176,12 @@ def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, dat
     t_setup = time.perf_counter() - t_start
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {
+        state = {
             "format": 1, "config": json.dumps(asdict(cfg)), "step": step, "model": model.state_dict(),
             "optimizer": opt.state_dict(), "rng": rng_state(device), "history": history, "best": best,
             "train_s": train_s, "epoch_loss": epoch_loss,
-        })  # fmt: skip
+        }
+        save_checkpoint(ckpt_path, state)
 
     bar = tqdm(total=total, initial=step, desc=f"{task.name} {cfg.model}", disable=not (cfg.progress and ranks.main))
     eval_s, t_last = 0.0, time.perf_counter()
@@ -241,12 +205,14 @@ def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, dat
             now = time.perf_counter()
             train_s += now - t_last
             val = evaluate(model, graphs, targets, idx["val"], task, cfg.eval_batch_size)
-            history.append({"step": step, "epoch": step / steps_per_epoch, "train_loss": epoch_loss[0] / epoch_loss[1],
-                            **{f"val_{k}": v for k, v in val.items()}})  # fmt: skip
+            record = {"step": step, "epoch": step / steps_per_epoch, "train_loss": epoch_loss[0] / epoch_loss[1]}
+            history.append({**record, **{f"val_{k}": v for k, v in val.items()}})
             epoch_loss = [0.0, 0]
             if cfg.select == "best-val" and (best is None or val[task.primary] > best["metric"]):
-                best = {"metric": val[task.primary], "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            bar.set_postfix(loss=f"{history[-1]['train_loss']:.4f}", **{f"val_{task.primary}": f"{val[task.primary]:.4f}"})
+                snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {"metric": val[task.primary], "step": step, "state": snapshot}
+            shown_val = {f"val_{task.primary}": f"{val[task.primary]:.4f}"}
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.4f}", **shown_val)
             t_last = time.perf_counter()
             eval_s += t_last - now
             if ranks.main:
@@ -262,25 +228,29 @@ def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, dat
     t_eval = time.perf_counter()
     if best is not None:
         model.load_state_dict(best["state"])
-    metrics = {part: evaluate(model, graphs, targets, idx[part], task, cfg.eval_batch_size) for part in ("train", "val", "test")}
+    parts = ("train", "val", "test")
+    metrics = {part: evaluate(model, graphs, targets, idx[part], task, cfg.eval_batch_size) for part in parts}
     eval_s += time.perf_counter() - t_eval
+    sizes = {part: {"networks": len(v), "groups": int(len(np.unique(data.groups[v])))} for part, v in split.items()}
+    timings = {
+        "setup_s": t_setup, "train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start,
+        "steps_per_s": step / train_s if train_s > 0 else None,
+    }
     results = {
         "task": task.name, "model": cfg.model, "zoo": cfg.zoo, "seed": cfg.seed, "config": asdict(cfg),
         "metrics": metrics, "primary_metric": task.primary,
         "selected_step": best["step"] if best is not None else step,
         "steps": step, "steps_per_epoch": steps_per_epoch, "batch_size": batch, "epochs": step / steps_per_epoch,
         "networks": data.graphs.batch_size, "dropped_networks": data.dropped,
-        "split": {"seed": cfg.split_seed, "by": task.group,
-                  **{part: {"networks": len(v), "groups": int(len(np.unique(data.groups[v])))} for part, v in split.items()}},
+        "split": {"seed": cfg.split_seed, "by": task.group, **sizes},
         "model_parameters": sum(p.numel() for p in model.parameters()),
         "history": history, "world_size": ranks.world, "device": str(device), "resumed_from_step": resumed_from,
-        "timings": {"setup_s": t_setup, "train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start,
-                    "steps_per_s": step / train_s if train_s > 0 else None},
-    }  # fmt: skip
+        "timings": timings,
+    }
     if ranks.main:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(out / MODEL),
-                  metadata={"task": task.name, "preset": cfg.model})  # fmt: skip
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(tensors, str(out / MODEL), metadata={"task": task.name, "preset": cfg.model})
         _write_json(out / RESULTS, results)
     return results

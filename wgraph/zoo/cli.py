@@ -1,9 +1,19 @@
-"""``wgraph zoo cnn OUT`` and ``wgraph zoo inr OUT``: generate (or resume) a model zoo."""
+"""``wgraph zoo cnn OUT`` and ``wgraph zoo inr OUT``: generate (or resume) a model zoo.
+
+The options are fields of the zoo settings, :class:`~wgraph.zoo.cnn.CNNZooConfig` and
+:class:`~wgraph.zoo.inr.INRZooConfig` (their defaults are written there once, and the generators'
+signatures refer to them); ``--threads`` takes the generator's own default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+
+from ..config import add_arguments, field_values
+from .cnn import CNNZooConfig, generate_cnn_zoo
+from .inr import INITS, INRZooConfig, generate_inr_zoo
 
 
 def _images(value: str) -> int | None:
@@ -34,10 +44,8 @@ def _interruptible(fn):
 
 @_interruptible
 def _cnn(args) -> int:
-    from .cnn import generate_cnn_zoo
-
-    zoo = generate_cnn_zoo(args.out, runs=args.runs, checkpoints=args.checkpoints, epochs=args.epochs, seed=args.seed,
-                           shard_size=args.shard_size, progress=not args.quiet, threads=args.threads)  # fmt: skip
+    settings = field_values(CNNZooConfig, args)
+    zoo = generate_cnn_zoo(args.out, **settings, progress=not args.quiet, threads=args.threads)
     dropped = args.runs * args.checkpoints - len(zoo)
     note = f" ({dropped} diverged checkpoints not stored)" if dropped else ""
     print(f"wrote {len(zoo)} CNNs ({args.runs} runs x {args.checkpoints} checkpoints){note} to {args.out}")
@@ -46,12 +54,18 @@ def _cnn(args) -> int:
 
 @_interruptible
 def _inr(args) -> int:
-    from .inr import generate_inr_zoo
-
-    zoo = generate_inr_zoo(args.out, images=args.images, steps=args.steps, seed=args.seed, init=args.init,
-                           shard_size=args.shard_size, progress=not args.quiet, threads=args.threads)  # fmt: skip
+    settings = field_values(INRZooConfig, args)
+    zoo = generate_inr_zoo(args.out, **settings, progress=not args.quiet, threads=args.threads)
     print(f"wrote {len(zoo)} INRs (mean reconstruction MSE {zoo.table['recon_mse'].mean():.3g}) to {args.out}")
     return 0
+
+
+def _common(p, generator) -> None:
+    """``--threads`` (the generator's default) and ``-q``."""
+    threads = inspect.signature(generator).parameters["threads"].default
+    text = f"torch threads (default {threads}, the fastest measured)"
+    p.add_argument("--threads", type=int, default=threads, help=text)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def register(sub) -> None:
@@ -59,23 +73,25 @@ def register(sub) -> None:
     kinds = p.add_subparsers(dest="zoo_kind", required=True)
     c = kinds.add_parser("cnn", help="small CNNs trained on digits with sampled hyperparameters")
     c.add_argument("out", help="output directory")
-    c.add_argument("--runs", type=int, default=250, help="training runs (default 250)")
-    c.add_argument("--checkpoints", type=int, default=4, help="checkpoints stored per run (default 4)")
-    c.add_argument("--epochs", type=int, default=20, help="epochs per run (default 20)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--shard-size", type=int, default=50, help="runs per shard, trained together (default 50)")
-    c.add_argument("--threads", type=int, default=1, help="torch threads (default 1, the fastest measured)")
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cnn_help = {
+        "runs": "training runs",
+        "checkpoints": "checkpoints stored per run",
+        "epochs": "epochs per run",
+        "seed": "seed of every run's hyperparameters, initialization and data",
+        "shard_size": "runs per shard, trained together",
+    }
+    add_arguments(c, CNNZooConfig, cnn_help, help=cnn_help)
+    _common(c, generate_cnn_zoo)
     c.set_defaults(fn=_cnn)
     i = kinds.add_parser("inr", help="SIREN INRs fitted to every digits image")
     i.add_argument("out", help="output directory")
-    i.add_argument("--images", type=_images, default=None, help="'all' (default) or N: the first N images")
-    i.add_argument("--steps", type=int, default=300, help="Adam steps per INR (default 300)")
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--init", choices=["shared", "independent"], default="shared",
-                   help="'shared' (default): one SIREN initialization, drawn from --seed, for every INR; "
-                   "'independent': each INR its own")
-    i.add_argument("--shard-size", type=int, default=600, help="INRs per shard, fitted together (default 600)")
-    i.add_argument("--threads", type=int, default=1, help="torch threads (default 1, the fastest measured)")
-    i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    inr_help = {
+        "images": "'all' (default) or N: the first N images",
+        "steps": "Adam steps per INR",
+        "seed": "seed of the SIREN initializations",
+        "init": "'shared': one SIREN initialization, drawn from --seed, for every INR; 'independent': each INR its own",
+        "shard_size": "INRs per shard, fitted together",
+    }
+    add_arguments(i, INRZooConfig, inr_help, help=inr_help, types={"images": _images}, choices={"init": INITS})
+    _common(i, generate_inr_zoo)
     i.set_defaults(fn=_inr)

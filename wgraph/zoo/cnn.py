@@ -260,8 +260,10 @@ def _train_shard(cfg: CNNZooConfig, runs: list[int], data, bar) -> tuple[dict, d
     return weights, table
 
 
-def generate_cnn_zoo(out, *, runs: int = 250, checkpoints: int = 4, epochs: int = 20, seed: int = 0,
-                     shard_size: int = 50, progress: bool = True, threads: int | None = 1, **settings):
+def generate_cnn_zoo(out, *, runs: int = CNNZooConfig.runs, checkpoints: int = CNNZooConfig.checkpoints,
+                     epochs: int = CNNZooConfig.epochs, seed: int = CNNZooConfig.seed,
+                     shard_size: int = CNNZooConfig.shard_size, progress: bool = True, threads: int | None = 1,
+                     **settings):
     """Generate (or resume) a CNN zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
     ``runs`` training runs of ``checkpoints`` checkpoints each (``runs · checkpoints`` networks,

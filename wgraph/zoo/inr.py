@@ -110,8 +110,9 @@ def fit_inrs(cfg: INRZooConfig, images: list[int], bar=None) -> tuple[dict[str, 
     return {k: v.detach() for k, v in params.items()}, mse
 
 
-def generate_inr_zoo(out, *, images: int | None = None, steps: int = 300, seed: int = 0, shard_size: int = 600,
-                     init: str = "shared", progress: bool = True, threads: int | None = 1, **settings):
+def generate_inr_zoo(out, *, images: int | None = INRZooConfig.images, steps: int = INRZooConfig.steps,
+                     seed: int = INRZooConfig.seed, shard_size: int = INRZooConfig.shard_size,
+                     init: str = INRZooConfig.init, progress: bool = True, threads: int | None = 1, **settings):
     """Generate (or resume) an INR zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
     ``images``: fit the first ``images`` digits images (``None``: all 1,797). ``init``:
