@@ -23,14 +23,6 @@ from wgraph.zoo.importers import REPORT, ImportFailed, register_import
 from wgraph.zoo.importers import common as import_common
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------ Small CNN Zoo, built as TensorFlow lays it out
 def tf_variables(rng, channels=(1, 4, 4, 4), classes=10, k=3) -> list[tuple[str, np.ndarray]]:
     """One TensorFlow CNN's variables in order: HWIO kernels, biases, a dense (in, out) kernel."""

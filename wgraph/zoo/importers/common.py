@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import io
 import json
-import math
 import pickle
 import re
 import warnings
@@ -29,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...errors import ZooError
@@ -430,10 +428,3 @@ def read_files(items: list[FileItem], template: dict[str, torch.Tensor], dtype: 
             rows[c].append(it.row.get(c))
     weights = {k: torch.stack([sd[k] for sd in sds]) for k in template} if sds else empty_weights(template, dtype)
     return Batch(index, files, weights, rows, problems)
-
-
-def finite_or_nan(v: Any) -> Any:
-    """JSON-able scalars: numpy scalars as Python numbers (NaN stays NaN)."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    return float("nan") if isinstance(v, float) and math.isnan(v) else v

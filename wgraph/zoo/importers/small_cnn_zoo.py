@@ -149,6 +149,17 @@ def ranges(positions: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def read_metrics(path: Path) -> tuple[dict[str, list[str]], int]:
+    """The metrics columns as text, named as the zoo's table names them, and the number of rows."""
+    header, body = read_csv(path)
+    names = [RENAMES.get(c.removeprefix("config."), c.removeprefix("config.")) for c in header]
+    clash = sorted({c for c in names if names.count(c) > 1 or c in OWN_COLUMNS})
+    if clash:
+        own = list(OWN_COLUMNS)
+        raise ZooError(f"{path}: columns {clash} clash (after dropping 'config.') with each other or with {own}")
+    return {c: [r[j] for r in body] for j, c in enumerate(names)}, len(body)
+
+
 def plan(src, *, stride: int = 2, padding: str = "valid", input_size: list[int] | None = None,
          steps: list[int] | None = None, activation: str = "relu", weights: str = "weights.npy",
          layout: str = "layout.csv", metrics: str = "metrics.csv.gz") -> Plan:
@@ -164,15 +175,7 @@ def plan(src, *, stride: int = 2, padding: str = "valid", input_size: list[int] 
     mm, n_declared, width, whole = open_rows(w_path)
     variables = read_layout(l_path, width)
     tf = torch_names(variables, l_path)
-    header, body = read_csv(m_path)
-    names = [RENAMES.get(c.removeprefix("config."), c.removeprefix("config.")) for c in header]
-    clash = sorted({c for c in names if names.count(c) > 1 or c in OWN_COLUMNS})
-    if clash:
-        own = list(OWN_COLUMNS)
-        raise ZooError(f"{m_path}: columns {clash} clash (after dropping 'config.') with each other or with {own}")
-    raw = {c: [r[j] for r in body] for j, c in enumerate(names)}
-    n_metrics = len(body)
-
+    raw, n_metrics = read_metrics(m_path)
     total = max(n_declared, n_metrics)
     step_col = typed_column(raw["step"], "int") if "step" in raw and column_type(raw["step"]) == "int" else None
     if steps is not None and step_col is None:
