@@ -263,7 +263,11 @@ def test_dwsnets_inrs(tmp_path):
         assert torch.equal(zoo.weights["4.bias"][j], sd["seq.2.bias"])
         with torch.no_grad():
             torch.testing.assert_close(zoo.network(j)(x), inrs[i](x), rtol=0, atol=1e-6)
-    assert zoo.graphs().batch_size == 7
+    from wgraph.tasks.data import task_data
+    from wgraph.tasks.spec import get_task
+
+    data = task_data(zoo, get_task("inr-classify"))
+    assert data.graphs.batch_size == 7 and data.targets.tolist() == [int(labels[i]) for i in kept]
 
 
 def test_nfn_inrs_and_labels_from_files(tmp_path):
