@@ -310,6 +310,56 @@ def test_a_permutation_that_ignores_heads_changes_the_function():
         assert (other(x) - model(x)).abs().max() > 1e-6
 
 
+class SDPABlock(nn.Module):
+    """Separate q/k/v/o projections, heads split by a view, ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.inp = nn.Linear(3, d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.out = nn.Linear(d, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, N, D = h.shape
+        q, k, v = (m(h).view(B, N, self.heads, D // self.heads).transpose(1, 2) for m in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
+        return self.out((h + self.o(a)).mean(1))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_sdpa_pairs_query_and_key_dimensions(tracer):
+    """Issue 17's defect: the graph must pair query dimension i with key dimension i of a head. A
+    permutation of the query dimensions alone changes the function, so it must change a graph NFN's
+    output; the same permutation of queries and keys together is a symmetry and must not."""
+    import wgraph.nn
+
+    torch.manual_seed(0)
+    model = SDPABlock().double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    g = wgraph.to_graph(model, x, tracer=tracer)
+    assert_state_dict_exact(g.to_state_dict(), model.state_dict())
+    assert any(b.kind == "identity" and b.name.startswith("attn:") for b in g.layout.blocks)
+    gnn = wgraph.nn.from_preset("gnn", g.layout, out_dim=1).double()
+    perm = torch.tensor([1, 0, 2, 3, 4, 5, 6, 7])  # two query dimensions of head 0
+    query_only = copy.deepcopy(model)
+    with torch.no_grad():
+        query_only.q.weight.copy_(model.q.weight[perm])
+        query_only.q.bias.copy_(model.q.bias[perm])
+        assert (query_only(x) - model(x)).abs().max() > 1e-3
+        moved = (gnn(wgraph.to_graph(query_only, x, tracer=tracer)) - gnn(g)).abs().max()
+        assert moved > 1e-9, "the graph NFN cannot tell which key dimension a query dimension meets"
+        qk = next(i for i, s in enumerate(g.layout.spaces) if s.name == "q")
+        joint = g.permute(wgraph.Symmetry({qk: perm}))
+        outputs_match(model, joint, x)
+        assert (gnn(joint) - gnn(g)).abs().max() < 1e-12
+    outputs_match(model, g.permute(wgraph.random_symmetry(g, seed=0)), x)
+
+
 def test_shared_module_ties_its_layers():
     class Shared(nn.Module):
         def __init__(self):

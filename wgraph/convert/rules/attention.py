@@ -99,8 +99,10 @@ def attention(b: LayoutBuilder, op: Op):
 @register(functions=(F.scaled_dot_product_attention,), aten=("scaled_dot_product_attention.default",))
 def sdpa(b: LayoutBuilder, op: Op):
     """``scaled_dot_product_attention(q, k, v, attn_mask)``: the output has v's neurons. Query and
-    key layers are tied; a neuron axis split into (heads, head_dim) gives the head structure of
-    :func:`attention_layers`, whole heads movable unless the mask differs between heads."""
+    key layers are tied and paired dimension by dimension (an ``attn:`` identity block from key to
+    query, so that a graph NFN sees which key dimension each query dimension meets); a neuron axis
+    split into (heads, head_dim) gives the head structure of :func:`attention_layers`, whole heads
+    movable unless the mask differs between heads."""
     metas = [op.meta(i, n) for i, n in enumerate(("query", "key", "value"))]
     if not all(isinstance(m, (Feat, SplitFeat)) for m in metas):
         raise UnsupportedOperation(f"{op.where}: attention over inputs that are not hidden activations")
@@ -112,7 +114,8 @@ def sdpa(b: LayoutBuilder, op: Op):
         return metas[2]
     mask = op.arg(3, "attn_mask")
     movable = mask is None or not isinstance(mask, torch.Tensor) or mask.dim() < 3 or mask.shape[-3] == 1
-    if lq != lk:
+    if lq != lk:  # query dimension i of a head meets key dimension i: paired, as in attention_layers
+        b.identity(f"attn:{b.layers[lq]['name']}", lk, lq)
         b.tie(lq, lk)
     b.heads([lq, lv], heads.pop(), movable, op.where)
     return metas[2]
