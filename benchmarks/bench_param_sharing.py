@@ -69,7 +69,8 @@ def write(records: list[dict], quick: bool, meta: dict) -> None:
         "step's peak above the resident size before it / the same with the inputs (time and memory each in a "
         "process of its own; see wgraph/profile/).",
         "",
-        "| case | layer | wgraph time | nfn time | wgraph memory (step / total) | nfn memory (step / total) | speed-up | memory ratio (step) |",
+        "| case | layer | wgraph time | nfn time | wgraph memory (step / total) | nfn memory (step / total) "
+        "| speed-up | memory ratio (step) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["case"], r["method"]): r for r in records}
@@ -114,7 +115,7 @@ def main() -> None:
         for desc, arch, batch, width, layers in [table[name]]
         for layer in layers
         for impl in ("", "nfn-")
-    ]  # fmt: skip
+    ]
     records = profile(configs, timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
     meta = {
         "machine": f"CPU ({platform.machine()}, {args.threads} torch thread(s))",

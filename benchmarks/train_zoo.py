@@ -31,9 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
-
 from _docs import replace_block  # benchmarks/_docs.py, beside this script
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -41,7 +40,9 @@ DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- train_zoo:begin -->", "<!-- train_zoo:end -->"
 TASKS = {"generalization": "cnn", "inr-classify": "inr"}
 TASK_NAMES = {"generalization": "CNN zoo", "inr-classify": "INR zoo"}
-INIT_TEXT = {"shared": "all fitted from one shared initialization", "independent": "each fitted from its own initialization"}
+INIT_TEXT = {
+    "shared": "all fitted from one shared initialization", "independent": "each fitted from its own initialization"
+}
 PRIMARY = {"generalization": "kendall_tau", "inr-classify": "accuracy"}
 
 
@@ -67,11 +68,14 @@ def make_zoos(args, work: Path) -> dict[str, Path]:
     zoos = {k: work / "zoos" / k for k in sorted(kinds)}
     t = time.perf_counter()
     if "cnn" in kinds:
-        wgraph("zoo", "cnn", str(zoos["cnn"]), "--runs", str(args.cnn_runs), "--checkpoints", str(args.cnn_checkpoints),
-               "--epochs", str(args.cnn_epochs), "-q", threads=args.threads * args.jobs, log=work / "zoo-cnn.log")  # fmt: skip
+        sizes = ["--runs", str(args.cnn_runs), "--checkpoints", str(args.cnn_checkpoints)]
+        sizes += ["--epochs", str(args.cnn_epochs)]
+        threads = args.threads * args.jobs
+        wgraph("zoo", "cnn", str(zoos["cnn"]), *sizes, "-q", threads=threads, log=work / "zoo-cnn.log")
     if "inr" in kinds:
-        wgraph("zoo", "inr", str(zoos["inr"]), "--images", str(args.inr_images), "--init", args.inr_init, "-q",
-               threads=args.threads * args.jobs, log=work / "zoo-inr.log")  # fmt: skip
+        settings = ["--images", str(args.inr_images), "--init", args.inr_init]
+        threads = args.threads * args.jobs
+        wgraph("zoo", "inr", str(zoos["inr"]), *settings, "-q", threads=threads, log=work / "zoo-inr.log")
     print(f"zoos ready in {time.perf_counter() - t:.0f} s: {', '.join(map(str, zoos.values()))}")
     return zoos
 
@@ -84,17 +88,20 @@ def run_one(job: dict, args) -> dict:
         if stored != (job["zoo"], job["epochs"], args.batch_size, args.lr):
             raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
         return r
-    wgraph("train", "--task", job["task"], "--model", job["model"], "--zoo", job["zoo"], "--out", str(out),
-           "--seed", str(job["seed"]), "--epochs", str(job["epochs"]), "--batch-size", str(args.batch_size),
-           "--lr", str(args.lr), "--device", args.device, "--resume", "--no-progress",
-           threads=args.threads, log=out.with_suffix(".log"))  # fmt: skip
+    argv = [
+        "train", "--task", job["task"], "--model", job["model"], "--zoo", job["zoo"], "--out", str(out),
+        "--seed", str(job["seed"]), "--epochs", str(job["epochs"]), "--batch-size", str(args.batch_size),
+        "--lr", str(args.lr), "--device", args.device, "--resume", "--no-progress",
+    ]
+    wgraph(*argv, threads=args.threads, log=out.with_suffix(".log"))
     return json.loads((out / "results.json").read_text())
 
 
 def summarize(runs: list[dict]) -> dict:
     table: dict = {}
     for r in runs:
-        cell = table.setdefault(r["task"], {}).setdefault(r["model"], {"seeds": [], "test": [], "train_s": [], "params": 0})
+        empty = {"seeds": [], "test": [], "train_s": [], "params": 0}
+        cell = table.setdefault(r["task"], {}).setdefault(r["model"], empty)
         cell["seeds"].append(r["seed"])
         cell["test"].append(r["metrics"]["test"])
         cell["train_s"].append(r["timings"]["train_s"])
@@ -103,7 +110,8 @@ def summarize(runs: list[dict]) -> dict:
         for cell in models.values():
             for metric in cell["test"][0]:
                 v = np.array([t[metric] for t in cell["test"]], dtype=float)
-                cell[metric] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
+                std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+                cell[metric] = {"mean": float(v.mean()), "std": std, "values": v.tolist()}
             cell["train_s_mean"] = float(np.mean(cell["train_s"]))
     return table
 
@@ -123,23 +131,28 @@ def markdown(report: dict) -> str:
         f"{s['cnn_checkpoints']} checkpoints, {s['cnn_epochs']} epochs each; split by run 80/10/10: "
         f"{zoo['cnn']['split']}); **INR** {zoo['inr']['networks']} SIRENs 2-32-32-1, one per digits image, "
         f"{INIT_TEXT[s.get('inr_init', 'independent')]} (split by image 80/10/10: {zoo['inr']['split']}).",
-        f"Training: {s['epochs']['generalization']} epochs on the CNN zoo, {s['epochs']['inr-classify']} on the INR zoo, "
+        f"Training: {s['epochs']['generalization']} epochs on the CNN zoo, "
+        f"{s['epochs']['inr-classify']} on the INR zoo, "
         f"batch {s['batch_size']}, AdamW lr {s['lr']}, presets as shipped in `models/` with the task's output size; "
         f"test metrics of the best-validation epoch; mean ± sample std over seeds {s['seeds']}.",
         "",
-        "| model | CNN zoo: Kendall τ | CNN zoo: R² | INR zoo: accuracy | parameters (CNN / INR) | train time per run (CNN / INR) |",
+        "| model | CNN zoo: Kendall τ | CNN zoo: R² | INR zoo: accuracy | parameters (CNN / INR) "
+        "| train time per run (CNN / INR) |",
         "|---|---|---|---|---|---|",
     ]
     for model in s["models"]:
         g, c = t.get("generalization", {}).get(model), t.get("inr-classify", {}).get(model)
         params = f"{g['params'] if g else 'n/a'} / {c['params'] if c else 'n/a'}"
         times = f"{g['train_s_mean']:.0f} s / {c['train_s_mean']:.0f} s" if g and c else "n/a"
-        lines.append(f"| {model} | {fmt(g, 'kendall_tau')} | {fmt(g, 'r2')} | {fmt(c, 'accuracy')} | {params} | {times} |")
+        metrics = f"{fmt(g, 'kendall_tau')} | {fmt(g, 'r2')} | {fmt(c, 'accuracy')}"
+        lines.append(f"| {model} | {metrics} | {params} | {times} |")
     lines.append("")
     for task, r in per_task(report).items():
         both = " (both tasks)" if len(r["tasks"]) > 1 else ""
-        lines.append(f"{TASK_NAMES[task]}: `{r['command']}` ({r['machine']}; wall time {r['wall_s'] / 60:.0f} min "
-                     f"for training{both}, {r['zoo_s'] / 60:.0f} min to generate or check and reuse the zoos).")  # fmt: skip
+        lines.append(
+            f"{TASK_NAMES[task]}: `{r['command']}` ({r['machine']}; wall time {r['wall_s'] / 60:.0f} min "
+            f"for training{both}, {r['zoo_s'] / 60:.0f} min to generate or check and reuse the zoos)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -154,8 +167,10 @@ def merge(old: dict, new: dict, tasks: list[str]) -> dict:
     """``new`` (runs of ``tasks`` only) completed with the other tasks' runs, settings and zoo from ``old``."""
     for key in ("models", "seeds", "batch_size", "lr"):
         if old["settings"][key] != new["settings"][key]:
-            raise SystemExit(f"--tasks: {key} differs from the saved train_zoo.json ({old['settings'][key]} there, "
-                             f"{new['settings'][key]} now); rerun every task")  # fmt: skip
+            raise SystemExit(
+                f"--tasks: {key} differs from the saved train_zoo.json ({old['settings'][key]} there, "
+                f"{new['settings'][key]} now); rerun every task"
+            )
     keep = [t for t in TASKS if t not in tasks]
     own = {"generalization": ("cnn_runs", "cnn_checkpoints", "cnn_epochs"), "inr-classify": ("inr_images", "inr_init")}
     settings = dict(new["settings"], epochs=dict(new["settings"]["epochs"]))
@@ -222,36 +237,53 @@ def main() -> None:
     zoo_s = time.perf_counter() - t0
     epochs = {"generalization": args.epochs_cnn, "inr-classify": args.epochs_inr}
     jobs = [
-        {"task": task, "model": model, "seed": seed, "zoo": str(zoos[kind]), "epochs": epochs[task],
-         "out": str(work / "runs" / f"{task}-{model}-s{seed}")}
-        for task, kind in TASKS.items() if task in args.tasks for seed in args.seeds for model in args.models
-    ]  # fmt: skip
+        {
+            "task": task, "model": model, "seed": seed, "zoo": str(zoos[kind]), "epochs": epochs[task],
+            "out": str(work / "runs" / f"{task}-{model}-s{seed}"),
+        }
+        for task, kind in TASKS.items()
+        if task in args.tasks
+        for seed in args.seeds
+        for model in args.models
+    ]
     t1 = time.perf_counter()
     runs = []
     with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(jobs), desc="train_zoo", unit="run") as bar:
         for r in pool.map(lambda j: run_one(j, args), jobs):
             runs.append(r)
-            bar.set_postfix_str(f"{r['task']} {r['model']} s{r['seed']}: {r['metrics']['test'][PRIMARY[r['task']]]:.3f}")
+            score = r["metrics"]["test"][PRIMARY[r["task"]]]
+            bar.set_postfix_str(f"{r['task']} {r['model']} s{r['seed']}: {score:.3f}")
             bar.update(1)
     wall_s = time.perf_counter() - t1
     first = {task: next(r for r in runs if r["task"] == task) for task in args.tasks}
     split = {t: " / ".join(f"{r['split'][k]['networks']}" for k in ("train", "val", "test")) for t, r in first.items()}
     command = " ".join(["nice python benchmarks/train_zoo.py", *sys.argv[1:]])  # as typed
-    machine = f"{platform.machine()}, {os.cpu_count()} cores (shared), {args.jobs} runs at a time x {args.threads} torch thread(s)" + (
-        f", training on {_gpu_name()}" if args.device.startswith("cuda") else "")  # fmt: skip
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores (shared), {args.jobs} runs at a time x {args.threads} "
+        "torch thread(s)"
+    )
+    if args.device.startswith("cuda"):
+        machine += f", training on {_gpu_name()}"
+    run_of_task = {"command": command, "machine": machine, "wall_s": wall_s, "zoo_s": zoo_s, "tasks": args.tasks}
+    settings = {
+        "models": args.models, "seeds": args.seeds, "cnn_runs": args.cnn_runs, "cnn_checkpoints": args.cnn_checkpoints,
+        "cnn_epochs": args.cnn_epochs, "inr_images": args.inr_images, "inr_init": args.inr_init,
+        "epochs": {t: e for t, e in epochs.items() if t in args.tasks},
+        "batch_size": args.batch_size, "lr": args.lr,
+    }
+    zoo_info = {
+        TASKS[t]: {"path": str(zoos[TASKS[t]]), "networks": first[t]["networks"], "split": split[t] + " networks"}
+        for t in args.tasks
+    }
+    kept = ("task", "model", "seed", "metrics", "selected_step", "steps", "timings", "model_parameters")
     report = {
         "command": command, "machine": machine, "zoo_s": zoo_s, "wall_s": wall_s,
-        "per_task": {t: {"command": command, "machine": machine, "wall_s": wall_s, "zoo_s": zoo_s, "tasks": args.tasks}
-                     for t in args.tasks},
-        "settings": {"models": args.models, "seeds": args.seeds, "cnn_runs": args.cnn_runs, "cnn_checkpoints": args.cnn_checkpoints,
-                     "cnn_epochs": args.cnn_epochs, "inr_images": args.inr_images, "inr_init": args.inr_init,
-                     "epochs": {t: e for t, e in epochs.items() if t in args.tasks},
-                     "batch_size": args.batch_size, "lr": args.lr},
-        "zoos": {TASKS[t]: {"path": str(zoos[TASKS[t]]), "networks": first[t]["networks"], "split": split[t] + " networks"}
-                 for t in args.tasks},
+        "per_task": {t: dict(run_of_task) for t in args.tasks},
+        "settings": settings,
+        "zoos": zoo_info,
         "table": summarize(runs),
-        "runs": [{k: r[k] for k in ("task", "model", "seed", "metrics", "selected_step", "steps", "timings", "model_parameters")} for r in runs],
-    }  # fmt: skip
+        "runs": [{k: r[k] for k in kept} for r in runs],
+    }
     name = "train_zoo_quick" if args.quick else "train_zoo"
     if set(args.tasks) != set(TASKS):
         report = merge(json.loads((RESULTS / f"{name}.json").read_text()), report, args.tasks)

@@ -5,14 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_state_dict_exact
 from safetensors.torch import save_file
 
 from wgraph import cli
 from wgraph.cli import build_parser, main
 from wgraph.graph import WeightGraph
 from wgraph.zoo import small_cnn
-
-from conftest import assert_state_dict_exact
 
 
 def test_convert_and_info(tmp_path, capsys):
@@ -40,11 +39,12 @@ def test_convert_with_checkpoint(tmp_path):
     ckpt = tmp_path / "w.safetensors"
     save_file(model.state_dict(), str(ckpt))
     out = tmp_path / "g.safetensors"
-    assert main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(ckpt), "--input-shape", "1,1,28,28", "-o", str(out)]) == 0
+    convert = ["convert", "wgraph.zoo:small_cnn", "--input-shape", "1,1,28,28", "-o", str(out)]
+    assert main([*convert, "--checkpoint", str(ckpt)]) == 0
     assert_state_dict_exact(WeightGraph.load(out).to_state_dict(), model.state_dict())
     pt = tmp_path / "w.pt"
     torch.save(model.state_dict(), pt)
-    assert main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(pt), "--input-shape", "1,1,28,28", "-o", str(out)]) == 0
+    assert main([*convert, "--checkpoint", str(pt)]) == 0
     assert_state_dict_exact(WeightGraph.load(out).to_state_dict(), model.state_dict())
 
 
@@ -57,7 +57,8 @@ def test_malicious_checkpoint_is_not_unpickled(tmp_path, capsys):
     bad = tmp_path / "evil.pt"
     with open(bad, "wb") as f:
         pickle.dump({"0.weight": _Evil()}, f, protocol=2)
-    rc = main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(bad), "--input-shape", "1,1,28,28", "-o", str(tmp_path / "o.safetensors")])
+    out = str(tmp_path / "o.safetensors")
+    rc = main(["convert", "wgraph.zoo:small_cnn", "--checkpoint", str(bad), "--input-shape", "1,1,28,28", "-o", out])
     captured = capsys.readouterr()
     assert rc == 2 and "pwned" not in captured.out
     assert "evil.pt" in captured.err and "cannot be read safely" in captured.err
@@ -72,10 +73,19 @@ def test_malicious_checkpoint_is_not_unpickled(tmp_path, capsys):
         (["convert", "torchvision:resnet1234", "-o", "{tmp}/o.safetensors"], "torchvision has no model 'resnet1234'"),
         (["convert", "wgraph.zoo:small_cnn", "-o", "{tmp}/o.safetensors"], "pass --input-shape"),
         (["convert", "wgraph.zoo:small_cnn", "--input-shape", "1,x", "-o", "{tmp}/o.safetensors"], "comma-separated"),
-        (["convert", "wgraph.zoo:small_cnn", "-o", "{tmp}/missing/o.safetensors"], "directory .*missing does not exist"),
-        (["convert", "wgraph.zoo:small_cnn", "--checkpoint", "{tmp}/nope.pt", "-o", "{tmp}/o.safetensors"], "nope.pt: no such file"),
+        (
+            ["convert", "wgraph.zoo:small_cnn", "-o", "{tmp}/missing/o.safetensors"],
+            "directory .*missing does not exist",
+        ),
+        (
+            ["convert", "wgraph.zoo:small_cnn", "--checkpoint", "{tmp}/nope.pt", "-o", "{tmp}/o.safetensors"],
+            "nope.pt: no such file",
+        ),
         (["info", "{tmp}/nothing.safetensors"], "no such file"),
-        (["convert", "torchvision:vgg11", "--input-shape", "1,3,8,8", "-o", "{tmp}/o.safetensors"], "VGG does not run on the example input"),
+        (
+            ["convert", "torchvision:vgg11", "--input-shape", "1,3,8,8", "-o", "{tmp}/o.safetensors"],
+            "VGG does not run on the example input",
+        ),
     ],
 )
 def test_cli_errors(tmp_path, capsys, argv, message):
@@ -95,7 +105,8 @@ def test_console_script_installed(tmp_path):
     assert ep.value == "wgraph.cli:main"
     script = Path(sys.executable).parent / "wgraph"
     out = tmp_path / "m.safetensors"
-    r = subprocess.run([str(script), "convert", "wgraph.zoo:mlp", "--input-shape", "2,784", "-o", str(out)], capture_output=True, text=True)
+    argv = [str(script), "convert", "wgraph.zoo:mlp", "--input-shape", "2,784", "-o", str(out)]
+    r = subprocess.run(argv, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([str(script), "convert", "bad", "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr
@@ -107,7 +118,8 @@ def test_demo_runs(capsys, tmp_path):
     assert "round trip: bit-exact" in out and "function preserved" in out
     assert "| gnn |" in out and "| np |" in out and "Kendall tau: gnn" in out
     assert "| gnn-fused |" in out and str(tmp_path.resolve()) in out
-    for f in ("zoo-cnn/manifest.json", "train-gnn/results.json", "train-np/results.json", "profile.csv", "profile_width.png"):
+    runs = ("zoo-cnn/manifest.json", "train-gnn/results.json", "train-np/results.json")
+    for f in (*runs, "profile.csv", "profile_width.png"):
         assert (tmp_path / f).is_file(), f
 
 

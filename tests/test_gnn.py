@@ -19,16 +19,20 @@ ARCHS = {
     "cnn": (lambda: small_cnn(channels=4, classes=3), (1, 1, 16, 16)),
     "resnet": (lambda: resnet_mlp(6, 4, 2, 3), (1, 6)),  # identity blocks, one tied space
     "cnn-bn": (  # batch-norm statistics as node features
-        lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(),
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3)).eval(),
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3),
+        ).eval(),
         (1, 1, 8, 8),
-    ),  # fmt: skip
+    ),
 }
 
 VARIANTS = {
     "gnn": {},
     "pna": {"aggr": ["mean", "max", "std"]},
-    "sum-edges-fourier": {"aggr": ["sum", "min"], "edge_updates": True, "fourier_features": 2, "norm": "none", "act": "tanh"},
+    "sum-edges-fourier": {
+        "aggr": ["sum", "min"], "edge_updates": True, "fourier_features": 2, "norm": "none", "act": "tanh"
+    },
 }
 
 
@@ -243,14 +247,17 @@ def test_parameter_head_writes_back_every_parameter(arch):
     extras = {p.name for p in g.layout.params if p.where == "extra"}  # e.g. num_batches_tracked: kept at 0
     assert all(torch.isfinite(v).all() and v.abs().max() > 0 for k, v in sd.items() if k not in extras)
     inputs = g.layout.layers[0]
-    assert torch.equal(out.nodes[:, inputs.start : inputs.stop], torch.zeros_like(out.nodes[:, inputs.start : inputs.stop]))
+    input_nodes = out.nodes[:, inputs.start : inputs.stop]
+    assert torch.equal(input_nodes, torch.zeros_like(input_nodes))
     wgraph.load_into(model, out, 0)  # a valid state dict for the architecture
 
 
 @pytest.mark.parametrize("head", ["invariant", "parameters"])
 def test_mixed_architecture_batch_equals_separate(head):
-    graphs = [graph_of("mlp", 2, seed=1), graph_of("cnn", 1, seed=2), graph_of("resnet", 2, seed=3), graph_of("mlp", 3, seed=4),
-              graph_of("cnn-bn", 2, seed=5)]  # fmt: skip
+    graphs = [
+        graph_of("mlp", 2, seed=1), graph_of("cnn", 1, seed=2), graph_of("resnet", 2, seed=3),
+        graph_of("mlp", 3, seed=4), graph_of("cnn-bn", 2, seed=5),
+    ]
     readout = ReadoutConfig(pool=("mean", "sum"), hidden=16)  # per_layer would need equal depths
     model = build([g.layout for g in graphs], fit=graphs, readout=readout, head=head, aggr=["mean", "max"])
     with torch.no_grad():
@@ -273,7 +280,8 @@ def test_mixed_batch_is_invariant_per_graph():
     model = build([g.layout for g in graphs], fit=graphs, readout=ReadoutConfig())
     syms = [wgraph.random_symmetry(g, seed=5) for g in graphs]
     with torch.no_grad():
-        torch.testing.assert_close(model([g.permute(s) for g, s in zip(graphs, syms)]), model(graphs), rtol=0, atol=1e-10)
+        permuted = model([g.permute(s) for g, s in zip(graphs, syms)])
+        torch.testing.assert_close(permuted, model(graphs), rtol=0, atol=1e-10)
 
 
 def test_normalization_is_fitted_and_saved():
@@ -364,10 +372,12 @@ def test_learning_regresses_a_function_of_the_weights():
         gen = torch.Generator().manual_seed(seed)
         sds = []
         for _ in range(n):
-            sds.append({
-                k: torch.randn(v.shape, generator=gen) * (0.3 + 1.7 * torch.rand((), generator=gen)) / math.sqrt(v.shape[-1] if v.dim() > 1 else 4)
-                for k, v in arch.state_dict().items()
-            })  # fmt: skip
+            sd = {}
+            for k, v in arch.state_dict().items():
+                w = torch.randn(v.shape, generator=gen)  # drawn before the scale, as always
+                scale = 0.3 + 1.7 * torch.rand((), generator=gen)
+                sd[k] = w * scale / math.sqrt(v.shape[-1] if v.dim() > 1 else 4)
+            sds.append(sd)
         y = torch.stack([(s["4.weight"] ** 2 @ s["2.weight"] ** 2 @ s["0.weight"] ** 2).sum().log() for s in sds])
         return wgraph.to_graph_batch(sds, arch, torch.randn(1, 2)), y[:, None]
 

@@ -20,11 +20,12 @@ CASES = {
     "cnn_k2": (
         lambda: torch.nn.Sequential(
             torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 2), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+            torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2),
         ),
         (1, 3, 9, 9),
     ),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(params=list(CASES))
@@ -72,8 +73,8 @@ def test_parity_of_gradients():
         gr = dict(ref.named_parameters())
         # the self-term of a middle layer is the same matrix in both
         key = "layer_1.weight"
-        torch.testing.assert_close(mine.w[1]["self"].grad if cls is nfn_layers.NPLinear else mine.layers[1]["w"]["self"].grad,
-                                   gr[key].grad.reshape(2, 1), atol=1e-5, rtol=1e-5)  # fmt: skip
+        self_term = mine.w[1]["self"] if cls is nfn_layers.NPLinear else mine.layers[1]["w"]["self"]
+        torch.testing.assert_close(self_term.grad, gr[key].grad.reshape(2, 1), atol=1e-5, rtol=1e-5)
 
 
 def test_encodings_parity(case):

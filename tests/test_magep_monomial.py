@@ -28,7 +28,9 @@ def scaled(monkeypatch):
     """Make wgraph.testing's helpers draw scaled symmetries (permutation + per-neuron factors),
     as if every call passed ``scale=True``."""
     draw = wgraph.testing._symmetries
-    monkeypatch.setattr(wgraph.testing, "_symmetries", lambda graph, trials, seed, scale=False: draw(graph, trials, seed, True))
+    monkeypatch.setattr(
+        wgraph.testing, "_symmetries", lambda graph, trials, seed, scale=False: draw(graph, trials, seed, True)
+    )
     monkeypatch.setattr(wgraph.testing, "random_symmetry", functools.partial(wgraph.random_symmetry, scale=True))
 
 

@@ -63,7 +63,8 @@ def test_equivariance_check_is_not_vacuous(graph):
     def broken(g):
         out = layer(g)
         w = list(out.weights)
-        w[0] = w[0] * torch.arange(w[0].shape[2], dtype=w[0].dtype)[(None, None, slice(None), *(None,) * (w[0].dim() - 3))]
+        ramp = torch.arange(w[0].shape[2], dtype=w[0].dtype)  # a factor per output neuron of the first layer
+        w[0] = w[0] * ramp[(None, None, slice(None), *(None,) * (w[0].dim() - 3))]
         return WeightSpace(w, out.biases, out.spec).to_graphs(g.layout)
 
     assert equivariance_error(broken, graph) > 1e-3

@@ -24,7 +24,9 @@ from wgraph.zoo import ZooWriter, load_zoo
 from wgraph.zoo.dataset import Zoo, build_arch
 
 ROOT = Path(__file__).resolve().parent.parent
-CNN_ARCH = {"name": "digits_cnn", "kwargs": {"channels": 4, "classes": 10, "activation": "relu"}, "input_shape": [1, 1, 8, 8]}
+CNN_ARCH = {
+    "name": "digits_cnn", "kwargs": {"channels": 4, "classes": 10, "activation": "relu"}, "input_shape": [1, 1, 8, 8]
+}
 INR_ARCH = {"name": "siren", "kwargs": {"sizes": [2, 8, 8, 1]}, "input_shape": [1, 2]}
 
 
@@ -52,7 +54,10 @@ def inr_zoo(images: int = 40, seed: int = 0) -> Zoo:
     weights = {k: 0.3 * torch.randn(images, *v.shape, generator=g) for k, v in template.items()}
     label = np.arange(images) % 10
     weights["4.bias"] = torch.as_tensor(label, dtype=torch.float32)[:, None] / 5 - 1
-    table = {"run": np.arange(images), "checkpoint": np.zeros(images, dtype=np.int64), "label": label, "image": np.arange(images)}
+    table = {
+        "run": np.arange(images), "checkpoint": np.zeros(images, dtype=np.int64), "label": label,
+        "image": np.arange(images),
+    }
     return Zoo("inr", INR_ARCH, weights, table)
 
 
@@ -67,7 +72,8 @@ def write_zoo(zoo: Zoo, path: Path) -> Path:
 def tiny_gnn(tmp_path) -> str:
     """A small graph NFN preset (a path works wherever a preset name does)."""
     path = tmp_path / "tiny-gnn.toml"
-    text = (ROOT / "models" / "gnn.toml").read_text().replace("hidden = 64", "hidden = 16").replace("layers = 4", "layers = 2")
+    text = (ROOT / "models" / "gnn.toml").read_text()
+    text = text.replace("hidden = 64", "hidden = 16").replace("layers = 4", "layers = 2")
     path.write_text(text)
     return str(path)
 
@@ -209,7 +215,8 @@ def test_kill_9_then_rerun_resumes(tmp_path):
     it (here in this process) ends exactly where an uninterrupted run ends."""
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
-    p = subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), "7"], capture_output=True, text=True, cwd=ROOT)
+    argv = [sys.executable, str(script), str(tmp_path / "killed"), "7"]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == -9, p.stderr
     assert not (tmp_path / "killed" / "results.json").exists()
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"] == 6
@@ -257,8 +264,10 @@ def test_cli_end_to_end_on_stored_zoos(tmp_path, capsys):
     inr = write_zoo(inr_zoo(images=30), tmp_path / "inr")
     assert len(load_zoo(cnn)) == 24
     out = tmp_path / "out-cnn"
-    argv = ["train", "--task", "generalization", "--model", "statnn", "--zoo", str(cnn), "--out", str(out),
-            "--epochs", "2", "--batch-size", "8", "--seed", "1", "--no-progress"]  # fmt: skip
+    argv = [
+        "train", "--task", "generalization", "--model", "statnn", "--zoo", str(cnn), "--out", str(out),
+        "--epochs", "2", "--batch-size", "8", "--seed", "1", "--no-progress",
+    ]
     assert main(argv) == 0
     assert "kendall_tau" in capsys.readouterr().out
     r = json.loads((out / "results.json").read_text())
@@ -267,19 +276,24 @@ def test_cli_end_to_end_on_stored_zoos(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0  # finished: re-evaluates and rewrites the same results
     assert json.loads((out / "results.json").read_text())["metrics"] == r["metrics"]
-    argv = ["train", "--task", "inr-classify", "--model", "np", "--zoo", str(inr), "--out", str(tmp_path / "out-inr"),
-            "--steps", "3", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    argv = [
+        "train", "--task", "inr-classify", "--model", "np", "--zoo", str(inr), "--out", str(tmp_path / "out-inr"),
+        "--steps", "3", "--batch-size", "8", "--no-progress",
+    ]
     assert main(argv) == 0
     assert "accuracy" in json.loads((tmp_path / "out-inr" / "results.json").read_text())["metrics"]["test"]
-    assert main(["train", "--task", "generalization", "--model", "statnn", "--zoo", str(inr), "--out", str(tmp_path / "x")]) == 2
+    argv = ["train", "--task", "generalization", "--model", "statnn", "--zoo", str(inr), "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
     assert "test_acc" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- data parallel
 def _torchrun(nproc: int, zoo: Path, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "wgraph", "train", "--task", "generalization", "--model", "statnn", "--zoo", str(zoo), "--out", str(out),
-           "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+        "-m", "wgraph", "train", "--task", "generalization", "--model", "statnn", "--zoo", str(zoo), "--out", str(out),
+        "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -288,8 +302,11 @@ def _torchrun(nproc: int, zoo: Path, out: Path) -> dict:
 
 def test_two_process_ddp_matches_one_process(tmp_path):
     zoo = write_zoo(cnn_zoo(runs=16, checkpoints=2), tmp_path / "zoo")
-    one = train(TrainConfig("generalization", "statnn", zoo=str(zoo), out=str(tmp_path / "one"), steps=6, batch_size=8,
-                            lr=3e-3, progress=False))  # fmt: skip
+    cfg = TrainConfig(
+        "generalization", "statnn", zoo=str(zoo), out=str(tmp_path / "one"), steps=6, batch_size=8, lr=3e-3,
+        progress=False,
+    )
+    one = train(cfg)
     two = _torchrun(2, zoo, tmp_path / "two")
     assert two["world_size"] == 2 and one["world_size"] == 1
     for part in ("val", "test"):

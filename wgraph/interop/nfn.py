@@ -107,7 +107,8 @@ def load_nfn(layer: torch.nn.Module, nfn_layer: torch.nn.Module) -> torch.nn.Mod
             layer.inp.copy_(nfn_layer.inp_emb.weight)
             layer.out.copy_(nfn_layer.out_emb.weight)
     elif isinstance(nfn_layer, L_.IOSinusoidalEncoding) and isinstance(layer, npl.IOSinusoidalEncoding):
-        layer.max_freq, layer.num_bands, layer.enc_layers = nfn_layer.max_freq, nfn_layer.num_bands, nfn_layer.enc_layers
+        for name in ("max_freq", "num_bands", "enc_layers"):
+            setattr(layer, name, getattr(nfn_layer, name))
     elif isinstance(nfn_layer, (L_.NPPool, L_.HNPPool)) and type(layer).__name__ == kind:
         pass  # no parameters
     else:
@@ -137,9 +138,8 @@ def from_nfn(nfn_layer: torch.nn.Module, layout: Layout | WeightGraph) -> torch.
 
 def _load_np(layer: npl.NPLinear, src) -> None:
     if (layer.c_in, layer.c_out, layer.io_embed) != (src.c_in, src.c_out, src.io_embed):
-        raise InteropError(
-            f"channels/io_embed differ: wgraph {(layer.c_in, layer.c_out, layer.io_embed)}, nfn {(src.c_in, src.c_out, src.io_embed)}"
-        )
+        mine, theirs = (layer.c_in, layer.c_out, layer.io_embed), (src.c_in, src.c_out, src.io_embed)
+        raise InteropError(f"channels/io_embed differ: wgraph {mine}, nfn {theirs}")
     for i in range(layer.spec.num_layers):
         m = {n: getattr(src, f"layer_{i}{s}") for n, s in (("self", ""), ("glob", "_rc"), ("row", "_r"), ("col", "_c"))}
         _set(layer.w[i], {k: _mat(v) for k, v in m.items()}, [v.bias for v in m.values()])
@@ -177,8 +177,12 @@ def _load_hnp(layer: npl.HNPLinear, src) -> None:
             lr = getattr(src, f"layer_{i}_r")
             row = _mat(lr)
             n_row = T["row"].shape[1]
-            mats = {"self": _mat(getattr(src, f"layer_{i}")), "glob": _mat(getattr(src, f"layer_{i}_rc")),
-                    "row": row[:, :n_row], "col": _mat(getattr(src, f"layer_{i}_c"))}  # fmt: skip
+            mats = {
+                "self": _mat(getattr(src, f"layer_{i}")),
+                "glob": _mat(getattr(src, f"layer_{i}_rc")),
+                "row": row[:, :n_row],
+                "col": _mat(getattr(src, f"layer_{i}_c")),
+            }
             if i == 1:
                 mats["big"] = row[:, n_row:]
             _set(T, mats, [getattr(src, f"layer_{i}{x}").bias for x in ("", "_rc", "_r", "_c")])

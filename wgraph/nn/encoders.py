@@ -205,7 +205,13 @@ class NodeEncoder(nn.Module):
     """Initial node states from node features and kind / depth / position embeddings."""
 
     def __init__(
-        self, layouts: list[Layout], hidden: int, *, positions: bool = True, max_positions: int = 1024, max_depth: int = 64
+        self,
+        layouts: list[Layout],
+        hidden: int,
+        *,
+        positions: bool = True,
+        max_positions: int = 1024,
+        max_depth: int = 64,
     ):
         super().__init__()
         names = sorted({f for lay in layouts for f in lay.node_features})
@@ -236,7 +242,9 @@ class NodeEncoder(nn.Module):
                     f"a fixed (input/output) layer has more than max_positions = {self.max_positions} neurons"
                 )
             if int(layout.node_spatial.max()) >= self.max_positions:
-                raise EncoderError(f"a flattened feature map has more than max_positions = {self.max_positions} positions")
+                raise EncoderError(
+                    f"a flattened feature map has more than max_positions = {self.max_positions} positions"
+                )
 
     def forward(self, layout: Layout, nodes: torch.Tensor) -> torch.Tensor:
         """``(B, N, F)`` (normalized) node features -> ``(B, N, H)`` initial node states."""

@@ -65,10 +65,9 @@ class MonomialLinear(nn.Module):
         ci, co, K, L = in_channels, out_channels, s.kernel_numels, s.num_layers
         n0, nL = s.n_in, s.n_out
         fan_first = ci * K[0] + ci + (ci * K[0] * n0 if io_mixing else 0)
-        self.A = nn.ParameterList(
-            [_param(co * K[i], ci * K[i], fan_in=fan_first if i == 0 else ci * K[i] * (1 + (nL if io_mixing and i == L - 1 else 0)))
-             for i in range(L)]
-        )  # fmt: skip
+        fans = [ci * K[i] * (1 + (nL if io_mixing and i == L - 1 else 0)) for i in range(L)]
+        fans[0] = fan_first
+        self.A = nn.ParameterList([_param(co * K[i], ci * K[i], fan_in=fans[i]) for i in range(L)])
         self.E0 = _param(co * K[0], n0, ci, fan_in=fan_first)
         self.F = nn.ParameterList([_param(co, ci, fan_in=ci * (1 + (K[0] * n0 if i == 0 else 0))) for i in range(L)])
         self.G0 = _param(co, ci * K[0], n0, fan_in=ci * (1 + K[0] * n0))
@@ -115,7 +114,10 @@ class MonomialLinear(nn.Module):
         return out_w, out_b
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.c_in}, out_channels={self.c_out}, layers={self.spec.num_layers}, io_mixing={self.io_mixing}"
+        return (
+            f"in_channels={self.c_in}, out_channels={self.c_out}, layers={self.spec.num_layers}, "
+            f"io_mixing={self.io_mixing}"
+        )
 
 
 def chain_products(x: WeightSpace) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -151,13 +151,17 @@ class NPLinear(nn.Module):
             T, U = self.w[i], self.b[i]
             rows = torch.cat([r[i]] + ([c[i - 1], b[i - 1]] if i > 0 else []), 1)
             cols = torch.cat([c[i], b[i]] + ([r[i + 1]] if i < L - 1 else []), 1)
-            z = mix_channels(T["self"], W[i], _apply(T["row"], rows), _apply(T["col"], cols), F.linear(g, T["glob"], T.const))
+            row, col, const = _apply(T["row"], rows), _apply(T["col"], cols), F.linear(g, T["glob"], T.const)
+            z = mix_channels(T["self"], W[i], row, col, const)
             out_w.append(unflatten_kernel(z, self.spec.kernels[i]))
             out_b.append(_apply(U["col"], cols) + F.linear(g, U["glob"], U.const)[:, :, None])
         return WeightSpace(out_w, out_b, self.spec)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.c_in}, out_channels={self.c_out}, layers={self.spec.num_layers}, io_embed={self.io_embed}"
+        return (
+            f"in_channels={self.c_in}, out_channels={self.c_out}, layers={self.spec.num_layers}, "
+            f"io_embed={self.io_embed}"
+        )
 
 
 class HNPLinear(nn.Module):
@@ -171,7 +175,9 @@ class HNPLinear(nn.Module):
         self.spec = spec = ChainSpec.of(spec)
         L, K, ci, co = spec.num_layers, spec.kernel_numels, in_channels, out_channels
         if L < 2:
-            raise WeightSpaceError("HNPLinear needs a chain of at least 2 layers (the first and last layers are special)")
+            raise WeightSpaceError(
+                "HNPLinear needs a chain of at least 2 layers (the first and last layers are special)"
+            )
         self.c_in, self.c_out = ci, co
         n0, nL = spec.n_in, spec.n_out
         G = ci * (sum(K) + L + K[0] * n0 + K[-1] * nL + nL)
@@ -186,12 +192,14 @@ class HNPLinear(nn.Module):
             elif i == L - 1:
                 cpt = ci * (K[i] * nL + K[i - 1])
                 sizes = {"small": cpt, "big": ci * K[0] * n0 if L == 2 else 0, "glob": G}
-                self.layers.append(nn.ModuleDict({"w": _Terms(co * K[i] * nL, sizes), "b": _Terms(co * nL, {"glob": G})}))
+                terms = {"w": _Terms(co * K[i] * nL, sizes), "b": _Terms(co * nL, {"glob": G})}
+                self.layers.append(nn.ModuleDict(terms))
             else:
                 row = ci * (K[i] + K[i - 1] + 1)
                 col = ci * (K[i] + 1 + K[i + 1] + (K[i + 1] * nL if i == L - 2 else 0))
                 wsizes = {"self": ci * K[i], "glob": G, "row": row, "big": ci * K[0] * n0 if i == 1 else 0, "col": col}
-                self.layers.append(nn.ModuleDict({"w": _Terms(co * K[i], wsizes), "b": _Terms(co, {"col": col, "glob": G})}))
+                terms = {"w": _Terms(co * K[i], wsizes), "b": _Terms(co, {"col": col, "glob": G})}
+                self.layers.append(nn.ModuleDict(terms))
 
     def forward(self, x) -> WeightSpace:
         x = check_input(x, self.spec, self.c_in, "HNPLinear")
@@ -202,7 +210,8 @@ class HNPLinear(nn.Module):
         B = W[0].shape[0]
         r, c = _row_col_means(W)
         g = torch.cat(
-            [x.mean(-1) for x in r] + [v.mean(-1) for v in b] + [r[0].flatten(1), c[-1].flatten(1), b[-1].flatten(1)], -1
+            [x.mean(-1) for x in r] + [v.mean(-1) for v in b] + [r[0].flatten(1), c[-1].flatten(1), b[-1].flatten(1)],
+            -1,
         )
         n1 = W[0].shape[2]
         # W_0 row by row: (B, n_1, C K_0 n_0), index (channel * n_0 + input)
@@ -239,7 +248,9 @@ class HNPLinear(nn.Module):
         return WeightSpace(out_w, out_b, spec)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.c_in}, out_channels={self.c_out}, layers={self.spec.num_layers}, n_in={self.spec.n_in}, n_out={self.spec.n_out}"
+        s = self.spec
+        sizes = f"layers={s.num_layers}, n_in={s.n_in}, n_out={s.n_out}"
+        return f"in_channels={self.c_in}, out_channels={self.c_out}, {sizes}"
 
 
 class NPPool(nn.Module):

@@ -97,7 +97,9 @@ class InvariantReadout(nn.Module):
             parts += [_pool(h[:, idx], p) for p in self.pool]
         if self.per_layer:
             if len(layout.layers) != self.n_layers:
-                raise ReadoutError(f"per-layer readout built for {self.n_layers} layers, graph has {len(layout.layers)}")
+                raise ReadoutError(
+                    f"per-layer readout built for {self.n_layers} layers, graph has {len(layout.layers)}"
+                )
             for layer in layout.layers:
                 parts += [_pool(h[:, layer.start : layer.stop], p) for p in self.pool]
         if self.output_states:

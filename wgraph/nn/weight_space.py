@@ -168,7 +168,9 @@ class WeightSpace:
                     f"(B, C, out, in, *kernel) and (B, C, out) with B={B}, C={C}"
                 )
             if i and w.shape[3] != weights[i - 1].shape[2]:
-                raise WeightSpaceError(f"layer {i} reads {w.shape[3]} neurons but layer {i - 1} writes {weights[i - 1].shape[2]}")
+                raise WeightSpaceError(
+                    f"layer {i} reads {w.shape[3]} neurons but layer {i - 1} writes {weights[i - 1].shape[2]}"
+                )
         if spec is None:
             spec = ChainSpec(
                 sizes=(weights[0].shape[3], *(w.shape[2] for w in weights)),
@@ -238,7 +240,8 @@ class WeightSpace:
         return iter(zip(self.weights, self.biases))
 
     def __repr__(self) -> str:
-        return f"WeightSpace(B={self.batch_size}, C={self.channels}, sizes={self.spec.sizes}, kernels={self.spec.kernels})"
+        s = self.spec
+        return f"WeightSpace(B={self.batch_size}, C={self.channels}, sizes={s.sizes}, kernels={s.kernels})"
 
     # ------------------------------------------------------------ arithmetic
     def map(self, fn) -> WeightSpace:
@@ -389,11 +392,14 @@ def unflatten_kernel(w: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
     return w.view(B, CK // K, *kernel, o, i).movedim((-2, -1), (2, 3))
 
 
-def random_graph(layout: Layout, batch_size: int = 1, *, seed: int = 0, dtype=torch.float32, scale: float = 1.0) -> WeightGraph:
+def random_graph(
+    layout: Layout, batch_size: int = 1, *, seed: int = 0, dtype=torch.float32, scale: float = 1.0
+) -> WeightGraph:
     """A WeightGraph of ``layout`` with i.i.d. ``N(0, scale^2)`` weights and biases (for tests and
     benchmarks); nodes without a bias keep zero."""
     spec = ChainSpec.from_layout(layout)
     gen = torch.Generator().manual_seed(seed)
-    ws = [torch.randn(batch_size, 1, *spec.weight_shape(i), generator=gen, dtype=dtype) * scale for i in range(spec.num_layers)]
+    shapes = [spec.weight_shape(i) for i in range(spec.num_layers)]
+    ws = [torch.randn(batch_size, 1, *shape, generator=gen, dtype=dtype) * scale for shape in shapes]
     bs = [torch.randn(batch_size, 1, n, generator=gen, dtype=dtype) * scale for n in spec.sizes[1:]]
     return WeightSpace(ws, bs, spec).to_graph(layout)
