@@ -8,7 +8,7 @@ import sys
 def register_import(kinds) -> None:
     """Add ``import FORMAT SRC OUT [--strict] [-q] [--shard-size N] [format options]`` to ``kinds``,
     the subparsers of the ``zoo`` command."""
-    from . import FORMATS, SHARD_SIZE
+    from .api import FORMATS, SHARD_SIZE
 
     p = kinds.add_parser("import", help="import a published model zoo or a folder of checkpoints (resumable)")
     formats = p.add_subparsers(dest="import_format", required=True)
@@ -24,7 +24,7 @@ def register_import(kinds) -> None:
 
 
 def _run(args) -> int:
-    from . import FORMATS, import_zoo
+    from .api import FORMATS, import_zoo
 
     options = FORMATS[args.import_format].options(args)
     try:
