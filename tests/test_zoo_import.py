@@ -408,6 +408,11 @@ def test_cli(tmp_path, capsys):
     args = parser.parse_args(["zoo", "import", "checkpoints", "SRC", "OUT", "--arch", "mlp", "--arch-kwargs",
                               '{"sizes": [4, 3]}', "--input-shape", "1,4"])
     assert args.arch_kwargs == '{"sizes": [4, 3]}' and math.prod(map(int, args.input_shape.split(","))) == 4
+    from wgraph.cli import main  # the real command has the subcommand
+
+    write_small_cnn_zoo(tmp_path / "src2", nets[1:], metrics_rows(2))
+    assert main(["zoo", "import", "small-cnn-zoo", str(tmp_path / "src2"), str(tmp_path / "z2"), "-q"]) == 0
+    assert "imported 2 of 2" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ the Small Transformer Zoo (MNIST-Transformers)

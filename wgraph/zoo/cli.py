@@ -71,6 +71,9 @@ def _common(p, generator) -> None:
 def register(sub) -> None:
     p = sub.add_parser("zoo", help="generate a model zoo (resumable: rerun the same command to continue)")
     kinds = p.add_subparsers(dest="zoo_kind", required=True)
+    from .importers import register_import  # light: the importers' heavy imports happen when they run
+
+    register_import(kinds)
     c = kinds.add_parser("cnn", help="small CNNs trained on digits with sampled hyperparameters")
     c.add_argument("out", help="output directory")
     cnn_help = {
