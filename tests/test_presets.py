@@ -8,12 +8,15 @@ import pytest
 import torch
 
 import wgraph
+from wgraph.config import Config
 from wgraph.nn import (
+    PRESET_TYPES,
     ConfigError,
     GNNConfig,
     GraphNFN,
     PresetError,
     ReadoutConfig,
+    StatNNConfigError,
     available_presets,
     from_preset,
     load_preset,
@@ -115,3 +118,47 @@ def test_parameter_sharing_types_are_delegated(tmp_path, graph, monkeypatch):
 def test_models_dir_holds_the_shipped_presets():
     assert (MODELS_DIR / "gnn.toml").is_file() and (MODELS_DIR / "gnn-pna.toml").is_file()
     assert {"gnn", "gnn-pna"} <= set(available_presets())
+
+
+# ----------------------------------------------------------------------------- the registry of preset types
+@pytest.mark.parametrize("name", available_presets())
+def test_every_shipped_preset_builds_and_spells_out_its_type_s_keys(name, graph):
+    """Each file in models/ names a registered type, lists every field of the type's config class (so the
+    file documents the model), and builds a model that maps the graph to (B, out_dim)."""
+    cfg = load_preset(name)
+    kind = PRESET_TYPES[cfg["type"]]
+    assert set(cfg) - {"type"} == {f.name for f in fields(kind.config)}
+    kind.config.from_dict({k: v for k, v in cfg.items() if k != "type"})  # every value valid
+    model = from_preset(name, graph.to(torch.float64)).double()
+    assert model(graph.to(torch.float64)).shape == (1, cfg["out_dim"])
+
+
+def test_every_preset_type_resolves_its_builder():
+    for name, kind in PRESET_TYPES.items():
+        assert callable(kind.builder()), name
+        assert issubclass(kind.config, Config)
+
+
+def test_docs_list_every_gnn_key():
+    table = (MODELS_DIR.parent.parent / "docs" / "nfn.md").read_text()
+    for f in fields(GNNConfig):
+        if f.name != "readout":
+            assert f"`{f.name}`" in table, f.name
+    for f in fields(ReadoutConfig):
+        assert f"`readout.{f.name}`" in table, f.name
+
+
+def test_statnn_keys_are_checked():
+    with pytest.raises(StatNNConfigError, match="unknown key 'width'"):
+        from_preset("statnn", graph_of_mlp(), width=3)
+    with pytest.raises(StatNNConfigError, match=r"dropout must be in \[0.0, 1.0\), got 1.0"):
+        from_preset("statnn", graph_of_mlp(), dropout=1.0)
+    with pytest.raises(StatNNConfigError, match="'layers' must be a positive integer"):
+        from_preset("statnn", graph_of_mlp(), layers=0)
+    with pytest.raises(StatNNConfigError, match="one architecture"):
+        from_preset("statnn", [graph_of_mlp(), graph_of_mlp()])
+
+
+def graph_of_mlp():
+    torch.manual_seed(0)
+    return wgraph.to_graph(mlp([4, 6, 3]), torch.randn(1, 4))
