@@ -188,23 +188,21 @@ def _typed(error: type[ConfigError], hint, value, key: str, base):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise error(f"{key} must be a list of strings, got {value!r}")
         return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise error(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise error(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise error(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise error(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"config field {key!r}: type {hint} is not supported")
+    if hint not in _SCALARS:
+        raise TypeError(f"config field {key!r}: type {hint} is not supported")
+    accepts, what = _SCALARS[hint]
+    if not accepts(value):
+        raise error(f"{key} must be {what}, got {value!r}")
+    return hint(value)  # an integer where a number is expected becomes a float
+
+
+#: The scalar field types: which values each accepts, and what the error says a value must be.
+_SCALARS = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
 
 
 def _check_range(error: type[ConfigError], key: str, value, rules: Mapping) -> None:
