@@ -14,7 +14,7 @@ from torch import nn
 import wgraph
 
 
-def _check(model, x, seed=0):
+def _check(model, x, seed=0, tracer="auto"):
     """Round trip exact, symmetry function-preserving; returns the graph."""
     torch.manual_seed(seed)
     model = model.double().eval()
@@ -25,7 +25,7 @@ def _check(model, x, seed=0):
             elif k.endswith("running_var"):
                 buf.uniform_(0.5, 2.0)
     x = x.double()
-    g = wgraph.to_graph(model, x)
+    g = wgraph.to_graph(model, x, tracer=tracer)
     assert_state_dict_exact(g.to_state_dict(), model.state_dict())
     sym = wgraph.random_symmetry(g, seed=seed)
     outputs_match(model, g.permute(sym), x)
@@ -46,6 +46,48 @@ def test_batchnorm_statistics_are_node_features():
     assert [p.name for p in g.layout.extra_params] == ["1.num_batches_tracked"]
     assert g.extras["1.num_batches_tracked"].dtype == torch.int64
     assert [s.permutable for s in g.layout.spaces] == [False, True, False]
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's ``BatchNormAct2d``: a BatchNorm subclass whose forward calls ``F.batch_norm``."""
+
+    def forward(self, x):
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
+        return F.relu(y)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_functional_batch_norm(tracer):
+    """``F.batch_norm`` (fx) and ``aten.batch_norm`` (export, also what ``nn.BatchNorm2d`` becomes):
+    the statistics are node features as for the module, ``num_batches_tracked`` an extra."""
+    m = nn.Sequential(nn.Conv2d(3, 6, 3), BatchNormAct(6), nn.Conv2d(6, 5, 1), nn.BatchNorm2d(5), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
+    g = _check(m, torch.randn(2, 3, 8, 8), tracer=tracer)
+    feats = g.layout.node_features
+    assert {"bn_weight", "bn_bias", "bn_mean", "bn_var"} <= set(feats)
+    conv = g.layout.layers[1]
+    torch.testing.assert_close(g.nodes[0, conv.start : conv.stop, feats.index("bn_var")], m[1].running_var.double())
+    assert sorted(p.name for p in g.layout.extra_params) == ["1.num_batches_tracked", "3.num_batches_tracked"]
+    assert [s.scaling for s in g.layout.spaces if s.permutable] == ["none", "none"]
+
+
+class ScaleView(nn.Module):
+    """ConvFormer's layer scale: a ``(C,)`` parameter applied as ``(C, 1, 1)``."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, c, 1), nn.Linear(c, 2)
+        self.scale = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return self.head((self.conv(x) * self.scale.view(-1, 1, 1)).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_layer_scale_viewed_as_channels(tracer):
+    g = _check(ScaleView(), torch.randn(2, 3, 4, 4), tracer=tracer)
+    slot = g.layout.params[g.layout.param_index["scale"]]
+    assert slot.shape == (6,) and slot.where == "nodes" and "scale" in g.layout.node_features
 
 
 def test_batchnorm_on_the_input_and_batchnorm1d():

@@ -161,7 +161,19 @@ class _Conversion:
                 LayoutInterpreter(gm, builder, set(self.state_keys)).run(*args)
         else:
             LayoutInterpreter(gm, builder, set(self.state_keys)).run(*self.args)
+        self.keep_counters(builder)
         return builder
+
+    def keep_counters(self, builder: LayoutBuilder) -> None:
+        """A BatchNorm's ``num_batches_tracked`` belongs to no neuron and an eval-mode graph never
+        reads it where the normalization is a function call (``F.batch_norm``, ``torch.export``):
+        kept as an extra beside the running statistics that the graph did place."""
+        for key in self.state_keys:
+            path, _, attr = key.rpartition(".")
+            stats = builder.qualify(builder.path(path), "running_mean")
+            if attr == "num_batches_tracked" and key not in builder.slots and stats in builder.slots:
+                counter = getattr(self.model.get_submodule(path), attr)
+                builder.extra(key, tuple(counter.shape), counter.dtype, f"the BatchNorm {path!r}")
 
     def bad_input(self) -> ConversionError | None:
         """The error of a model that fails on its example input (the better explanation), if it does."""
@@ -254,7 +266,8 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
     if not isinstance(model, nn.Module):
         raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
     REGISTRY.load_lazy()
-    state_keys = list(model.state_dict().keys())
+    state = model.state_dict()
+    state_keys = list(state)
     if not state_keys:
         raise ConversionError(f"{type(model).__name__} has no parameters: there is no weight graph to build")
     inputs = _as_tuple(example_input)
@@ -288,14 +301,27 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
     if not built.builder.blocks:
         raise ConversionError(f"{type(model).__name__}: no weight connects any neurons")
     # Module versions (``state_dict()._metadata``) that some modules check when loading.
-    metadata = {k: dict(v) for k, v in getattr(model.state_dict(), "_metadata", {}).items()}
+    metadata = {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()}
     meta = {
         "model": type(model).__name__,
         "traced_in": built.mode,
         "tracer": built.front_end,
         "state_dict_metadata": metadata,
     }
-    return built.builder.build(state_keys, meta=meta)
+    layout = built.builder.build(state_keys, meta=meta)
+    _check_shapes(model, layout, state)
+    return layout
+
+
+def _check_shapes(model: nn.Module, layout: Layout, state: dict) -> None:
+    """Every parameter's place in the layout has the parameter's shape. A rule that recorded another
+    shape is wgraph's mistake, said here as such (not later as a mismatched checkpoint)."""
+    for slot in layout.params:
+        if slot.where != "alias" and tuple(slot.shape) != tuple(state[slot.name].shape):
+            raise ConversionError(
+                f"{type(model).__name__}: internal error in wgraph's converter: parameter {slot.name!r} has shape "
+                f"{tuple(state[slot.name].shape)}, its conversion rule recorded {tuple(slot.shape)}; please report this"
+            )
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:

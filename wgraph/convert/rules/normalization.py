@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -59,18 +60,44 @@ def norm(b: LayoutBuilder, op: Op):
     return Feat(li, axis)
 
 
+def functional_norm(b: LayoutBuilder, op: Op, axis: int, size: int, params: tuple[tuple[int, str, str], ...]):
+    """A functional normalization over neuron axis ``axis`` of argument 0: each ``(position, name,
+    feature)`` of ``params`` is an optional parameter (or buffer) argument with one value per neuron,
+    stored in node feature ``feature``."""
+    x, meta = op.args[0], op.metas[0]
+    li = b.as_layer(meta, axis % x.dim(), size, op.where)
+    given = [(op.param(i, name), feature) for i, name, feature in params]
+    li = b.free_layer(li, [feature for _, feature in given], op.node.name)
+    for (v, p), feature in given:
+        if p is not None:
+            b.node_param(li, feature, p.name, p.shape, op.where)
+    b.restrict_scaling(li, "none")
+    return Feat(li, axis % x.dim())
+
+
 @register(functions=(F.layer_norm,), aten=("layer_norm.default",))
 def layer_norm_functional(b: LayoutBuilder, op: Op):
     """``F.layer_norm(x, shape, self.weight, self.bias)`` over the neuron axis (as ``nn.LayerNorm``)."""
-    x, meta = op.args[0], op.metas[0]
     shape = tuple(op.arg(1, "normalized_shape"))
     if len(shape) != 1:
         raise UnsupportedOperation(f"{op.where}: layer norm over {len(shape)} axes is not supported")
-    li = b.as_layer(meta, x.dim() - 1, shape[0], op.where)
-    li = b.free_layer(li, ["ln_weight", "ln_bias"], op.node.name)
-    for i, name, feature in ((2, "weight", "ln_weight"), (3, "bias", "ln_bias")):
-        v, p = op.param(i, name)
-        if p is not None:
-            b.node_param(li, feature, p.name, tuple(v.shape), op.where)
-    b.restrict_scaling(li, "none")
-    return Feat(li, x.dim() - 1)
+    return functional_norm(b, op, -1, shape[0], ((2, "weight", "ln_weight"), (3, "bias", "ln_bias")))
+
+
+#: Where ``F.batch_norm`` and ``aten.batch_norm`` (another argument order) take their state.
+_BATCH_NORM_ARGS = {
+    F.batch_norm: ((1, "running_mean", "bn_mean"), (2, "running_var", "bn_var"), (3, "weight", "bn_weight"),
+                   (4, "bias", "bn_bias")),
+    torch.ops.aten.batch_norm.default: ((1, "weight", "bn_weight"), (2, "bias", "bn_bias"),
+                                        (3, "running_mean", "bn_mean"), (4, "running_var", "bn_var")),
+}
+
+
+@register(functions=(F.batch_norm,), aten=("batch_norm.default",))
+def batch_norm_functional(b: LayoutBuilder, op: Op):
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` (timm's ``BatchNormAct2d``,
+    ``nn.BatchNorm*`` under ``torch.export``): each channel (axis 1) normalized on its own, its state
+    the node features of ``nn.BatchNorm*`` (:func:`norm`). The module's ``num_batches_tracked``
+    counter, which the eval-mode graph does not read, is kept as an extra by the converter."""
+    x = op.args[0]
+    return functional_norm(b, op, 1, x.shape[1], _BATCH_NORM_ARGS[op.node.target])

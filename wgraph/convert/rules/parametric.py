@@ -90,7 +90,7 @@ def _functional_weights(op: Op) -> tuple[Param, tuple[str, tuple[int, ...]] | No
     """The weight (argument 1) and bias (argument 2) parameters of ``F.linear`` / ``F.conv*``."""
     _, w = op.param(1, "weight")
     bias_v, bias = op.param(2, "bias")
-    return w, None if bias is None else (bias.name, tuple(bias_v.shape))
+    return w, None if bias is None else (bias.name, bias.shape)
 
 
 @register(functions=(F.linear,), aten=("linear.default",))

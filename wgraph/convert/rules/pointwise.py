@@ -8,6 +8,7 @@ linear ops any real ``s``, positively homogeneous ones (ReLU) ``s > 0``, odd one
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -62,10 +63,13 @@ def pointwise(b: LayoutBuilder, op: Op):
 
 def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: torch.Tensor, meta: Feat) -> None:
     """``x * self.gamma`` / ``x + self.beta`` with one value per neuron (ConvNeXt's layer scale, a
-    learned shift): the node feature the op declares (``scale`` / ``shift``). A scalar parameter is
-    kept as an extra."""
+    learned shift): the node feature the op declares (``scale`` / ``shift``), in the parameter's own
+    shape whatever view of it the op reads (ConvFormer's ``(C,)`` scale used as ``(C, 1, 1)``). A
+    scalar parameter is kept as an extra."""
+    if math.prod(m.shape) != v.numel():
+        raise UnsupportedOperation(f"{op.where}: reads a part of parameter {m.name!r}; only whole ones are supported")
     if v.numel() == 1:
-        b.extra(m.name, tuple(v.shape), v.dtype, op.where)
+        b.extra(m.name, m.shape, v.dtype, op.where)
         return
     feature = op.declared.param_feature
     axis = meta.axis - (x.dim() - v.dim())
@@ -83,7 +87,7 @@ def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: to
             f"{op.where}: parameter {m.name!r} of shape {tuple(v.shape)} enters hidden activations of shape "
             f"{tuple(x.shape)}; only per-neuron scales (x * p) and shifts (x + p) are supported"
         )
-    b.node_param(meta.layer, feature, m.name, tuple(v.shape), op.where)
+    b.node_param(meta.layer, feature, m.name, m.shape, op.where)  # as stored: (C,) used as (C, 1, 1)
 
 
 def merge(b: LayoutBuilder, op: Op):

@@ -21,6 +21,7 @@ exactly. Permitting such an op silently would produce a wrong symmetry.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -117,6 +118,8 @@ class Op:
             raise UnsupportedOperation(
                 f"{self.where}: the {name} is computed, not a parameter; only parameters are supported"
             )
+        if math.prod(meta.shape) != value.numel():
+            raise UnsupportedOperation(f"{self.where}: the {name} is a part of parameter {meta.name!r}, not all of it")
         return value, meta
 
 
