@@ -126,7 +126,7 @@ def test_demo_runs(capsys, tmp_path):
 # ----------------------------------------------------------------------------- options derived from configs
 def _parsed(*argv) -> dict:
     args = vars(build_parser().parse_args(list(argv)))
-    return {k: v for k, v in args.items() if k not in ("fn", "command", "zoo_kind")}
+    return {k: v for k, v in args.items() if k not in ("fn", "command", "zoo_kind", "verbose")}
 
 
 def test_train_options_keep_their_flags_and_defaults():
@@ -136,7 +136,7 @@ def test_train_options_keep_their_flags_and_defaults():
         "task": "generalization", "model": "gnn", "zoo": "z", "out": "runs/train", "seed": 0, "split_seed": 0,
         "epochs": None, "steps": None, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "val_fraction": 0.1,
         "test_fraction": 0.1, "select": "best-val", "checkpoint_every": 100, "eval_batch_size": 256, "device": "cpu",
-        "resume": False, "progress": True,
+        "resume": False, "progress": True, "strict": False,
     }
     assert got == want
     flags = ["--no-progress", "--resume", "--select", "last", "--split-seed", "3", "--batch-size", "4", "--lr", "0.5"]
@@ -186,3 +186,59 @@ def test_a_missing_wgraph_module_is_not_hidden(monkeypatch):
     monkeypatch.setitem(cli.SUBCOMMAND_MODULES, "ghost", "wgraph.no_such_module")
     with pytest.raises(ModuleNotFoundError, match="wgraph.no_such_module"):
         build_parser()
+
+
+MYPKG = """
+import torch
+from torch import nn
+
+
+def make_net():
+    return nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+class TokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(50, 4), nn.Linear(4, 2)
+
+    def forward(self, tokens):
+        return self.head(self.emb(tokens).mean(1))
+
+
+def token_net():
+    return TokenNet()
+"""
+
+
+def test_console_script_imports_from_the_current_directory(tmp_path):
+    """`wgraph convert mypkg.models:make_net` from the package's folder (it said "No module named
+    'mypkg'" through the console script, though `python -m wgraph` worked)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "models.py").write_text(MYPKG)
+    script = Path(sys.executable).parent / "wgraph"
+    argv = [str(script), "convert", "mypkg.models:make_net", "--input-shape", "1,6", "-o", "m.safetensors"]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert WeightGraph.load(tmp_path / "m.safetensors").layout.num_params == 38
+
+
+def test_convert_token_inputs_and_edges(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mypkg2").mkdir()
+    (tmp_path / "mypkg2" / "__init__.py").write_text(MYPKG)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "t.safetensors"
+    argv = ["convert", "mypkg2:token_net", "--input-shape", "1,3", "--input-dtype", "long", "--input-range", "0,50"]
+    assert main([*argv, "-o", str(out)]) == 0
+    assert WeightGraph.load(out).layout.num_params == 210  # the 50 x 4 table and the head
+    assert main([*argv[:4], "--input-range", "0,50", "-o", str(out)]) == 2  # floats take no range
+    assert "--input-range is for integer inputs" in capsys.readouterr().err
+    assert main([*argv, "-o", str(tmp_path)]) == 2  # an existing directory: said, no traceback
+    err = capsys.readouterr().err
+    assert "it is a directory" in err and "Traceback" not in err
+    assert main(["info", str(tmp_path)]) == 2 and "a directory, not a graph file" in capsys.readouterr().err
+

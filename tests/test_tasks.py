@@ -326,3 +326,48 @@ def test_cuda_matches_cpu(tmp_path):
     assert gpu["device"].startswith("cuda")
     for k, v in cpu["metrics"]["test"].items():
         assert abs(gpu["metrics"]["test"][k] - v) <= 1e-3 * max(1.0, abs(v)), k
+
+
+# ----------------------------------------------------------------------------- issue 15: no lost results
+def test_a_second_training_into_the_same_directory_is_refused(tmp_path):
+    """Two trainings on one --out both reported "wrote results.json" and one result was lost."""
+    from wgraph.dirlock import lock_directory
+
+    data = task_data(cnn_zoo(runs=8, checkpoints=2), get_task("generalization"))
+    (tmp_path / "run").mkdir()
+    held = lock_directory(tmp_path / "run", TrainError, "training")  # the first run, still writing
+    try:
+        with pytest.raises(TrainError, match="another process is training into this directory"):
+            train(config(tmp_path, epochs=1), data=data)
+        assert not (tmp_path / "run" / "results.json").exists()
+    finally:
+        held.close()
+    train(config(tmp_path, epochs=1), data=data)  # released: the run goes through
+    assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_learning_curve_is_plotted(tmp_path):
+    data = task_data(cnn_zoo(runs=8, checkpoints=2), get_task("generalization"))
+    train(config(tmp_path, epochs=3), data=data)
+    png = (tmp_path / "run" / "learning_curve.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+
+
+def test_networks_with_nonfinite_weights_are_named_and_skipped(tmp_path, caplog):
+    """A NaN network in the zoo gave a finite training loss with the fused kernels, or a raw
+    scikit-learn ValueError when it landed in validation or test."""
+    zoo = cnn_zoo(runs=12, checkpoints=2)
+    name = next(iter(zoo.weights))
+    zoo.weights[name][5].view(-1)[0] = float("nan")
+    zoo.weights[name][17].view(-1)[1] = float("inf")
+    task = get_task("generalization")
+    with caplog.at_level("WARNING", logger="wgraph.train"):
+        data = task_data(zoo, task, where="zoo Z")
+    assert "2 network(s) with NaN or infinite weights: network 5: " in caplog.text and "network 17" in caplog.text
+    assert data.graphs.batch_size == 22 and data.dropped == 2 and not data.graphs.has_nonfinite
+    with pytest.raises(TaskError, match="network 5"):
+        task_data(zoo, task, where="zoo Z", strict=True)
+    path = write_zoo(zoo, tmp_path / "zoo")
+    r = train(config(tmp_path, zoo=str(path), epochs=2, model=tiny_gnn(tmp_path)))
+    assert r["dropped_networks"] == 2, r["metrics"]
+    assert all(np.isfinite(r["metrics"][part]["loss"]) for part in ("train", "val", "test")), r["metrics"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,11 +44,30 @@ def _convert(args) -> int:
         shape = tuple(model.example_input.shape)
     else:
         raise SpecError(f"{args.spec}: pass --input-shape (e.g. --input-shape 1,784)")
-    g = to_graph(model, torch.randn(shape))
+    g = to_graph(model, example_input(shape, args.input_dtype, args.input_range))
     g.save(out)
     print(g.summary())
     print(f"wrote {out}")
     return 0
+
+
+def example_input(shape: tuple[int, ...], dtype: str = "float", value_range: str | None = None) -> torch.Tensor:
+    """A random example input: floats from N(0, 1), or integers (``long`` / ``int``, token ids)
+    uniform in ``value_range`` ``"low,high"`` (high exclusive; default ``0,2``)."""
+    kinds = {"float": torch.float32, "double": torch.float64, "long": torch.long, "int": torch.int32}
+    if dtype not in kinds:
+        raise SpecError(f"--input-dtype {dtype!r}: expected one of {list(kinds)}")
+    if kinds[dtype].is_floating_point:
+        if value_range is not None:
+            raise SpecError("--input-range is for integer inputs (--input-dtype long or int)")
+        return torch.randn(shape, dtype=kinds[dtype])
+    try:
+        low, high = (int(v) for v in (value_range or "0,2").split(","))
+    except ValueError:
+        raise SpecError(f"--input-range {value_range!r}: expected two integers LOW,HIGH") from None
+    if high <= low:
+        raise SpecError(f"--input-range {value_range!r}: HIGH must be above LOW")
+    return torch.randint(low, high, shape, dtype=kinds[dtype])
 
 
 def _info(args) -> int:
@@ -67,7 +88,9 @@ def _demo(args) -> int:
 
 
 #: Subcommands that other modules add: name -> the module whose ``register(sub)`` adds it.
-SUBCOMMAND_MODULES = {"zoo": "wgraph.zoo.cli", "train": "wgraph.tasks.cli", "profile": "wgraph.profile"}
+SUBCOMMAND_MODULES = {
+    "zoo": "wgraph.zoo.cli", "train": "wgraph.tasks.cli", "profile": "wgraph.profile", "distance": "wgraph.ot.cli"
+}
 
 
 def _register_modules(sub) -> None:
@@ -95,12 +118,15 @@ def _unavailable(sub, command: str, module: str, missing: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``wgraph`` command's parser, every subcommand included."""
     parser = argparse.ArgumentParser(prog="wgraph", description="Neural networks as graphs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages (level INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert a model to a weight graph file (safetensors)")
     p.add_argument("spec", help="torchvision:NAME or package.module:factory")
     p.add_argument("-o", "--output", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint", help="state dict to load first (.safetensors, or .pt read with weights_only)")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (torchvision default)")
+    p.add_argument("--input-dtype", default="float", help="float (default), double, long or int (token ids)")
+    p.add_argument("--input-range", help="LOW,HIGH of integer inputs, e.g. 0,50000 for token ids (default 0,2)")
     p.set_defaults(fn=_convert)
     p = sub.add_parser("info", help="summarize a weight graph file")
     p.add_argument("file")
@@ -113,11 +139,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record comes (not when it was made)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    """wgraph's loggers (``wgraph.*``) print to stderr: warnings always, progress with ``-v``."""
+    logger = logging.getLogger("wgraph")
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not any(getattr(h, "wgraph_cli", False) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("wgraph: %(levelname)s: %(message)s"))
+        handler.wgraph_cli = True
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Specs such as `mypackage.models:make_net` import from the current directory, as `python -m`
+    # would (the console script's sys.path does not hold it).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "unavailable", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    _log_to_stderr(args.verbose)
     try:
         return args.fn(args)
     except WgraphError as e:

@@ -20,7 +20,11 @@ def register(sub) -> None:
     )
     add_arguments(p, TrainConfig, ("task", "model", "zoo", "out", "seed", "split_seed"), required=("zoo",))
     add_arguments(p.add_mutually_exclusive_group(), TrainConfig, ("epochs", "steps"))
-    add_arguments(p, TrainConfig, exclude=("task", "model", "zoo", "out", "seed", "split_seed", "epochs", "steps"))
+    add_arguments(
+        p, TrainConfig, exclude=("task", "model", "zoo", "out", "seed", "split_seed", "epochs", "steps", "progress")
+    )
+    # One spelling of "no progress bar" for every command (--no-progress, the field's own, still works).
+    p.add_argument("-q", "--quiet", "--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(fn=_train)
 
 

@@ -50,3 +50,6 @@ class TrainConfig(Config):
     device: str = option("cpu", "cpu or cuda")
     resume: bool = option(False, "continue from OUT/checkpoint.pt if it exists")
     progress: bool = option(True, "the progress bar")
+    strict: bool = option(
+        False, "refuse a zoo with networks whose weights are NaN or infinite (default: skip them, with a warning)"
+    )

@@ -7,6 +7,7 @@ checkpoints of one run). Groups are shuffled with ``numpy.random.default_rng(see
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +16,13 @@ import torch
 from ..graph import WeightGraph
 from .spec import Task, TaskError
 
+log = logging.getLogger("wgraph.train")
+
 
 @dataclass
 class TaskData:
     """``graphs``: a WeightGraph of N networks; ``targets``: ``(N,)``; ``groups``: ``(N,)`` split keys;
-    ``dropped``: networks of the zoo left out because their target is not finite (e.g. NaN)."""
+    ``dropped``: networks of the zoo left out because their target or a weight is not finite."""
 
     graphs: WeightGraph
     targets: torch.Tensor
@@ -32,9 +35,14 @@ class TaskData:
             raise TaskError(f"{n} networks but {len(self.targets)} targets and {len(self.groups)} groups")
 
 
-def task_data(zoo, task: Task, where: str = "the zoo") -> TaskData:
+def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False) -> TaskData:
     """The graphs, targets and groups of ``zoo`` (anything with ``table`` and ``graphs()``, e.g.
-    :class:`wgraph.zoo.Zoo`) for ``task``; a missing column raises :class:`TaskError` naming it."""
+    :class:`wgraph.zoo.Zoo`) for ``task``; a missing column raises :class:`TaskError` naming it.
+
+    Networks whose target is not finite are left out. So are networks with a NaN or infinite
+    weight, which no model can learn from (and whose outputs would make the loss or a metric NaN):
+    each is named, by its index in ``where`` and the parameters that hold the values, in a warning
+    (``logging``, logger ``wgraph.train``); with ``strict=True`` they are an error instead."""
     table = zoo.table
     for col in (task.target, task.group):
         if col not in table:
@@ -49,6 +57,21 @@ def task_data(zoo, task: Task, where: str = "the zoo") -> TaskData:
     if not keep.any():
         raise TaskError(f"column {task.target!r} of {where} has no finite value")
     graphs = zoo.graphs() if keep.all() else zoo.graphs(np.flatnonzero(keep))
+    kept = np.flatnonzero(keep)
+    bad: dict[int, list[str]] = {}
+    for name, rows in graphs.has_nonfinite.items():
+        for r in rows:
+            bad.setdefault(int(kept[r]), []).append(name)
+    if bad:
+        listed = "; ".join(f"network {i}: {', '.join(names)}" for i, names in sorted(bad.items())[:20])
+        more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
+        msg = f"{where}: {len(bad)} network(s) with NaN or infinite weights: {listed}{more}"
+        if strict:
+            raise TaskError(f"{msg}; remove them, or train without --strict to skip them")
+        log.warning("%s; skipped", msg)
+        rows = np.flatnonzero(~np.isin(kept, list(bad)))
+        graphs, kept = graphs[torch.as_tensor(rows)], kept[rows]
+        keep = np.isin(np.arange(len(column)), kept)
     return TaskData(graphs, task.targets(column[keep]), np.asarray(table[task.group])[keep], int((~keep).sum()))
 
 

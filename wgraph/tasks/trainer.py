@@ -21,6 +21,7 @@ Reproducibility and resume:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..dirlock import lock_directory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, RESUMABLE, TrainConfig, TrainError
 from .data import TaskData, split_groups, task_data
@@ -40,6 +42,9 @@ from .spec import Task, get_task
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 MODEL = "model.safetensors"
+CURVE = "learning_curve.png"
+
+log = logging.getLogger("wgraph.train")
 
 __all__ = ["TrainConfig", "TrainError", "train", "evaluate", "epoch_order", "DEFAULT_EPOCHS", "RESUMABLE"]
 
@@ -125,15 +130,25 @@ def train(config: TrainConfig, data: TaskData | None = None, on_step=None) -> di
 
 
 def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, data, on_step) -> dict:
-    from torch.nn.parallel import DistributedDataParallel
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
+    out.mkdir(parents=True, exist_ok=True)
+    # One run per output directory: a second process writing here would overwrite this one's results.
+    lock = lock_directory(out, TrainError, "training into this directory (use another --out)") if ranks.main else None
+    try:
+        return _run(cfg, task, ranks, device, data, on_step, out, ckpt_path, t_start)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_start: float) -> dict:
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm.auto import tqdm
+
     if ckpt_path.exists() and not cfg.resume:
         raise TrainError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
     if data is None:
@@ -141,7 +156,7 @@ def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, dat
             raise TrainError("no zoo: pass --zoo DIR (a zoo written by `wgraph zoo cnn` or `wgraph zoo inr`)")
         from ..zoo import load_zoo
 
-        data = task_data(load_zoo(cfg.zoo), task, where=f"zoo {cfg.zoo}")
+        data = task_data(load_zoo(cfg.zoo), task, where=f"zoo {cfg.zoo}", strict=cfg.strict)
     split = split_groups(data.groups, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
     idx = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in split.items()}
     graphs = data.graphs.to(device=device, dtype=torch.float32)
@@ -212,6 +227,10 @@ def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, dat
                 snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best = {"metric": val[task.primary], "step": step, "state": snapshot}
             shown_val = {f"val_{task.primary}": f"{val[task.primary]:.4f}"}
+            log.info(
+                "epoch %g: train loss %.4f, validation %s %.4f",
+                history[-1]["epoch"], history[-1]["train_loss"], task.primary, val[task.primary],
+            )
             bar.set_postfix(loss=f"{history[-1]['train_loss']:.4f}", **shown_val)
             t_last = time.perf_counter()
             eval_s += t_last - now
@@ -253,4 +272,34 @@ def _train(cfg: TrainConfig, task: Task, ranks: Ranks, device: torch.device, dat
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(tensors, str(out / MODEL), metadata={"task": task.name, "preset": cfg.model})
         _write_json(out / RESULTS, results)
+        learning_curve(history, out / CURVE, task.primary, title=f"{task.name} {cfg.model}")
+        log.info("wrote %s, %s, %s", out / RESULTS, out / MODEL, out / CURVE)
     return results
+
+
+def learning_curve(history: list[dict], path: Path, metric: str, title: str = "") -> Path | None:
+    """Plot the training loss and the validation ``metric`` per epoch (two panels) to ``path`` (PNG)."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3, label="train")
+    if "val_loss" in history[0]:
+        a.plot(epochs, [h["val_loss"] for h in history], marker="o", ms=3, label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.legend()
+    b.plot(epochs, [h.get(f"val_{metric}") for h in history], marker="o", ms=3, color="C1")
+    b.set(xlabel="epoch", ylabel=metric.replace("_", " "), title=f"validation {metric.replace('_', ' ')}")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
