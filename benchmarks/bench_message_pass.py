@@ -296,8 +296,9 @@ def write(records: list[dict], args, meta: dict) -> None:
         "step; CUDA: `max_memory_allocated` above the memory allocated before the steps). Total memory adds the",
         "inputs. Time: the best of at least 3 steps (up to 50 while they take under a second in all) after a warm-up",
         "step, with the default malloc settings. A layer's backward starts from fixed random gradients of its",
-        "outputs. Each row ran in its own processes; see `wgraph/profile/` (its package docstring). `gnn-nodes`: the same layer with",
-        "message passing replaced by a stand-in without per-edge work (the node-sized part every backend shares).",
+        "outputs. Each row ran in its own processes; see `wgraph/profile/` (its package docstring). `gnn-nodes`:",
+        "the same layer with message passing replaced by a stand-in without per-edge work (the node-sized part every",
+        "backend shares).",
     ]
     (RESULTS / f"{stem}.md").write_text(
         "\n".join([f"# Message passing vs NP{' (--quick)' if args.quick else ''}", "", *body, *method_note]) + "\n"
