@@ -402,6 +402,52 @@ def test_sdpa_pairs_query_and_key_dimensions(tracer):
     outputs_match(model, g.permute(wgraph.random_symmetry(g, seed=0)), x)
 
 
+class PackedAttention(nn.Module):
+    """timm's ``Attention``: one ``qkv`` projection reshaped to (B, N, 3, heads, head_dim), permuted,
+    its parts taken by ``unbind`` or by indexing."""
+
+    def __init__(self, d=8, heads=2, index=False, scaled=False):
+        super().__init__()
+        self.heads, self.index = heads, index
+        self.inp, self.qkv, self.proj, self.out = nn.Linear(3, d), nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, 2)
+        self.scale = nn.Parameter(torch.rand(3 * d) + 0.5) if scaled else None
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, N, D = h.shape
+        qkv = self.qkv(h) if self.scale is None else self.qkv(h) * self.scale
+        qkv = qkv.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (qkv[0], qkv[1], qkv[2]) if self.index else qkv.unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
+        return self.out((h + self.proj(a)).mean(1))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+@pytest.mark.parametrize("index", [False, True])
+def test_packed_qkv_keeps_head_structure(tracer, index):
+    """The packed projection becomes three layers (row blocks of one weight, one bias over them):
+    q and k paired and tied, heads movable as blocks in q/k and v alike."""
+    g = _check(PackedAttention(index=index), torch.randn(2, 5, 3), tracer=tracer)
+    lay = g.layout
+    names = [lay.layers[li].name for li in range(len(lay.layers))]
+    assert {"qkv[0]", "qkv[1]", "qkv[2]"} <= set(names)
+    q = next(s for s in lay.spaces if s.name == "qkv[0]")
+    v = next(s for s in lay.spaces if s.name == "qkv[2]")
+    assert q.permutable and v.permutable and q.heads == v.heads == 2 and q.head_group == v.head_group >= 0
+    assert [lay.layers[li].name for li in q.layers] == ["qkv[0]", "qkv[1]"]
+    slots = [lay.params[lay.param_index[f"qkv.{p}"]] for p in ("weight", "bias")]
+    assert [len(slot.targets) for slot in slots] == [3, 3]
+    assert any(b.kind == "identity" and b.name.startswith("attn:") for b in lay.blocks)
+
+
+def test_packed_qkv_with_more_than_its_weight_is_split_and_fixed():
+    """A packed layer that also holds other state (here a per-neuron scale) cannot be unpacked:
+    its parts are slices, exact but with the spaces fixed, and the reason recorded."""
+    g = _check(PackedAttention(scaled=True), torch.randn(2, 5, 3))
+    qkv = next(s for s in g.layout.spaces if s.name == "qkv")
+    assert not qkv.permutable and qkv.note.startswith("split at")
+
+
 def test_shared_module_ties_its_layers():
     class Shared(nn.Module):
         def __init__(self):

@@ -40,11 +40,15 @@ class Raw:
 class SplitFeat:
     """Meta of a tensor whose neuron axis is split in two (``view(B, g, C // g, ...)``): neuron
     ``c = major * sizes[1] + minor`` sits at index ``major`` of axis ``axes[0]`` and ``minor`` of
-    axis ``axes[1]``. Only a reshape that merges the two again gives neurons back."""
+    axis ``axes[1]``. Only a reshape that merges the two again gives neurons back.
+
+    A packed projection split in three (timm's ``qkv(x).reshape(B, N, 3, heads, head_dim)``) has
+    three axes, neuron ``c = (part * sizes[1] + major) * sizes[2] + minor``; selecting a part
+    (``unbind``, ``qkv[0]``) gives that part's layer (:meth:`LayoutBuilder.unpack`) split in two."""
 
     layer: int
-    axes: tuple[int, int]
-    sizes: tuple[int, int]
+    axes: tuple[int, ...]
+    sizes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class LayoutBuilder:
         self._heads: dict[int, tuple[int, int]] = {}  # root -> (heads, head group or -1)
         self._head_groups = 0
         self._columns: set[tuple[int, str]] = set()  # (layer, node feature) already holding a parameter
+        self._unpacked: dict[int, tuple[int, ...]] = {}  # packed layer -> its part layers
         self.node_features = ["bias"]
         self.aliases = aliases or {}  # second names of tied tensors -> the first name
 
@@ -151,6 +156,56 @@ class LayoutBuilder:
         self.blocks.append(EdgeBlock(block, "copy", src, li, src_offset=offset, count=size))
         self.restrict_scaling(li, "none")
         return li
+
+    def unpack(self, li: int, parts: int, where: str) -> tuple[int, ...]:
+        """Layer ``li`` as ``parts`` layers of equal size (a packed projection: timm's ``qkv``).
+
+        Where ``li`` is just what one weight wrote (the newest layer and block, nothing tied to
+        it, no node feature but its bias), the weight becomes row blocks into the parts
+        (:meth:`dense_parts`) and its bias a vector over them (:meth:`node_param_parts`), ``li``
+        being the first part: each part gets its own space. Otherwise each part is a slice of
+        ``li`` (:meth:`split`), which fixes the spaces. Asked again, the same layers come back.
+        """
+        if li not in self._unpacked:
+            size = self.size(li) // parts
+            fresh = self._fresh_dense(li)
+            if fresh is None:
+                name = self.layers[li]["name"]
+                pieces = [self.split(f"{name}[{k}]", li, k * size, size, where) for k in range(parts)]
+                self._unpacked[li] = tuple(pieces)
+            else:
+                self._unpacked[li] = self._unpack_dense(li, parts, fresh)
+        return self._unpacked[li]
+
+    def _fresh_dense(self, li: int) -> int | None:
+        """The index of the dense block that alone wrote layer ``li`` (see :meth:`unpack`), or None."""
+        bi = len(self.blocks) - 1
+        if bi < 0 or li != len(self.layers) - 1 or self.layers[li]["segments"] is not None:
+            return None
+        block = self.blocks[bi]
+        slot = self.slots.get(block.param or "")
+        if block.kind != "dense" or block.dst != li or slot is None or slot.index != bi or slot.parts:
+            return None
+        if slot.transposed or self._find(li) != li or li in self._fixed or li in self._heads:
+            return None
+        return bi if {f for l, f in self._columns if l == li} <= {"bias"} else None
+
+    def _unpack_dense(self, li: int, parts: int, bi: int) -> tuple[int, ...]:
+        block, size = self.blocks[bi], self.size(li) // parts
+        name, depth = self.layers[li]["name"], self.depth(li)
+        self.layers[li].update(name=f"{name}[0]", size=size)
+        layers = (li, *(self.new_layer(f"{name}[{k}]", size, depth) for k in range(1, parts)))
+        for other in layers[1:]:
+            self.layers[other]["scaling"] = self.layers[li]["scaling"]
+        self.blocks[bi] = replace(block, name=f"{block.param}[0]")
+        self.blocks += [replace(block, name=f"{block.param}[{k}]", dst=layers[k]) for k in range(1, parts)]
+        slot = self.slots[block.param]
+        self.slots[block.param] = replace(slot, parts=(bi, *range(len(self.blocks) - parts + 1, len(self.blocks))))
+        bias = next((k for k, v in self.slots.items() if v.where == "nodes" and v.index == li), None)
+        if bias is not None:
+            self.slots[bias] = replace(self.slots[bias], parts=layers)
+            self._columns |= {(l, "bias") for l in layers}
+        return layers
 
     def input_layer(self, source: str, axis: int, size: int) -> int:
         """The input layer for raw tensor ``source`` read along ``axis`` (created once)."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder
+from ..builder import Feat, LayoutBuilder, SplitFeat
 from .registry import Op, register
 
 
@@ -59,6 +59,8 @@ def pool(b: LayoutBuilder, op: Op):
     """Spatial pooling acts on each channel separately: the channel axis keeps its neurons."""
     spatial = op.declared.pooled_axes
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat):
+        raise UnsupportedOperation(f"{op.where}: pools a tensor whose neuron axis is split")
     if not isinstance(meta, Feat):
         return meta
     if not isinstance(op.out, torch.Tensor):
@@ -81,6 +83,8 @@ def pool(b: LayoutBuilder, op: Op):
 def reduce(b: LayoutBuilder, op: Op):
     """Reductions over spatial/sequence axes keep neurons; reducing the neuron axis is unsupported."""
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat):
+        raise UnsupportedOperation(f"{op.where}: reduces a tensor whose neuron axis is split")
     if not isinstance(meta, Feat):
         return meta
     dim = op.arg(1, "dim")

@@ -40,6 +40,11 @@ def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: 
         pair = out_shape[j : j + 2]
         if pair[0] * pair[1] == C and min(pair) > 1 and _around(out_shape, j, j + 2, prefix, suffix):
             return SplitFeat(meta.layer, (j, j + 1), (out_shape[j], out_shape[j + 1]))
+    # A packed projection split in (parts, heads, head_dim): timm's qkv(x).reshape(B, N, 3, H, d).
+    for j in range(len(out_shape) - 2):
+        triple = tuple(out_shape[j : j + 3])
+        if math.prod(triple) == C and triple[0] > 1 and _around(out_shape, j, j + 3, prefix, suffix):
+            return SplitFeat(meta.layer, (j, j + 1, j + 2), triple)
     # Flatten of the neuron axis with the axes after it: one node per (neuron, position).
     for t in range(1, x.dim() - meta.axis):
         inner = math.prod(x.shape[meta.axis + 1 : meta.axis + 1 + t])
@@ -98,6 +103,8 @@ def _merge_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, out
     neurons come back in the order the axes now have (transposed halves: a channel shuffle)."""
     if out_shape == tuple(x.shape):
         return meta
+    if len(meta.axes) != 2:
+        raise UnsupportedOperation(f"{op.where}: reshapes a packed projection before selecting its parts")
     a0, a1 = meta.axes
     lo, hi = min(a0, a1), max(a0, a1)
     C = meta.sizes[0] * meta.sizes[1]
@@ -118,6 +125,11 @@ def expand(b: LayoutBuilder, op: Op):
     """Broadcasting copies keep neurons if they only grow other (or new leading) axes. An expanded
     parameter stays a parameter (e.g. a class token expanded over the batch)."""
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat):
+        axes = tuple(a + op.out.dim() - x.dim() for a in meta.axes)
+        if any(op.out.shape[a] != x.shape[o] for a, o in zip(axes, meta.axes)):
+            raise UnsupportedOperation(f"{op.where}: repeats the neuron axis")
+        return SplitFeat(meta.layer, axes, meta.sizes)
     if not isinstance(meta, Feat):
         return meta
     axis = meta.axis + op.out.dim() - x.dim()
@@ -135,6 +147,8 @@ def shape_query(b: LayoutBuilder, op: Op):
 def getitem(b: LayoutBuilder, op: Op):
     """Indexing shapes and tuples is fine; indexing hidden activations would single out neurons."""
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat):
+        return _index_split(b, op, x, meta, _expanded(x, op.args[1]))
     if isinstance(meta, Feat):
         axis = _indexed_axis(x, op.args[1], meta.axis)
         if axis is None:
@@ -151,8 +165,9 @@ def getitem(b: LayoutBuilder, op: Op):
 
 
 
-def _indexed_axis(x: torch.Tensor, index, axis: int) -> int | None:
-    """Where ``axis`` of ``x`` lands in ``x[index]``, or None if the index does not keep it whole."""
+def _expanded(x: torch.Tensor, index) -> list | None:
+    """``index`` of ``x[index]`` with one entry per axis of ``x`` (plus the ``None`` of new axes),
+    or None for tensor and list indices."""
     index = index if isinstance(index, tuple) else (index,)
     if any(isinstance(i, (torch.Tensor, list)) for i in index):
         return None
@@ -160,17 +175,64 @@ def _indexed_axis(x: torch.Tensor, index, axis: int) -> int | None:
     expanded = []
     for i in index:
         expanded += [slice(None)] * (x.dim() - n_real) if i is Ellipsis else [i]
-    expanded += [slice(None)] * (x.dim() + expanded.count(None) - len(expanded))
+    return expanded + [slice(None)] * (x.dim() + expanded.count(None) - len(expanded))
+
+
+def _landing(expanded: list, axis: int) -> tuple[int, object]:
+    """Where ``axis`` lands in the result of an expanded index, and the index entry it gets."""
     src, out = 0, 0
     for i in expanded:
         if i is None:
             out += 1
             continue
         if src == axis:
-            return out if i == slice(None) else None
+            return out, i
         src += 1
         out += 0 if isinstance(i, int) else 1
-    return None
+    return out, slice(None)
+
+
+def _indexed_axis(x: torch.Tensor, index, axis: int) -> int | None:
+    """Where ``axis`` of ``x`` lands in ``x[index]``, or None if the index does not keep it whole."""
+    expanded = _expanded(x, index)
+    if expanded is None:
+        return None
+    out, i = _landing(expanded, axis)
+    return out if i == slice(None) else None
+
+
+def _index_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, expanded: list | None):
+    """``x[index]`` of a split neuron axis: every split axis kept whole, or one part of a packed
+    projection selected (``qkv[0]`` of ``qkv.permute(2, 0, 3, 1, 4)``), the rest kept whole."""
+    landed = [] if expanded is None else [_landing(expanded, a) for a in meta.axes]
+    kept = [i == slice(None) for _, i in landed]
+    if landed and all(kept):
+        return SplitFeat(meta.layer, tuple(out for out, _ in landed), meta.sizes)
+    if landed and len(meta.axes) == 3 and isinstance(landed[0][1], int) and all(kept[1:]):
+        part = b.unpack(meta.layer, meta.sizes[0], op.where)[landed[0][1] % meta.sizes[0]]
+        return SplitFeat(part, tuple(out for out, _ in landed[1:]), meta.sizes[1:])
+    raise UnsupportedOperation(
+        f"{op.where}: indexes a tensor whose neuron axis is split ({op.node.args[1:]!r}); only selecting "
+        "one part of a packed projection (qkv[0]) is supported"
+    )
+
+
+@register(functions=(torch.unbind,), methods=("unbind",), aten=("unbind.int",))
+def unbind(b: LayoutBuilder, op: Op):
+    """``qkv.unbind(0)``: the pieces along a token, batch or part axis (each part of a packed
+    projection its own layer, :meth:`LayoutBuilder.unpack`); along the neuron axis it would single
+    out neurons."""
+    x, meta = op.args[0], op.metas[0]
+    dim = op.arg(1, "dim", 0) % x.dim()
+    n = x.shape[dim]
+    if isinstance(meta, Feat) and dim != meta.axis:
+        return tuple(Feat(meta.layer, meta.axis - (dim < meta.axis)) for _ in range(n))
+    if isinstance(meta, SplitFeat):
+        index = [[slice(None)] * dim + [i] + [slice(None)] * (x.dim() - dim - 1) for i in range(n)]
+        return tuple(_index_split(b, op, x, meta, expanded) for expanded in index)
+    if isinstance(meta, Feat):
+        raise UnsupportedOperation(f"{op.where}: unbinds the neuron axis; reading individual neurons is not supported")
+    return tuple(meta for _ in range(n))
 
 
 @register(aten=("select.int", "slice.Tensor"))
@@ -178,6 +240,14 @@ def select_slice(b: LayoutBuilder, op: Op):
     """``select``/``slice`` along a token or spatial axis keep the neurons; along the neuron axis
     they would single neurons out."""
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat):
+        dim = op.arg(1, "dim", 0) % x.dim()
+        if op.out.dim() < x.dim():  # select.int
+            index = [slice(None)] * dim + [op.arg(2, "index")] + [slice(None)] * (x.dim() - dim - 1)
+            return _index_split(b, op, x, meta, index)
+        if dim in meta.axes and tuple(op.out.shape) != tuple(x.shape):
+            raise UnsupportedOperation(f"{op.where}: slices a split neuron axis")
+        return meta
     if not isinstance(meta, Feat):
         return meta
     dim = op.arg(1, "dim", 0) % x.dim()
