@@ -102,6 +102,24 @@ def test_transformers_models(name):
         assert embeddings[0].size == 50  # one input node per vocabulary token
 
 
+def test_decoder_with_its_default_cache_setting():
+    """GPT-2 with ``use_cache=True`` (the default) returns a ``DynamicCache``, which no front end
+    traces: the cache is off while converting, and back on afterwards."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=8, bos_token_id=0,
+                                  eos_token_id=0, attn_implementation="sdpa")
+    model = transformers.GPT2Model(cfg).double().eval()
+    assert model.config.use_cache
+    x = torch.randint(0, 20, (2, 6))
+    g = wgraph.to_graph(model, x[:1])
+    assert model.config.use_cache
+    assert_state_dict_exact(g.to_state_dict(), model.state_dict())
+    permuted = wgraph.load_into(copy.deepcopy(model), g.permute(wgraph.random_symmetry(g, seed=0)))
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x)[0], model(x)[0], rtol=1e-9, atol=1e-9)
+
+
 def test_parameter_head_covers_packed_attention_parameters():
     """The per-parameter head writes every parameter, including the q/k/v parts of a packed bias."""
     from torch import nn

@@ -11,6 +11,7 @@ input says so instead.
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -286,7 +287,7 @@ def build_layout(model: nn.Module, example_input, concrete_args: dict | None = N
     attempts = tuple(a for a in ATTEMPTS if a.front_end in FRONT_ENDS[tracer])
     was_training = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _without_cache(model):
             built = _in_mode(conv, attempts, train=False)  # no statistics updates, deterministic dropout
             if conv.unused(built.builder):  # parameters unused in eval mode (e.g. auxiliary heads)
                 built = _in_training_mode(conv, attempts) or built
@@ -322,6 +323,22 @@ def _check_shapes(model: nn.Module, layout: Layout, state: dict) -> None:
                 f"{type(model).__name__}: internal error in wgraph's converter: parameter {slot.name!r} has shape "
                 f"{tuple(state[slot.name].shape)}, its conversion rule recorded {tuple(slot.shape)}; please report this"
             )
+
+
+@contextmanager
+def _without_cache(model: nn.Module):
+    """``transformers`` decoders return a key/value cache (``DynamicCache``) by default, which no
+    front end can trace and which holds no parameter: ``config.use_cache`` is off while tracing
+    (the weights and the hidden states do not depend on it) and restored afterwards."""
+    found = (getattr(m, "config", None) for m in model.modules())
+    configs = {id(c): c for c in found if getattr(c, "use_cache", False) is True}
+    for c in configs.values():
+        c.use_cache = False
+    try:
+        yield
+    finally:
+        for c in configs.values():
+            c.use_cache = True
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:
