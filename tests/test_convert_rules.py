@@ -102,6 +102,44 @@ def test_layernorm_keeps_one_permutable_space():
     assert [s.permutable for s in g.layout.spaces] == [False, True, True, False]
 
 
+class HandNorms(nn.Module):
+    """A pre-norm residual stream through hand-written normalizations: Llama's RMSNorm
+    ``w * (x * rsqrt(mean(x^2) + eps))`` twice on the stream, and a channels-first LayerNorm
+    ``(x - mean) / sqrt(var + eps) * w[:, None, None] + b[:, None, None]``."""
+
+    def __init__(self, d=6):
+        super().__init__()
+        self.inp, self.mlp, self.out = nn.Linear(3, d), nn.Linear(d, d), nn.Linear(d, 2)
+        self.w1, self.w2 = nn.Parameter(torch.rand(d) + 0.5), nn.Parameter(torch.rand(d) + 0.5)
+        self.conv = nn.Conv2d(3, d, 1)
+        self.ln_w, self.ln_b = nn.Parameter(torch.rand(d) + 0.5), nn.Parameter(torch.randn(d))
+
+    @staticmethod
+    def rms(x, w):
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+    def forward(self, x):
+        h = self.inp(x.mean((2, 3)))
+        h = self.rms(h, self.w2) + self.mlp(self.rms(h, self.w1))  # two weights on the neurons of h
+        c = self.conv(x)
+        u = c.mean(1, keepdim=True)
+        c = (c - u) / torch.sqrt((c - u).pow(2).mean(1, keepdim=True) + 1e-6)
+        c = self.ln_w[:, None, None] * c + self.ln_b[:, None, None]
+        return self.out(h + c.mean((2, 3)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_hand_written_rms_and_layer_norm(tracer):
+    """A statistic over all neurons (mean over the neuron axis) is permutation invariant: it may be
+    broadcast back onto them. The stream's second RMSNorm weight gets a tied copy of the layer."""
+    g = _check(HandNorms(), torch.randn(2, 3, 4, 4), tracer=tracer)
+    lay = g.layout
+    assert {"scale", "shift"} <= set(lay.node_features)
+    assert sum(s.permutable for s in lay.spaces) == 1  # the stream, tied to the conv channels by the sum
+    stream = next(s for s in lay.spaces if s.permutable)
+    assert stream.scaling == "none" and {lay.layers[li].name for li in stream.layers} & {"w1", "w2"}
+
+
 def test_groupnorm_with_groups_fixes_the_space():
     m = nn.Sequential(
         nn.Conv1d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.GroupNorm(1, 4),

@@ -52,6 +52,16 @@ class SplitFeat:
 
 
 @dataclass(frozen=True)
+class Stat:
+    """Meta of a statistic over all neurons of ``layers`` (``x.pow(2).mean(-1, keepdim=True)`` in a
+    hand-written RMSNorm): one value per position, a symmetric function of those neurons, so no
+    permutation of them changes it and it may be broadcast back onto hidden neurons; their
+    scalings do change it (the reduction restricts them)."""
+
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Param:
     """Meta of a parameter or buffer read directly (``self.weight`` in a custom forward)."""
 

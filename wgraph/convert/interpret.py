@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import UnsupportedOperation
-from .builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
+from .builder import Feat, LayoutBuilder, Param, Raw, SplitFeat, Stat
 from .rules import REGISTRY, Op
 
 
@@ -99,7 +99,7 @@ class LayoutInterpreter(fx.Interpreter):
                 f"conversion rule.\n  Supported {REGISTRY.supported_ops()}"
             )
         has_params = module is not None and any(True for _ in module.parameters())
-        touches_hidden = any(isinstance(m, (Feat, SplitFeat)) for m in _flatten((metas, kwmetas)))
+        touches_hidden = any(isinstance(m, (Feat, SplitFeat, Stat)) for m in _flatten((metas, kwmetas)))
         if not has_params and not touches_hidden:
             return op.raw() if isinstance(out, torch.Tensor) else None
         what = _target_name(n.target) if module is None else type(module).__name__

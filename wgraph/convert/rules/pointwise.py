@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
+from ..builder import Feat, LayoutBuilder, Param, Raw, SplitFeat, Stat
 from .registry import Op, register
 
 
@@ -32,8 +32,9 @@ def pointwise(b: LayoutBuilder, op: Op):
     """An op applied to each neuron separately (or softmax across neurons): neurons unchanged.
 
     Permuting neurons commutes with it, so the result carries the argument's meta. Any other
-    tensor argument must be a scalar (a per-channel constant would pin the neurons in place) or the
-    neurons of another layer, which :func:`merge` ties to this one.
+    tensor argument must be a scalar (a per-channel constant would pin the neurons in place), a
+    per-position statistic broadcast over the neurons (``x * rsqrt(mean(x^2) + eps)``), a parameter
+    with one value per neuron, or the neurons of another layer, which :func:`merge` ties to this one.
     """
     feats = op.feats()
     splits = [m for _, m in op.tensors() if isinstance(m, SplitFeat)]
@@ -42,14 +43,20 @@ def pointwise(b: LayoutBuilder, op: Op):
             raise UnsupportedOperation(f"{op.where}: combines a tensor whose neuron axis is split with other tensors")
         b.restrict_scaling(splits[0].layer, _scaling_of(op, 1))
         return splits[0]
+    stats = [m for _, m in op.tensors() if isinstance(m, Stat)]
     if not feats:
-        return op.raw()
+        return Stat(tuple(sorted({li for s in stats for li in s.layers}))) if stats else op.raw()
     (x, meta), *others = feats
     if any(m.layer != meta.layer for _, m in others):
         return merge(b, op)
+    result = meta
     for v, m in op.tensors():
         if isinstance(m, Param):
-            _per_neuron_param(b, op, v, m, x, meta)
+            result = Feat(_per_neuron_param(b, op, v, m, x, meta), meta.axis)
+        elif isinstance(m, Stat):
+            axis = meta.axis - (x.dim() - v.dim())
+            if 0 <= axis < v.dim() and v.shape[axis] != 1:
+                raise UnsupportedOperation(f"{op.where}: a statistic over the neurons is not broadcast over them")
         elif m != meta and v.numel() != 1:
             raise UnsupportedOperation(
                 f"{op.where}: combines hidden neurons with a non-scalar tensor of shape {tuple(v.shape)}; "
@@ -57,20 +64,22 @@ def pointwise(b: LayoutBuilder, op: Op):
             )
     if tuple(op.out.shape) != tuple(x.shape):
         raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
-    b.restrict_scaling(meta.layer, _scaling_of(op, len(feats)))
-    return meta
+    b.restrict_scaling(result.layer, _scaling_of(op, len(feats)))
+    return result
 
 
-def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: torch.Tensor, meta: Feat) -> None:
+def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: torch.Tensor, meta: Feat) -> int:
     """``x * self.gamma`` / ``x + self.beta`` with one value per neuron (ConvNeXt's layer scale, a
     learned shift): the node feature the op declares (``scale`` / ``shift``), in the parameter's own
     shape whatever view of it the op reads (ConvFormer's ``(C,)`` scale used as ``(C, 1, 1)``). A
-    scalar parameter is kept as an extra."""
+    scalar parameter is kept as an extra. A layer that has such a parameter already (the residual
+    stream meets several hand-written RMSNorms) gets a tied copy (:meth:`LayoutBuilder.free_layer`).
+    Returns the layer of the result."""
     if math.prod(m.shape) != v.numel():
         raise UnsupportedOperation(f"{op.where}: reads a part of parameter {m.name!r}; only whole ones are supported")
     if v.numel() == 1:
         b.extra(m.name, m.shape, v.dtype, op.where)
-        return
+        return meta.layer
     feature = op.declared.param_feature
     axis = meta.axis - (x.dim() - v.dim())
     C = x.shape[meta.axis]
@@ -81,13 +90,15 @@ def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: to
         pos = b.new_layer(m.name, v.numel() // C, 0, kind="input")
         b.dense(m.name, pos, meta.layer, m.name, m.shape, op.where, transposed=True)
         b.restrict_scaling(meta.layer, "none")
-        return
+        return meta.layer
     if feature is None or not per_neuron:
         raise UnsupportedOperation(
             f"{op.where}: parameter {m.name!r} of shape {tuple(v.shape)} enters hidden activations of shape "
             f"{tuple(x.shape)}; only per-neuron scales (x * p) and shifts (x + p) are supported"
         )
-    b.node_param(meta.layer, feature, m.name, m.shape, op.where)  # as stored: (C,) used as (C, 1, 1)
+    li = b.free_layer(meta.layer, [feature], m.name)
+    b.node_param(li, feature, m.name, m.shape, op.where)  # as stored: (C,) used as (C, 1, 1)
+    return li
 
 
 def merge(b: LayoutBuilder, op: Op):
@@ -98,7 +109,7 @@ def merge(b: LayoutBuilder, op: Op):
     the other axes (``(B, C, H, W) * (B, C, 1, 1)``), not along the neuron axis.
     """
     tensors = [(v, m) for v, m in op.tensors() if isinstance(m, Feat) or (isinstance(m, Raw) and v.numel() != 1)]
-    if len(tensors) != 2 or any(m is None and v.numel() != 1 for v, m in op.tensors()):
+    if len(tensors) != 2 or any((m is None or isinstance(m, Stat)) and v.numel() != 1 for v, m in op.tensors()):
         raise UnsupportedOperation(
             f"{op.where}: combines {len(op.tensors())} tensors elementwise; only two layers can be joined"
         )
@@ -187,12 +198,12 @@ register(
     ),
     functions=(
         F.relu6, F.elu, F.celu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.softplus,
-        F.logsigmoid, F.threshold, torch.sigmoid, F.sigmoid, torch.cos, torch.exp, torch.sqrt, torch.square,
-        torch.clamp, torch.clip, F.alpha_dropout, F.softmax, F.log_softmax, F.softmin, torch.softmax,
+        F.logsigmoid, F.threshold, torch.sigmoid, F.sigmoid, torch.cos, torch.exp, torch.sqrt, torch.rsqrt,
+        torch.square, torch.clamp, torch.clip, F.alpha_dropout, F.softmax, F.log_softmax, F.softmin, torch.softmax,
         torch.log_softmax, operator.pow, operator.sub, torch.sub,
     ),
     methods=(
-        "sigmoid", "cos", "exp", "sqrt", "square", "clamp", "clip", "clamp_min", "clamp_max", "softmax",
+        "sigmoid", "cos", "exp", "sqrt", "rsqrt", "square", "clamp", "clip", "clamp_min", "clamp_max", "softmax",
         "log_softmax", "pow", "sub", "rsub", "__sub__", "__rsub__",
     ),
     aten=(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, SplitFeat
+from ..builder import Feat, LayoutBuilder, SplitFeat, Stat
 from .registry import Op, register
 
 
@@ -81,7 +81,8 @@ def pool(b: LayoutBuilder, op: Op):
     scaling="positive",
 )
 def reduce(b: LayoutBuilder, op: Op):
-    """Reductions over spatial/sequence axes keep neurons; reducing the neuron axis is unsupported."""
+    """Reductions over spatial/sequence axes keep neurons; a reduction over the neuron axis is a
+    per-position statistic of them (:class:`~wgraph.convert.builder.Stat`)."""
     x, meta = op.args[0], op.metas[0]
     if isinstance(meta, SplitFeat):
         raise UnsupportedOperation(f"{op.where}: reduces a tensor whose neuron axis is split")
@@ -93,7 +94,8 @@ def reduce(b: LayoutBuilder, op: Op):
         dims = set(range(x.dim()))
     else:
         dims = {d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)}
-    if meta.axis in dims:
-        raise UnsupportedOperation(f"{op.where}: reduces over the neuron axis {meta.axis}")
+    if meta.axis in dims:  # a symmetric function of the neurons: RMSNorm's mean(x^2), LayerNorm's mean
+        b.restrict_scaling(meta.layer, "none")
+        return Stat((meta.layer,))
     b.restrict_scaling(meta.layer, op.declared.scaling)
     return Feat(meta.layer, meta.axis if keepdim else meta.axis - sum(d < meta.axis for d in dims))
