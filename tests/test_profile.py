@@ -168,3 +168,16 @@ print(_hwm_mb() - before)
 def test_cpu_records_time_and_memory_from_two_processes():
     rec = run_isolated(Config(ARCH, 2, 4, "gnn-fused", reps=1))
     assert rec["status"] == "ok" and rec["time_s"] > 0 and rec["step_mb"] >= 0 and rec["total_mb"] >= rec["step_mb"]
+
+
+def test_a_registered_backend_is_a_method():
+    """`gnn-<name>` for a backend registered at run time (the benchmark's node-part stand-in)."""
+    from wgraph.kernels import register_backend
+    from wgraph.profile import measure
+
+    def zero_messages(send, recv, edge, edge_weight, *, kind, reverse, aggr, act, groups=1):
+        return recv.new_zeros(*recv.shape[:2], recv.shape[2] * len(aggr)) + 0 * send.sum()
+
+    register_backend("test-zero", zero_messages)
+    rec = measure(Config(ARCH, 2, 4, "gnn-test-zero"), part="time")
+    assert rec["time_s"] > 0

@@ -27,7 +27,13 @@ NFN_INSTALLED = importlib.util.find_spec("nfn") is not None
 
 
 def family(method: str) -> str:
-    """``"gnn"``, ``"ps"`` or ``"nfn"`` (see the module docstring)."""
+    """``"gnn"``, ``"ps"`` or ``"nfn"`` (see the module docstring). ``gnn-<name>`` is any registered
+    message-passing backend, one registered with :func:`wgraph.kernels.register_backend` included."""
+    if method.startswith("gnn-") and method not in METHODS:
+        from ..kernels import available_backends
+
+        if method.removeprefix("gnn-") in available_backends():
+            return "gnn"
     if method not in METHODS:
         raise ProfileError(f"unknown method {method!r}; expected one of {list(METHODS)}")
     return "gnn" if method.startswith("gnn-") else "nfn" if method.startswith("nfn-") else "ps"
