@@ -140,6 +140,44 @@ def test_hand_written_rms_and_layer_norm(tracer):
     assert stream.scaling == "none" and {lay.layers[li].name for li in stream.layers} & {"w1", "w2"}
 
 
+class PadResampleGRN(nn.Module):
+    """``F.pad``, ``F.interpolate`` and ConvNeXt-V2's global response normalization
+    ``x * (||x||_spatial / mean_channels ||x||_spatial)`` in channels-last, and a ``var`` statistic."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, c, 3), nn.Conv2d(c, c, 3), nn.Linear(c, 2)
+        self.gamma, self.beta = nn.Parameter(torch.randn(c)), nn.Parameter(torch.randn(c))
+
+    def forward(self, x):
+        h = F.interpolate(F.pad(self.a(x), (1, 1, 1, 1), mode="reflect"), scale_factor=2, mode="bilinear")
+        h = F.pad(self.b(h), (1, 1, 1, 1)).relu().permute(0, 2, 3, 1)
+        gx = torch.norm(h, p=2, dim=(1, 2), keepdim=True)
+        h = self.gamma * (h * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + h
+        h = h / torch.sqrt(h.var(-1, keepdim=True) + 1e-5)
+        return self.head(h.mean((1, 2)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_pad_interpolate_and_global_response_norm(tracer):
+    g = _check(PadResampleGRN(), torch.randn(2, 3, 6, 6), tracer=tracer)
+    assert [s.permutable for s in g.layout.spaces] == [False, True, True, False]
+    assert {"scale", "shift"} <= set(g.layout.node_features)
+
+
+def test_padding_the_neuron_axis_is_refused():
+    class PadChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(F.pad(self.a(x), (1, 1)))
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="pads the neuron axis"):
+        wgraph.to_graph(PadChannels(), torch.randn(2, 3))
+
+
 def test_groupnorm_with_groups_fixes_the_space():
     m = nn.Sequential(
         nn.Conv1d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.GroupNorm(1, 4),

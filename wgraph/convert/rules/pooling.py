@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
+from ...layout import intersect_scaling
 from ..builder import Feat, LayoutBuilder, SplitFeat, Stat
 from .registry import Op, register
 
@@ -81,16 +82,33 @@ def pool(b: LayoutBuilder, op: Op):
     scaling="positive",
 )
 def reduce(b: LayoutBuilder, op: Op):
-    """Reductions over spatial/sequence axes keep neurons; a reduction over the neuron axis is a
-    per-position statistic of them (:class:`~wgraph.convert.builder.Stat`)."""
+    """``x.mean(dim, keepdim)`` and alike: reductions over spatial/sequence axes keep neurons; a
+    reduction over the neuron axis is a per-position statistic of them
+    (:class:`~wgraph.convert.builder.Stat`)."""
+    return _reduced(b, op, op.arg(1, "dim"), op.arg(2, "keepdim", False))
+
+
+@register(functions=(torch.norm,), methods=("norm",), aten=("linalg_vector_norm.default",), scaling="positive")
+def norm_reduce(b: LayoutBuilder, op: Op):
+    """``torch.norm(x, p, dim, keepdim)`` (ConvNeXt-V2's GRN): ``|s| ||x||`` for neurons scaled by ``s``."""
+    return _reduced(b, op, op.arg(2, "dim"), op.arg(3, "keepdim", False))
+
+
+@register(
+    functions=(torch.var, torch.std), methods=("var", "std"), aten=("var.dim", "var.correction", "std.correction")
+)
+def var_reduce(b: LayoutBuilder, op: Op):
+    """``x.var(dim, unbiased, keepdim)`` / ``std``: a reduction that commutes with no scaling."""
+    return _reduced(b, op, op.arg(1, "dim"), op.arg(3, "keepdim", False))
+
+
+def _reduced(b: LayoutBuilder, op: Op, dim, keepdim: bool):
     x, meta = op.args[0], op.metas[0]
     if isinstance(meta, SplitFeat):
         raise UnsupportedOperation(f"{op.where}: reduces a tensor whose neuron axis is split")
     if not isinstance(meta, Feat):
         return meta
-    dim = op.arg(1, "dim")
-    keepdim = op.arg(2, "keepdim", False)
-    if dim is None:
+    if dim is None or dim == []:
         dims = set(range(x.dim()))
     else:
         dims = {d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)}
@@ -99,3 +117,51 @@ def reduce(b: LayoutBuilder, op: Op):
         return Stat((meta.layer,))
     b.restrict_scaling(meta.layer, op.declared.scaling)
     return Feat(meta.layer, meta.axis if keepdim else meta.axis - sum(d < meta.axis for d in dims))
+
+
+def _trailing(b: LayoutBuilder, op: Op, n_axes: int, scaling: str, what: str):
+    """An op on the ``n_axes`` trailing axes of argument 0, each channel on its own: neurons stay."""
+    x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, SplitFeat) or isinstance(meta, Feat) and meta.axis >= x.dim() - n_axes:
+        raise UnsupportedOperation(f"{op.where}: {what} the neuron axis")
+    if not isinstance(meta, Feat):
+        return meta
+    if op.out.dim() != x.dim():
+        raise UnsupportedOperation(f"{op.where}: {what} {tuple(x.shape)} into {tuple(op.out.shape)}")
+    b.restrict_scaling(meta.layer, intersect_scaling(op.declared.scaling, scaling))
+    return meta
+
+
+_PAD_KINDS = ("Zero", "Constant", "Reflection", "Replication", "Circular")
+_PADS = tuple(getattr(nn, f"{kind}Pad{d}d") for kind in _PAD_KINDS for d in (1, 2, 3))
+
+
+@register(
+    modules=_PADS,
+    functions=(F.pad,),
+    aten=("pad.default", "constant_pad_nd.default", *(f"{k}_pad{d}d.default" for k in ("reflection", "replication")
+                                                      for d in (1, 2, 3))),
+    scaling="real",
+)
+def pad(b: LayoutBuilder, op: Op):
+    """``F.pad(x, pad, mode, value)`` of spatial or token axes: every channel padded alike. Padding
+    with a constant other than zero commutes with no scaling."""
+    if op.module is not None:
+        widths, value = op.module.padding, getattr(op.module, "value", 0.0)
+    else:
+        widths = op.arg(1, "pad")
+        at = 2 if op.node.target is torch.ops.aten.constant_pad_nd.default else 3
+        value = op.arg(at, "value", 0.0)
+    return _trailing(b, op, len(widths) // 2, "real" if not value else "none", "pads")
+
+
+@register(
+    modules=(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d),
+    functions=(F.interpolate,),
+    aten=tuple(f"upsample_{m}.vec" for m in ("nearest1d", "nearest2d", "nearest3d", "linear1d", "bilinear2d",
+                                              "bicubic2d", "trilinear3d")),
+    scaling="real",
+)
+def interpolate(b: LayoutBuilder, op: Op):
+    """``F.interpolate`` / ``nn.Upsample``: every channel (axis 1) resampled alike, linearly."""
+    return _trailing(b, op, op.args[0].dim() - 2, "real", "resamples")
