@@ -141,8 +141,9 @@ def test_hand_written_rms_and_layer_norm(tracer):
 
 
 class PadResampleGRN(nn.Module):
-    """``F.pad``, ``F.interpolate`` and ConvNeXt-V2's global response normalization
-    ``x * (||x||_spatial / mean_channels ||x||_spatial)`` in channels-last, and a ``var`` statistic."""
+    """``F.pad``, ``F.interpolate`` and timm's global response normalization (ConvNeXt-V2)
+    ``x + addcmul(beta, gamma, x * (||x||_spatial / mean_channels ||x||_spatial))`` in channels-last,
+    and a ``var`` statistic."""
 
     def __init__(self, c=6):
         super().__init__()
@@ -153,7 +154,7 @@ class PadResampleGRN(nn.Module):
         h = F.interpolate(F.pad(self.a(x), (1, 1, 1, 1), mode="reflect"), scale_factor=2, mode="bilinear")
         h = F.pad(self.b(h), (1, 1, 1, 1)).relu().permute(0, 2, 3, 1)
         gx = torch.norm(h, p=2, dim=(1, 2), keepdim=True)
-        h = self.gamma * (h * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + h
+        h = h + torch.addcmul(self.beta, self.gamma, h * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)))
         h = h / torch.sqrt(h.var(-1, keepdim=True) + 1e-5)
         return self.head(h.mean((1, 2)))
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ...errors import UnsupportedOperation
 from ..builder import Feat, LayoutBuilder, Param, Raw, SplitFeat, Stat
-from .registry import Op, register
+from .registry import REGISTRY, Op, register
 
 
 def _scaling_of(op: Op, n_feats: int) -> str:
@@ -234,3 +234,19 @@ def add(b: LayoutBuilder, op: Op):
     if any(isinstance(m, Feat) for m in carriers) and len(carriers) == 2:
         return merge(b, op)
     return pointwise(b, op)
+
+
+@register(functions=(torch.addcmul,), methods=("addcmul",), aten=("addcmul.default",))
+def addcmul(b: LayoutBuilder, op: Op):
+    """``addcmul(c, a, x, value=v) = c + v * a * x`` (timm's GRN: a per-channel shift plus a
+    per-channel scale of the neurons): converted as the product, then the sum, by their own rules."""
+    c, a, x = (op.pair(i, n) for i, n in enumerate(("input", "tensor1", "tensor2")))
+    value = op.arg(3, "value", 1)
+    product = a[0] * x[0] * value
+    mul_op = _as_op(op, operator.mul, (a[0], x[0]), (a[1], x[1]), product)
+    return add(b, _as_op(op, operator.add, (c[0], product), (c[1], pointwise(b, mul_op)), op.out))
+
+
+def _as_op(op: Op, fn, args: tuple, metas: tuple, out) -> Op:
+    """``op`` seen as a call of ``fn`` (a Python operator) on ``args`` with ``metas``."""
+    return Op(op.node, op.where, None, args, {}, metas, {}, out, REGISTRY.find("call_function", fn))
