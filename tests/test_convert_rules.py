@@ -179,6 +179,24 @@ def test_padding_the_neuron_axis_is_refused():
         wgraph.to_graph(PadChannels(), torch.randn(2, 3))
 
 
+class FunctionalGroupNorm(nn.Module):
+    def __init__(self, groups):
+        super().__init__()
+        self.groups, self.conv, self.head = groups, nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
+        self.w, self.b = nn.Parameter(torch.rand(4) + 0.5), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return self.head(F.group_norm(self.conv(x), self.groups, self.w, self.b).mean((2, 3)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_functional_group_norm(tracer):
+    one, two = (_check(FunctionalGroupNorm(g), torch.randn(2, 3, 4, 4), tracer=tracer) for g in (1, 2))
+    assert [s.permutable for s in one.layout.spaces] == [False, True, False]
+    assert [s.permutable for s in two.layout.spaces] == [False, False, False]
+    assert {"gn_weight", "gn_bias"} <= set(one.layout.node_features)
+
+
 def test_groupnorm_with_groups_fixes_the_space():
     m = nn.Sequential(
         nn.Conv1d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.GroupNorm(1, 4),

@@ -70,6 +70,44 @@ def test_torchvision_models(name):
     _check(model, torch.randn(2, 3, s, s), min_permutable=100, dtype=dtype)
 
 
+# timm (issue 16): one model per kind of op the converter learned for it, shrunk where timm allows;
+# the full set of families runs as benchmarks/convert_timm.py.
+TIMM = {
+    "deit_tiny_patch16_224": {"img_size": 32, "depth": 2},  # packed qkv attention, heads kept
+    "convnextv2_atto": {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)},  # GRN: norm, channel statistic, addcmul
+    "metaformer": {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)},  # F.group_norm, scale (C,) used as (C, 1, 1)
+    "resnet10t": {},  # timm's ResNet stem and BatchNorm
+}
+
+
+@pytest.mark.parametrize("name", list(TIMM))
+def test_timm_models(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "metaformer":  # PoolFormer-V2's blocks (timm's registered variants fix the depths)
+            from timm.models.metaformer import GroupNorm1NoBias, MetaFormer
+
+            model = MetaFormer(norm_layers=GroupNorm1NoBias, layer_scale_init_values=1e-5, **TIMM[name])
+        else:
+            model = timm.create_model(name, pretrained=False, **TIMM[name])
+    _check(model, torch.randn(2, 3, 32, 32), min_permutable=64)
+
+
+def test_timm_batch_norm_act():
+    """timm's BatchNormAct2d calls F.batch_norm: converted as BatchNorm node features."""
+    timm = pytest.importorskip("timm")
+    from timm.layers import BatchNormAct2d
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8), nn.Conv2d(8, 8, 3, groups=8), BatchNormAct2d(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    g = _check(model, torch.randn(2, 3, 12, 12), min_permutable=8)
+    assert {"bn_mean", "bn_var"} <= set(g.layout.node_features) and timm
+
+
 def _hf(name):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

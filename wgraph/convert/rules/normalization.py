@@ -101,3 +101,14 @@ def batch_norm_functional(b: LayoutBuilder, op: Op):
     counter, which the eval-mode graph does not read, is kept as an extra by the converter."""
     x = op.args[0]
     return functional_norm(b, op, 1, x.shape[1], _BATCH_NORM_ARGS[op.node.target])
+
+
+@register(functions=(F.group_norm,), aten=("group_norm.default",))
+def group_norm_functional(b: LayoutBuilder, op: Op):
+    """``F.group_norm(x, groups, weight, bias)`` (timm's ``GroupNorm1``, PoolFormer): as
+    ``nn.GroupNorm`` (:func:`norm`), the space fixed unless there is one group or one per channel."""
+    x, groups = op.args[0], op.arg(1, "num_groups")
+    meta = functional_norm(b, op, 1, x.shape[1], ((2, "weight", "gn_weight"), (3, "bias", "gn_bias")))
+    if groups not in (1, x.shape[1]):
+        b.fix(meta.layer, f"group norm with {groups} groups at {op.where}")
+    return meta
