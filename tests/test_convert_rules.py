@@ -296,6 +296,22 @@ def test_split_fixes_the_source():
     assert not names["b"].permutable  # tied (by the residual) to a piece of the split
 
 
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_chunk_of_a_packed_projection_keeps_its_parts_permutable(tracer):
+    class Chunked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 12), nn.Linear(4, 2)
+
+        def forward(self, x):
+            u, v, w = self.a(x).chunk(3, dim=-1)
+            return self.b(torch.tanh(u) * v + w)
+
+    g = _check(Chunked(), torch.randn(2, 3), tracer=tracer)
+    a = next(s for s in g.layout.spaces if s.name == "a[0]")
+    assert a.permutable and [g.layout.layers[li].name for li in a.layers] == ["a[0]", "a[1]", "a[2]"]
+
+
 def test_crop_of_spatial_axes_keeps_neurons():
     class Crop(nn.Module):
         def __init__(self):

@@ -288,14 +288,18 @@ def cat(b: LayoutBuilder, op: Op):
     aten=("split.Tensor", "split_with_sizes.default", "chunk.default"),
 )
 def split(b: LayoutBuilder, op: Op):
-    """Splitting along the neuron axis makes the source non-permutable (:meth:`LayoutBuilder.split`);
-    along another axis every piece keeps the same neurons."""
+    """Splitting along the neuron axis makes the source non-permutable (:meth:`LayoutBuilder.split`),
+    except that equal pieces of what one weight alone wrote (``qkv(x).chunk(3, -1)``) become layers
+    of their own (:meth:`LayoutBuilder.unpack`); along another axis every piece keeps the same
+    neurons."""
     x, meta = op.args[0], op.metas[0]
     if not isinstance(meta, Feat):
         return tuple(meta for _ in op.out)
     dim = op.arg(2, "dim", 0) % x.dim()
     if dim != meta.axis:
         return tuple(Feat(meta.layer, meta.axis) for _ in op.out)
+    if len({t.shape[dim] for t in op.out}) == 1:  # q, k, v = qkv(x).chunk(3, -1): a packed projection
+        return tuple(Feat(li, dim) for li in b.unpack(meta.layer, len(op.out), op.where))
     pieces, off = [], 0
     for i, t in enumerate(op.out):
         n = t.shape[dim]
