@@ -26,7 +26,6 @@ The choice of models is kept in benchmarks/results/convert_timm_models.json (per
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import subprocess
 import time
@@ -79,28 +78,13 @@ def smallest_per_family() -> dict[str, dict]:
     return families
 
 
-def calibrated(model, x):
-    """No vacuous checks: small noise on every parameter, BatchNorm statistics of one batch."""
-    import torch
-
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(x)
-    return model.eval()
-
-
 def run_one(name: str) -> dict:
     import timm
     import torch
 
     import wgraph
     import wgraph.nn
+    from wgraph.convert.check import calibrated, symmetric_outputs
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -127,9 +111,7 @@ def run_one(name: str) -> dict:
     reasons = sorted({s.note.split(" at ")[0] for s in hidden if not s.permutable and s.note})
     res["fixed_spaces"] = sum(1 for s in hidden if not s.permutable)
     res["fixed_because"] = reasons
-    permuted = wgraph.load_into(copy.deepcopy(model), g.permute(wgraph.random_symmetry(g, seed=0)))
-    with torch.no_grad():
-        a, b = model(x), permuted(x)
+    a, b = symmetric_outputs(model, g, x)
     res["rel_error"] = ((a - b).abs().max() / a.abs().max()).item()
     res["informative"] = bool((a[0] - a[1]).abs().max() > 1e-3 * a.abs().max())
     res["function_preserved"] = res["rel_error"] <= RTOL and res["informative"]

@@ -11,20 +11,7 @@ import torch
 from conftest import assert_state_dict_exact
 
 import wgraph
-
-
-def _calibrate(model, x):
-    """No vacuous checks: perturb zero-initialized heads, set BatchNorm statistics from a batch."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(x)
-    return model.eval()
+from wgraph.convert.check import calibrated, symmetric_outputs
 
 
 def _check(model, x, min_permutable=1, dtype=torch.float64):
@@ -33,15 +20,12 @@ def _check(model, x, min_permutable=1, dtype=torch.float64):
     model = model.to(dtype)
     if x.is_floating_point():
         x = x.to(dtype)
-        _calibrate(model, x)
+        calibrated(model, x)
     model.eval()
     g = wgraph.to_graph(model, x[:1])
     assert_state_dict_exact(g.to_state_dict(), model.state_dict())
     assert sum(s.size for s in g.layout.spaces if s.permutable) >= min_permutable
-    permuted = wgraph.load_into(copy.deepcopy(model), g.permute(wgraph.random_symmetry(g, seed=0)))
-    with torch.no_grad():
-        a, b = model(x), permuted(x)
-    a, b = (a if torch.is_tensor(a) else a[0]), (b if torch.is_tensor(b) else b[0])
+    a, b = symmetric_outputs(model, g, x)
     assert (a[0] - a[1]).abs().max() > 1e-6 * a.abs().max(), "outputs do not depend on the input: vacuous check"
     torch.testing.assert_close(b, a, rtol=rtol, atol=rtol * a.abs().max().item())
     return g
