@@ -312,6 +312,28 @@ def test_chunk_of_a_packed_projection_keeps_its_parts_permutable(tracer):
     assert a.permutable and [g.layout.layers[li].name for li in a.layers] == ["a[0]", "a[1]", "a[2]"]
 
 
+class ECA(nn.Module):
+    """ECA attention: a one-channel Conv1d slides along the pooled channels, gating them."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.a, self.eca, self.head = nn.Conv2d(3, c, 3), nn.Conv1d(1, 1, 3, padding=1), nn.Linear(c, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        y = self.eca(h.mean((2, 3)).view(h.shape[0], 1, -1)).sigmoid().view(h.shape[0], -1, 1, 1)
+        return self.head((h * y.expand_as(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_convolution_across_channels_fixes_them(tracer):
+    """Neighbouring channels are mixed: converted with their space fixed and the reason recorded."""
+    g = _check(ECA(), torch.randn(2, 3, 6, 6), tracer=tracer)
+    a = next(s for s in g.layout.spaces if s.name == "a")
+    assert not a.permutable and "ECA" in a.note
+    assert sorted(p.name for p in g.layout.extra_params) == ["eca.bias", "eca.weight"]
+
+
 def test_crop_of_spatial_axes_keeps_neurons():
     class Crop(nn.Module):
         def __init__(self):

@@ -39,6 +39,8 @@ def _weight_layer(
     many axes after it as ``axis`` has in ``x``.
     """
     n_out, n_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1] * groups)
+    if isinstance(meta, Feat) and meta.axis > axis and n_in == n_out == 1 and not transposed:
+        return _across_neurons(b, op, x, meta, weight, shape, bias)
     src = b.as_layer(meta, axis, n_in, op.where)
     dst = b.new_layer(name, n_out, b.depth(src) + 1)
     if groups == 1:
@@ -48,6 +50,20 @@ def _weight_layer(
     if bias is not None:
         b.node_param(dst, "bias", bias[0], bias[1], op.where)
     return Feat(dst, op.out.dim() - (x.dim() - axis))
+
+
+def _across_neurons(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, weight: str, shape, bias) -> Feat:
+    """A one-channel convolution that slides along the neuron axis (ECA attention: ``conv1d`` over
+    the pooled channels). Each output mixes neighbouring neurons, so no permutation of them is a
+    symmetry: their space is fixed, and the kernel (and bias) belong to no neuron (extras)."""
+    if op.out.shape[meta.axis] != x.shape[meta.axis]:
+        raise UnsupportedOperation(f"{op.where}: a convolution along the neuron axis changes its size")
+    b.fix(meta.layer, f"convolution across the neurons (ECA) at {op.where}")
+    b.restrict_scaling(meta.layer, "none")
+    b.extra(weight, tuple(shape), x.dtype, op.where)
+    if bias is not None:
+        b.extra(bias[0], tuple(bias[1]), x.dtype, op.where)
+    return Feat(meta.layer, meta.axis)
 
 
 def _module_layer(b: LayoutBuilder, op: Op, n_spatial: int, **kwargs) -> Feat:
