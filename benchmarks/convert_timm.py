@@ -168,11 +168,11 @@ def main() -> None:
         import timm
 
         family = {n: m for m in timm.list_modules() for n in timm.list_models(module=m)}
-        chosen = {family.get(n, n): {"model": n} for n in args.models}
+        chosen = [(family.get(n, "?"), {"model": n}) for n in args.models]
     else:
-        chosen = smallest_per_family()
+        chosen = list(smallest_per_family().items())
     rows = []
-    for family, pick in tqdm(chosen.items(), desc="converting timm models", unit="model"):
+    for family, pick in tqdm(chosen, desc="converting timm models", unit="model"):
         name = pick["model"]
         try:
             row = run_worker(__file__, ["--one", name], args.timeout)
