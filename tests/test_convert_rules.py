@@ -334,6 +334,28 @@ def test_convolution_across_channels_fixes_them(tracer):
     assert sorted(p.name for p in g.layout.extra_params) == ["eca.bias", "eca.weight"]
 
 
+class GhostCrop(nn.Module):
+    """GhostNet's crop of concatenated channels ``cat([a, b], 1)[:, :C']``, Swin's channels-last
+    ``F.pad(x, (0, 0, 1, 1, 1, 1))`` and an in-place activation (``aten.silu_`` under export)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(6, 2)
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x):
+        a = self.a(x)
+        h = torch.cat([a, self.act(self.b(a))], 1)[:, :6]
+        h = F.pad(h.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+        return self.head(h.mean((1, 2)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_crop_of_channels_and_channels_last_padding(tracer):
+    g = _check(GhostCrop(), torch.randn(2, 3, 5, 5), tracer=tracer)
+    assert all("split at" in s.note for s in g.layout.spaces if s.name in ("a", "b"))
+
+
 def test_crop_of_spatial_axes_keeps_neurons():
     class Crop(nn.Module):
         def __init__(self):

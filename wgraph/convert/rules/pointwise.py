@@ -163,7 +163,7 @@ register(
     modules=(nn.ReLU, nn.LeakyReLU),
     functions=(F.relu, F.relu_, torch.relu, torch.relu_, F.leaky_relu, torch.abs),
     methods=("relu", "relu_", "abs"),
-    aten=("relu.default", "relu_.default", "leaky_relu.default", "abs.default"),
+    aten=("relu.default", "relu_.default", "leaky_relu.default", "leaky_relu_.default", "abs.default"),
     scaling="positive",
 )(pointwise)
 # Odd: f(-x) = -f(x).
@@ -171,12 +171,14 @@ register(
     modules=(nn.Tanh, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink),
     functions=(torch.tanh, F.tanh, torch.sin, F.softsign, F.tanhshrink, F.hardshrink, F.softshrink),
     methods=("tanh", "sin"),
-    aten=("tanh.default", "sin.default"),
+    aten=("tanh.default", "tanh_.default", "sin.default"),
     scaling="sign",
 )(pointwise)
 
 
-@register(modules=(nn.Hardtanh,), functions=(F.hardtanh,), aten=("hardtanh.default",), scaling="sign")
+@register(
+    modules=(nn.Hardtanh,), functions=(F.hardtanh,), aten=("hardtanh.default", "hardtanh_.default"), scaling="sign"
+)
 def hardtanh(b: LayoutBuilder, op: Op):
     """``clamp(x, min_val, max_val)``: odd only when ``min_val == -max_val`` (``nn.Hardtanh()``);
     ``nn.ReLU6`` (which ``torch.export`` writes as ``hardtanh(x, 0, 6)``) and other asymmetric bounds
@@ -211,6 +213,9 @@ register(
         "rsub.Scalar", "pow.Tensor_Scalar", "softmax.int", "_softmax.default", "elu.default", "cos.default",
         "exp.default", "sqrt.default", "rsqrt.default", "clamp.default", "hardswish.default",
         "hardsigmoid.default", "mish.default", "erf.default", "relu6.default",
+        # in-place forms (``inplace=True`` activations under torch.export)
+        "silu_.default", "gelu_.default", "hardswish_.default", "hardsigmoid_.default", "mish_.default",
+        "elu_.default", "sigmoid_.default",
     ),
 )(pointwise)
 

@@ -119,10 +119,10 @@ def _reduced(b: LayoutBuilder, op: Op, dim, keepdim: bool):
     return Feat(meta.layer, meta.axis if keepdim else meta.axis - sum(d < meta.axis for d in dims))
 
 
-def _trailing(b: LayoutBuilder, op: Op, n_axes: int, scaling: str, what: str):
-    """An op on the ``n_axes`` trailing axes of argument 0, each channel on its own: neurons stay."""
+def _along(b: LayoutBuilder, op: Op, axes: set[int], scaling: str, what: str):
+    """An op along ``axes`` of argument 0, each channel on its own: neurons stay."""
     x, meta = op.args[0], op.metas[0]
-    if isinstance(meta, SplitFeat) or isinstance(meta, Feat) and meta.axis >= x.dim() - n_axes:
+    if isinstance(meta, SplitFeat) or isinstance(meta, Feat) and meta.axis in axes:
         raise UnsupportedOperation(f"{op.where}: {what} the neuron axis")
     if not isinstance(meta, Feat):
         return meta
@@ -144,15 +144,18 @@ _PADS = tuple(getattr(nn, f"{kind}Pad{d}d") for kind in _PAD_KINDS for d in (1, 
     scaling="real",
 )
 def pad(b: LayoutBuilder, op: Op):
-    """``F.pad(x, pad, mode, value)`` of spatial or token axes: every channel padded alike. Padding
-    with a constant other than zero commutes with no scaling."""
+    """``F.pad(x, pad, mode, value)`` of spatial or token axes (``pad`` gives two widths per axis,
+    the last axis first; Swin pads (0, 0) on its channels-last neuron axis): every channel padded
+    alike. Padding with a constant other than zero commutes with no scaling."""
     if op.module is not None:
         widths, value = op.module.padding, getattr(op.module, "value", 0.0)
     else:
         widths = op.arg(1, "pad")
         at = 2 if op.node.target is torch.ops.aten.constant_pad_nd.default else 3
         value = op.arg(at, "value", 0.0)
-    return _trailing(b, op, len(widths) // 2, "real" if not value else "none", "pads")
+    x = op.args[0]
+    axes = {x.dim() - 1 - k for k in range(len(widths) // 2) if widths[2 * k] or widths[2 * k + 1]}
+    return _along(b, op, axes, "real" if not value else "none", "pads")
 
 
 @register(
@@ -164,4 +167,4 @@ def pad(b: LayoutBuilder, op: Op):
 )
 def interpolate(b: LayoutBuilder, op: Op):
     """``F.interpolate`` / ``nn.Upsample``: every channel (axis 1) resampled alike, linearly."""
-    return _trailing(b, op, op.args[0].dim() - 2, "real", "resamples")
+    return _along(b, op, set(range(2, op.args[0].dim())), "real", "resamples")

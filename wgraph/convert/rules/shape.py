@@ -151,6 +151,11 @@ def getitem(b: LayoutBuilder, op: Op):
         return _index_split(b, op, x, meta, _expanded(x, op.args[1]))
     if isinstance(meta, Feat):
         axis = _indexed_axis(x, op.args[1], meta.axis)
+        expanded = _expanded(x, op.args[1])
+        if axis is None and expanded is not None and b.layers[meta.layer]["segments"] is not None:
+            out, i = _landing(expanded, meta.axis)  # cat([a, b], 1)[:, :C'] (GhostNet)
+            if isinstance(i, slice) and i.step in (None, 1):
+                return _neuron_slice(b, op, meta, *i.indices(x.shape[meta.axis])[:2], out)
         if axis is None:
             raise UnsupportedOperation(
                 f"{op.where}: indexes a hidden activation ({op.node.args[1]!r}) along its neuron axis; "
@@ -235,6 +240,13 @@ def unbind(b: LayoutBuilder, op: Op):
     return tuple(meta for _ in range(n))
 
 
+def _neuron_slice(b: LayoutBuilder, op: Op, meta: Feat, start: int, stop: int, axis: int) -> Feat:
+    """Neurons ``start:stop`` of a concatenation (a crop of concatenated channels): a slice of it,
+    which fixes both (:meth:`LayoutBuilder.split`). Slices of other layers stay refused."""
+    name = f"{b.layers[meta.layer]['name']}[{start}:{stop}]"
+    return Feat(b.split(name, meta.layer, start, stop - start, op.where), axis)
+
+
 @register(aten=("select.int", "slice.Tensor"))
 def select_slice(b: LayoutBuilder, op: Op):
     """``select``/``slice`` along a token or spatial axis keep the neurons; along the neuron axis
@@ -254,6 +266,10 @@ def select_slice(b: LayoutBuilder, op: Op):
     if dim == meta.axis:
         if tuple(op.out.shape) == tuple(x.shape):
             return meta
+        concatenated = b.layers[meta.layer]["segments"] is not None
+        if concatenated and op.node.target is torch.ops.aten.slice.Tensor and op.arg(4, "step", 1) == 1:
+            start, stop, _ = slice(op.arg(2, "start"), op.arg(3, "end")).indices(x.shape[dim])
+            return _neuron_slice(b, op, meta, start, stop, dim)
         raise UnsupportedOperation(
             f"{op.where}: slices the neuron axis; reading individual hidden channels is not supported yet"
         )
