@@ -356,6 +356,25 @@ def test_crop_of_channels_and_channels_last_padding(tracer):
     assert all("split at" in s.note for s in g.layout.spaces if s.name in ("a", "b"))
 
 
+class ConstantPositions(nn.Module):
+    """EdgeNeXt's positional encoding: a convolution of a constant grid built in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.pos, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(2, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        grid = torch.stack(torch.meshgrid(torch.arange(5.0), torch.arange(5.0), indexing="ij")).to(x.dtype)
+        return self.head((h + self.pos(grid[None])).mean((2, 3)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_weight_applied_to_a_constant(tracer):
+    g = _check(ConstantPositions(), torch.randn(2, 3, 5, 5), tracer=tracer)
+    assert [l.kind for l in g.layout.layers].count("input") == 2
+
+
 def test_crop_of_spatial_axes_keeps_neurons():
     class Crop(nn.Module):
         def __init__(self):

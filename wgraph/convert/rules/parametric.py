@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, Param
+from ..builder import Feat, LayoutBuilder, Param, Raw
 from .registry import Op, register
 
 
@@ -39,6 +39,8 @@ def _weight_layer(
     many axes after it as ``axis`` has in ``x``.
     """
     n_out, n_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1] * groups)
+    if meta is None and isinstance(x, torch.Tensor) and isinstance(op.node.args[0], torch.fx.Node):
+        meta = Raw(op.node.args[0].name)  # a constant (EdgeNeXt's Fourier positions): an input of its own
     if isinstance(meta, Feat) and meta.axis > axis and n_in == n_out == 1 and not transposed:
         return _across_neurons(b, op, x, meta, weight, shape, bias)
     src = b.as_layer(meta, axis, n_in, op.where)
