@@ -614,6 +614,28 @@ def test_packed_qkv_keeps_head_structure(tracer, index):
     assert any(b.kind == "identity" and b.name.startswith("attn:") for b in lay.blocks)
 
 
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_packed_qkv_read_elsewhere_too_is_split_and_fixed(tracer):
+    """The packed output is also read by another layer after the parts are taken: unpacking would
+    change what that reader sees, so the parts are fixed slices."""
+
+    class Also(PackedAttention):
+        def __init__(self):
+            super().__init__()
+            self.side = nn.Linear(24, 2)
+
+        def forward(self, x):
+            h = self.inp(x)
+            B, N, D = h.shape
+            t = self.qkv(h)
+            q, k, v = t.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
+            return self.out((h + self.proj(a)).mean(1)) + self.side(t).mean(1)
+
+    g = _check(Also(), torch.randn(2, 5, 3), tracer=tracer)
+    assert not next(s for s in g.layout.spaces if s.name == "qkv").permutable
+
+
 def test_packed_qkv_with_more_than_its_weight_is_split_and_fixed():
     """A packed layer that also holds other state (here a per-neuron scale) cannot be unpacked:
     its parts are slices, exact but with the spaces fixed, and the reason recorded."""

@@ -167,7 +167,7 @@ class LayoutBuilder:
         self.restrict_scaling(li, "none")
         return li
 
-    def unpack(self, li: int, parts: int, where: str) -> tuple[int, ...]:
+    def unpack(self, li: int, parts: int, where: str, sole: bool = True) -> tuple[int, ...]:
         """Layer ``li`` as ``parts`` layers of equal size (a packed projection: timm's ``qkv``).
 
         Where ``li`` is just what one weight wrote (the newest layer and block, nothing tied to
@@ -175,10 +175,12 @@ class LayoutBuilder:
         (:meth:`dense_parts`) and its bias a vector over them (:meth:`node_param_parts`), ``li``
         being the first part: each part gets its own space. Otherwise each part is a slice of
         ``li`` (:meth:`split`), which fixes the spaces. Asked again, the same layers come back.
+        ``sole``: the caller checked that nothing but this split reads the layer's tensor (no other
+        op holds a meta of ``li`` that the unpacking would shrink).
         """
         if li not in self._unpacked:
             size = self.size(li) // parts
-            fresh = self._fresh_dense(li)
+            fresh = self._fresh_dense(li) if sole else None
             if fresh is None:
                 name = self.layers[li]["name"]
                 pieces = [self.split(f"{name}[{k}]", li, k * size, size, where) for k in range(parts)]

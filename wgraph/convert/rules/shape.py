@@ -214,7 +214,7 @@ def _index_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, exp
     if landed and all(kept):
         return SplitFeat(meta.layer, tuple(out for out, _ in landed), meta.sizes)
     if landed and len(meta.axes) == 3 and isinstance(landed[0][1], int) and all(kept[1:]):
-        part = b.unpack(meta.layer, meta.sizes[0], op.where)[landed[0][1] % meta.sizes[0]]
+        part = b.unpack(meta.layer, meta.sizes[0], op.where, _sole_reader(op.node))[landed[0][1] % meta.sizes[0]]
         return SplitFeat(part, tuple(out for out, _ in landed[1:]), meta.sizes[1:])
     raise UnsupportedOperation(
         f"{op.where}: indexes a tensor whose neuron axis is split ({op.node.args[1:]!r}); only selecting "
@@ -238,6 +238,30 @@ def unbind(b: LayoutBuilder, op: Op):
     if isinstance(meta, Feat):
         raise UnsupportedOperation(f"{op.where}: unbinds the neuron axis; reading individual neurons is not supported")
     return tuple(meta for _ in range(n))
+
+
+#: Ops between a packed projection and the selection of its parts (fx methods and ATen names).
+_PACKED_PATH = {"reshape", "view", "permute", "transpose", "contiguous", "_unsafe_view"}
+_PART_READERS = {"getitem", "select", "unbind"}
+
+
+def _sole_reader(node: torch.fx.Node) -> bool:
+    """Whether the parts selected at ``node`` are all that reads the packed projection: each tensor
+    between the weight's output and ``node`` (reshapes, permutes) is read by the next one only,
+    and the last one only by selections of parts (``qkv[0]``, ``qkv[1]``, ...)."""
+
+    def name(n) -> str:
+        target = n.target
+        return target if isinstance(target, str) else getattr(target, "__name__", str(target)).split(".")[0]
+
+    src = node.args[0]
+    if not isinstance(src, torch.fx.Node) or not all(u is node or name(u) in _PART_READERS for u in src.users):
+        return False
+    while src.op != "call_module" and name(src) in _PACKED_PATH:
+        src = src.args[0]
+        if not isinstance(src, torch.fx.Node) or len(src.users) != 1:
+            return False
+    return len(src.users) == 1
 
 
 def _neuron_slice(b: LayoutBuilder, op: Op, meta: Feat, start: int, stop: int, axis: int) -> Feat:
@@ -315,7 +339,7 @@ def split(b: LayoutBuilder, op: Op):
     if dim != meta.axis:
         return tuple(Feat(meta.layer, meta.axis) for _ in op.out)
     if len({t.shape[dim] for t in op.out}) == 1:  # q, k, v = qkv(x).chunk(3, -1): a packed projection
-        return tuple(Feat(li, dim) for li in b.unpack(meta.layer, len(op.out), op.where))
+        return tuple(Feat(li, dim) for li in b.unpack(meta.layer, len(op.out), op.where, _sole_reader(op.node)))
     pieces, off = [], 0
     for i, t in enumerate(op.out):
         n = t.shape[dim]
