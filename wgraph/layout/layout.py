@@ -245,8 +245,10 @@ class Layout:
         if b.kind == "identity":
             src, dst = torch.arange(s.start, s.stop), torch.arange(d.start, d.stop)
         elif b.kind == "copy":
-            i = torch.tensor(b.index, dtype=torch.long) if b.index else b.src_offset + torch.arange(b.count)
-            src = s.start + i.repeat_interleave(b.inner)
+            sources = self.block_selection(i)[0]
+            if isinstance(sources, slice):
+                sources = torch.arange(sources.start, sources.stop)
+            src = s.start + sources.repeat_interleave(b.inner)
             dst = d.start + b.dst_offset + torch.arange(b.count * b.inner)
         else:  # dense (groups == 1) and grouped: row-major over (out, in // groups)
             out, in_g = d.size, s.size // b.groups
