@@ -39,6 +39,16 @@ class TrainConfig(Config):
     batch_size: int = option(32, "networks per batch, over all processes", minimum=1)
     lr: float = option(1e-3, "AdamW learning rate", above=0)
     weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup: float = option(
+        0.0, "fraction of the steps (rounded) over which the learning rate rises linearly to --lr", minimum=0, below=1
+    )
+    schedule: str = option(
+        "constant", "the learning rate after the warm-up: constant, or a cosine decay towards 0 at the last step",
+        choices=("constant", "cosine"),
+    )
+    clip_grad: float | None = option(
+        None, "clip the global gradient norm to this value (default: no clipping)", above=0
+    )
     val_fraction: float = option(0.1, "fraction of the groups held out for validation")
     test_fraction: float = option(0.1, "fraction of the groups held out for the test")
     select: str = option(

@@ -16,16 +16,31 @@ Reproducibility and resume:
 * Validation metrics are computed at every epoch end; with ``select = "best-val"`` (default) the
   model of the epoch with the best validation ``task.primary`` metric (Kendall tau, accuracy) is the
   one tested at the end, with ``"last"`` the final one.
+* The learning rate of step ``s`` is ``lr * lr_factor(s, total, warmup, schedule)``, a function of
+  the step alone (a ``LambdaLR`` whose state is in the checkpoint); a schedule with a warm-up or a
+  cosine decay is stretched over the run's ``total`` steps, which a resumed run may then not change.
+  With ``clip_grad`` the global gradient norm is clipped to it; the norm before clipping is recorded.
+* Model hooks, called only if the model has them (on the model itself, not its DDP wrapper), in eval
+  mode and without gradients (the trainer restores the mode), identically on every rank:
+  ``refresh_statistics(graphs, batch_size)`` recomputes statistics of the training networks (say,
+  a readout's normalization); it is called with the training graphs before every validation and
+  before the final evaluation of a model that is not a best-validation snapshot, and what it sets
+  must be in the ``state_dict`` (the checkpoints and the snapshots hold it).
+  ``dead_units(graphs, batch_size) -> {"dead": int, "total": int}`` counts the readout's hidden
+  units that are zero for every network given (the first :data:`DEAD_UNIT_NETWORKS` training
+  networks, at every epoch end); the history records the fraction, and a warning says when it first
+  reaches one half and when it first reaches 1.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +58,16 @@ CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 MODEL = "model.safetensors"
 CURVE = "learning_curve.png"
+#: The checkpoint format written (1: before learning-rate schedules; such checkpoints still resume).
+FORMAT = 2
+#: Training networks (the first of the split) on which ``model.dead_units`` is counted.
+DEAD_UNIT_NETWORKS = 512
 
 log = logging.getLogger("wgraph.train")
 
-__all__ = ["TrainConfig", "TrainError", "train", "evaluate", "epoch_order", "DEFAULT_EPOCHS", "RESUMABLE"]
+__all__ = [
+    "TrainConfig", "TrainError", "train", "evaluate", "epoch_order", "lr_factor", "DEFAULT_EPOCHS", "RESUMABLE",
+]
 
 
 # --------------------------------------------------------------------------- seeds and RNG states
@@ -86,6 +107,80 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+# --------------------------------------------------------------------------- learning rate and gradients
+def lr_factor(step: int, total: int, warmup: float = 0.0, schedule: str = "constant") -> float:
+    r"""The multiple of ``lr`` used by optimizer step ``step`` (counted from 0) of a run of ``total``.
+
+    With :math:`W = \mathrm{round}(\mathrm{warmup} \cdot \mathrm{total})` warm-up steps, step
+    :math:`s < W` uses :math:`(s + 1) / W` (a linear rise that reaches 1 at step :math:`W - 1`);
+    later steps use 1 (``"constant"``) or :math:`(1 + \cos(\pi (s - W) / (\mathrm{total} - W))) / 2`
+    (``"cosine"``: 1 at step :math:`W`, falling towards 0, which step ``total`` would reach).
+    """
+    w = round(warmup * total)
+    if step < w:
+        return (step + 1) / w
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (step - w) / max(1, total - w)))
+    return 1.0
+
+
+def _depends_on_total(cfg: TrainConfig) -> bool:
+    return cfg.warmup > 0 or cfg.schedule != "constant"
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
+    """The global 2-norm of the gradients of ``model``'s parameters; with ``max_norm``, the gradients
+    are then scaled by ``min(1, max_norm / (norm + 1e-6))`` (``torch.nn.utils.clip_grad_norm_``)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm is None:
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+# --------------------------------------------------------------------------- model hooks
+@torch.no_grad()
+def call_hook(model: torch.nn.Module, name: str, *args):
+    """``model.<name>(*args)`` in eval mode without gradients (the mode is restored), or ``None``
+    when the model has no such method."""
+    fn = getattr(model, name, None)
+    if fn is None:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        return fn(*args)
+    finally:
+        model.train(was_training)
+
+
+def _dead_fraction(model, graphs, batch_size: int) -> tuple[float, int, int] | None:
+    """``(fraction, dead, total)`` of ``model.dead_units(graphs, batch_size)``, or ``None`` without the hook."""
+    answer = call_hook(model, "dead_units", graphs, batch_size)
+    if answer is None:
+        return None
+    if not isinstance(answer, dict) or not {"dead", "total"} <= answer.keys():
+        raise TrainError(f"{type(model).__name__}.dead_units must return {{'dead': int, 'total': int}}, got {answer!r}")
+    dead, total = int(answer["dead"]), int(answer["total"])
+    return (dead / total if total else 0.0), dead, total
+
+
+def _warn_collapse(history: list[dict], epoch: float, dead: int, total: int, networks: int) -> None:
+    """Warn when the fraction of dead readout units first reaches 1/2, and when it first reaches 1."""
+    fraction = dead / total
+    before = [h["dead_units"] for h in history if h.get("dead_units") is not None]
+    if not (fraction >= 0.5 > max(before, default=0.0) or fraction >= 1.0 > max(before, default=0.0)):
+        return
+    gone = "; its output no longer depends on the weights" if dead == total else ""
+    log.warning(
+        "epoch %g: %d of %d readout units (%.0f%%) are zero for every training network (the first %d): "
+        "the readout has collapsed%s. A lower --lr, a --warmup (with --schedule cosine) or a normalization "
+        "of the readout usually prevents it",
+        epoch, dead, total, 100 * fraction, networks, gone,
+    )
+
+
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(
@@ -105,12 +200,25 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
-    now = asdict(config)
+def _check_resumable(ck: dict, config: TrainConfig, total: int, path: Path) -> None:
+    """Refuse to resume checkpoint ``ck`` with settings that change the run: a field outside
+    ``RESUMABLE`` (one that an older checkpoint lacks counts as its default), or, for a schedule
+    stretched over the run (a warm-up or a cosine decay), the total number of steps."""
+    if ck.get("format", 1) > FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {ck['format']}; this wgraph reads up to {FORMAT}")
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    saved, now = {**defaults, **json.loads(ck["config"])}, asdict(config)
     diff = [k for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
         raise CheckpointError(f"{path} was written by a run with other settings ({changes}); use another --out")
+    before = ck.get("total_steps", total)
+    if before != total and _depends_on_total(config):
+        raise CheckpointError(
+            f"{path} was written by a run of {before} steps, and its learning-rate schedule (warmup "
+            f"{config.warmup}, {config.schedule}) is stretched over the run: resume it with the same "
+            f"--epochs / --steps (now {total} steps), or use another --out"
+        )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -172,16 +280,20 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
     fit_normalization(model, graphs[idx["train"]])
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history, best, train_s, epoch_loss = 0, [], None, 0.0, [0.0, 0]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.schedule))
+    step, history, best, train_s, epoch_loss, epoch_grad = 0, [], None, 0.0, [0.0, 0], [0.0, 0]
     resumed_from = None
     if cfg.resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        _check_resumable(json.loads(ck["config"]), cfg, ckpt_path)
+        _check_resumable(ck, cfg, total, ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if "scheduler" in ck:  # format 1 has none: its run had the constant rate (checked above), which has no state
+            sched.load_state_dict(ck["scheduler"])
         set_rng_state(ck["rng"], device)
         step, history, best = ck["step"], ck["history"], ck["best"]
         train_s, epoch_loss = ck["train_s"], ck["epoch_loss"]
+        epoch_grad = ck.get("epoch_grad_norm", [0.0, 0])  # format 1: the epoch's mean from the resumed steps on
         resumed_from = step
     net = model
     if ranks.world > 1:
@@ -192,9 +304,10 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
 
     def checkpoint() -> None:
         state = {
-            "format": 1, "config": json.dumps(asdict(cfg)), "step": step, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "rng": rng_state(device), "history": history, "best": best,
-            "train_s": train_s, "epoch_loss": epoch_loss,
+            "format": FORMAT, "config": json.dumps(asdict(cfg)), "step": step, "total_steps": total,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": rng_state(device), "history": history, "best": best, "train_s": train_s,
+            "epoch_loss": epoch_loss, "epoch_grad_norm": epoch_grad,
         }
         save_checkpoint(ckpt_path, state)
 
@@ -209,27 +322,41 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
         loss = task.loss(net(graphs[mine]), targets[mine], reduction="sum") * (ranks.world / len(chosen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = clip_gradients(model, cfg.clip_grad)
+        lr = opt.param_groups[0]["lr"]
         opt.step()
+        sched.step()
         step += 1
         shown = loss.detach() / ranks.world
         if ranks.world > 1:
             torch.distributed.all_reduce(shown)
         epoch_loss = [epoch_loss[0] + float(shown), epoch_loss[1] + 1]
+        epoch_grad = [epoch_grad[0] + grad_norm, epoch_grad[1] + 1]
         bar.update(1)
         if step % steps_per_epoch == 0 or step == total:
             now = time.perf_counter()
             train_s += now - t_last
+            call_hook(model, "refresh_statistics", graphs[idx["train"]], cfg.eval_batch_size)
             val = evaluate(model, graphs, targets, idx["val"], task, cfg.eval_batch_size)
-            record = {"step": step, "epoch": step / steps_per_epoch, "train_loss": epoch_loss[0] / epoch_loss[1]}
+            record = {
+                "step": step, "epoch": step / steps_per_epoch, "train_loss": epoch_loss[0] / epoch_loss[1],
+                "lr": lr, "grad_norm": epoch_grad[0] / epoch_grad[1],
+            }
+            checked = idx["train"][:DEAD_UNIT_NETWORKS]
+            dead = _dead_fraction(model, graphs[checked], cfg.eval_batch_size)
+            if dead is not None:
+                if ranks.main and dead[2]:
+                    _warn_collapse(history, record["epoch"], dead[1], dead[2], len(checked))
+                record["dead_units"] = dead[0]
             history.append({**record, **{f"val_{k}": v for k, v in val.items()}})
-            epoch_loss = [0.0, 0]
+            epoch_loss, epoch_grad = [0.0, 0], [0.0, 0]
             if cfg.select == "best-val" and (best is None or val[task.primary] > best["metric"]):
                 snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best = {"metric": val[task.primary], "step": step, "state": snapshot}
             shown_val = {f"val_{task.primary}": f"{val[task.primary]:.4f}"}
             log.info(
-                "epoch %g: train loss %.4f, validation %s %.4f",
-                history[-1]["epoch"], history[-1]["train_loss"], task.primary, val[task.primary],
+                "epoch %g: train loss %.4f, validation %s %.4f (lr %.3g, gradient norm %.3g)",
+                record["epoch"], record["train_loss"], task.primary, val[task.primary], lr, record["grad_norm"],
             )
             bar.set_postfix(loss=f"{history[-1]['train_loss']:.4f}", **shown_val)
             t_last = time.perf_counter()
@@ -247,6 +374,8 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
     t_eval = time.perf_counter()
     if best is not None:
         model.load_state_dict(best["state"])
+    else:
+        call_hook(model, "refresh_statistics", graphs[idx["train"]], cfg.eval_batch_size)
     parts = ("train", "val", "test")
     metrics = {part: evaluate(model, graphs, targets, idx[part], task, cfg.eval_batch_size) for part in parts}
     eval_s += time.perf_counter() - t_eval
@@ -278,7 +407,8 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
 
 
 def learning_curve(history: list[dict], path: Path, metric: str, title: str = "") -> Path | None:
-    """Plot the training loss and the validation ``metric`` per epoch (two panels) to ``path`` (PNG)."""
+    """Plot the training loss (with the learning rate, thin, on a second axis) and the validation
+    ``metric`` per epoch (two panels) to ``path`` (PNG)."""
     if not history:
         return None
     import matplotlib
@@ -293,6 +423,11 @@ def learning_curve(history: list[dict], path: Path, metric: str, title: str = ""
         a.plot(epochs, [h["val_loss"] for h in history], marker="o", ms=3, label="validation")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
     a.legend()
+    if "lr" in history[0]:  # the learning rate, thin, on its own axis
+        twin = a.twinx()
+        twin.plot(epochs, [h["lr"] for h in history], lw=0.8, color="0.55")
+        twin.set_ylabel("learning rate", color="0.45")
+        twin.tick_params(axis="y", labelsize=7, colors="0.45")
     b.plot(epochs, [h.get(f"val_{metric}") for h in history], marker="o", ms=3, color="C1")
     b.set(xlabel="epoch", ylabel=metric.replace("_", " "), title=f"validation {metric.replace('_', ' ')}")
     for ax in (a, b):
