@@ -22,7 +22,7 @@ from torch import nn
 from ..config import Config, option
 from ..errors import ConfigError
 from ..kernels import ACTIVATIONS, AGGREGATORS, available_backends
-from .readout import POOLS
+from .readout import POOLS, READOUT_NORMS
 
 
 class PSConfigError(ConfigError):
@@ -42,6 +42,11 @@ class ReadoutConfig(Config):
     per_layer: bool = option(False, "also pool each layer (all layouts must have as many layers)")
     output_states: bool = option(True, "concatenate the output neurons' states (same output size everywhere)")
     hidden: int = option(64, "width of the readout MLP", minimum=1)
+    norm: str = option(
+        "none", "normalize the pooled features across networks: 'batch' (standardize each, with the training "
+        "zoo's statistics at evaluation), 'center' (subtract the zoo mean, one scalar scale) or 'none'",
+        choices=READOUT_NORMS,
+    )
 
 
 @dataclass

@@ -24,8 +24,11 @@ by :meth:`InputNormalization.fit` and stored as buffers (so they are saved in th
     h^0_v = b + \sum_f x_{vf}\, w_{\mathrm{name}(f)} + E_{\mathrm{kind}}[k_v] + E_{\mathrm{depth}}[d_v]
             + [v \text{ fixed}]\; E_{\mathrm{pos}}[k_v, p_v]
 
-with one learned vector per node-feature column *name* (``bias``, later normalization statistics;
-graphs whose layouts have different columns share the vectors of common names). Position
+with one learned vector per node-feature column *name* (``bias``, later normalization statistics,
+per-network settings such as ``activation=tanh``; graphs whose layouts have different columns share
+the vectors of common names). Every vector and embedding starts at :math:`\mathcal{N}(0, 1/H)`
+(norm about 1): at ``nn.Embedding``'s default :math:`\mathcal{N}(0, 1)` the embeddings (norm
+:math:`\sqrt{H}`) drown the features, which alone differ between networks. Position
 embeddings :math:`E_{\mathrm{pos}}` are added only to nodes that no neuron permutation moves (input
 and output neurons), so they break exactly the symmetries the network does not have. Nodes of a
 flattened feature map (neuron ``c`` at spatial position ``s``) also get a spatial embedding
@@ -225,8 +228,14 @@ class NodeEncoder(nn.Module):
         if positions:
             self.position = nn.Embedding(len(NODE_KINDS) * max_positions, hidden)
             self.spatial = nn.Embedding(max_positions, hidden)
+        for emb in self.embeddings():  # norm about 1, as a node feature's vector (not N(0, 1): norm sqrt(H))
+            nn.init.normal_(emb.weight, std=1 / math.sqrt(hidden))
         for lay in layouts:
             self.check(lay)
+
+    def embeddings(self) -> list[nn.Embedding]:
+        """The kind, depth (and position, spatial) embedding tables."""
+        return [self.kind, self.depth] + ([self.position, self.spatial] if self.positions else [])
 
     def check(self, layout: Layout) -> None:
         for f in layout.node_features:

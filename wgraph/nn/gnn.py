@@ -247,6 +247,7 @@ class GraphNFN(nn.Module):
                 output_states=r.output_states,
                 mlp_hidden=r.hidden,
                 act=cfg.act,
+                norm=r.norm,
             )
         else:
             self.head = ParameterHead(self.layouts, H, cfg.act)
@@ -305,13 +306,63 @@ class GraphNFN(nn.Module):
         return h, inputs
 
     def _forward_one(self, graph: WeightGraph):
+        """The pooled features ``(B, D)`` (invariant head, before the readout's normalization and
+        MLP), or the parameter head's WeightGraph."""
         h, inputs = self.node_states(graph)
         if isinstance(self.head, InvariantReadout):
-            return self.head(graph.layout, h)
+            return self.head.features(graph.layout, h)
         return self.head(graph.layout, h, inputs)
+
+    def pooled(self, graph: Graphs) -> torch.Tensor:
+        """The invariant readout's pooled features ``(B, D)`` of a graph or a list (input order),
+        before its normalization across networks and its MLP."""
+        if not isinstance(self.head, InvariantReadout):
+            raise ConfigError("pooled features exist only for head = 'invariant'")
+        return self._batched(graph)
+
+    @torch.no_grad()
+    def refresh_statistics(self, graphs: Graphs, batch_size: int = 256) -> None:
+        """Recompute the readout's normalization statistics (``readout.norm``) over ``graphs``,
+        typically the whole training zoo, in chunks of ``batch_size`` networks and in eval mode.
+        The trainer calls it before every evaluation; call it after training a model yourself."""
+        if not isinstance(self.head, InvariantReadout) or self.head.norm is None:
+            return
+        self.head.set_statistics(self._pooled_chunks(graphs, batch_size))
+
+    @torch.no_grad()
+    def dead_units(self, graphs: Graphs, batch_size: int = 256) -> dict[str, int]:
+        """``{"dead", "total"}``: readout MLP units off for every network of ``graphs``
+        (:meth:`InvariantReadout.dead_units`; in eval mode)."""
+        if not isinstance(self.head, InvariantReadout):
+            return {"dead": 0, "total": 0}
+        was = self.training
+        self.eval()
+        try:
+            return self.head.dead_units(self._pooled_chunks(graphs, batch_size))
+        finally:
+            self.train(was)
+
+    def _pooled_chunks(self, graphs: Graphs, batch_size: int) -> torch.Tensor:
+        was = self.training
+        self.eval()
+        try:
+            if isinstance(graphs, WeightGraph):
+                n = graphs.batch_size
+                return torch.cat([self.pooled(graphs[i : i + batch_size]) for i in range(0, n, batch_size)])
+            return torch.cat([self.pooled(g) for g in graphs])
+        finally:
+            self.train(was)
 
     # ------------------------------------------------------------------ forward
     def forward(self, graph: Graphs):
+        out = self._batched(graph)
+        if isinstance(self.head, InvariantReadout):
+            return self.head.mlp(self.head.normalize(out))
+        return out
+
+    def _batched(self, graph: Graphs):
+        """:meth:`_forward_one` of a graph, or of a list of graphs grouped by layout (each group one
+        batch), with the results in input order (the rows concatenated for the invariant head)."""
         if isinstance(graph, WeightGraph):
             return self._forward_one(graph)
         graphs = list(graph)

@@ -14,6 +14,22 @@ invariant; output neurons are never permuted, so concatenating their states in o
 per-layer part (``per_layer``) needs every layout to have the same number of layers and the
 output part (``output_states``) the same number of output neurons.
 
+**Normalization across networks** (``norm``). Networks of one zoo are alike: their pooled
+features :math:`z` differ between networks by a small fraction of their size (about 2 % on a zoo
+of INRs fitted from a shared initialization), and an MLP on raw :math:`z` sees nearly one point;
+its units switch on or off for every network at once and training stalls. ``norm = "batch"``
+standardizes each feature across networks before the MLP,
+:math:`\hat z = \gamma \odot (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`: with the
+batch's statistics while training, and with :math:`(\mu, \sigma^2)` of the whole *training zoo*
+at evaluation, recomputed by :meth:`InvariantReadout.set_statistics` (the trainer calls
+``model.refresh_statistics`` before every evaluation; running averages would lag behind the
+shared part of :math:`z`, which drifts between steps by more than the differences between
+networks). ``norm = "center"`` subtracts :math:`\mu` and divides by one scalar, the root mean
+square of :math:`\sigma` over features, so that features keep their relative scale (weight
+scale is informative when predicting generalization). Both statistics are buffers, saved in the
+``state_dict``. A batch of one network in training mode has no spread of its own: it is
+normalized with the stored statistics.
+
 **Per-parameter head** (:class:`ParameterHead`): a WeightGraph of the input's layout whose
 every parameter element is predicted from the states it touches:
 
@@ -42,6 +58,8 @@ from ..kernels import ACTIVATIONS, pair_sum
 from .encoders import EdgeInput, kernel_key
 
 POOLS = ("mean", "max", "sum")
+#: Normalizations of the pooled features across networks (see the module docstring).
+READOUT_NORMS = ("none", "batch", "center")
 
 
 class ReadoutError(WgraphError):
@@ -69,6 +87,7 @@ class InvariantReadout(nn.Module):
         output_states: bool = True,
         mlp_hidden: int = 64,
         act: str = "relu",
+        norm: str = "none",
     ):
         super().__init__()
         bad = [p for p in pool if p not in POOLS]
@@ -77,7 +96,11 @@ class InvariantReadout(nn.Module):
         self.pool, self.per_layer, self.output_states = tuple(pool), per_layer, output_states
         self.n_layers = self._common(layouts, "per_layer", lambda l: len(l.layers)) if per_layer else 0
         self.n_out = self._common(layouts, "output_states", _num_outputs) if output_states else 0
+        if norm not in READOUT_NORMS:
+            raise ReadoutError(f"readout norm must be one of {list(READOUT_NORMS)}, got {norm!r}")
         dim = hidden * len(pool) * (len(NODE_KINDS) + self.n_layers) + hidden * self.n_out
+        self.norm = nn.BatchNorm1d(dim, affine=norm == "batch") if norm != "none" else None
+        self.center_only = norm == "center"
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), _Act(act), nn.Linear(mlp_hidden, out_dim))
 
     @staticmethod
@@ -91,6 +114,56 @@ class InvariantReadout(nn.Module):
 
     def forward(self, layout: Layout, h: torch.Tensor) -> torch.Tensor:
         """``(B, N, H)`` node states of graphs of ``layout`` -> ``(B, out_dim)``."""
+        return self.mlp(self.normalize(self.features(layout, h)))
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The pooled features ``z`` ``(B, D)`` normalized across networks (``norm``; identity for "none")."""
+        if self.norm is None:
+            return z
+        batch_stats = self.training and z.shape[0] > 1  # a single network has no spread: stored statistics
+        if not self.center_only:
+            return self.norm(z) if batch_stats or not self.training else self._stored(z)
+        if batch_stats:  # the batch's statistics, as BatchNorm uses them while training
+            mean, var = z.mean(0), z.var(0, unbiased=False)
+            if self.norm.track_running_stats:
+                with torch.no_grad():
+                    m = self.norm.momentum
+                    self.norm.running_mean.lerp_(mean.detach().to(self.norm.running_mean), m)
+                    self.norm.running_var.lerp_(var.detach().to(self.norm.running_var), m)
+        else:
+            mean, var = self.norm.running_mean.to(z), self.norm.running_var.to(z)
+        return (z - mean) / (var.mean() + self.norm.eps).sqrt()
+
+    def _stored(self, z: torch.Tensor) -> torch.Tensor:
+        """BatchNorm of ``z`` with the stored statistics (what eval mode computes)."""
+        n = self.norm
+        return torch.nn.functional.batch_norm(z, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)
+
+    @torch.no_grad()
+    def set_statistics(self, z: torch.Tensor) -> None:
+        """Set the evaluation statistics of ``norm`` to the mean and variance of ``z`` ``(B, D)``,
+        the pooled features of a whole zoo (typically the training networks)."""
+        if self.norm is None:
+            return
+        self.norm.running_mean.copy_(z.mean(0))
+        self.norm.running_var.copy_(z.var(0, unbiased=False))
+        self.norm.num_batches_tracked.zero_()
+
+    @torch.no_grad()
+    def dead_units(self, z: torch.Tensor) -> dict[str, int]:
+        """How many hidden units of the MLP are off (pre-activation <= 0, where relu, gelu and silu
+        are about zero) for *every* network of ``z`` (pooled features, ``(B, D)``), of how many.
+        Such units carry no information about any network; when most are, the readout has
+        collapsed. (Units of tanh never switch off: none are counted.)"""
+        first = self.mlp[0]
+        total = first.out_features
+        if self.mlp[1].name == "tanh":
+            return {"dead": 0, "total": total}
+        pre = first(self.normalize(z))
+        return {"dead": int((pre <= 0).all(0).sum()), "total": total}
+
+    def features(self, layout: Layout, h: torch.Tensor) -> torch.Tensor:
+        """The pooled features ``(B, D)`` of ``(B, N, H)`` node states (before normalization)."""
         parts = []
         for kind in NODE_KINDS:
             idx = layout.nodes_of_kind(kind).to(h.device)
@@ -107,7 +180,7 @@ class InvariantReadout(nn.Module):
             if len(idx) != self.n_out:
                 raise ReadoutError(f"readout built for {self.n_out} output neurons, graph has {len(idx)}")
             parts.append(h[:, idx].reshape(h.shape[0], -1))
-        return self.mlp(torch.cat(parts, dim=-1))
+        return torch.cat(parts, dim=-1)
 
 
 def _num_outputs(layout: Layout) -> int:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ZooError
+from ..layout import NODE_KINDS
 from .archs import ARCHITECTURES
 
 
@@ -78,6 +79,7 @@ class Zoo:
             raise ZooError(f"weights and table disagree on the number of networks: {sizes}")
         self._n = next(iter(sizes.values()), 0)
         self._template: nn.Module | None = None
+        self._levels: dict[str, list] | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -114,7 +116,7 @@ class Zoo:
         t = torch.from_numpy(idx)
         z = Zoo(self.kind, self.arch, {k: v[t] for k, v in self.weights.items()},
                 {k: v[idx] for k, v in self.table.items()}, config=self.config, path=self.path)
-        z._template = self._template
+        z._template, z._levels = self._template, self._settings()  # a subset keeps the zoo's setting columns
         return z
 
     def graphs(self, index=None):
@@ -125,5 +127,53 @@ class Zoo:
 
         if self._template is None:
             self._template = self.model()
-        weights = self.weights if index is None else self.subset(index).weights
-        return to_graph_batch(weights, self._template, self.example_input())
+        zoo = self if index is None else self.subset(index)
+        graph = to_graph_batch(zoo.weights, self._template, self.example_input())
+        return with_settings(graph, self._settings(), {k: zoo.table[k] for k in self._settings()})
+
+    def _settings(self) -> dict[str, list]:
+        """``{column: values}`` of the per-network builder arguments (``arch["per_network"]``): the
+        sorted distinct values of a text column over the *whole* zoo (so that every subset gets
+        the same columns), ``[]`` for a numeric one. A subset keeps the values of the zoo it was taken from."""
+        if self._levels is None:
+            self._levels = {}
+            for col in self.arch.get("per_network", {}).values():
+                v = np.asarray(self.table[col])
+                self._levels[col] = sorted(set(v.tolist())) if v.dtype.kind in "USO" else []
+        return self._levels
+
+
+def with_settings(graph, settings: dict[str, list], table: dict[str, np.ndarray]):
+    """``graph`` with its networks' per-network settings (activation, ...) as node features.
+
+    The graph of a zoo is converted from one template, but the networks of a zoo may compute
+    different functions for the same weights (a CNN zoo samples each run's activation): that
+    must be in the graph, or no model can see it. A text setting ``col`` with values ``settings[col]``
+    becomes one-hot columns ``"col=value"``, a numeric one the column ``col`` with its value, on
+    every hidden neuron (zero elsewhere). The columns hold no parameter: converting the graph
+    back to weights ignores them, and neuron permutations and scalings leave them in place.
+    """
+    if not settings:
+        return graph
+    import dataclasses
+
+    from ..graph import WeightGraph
+
+    lay = graph.layout
+    names, values = [], []
+    for col, levels in settings.items():
+        v = np.asarray(table[col])
+        if levels:
+            names += [f"{col}={x}" for x in levels]
+            values += [torch.from_numpy(v == x) for x in levels]
+        else:
+            names.append(col)
+            values.append(torch.from_numpy(v.astype(np.float64)))
+    clash = [n for n in names if n in lay.node_features]
+    if clash:
+        raise ZooError(f"per-network setting column(s) {clash} clash with the layout's node features")
+    hidden = (lay.node_kind == NODE_KINDS.index("hidden")).to(graph.dtype).to(graph.device)  # (N,)
+    per_net = torch.stack(values, 1).to(device=graph.device, dtype=graph.dtype)  # (B, S)
+    extra = per_net[:, None, :] * hidden[None, :, None]
+    layout = dataclasses.replace(lay, node_features=lay.node_features + tuple(names))
+    return WeightGraph(layout, torch.cat([graph.nodes, extra], dim=-1), list(graph.edges), graph.extras)
