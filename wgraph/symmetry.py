@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import IncompatibleBatchError, WgraphError
-from .layout import FEATURE_SCALING, Layout
+from .layout import FEATURE_SCALING, Layout, feature_power
 
 if TYPE_CHECKING:
     from .graph import WeightGraph
@@ -203,9 +203,9 @@ def _rescale(graph: WeightGraph, sym: Symmetry) -> WeightGraph:
                         f"({p.name}) has no scaling rule"
                     )
     nodes = graph.nodes.clone()
-    for f, name in enumerate(feats):  # a feature that scales with its neuron: s ** FEATURE_SCALING[name]
-        if FEATURE_SCALING.get(name):
-            nodes[..., f] *= s_node ** FEATURE_SCALING[name]
+    for f, name in enumerate(feats):  # a feature that scales with its neuron: s ** power
+        if feature_power(name):
+            nodes[..., f] *= s_node ** feature_power(name)
     edges = []
     for i, (blk, e) in enumerate(zip(layout.blocks, graph.edges)):
         src, dst = layout.block_edge_index(i).to(graph.device)

@@ -31,15 +31,18 @@ from .parts import (
     FEATURE_SCALING,
     FORMAT_VERSION,
     NODE_KINDS,
+    PROBE_PREFIX,
     SCALING_GROUPS,
     EdgeBlock,
     NeuronLayer,
     NeuronSpace,
     ParamSlot,
+    feature_power,
     intersect_scaling,
 )
 
 __all__ = [
     "Layout", "NeuronLayer", "NeuronSpace", "EdgeBlock", "ParamSlot", "check_layout",
-    "NODE_KINDS", "SCALING_GROUPS", "FEATURE_SCALING", "BLOCK_KINDS", "FORMAT_VERSION", "intersect_scaling",
+    "NODE_KINDS", "SCALING_GROUPS", "FEATURE_SCALING", "PROBE_PREFIX", "feature_power", "BLOCK_KINDS",
+    "FORMAT_VERSION", "intersect_scaling",
 ]

@@ -27,6 +27,18 @@ def intersect_scaling(a: str, b: str) -> str:
 #: layer scale (``x * gamma``) are unchanged (0). A feature missing here has no scaling rule: the
 #: spaces of its layers admit permutations only (:meth:`Layout.space_scaling`).
 FEATURE_SCALING = {"bias": 1, "shift": 1, "prelu": 0, "scale": 0}
+#: Node-feature columns that hold no parameter but describe a network: ``probe:k``, a neuron's
+#: value on probe input ``k`` (its pre-activation, so it scales with the neuron, power 1), and
+#: per-network settings such as ``activation=tanh`` (unchanged, power 0).
+PROBE_PREFIX = "probe:"
+
+
+def feature_power(name: str) -> int:
+    """The power of a neuron's scaling factor that node feature ``name`` is multiplied by
+    (:data:`FEATURE_SCALING`; 1 for probe values; 0 for any other column, which does not move)."""
+    if name in FEATURE_SCALING:
+        return FEATURE_SCALING[name]
+    return 1 if name.startswith(PROBE_PREFIX) else 0
 
 BLOCK_KINDS = ("dense", "grouped", "identity", "copy", "shared")
 FORMAT_VERSION = 1

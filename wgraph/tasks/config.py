@@ -60,6 +60,9 @@ class TrainConfig(Config):
     device: str = option("cpu", "cpu or cuda")
     resume: bool = option(False, "continue from OUT/checkpoint.pt if it exists")
     progress: bool = option(True, "the progress bar")
+    probes: int = option(
+        0, "add each neuron's values on this many fixed probe inputs as node features (wgraph.zoo.probes)", minimum=0
+    )
     strict: bool = option(
         False, "refuse a zoo with networks whose weights are NaN or infinite (default: skip them, with a warning)"
     )

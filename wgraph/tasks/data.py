@@ -35,14 +35,15 @@ class TaskData:
             raise TaskError(f"{n} networks but {len(self.targets)} targets and {len(self.groups)} groups")
 
 
-def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False) -> TaskData:
+def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False, probes: int = 0) -> TaskData:
     """The graphs, targets and groups of ``zoo`` (anything with ``table`` and ``graphs()``, e.g.
     :class:`wgraph.zoo.Zoo`) for ``task``; a missing column raises :class:`TaskError` naming it.
 
     Networks whose target is not finite are left out. So are networks with a NaN or infinite
     weight, which no model can learn from (and whose outputs would make the loss or a metric NaN):
     each is named, by its index in ``where`` and the parameters that hold the values, in a warning
-    (``logging``, logger ``wgraph.train``); with ``strict=True`` they are an error instead."""
+    (``logging``, logger ``wgraph.train``); with ``strict=True`` they are an error instead.
+    ``probes``: add probe features (``zoo.graphs(probes=...)``, :mod:`wgraph.zoo.probes`)."""
     table = zoo.table
     for col in (task.target, task.group):
         if col not in table:
@@ -56,7 +57,8 @@ def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False) -> 
     keep = np.isfinite(column.astype(np.float64))
     if not keep.any():
         raise TaskError(f"column {task.target!r} of {where} has no finite value")
-    graphs = zoo.graphs() if keep.all() else zoo.graphs(np.flatnonzero(keep))
+    rows = () if keep.all() else (np.flatnonzero(keep),)
+    graphs = zoo.graphs(*rows, probes=probes) if probes else zoo.graphs(*rows)
     kept = np.flatnonzero(keep)
     bad: dict[int, list[str]] = {}
     for name, rows in graphs.has_nonfinite.items():

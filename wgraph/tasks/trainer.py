@@ -264,7 +264,7 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
             raise TrainError("no zoo: pass --zoo DIR (a zoo written by `wgraph zoo cnn` or `wgraph zoo inr`)")
         from ..zoo import load_zoo
 
-        data = task_data(load_zoo(cfg.zoo), task, where=f"zoo {cfg.zoo}", strict=cfg.strict)
+        data = task_data(load_zoo(cfg.zoo), task, where=f"zoo {cfg.zoo}", strict=cfg.strict, probes=cfg.probes)
     split = split_groups(data.groups, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
     idx = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in split.items()}
     graphs = data.graphs.to(device=device, dtype=torch.float32)

@@ -119,17 +119,27 @@ class Zoo:
         z._template, z._levels = self._template, self._settings()  # a subset keeps the zoo's setting columns
         return z
 
-    def graphs(self, index=None):
+    def graphs(self, index=None, probes: int = 0):
         """The :class:`~wgraph.graph.WeightGraph` of the selected networks (all by default), built
         by :func:`wgraph.to_graph_batch` from the stacked weights (no loop over networks). The
-        layout comes from the template (:meth:`model` without index), converted once per zoo."""
+        layout comes from the template (:meth:`model` without index), converted once per zoo.
+
+        Per-network settings (``arch["per_network"]``) become node features (:func:`with_settings`);
+        ``probes = K`` adds each neuron's values on K fixed probe inputs, node features
+        ``probe:0`` .. ``probe:K-1`` (:mod:`wgraph.zoo.probes`)."""
         from ..convert import to_graph_batch
 
         if self._template is None:
             self._template = self.model()
         zoo = self if index is None else self.subset(index)
         graph = to_graph_batch(zoo.weights, self._template, self.example_input())
-        return with_settings(graph, self._settings(), {k: zoo.table[k] for k in self._settings()})
+        graph = with_settings(graph, self._settings(), {k: zoo.table[k] for k in self._settings()})
+        if probes:
+            from .probes import probe_columns, probe_features, probe_inputs
+
+            values = probe_features(zoo, graph.layout, probe_inputs(self, probes))
+            graph = with_columns(graph, probe_columns(probes), values)
+        return graph
 
     def _settings(self) -> dict[str, list]:
         """``{column: values}`` of the per-network builder arguments (``arch["per_network"]``): the
@@ -155,10 +165,6 @@ def with_settings(graph, settings: dict[str, list], table: dict[str, np.ndarray]
     """
     if not settings:
         return graph
-    import dataclasses
-
-    from ..graph import WeightGraph
-
     lay = graph.layout
     names, values = [], []
     for col, levels in settings.items():
@@ -169,11 +175,22 @@ def with_settings(graph, settings: dict[str, list], table: dict[str, np.ndarray]
         else:
             names.append(col)
             values.append(torch.from_numpy(v.astype(np.float64)))
+    hidden = (lay.node_kind == NODE_KINDS.index("hidden")).to(torch.float64)  # (N,)
+    per_net = torch.stack(values, 1).to(torch.float64)  # (B, S)
+    return with_columns(graph, tuple(names), per_net[:, None, :] * hidden[None, :, None])
+
+
+def with_columns(graph, names: tuple[str, ...], values: torch.Tensor):
+    """``graph`` with node-feature columns ``names`` appended, values ``(B, N, len(names))``
+    (columns that hold no parameter: the layout gains their names, its parameters are unchanged)."""
+    import dataclasses
+
+    from ..graph import WeightGraph
+
+    lay = graph.layout
     clash = [n for n in names if n in lay.node_features]
     if clash:
-        raise ZooError(f"per-network setting column(s) {clash} clash with the layout's node features")
-    hidden = (lay.node_kind == NODE_KINDS.index("hidden")).to(graph.dtype).to(graph.device)  # (N,)
-    per_net = torch.stack(values, 1).to(device=graph.device, dtype=graph.dtype)  # (B, S)
-    extra = per_net[:, None, :] * hidden[None, :, None]
+        raise ZooError(f"node-feature column(s) {clash} are already in the graph's layout")
     layout = dataclasses.replace(lay, node_features=lay.node_features + tuple(names))
+    extra = values.to(device=graph.device, dtype=graph.dtype)
     return WeightGraph(layout, torch.cat([graph.nodes, extra], dim=-1), list(graph.edges), graph.extras)
