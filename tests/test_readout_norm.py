@@ -28,7 +28,7 @@ def build(g, norm: str, **kw) -> GraphNFN:
     return model
 
 
-@pytest.mark.parametrize("norm", ["batch", "center"])
+@pytest.mark.parametrize("norm", ["batch", "zoo", "center"])
 def test_refreshed_statistics_are_the_zoos(norm):
     g = zoo_graph()
     model = build(g, norm)
@@ -36,7 +36,7 @@ def test_refreshed_statistics_are_the_zoos(norm):
     model.eval()
     z = model.pooled(g)
     normalized = model.head.normalize(z)
-    if norm == "batch":  # each feature standardized over the zoo (affine starts at identity)
+    if norm != "center":  # each feature standardized over the zoo (affine starts at identity)
         torch.testing.assert_close(normalized.mean(0), torch.zeros_like(normalized[0]), atol=1e-10, rtol=0)
         var = z.var(0, unbiased=False)
         torch.testing.assert_close(normalized.var(0, unbiased=False), var / (var + model.head.norm.eps))
@@ -62,7 +62,7 @@ def test_raw_pooled_features_barely_differ_between_networks():
     assert spread(model_bn(g)) > 2 * spread(model(g))
 
 
-@pytest.mark.parametrize("norm", ["none", "batch", "center"])
+@pytest.mark.parametrize("norm", ["none", "batch", "zoo", "center"])
 def test_normalized_readout_is_invariant(norm):
     g = zoo_graph(batch=4)
     model = build(g, norm)
@@ -138,3 +138,12 @@ def test_one_network_in_training_mode_uses_the_stored_statistics(norm):
     model.refresh_statistics(g)
     expected = model.eval()(g[1])
     torch.testing.assert_close(model.train()(g[1]), expected)
+
+
+def test_zoo_statistics_are_used_while_training_too():
+    """norm = "zoo": a network's output does not depend on the other networks of its batch."""
+    g = zoo_graph(batch=6)
+    model = build(g, "zoo")
+    model.refresh_statistics(g)
+    torch.testing.assert_close(model.train()(g)[:2], model(g[0:2]))
+    torch.testing.assert_close(model.train()(g), model.eval()(g))

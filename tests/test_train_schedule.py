@@ -172,7 +172,8 @@ def test_refresh_before_every_validation_and_dead_units_on_training_networks(tmp
     kinds = [c[0] if c[0] != "forward" else ("train" if c[2] else f"eval{c[1]}") for c in calls]
     epoch = ["train"] * 3 + ["refresh", f"eval{n_val}", "dead"]
     final = ["refresh"] if select == "last" else []  # a snapshot (best-val) already holds its refresh
-    assert kinds == epoch * 3 + final + [f"eval{n_train}", f"eval{n_val}", f"eval{len(split['test'])}"]
+    fitted = ["refresh"]  # when the model is fitted to the training zoo, before the first step
+    assert kinds == fitted + epoch * 3 + final + [f"eval{n_train}", f"eval{n_val}", f"eval{len(split['test'])}"]
     for kind, arg, training, grad in calls:
         assert (training, grad) == ((True, True) if kind == "forward" and training else (False, False)), kind
         if kind == "refresh":  # all the training networks
@@ -182,7 +183,7 @@ def test_refresh_before_every_validation_and_dead_units_on_training_networks(tmp
     assert [h["dead_units"] for h in r["history"]] == [0.0] * 3
     # The tested model holds the refresh made before its validation (best-val: that of its epoch)
     refreshes = int(load_file(tmp_path / "run" / "model.safetensors")["refreshes"])
-    assert refreshes == (r["selected_step"] // 3 if select == "best-val" else 4)
+    assert refreshes == 1 + (r["selected_step"] // 3 if select == "best-val" else 4)
     assert r["timings"]["eval_s"] > 0
 
 

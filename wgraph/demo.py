@@ -26,6 +26,8 @@ FULL = {
     "runs": 150, "checkpoints": 4, "epochs": 8, "train_epochs": 30,
     "profile_arch": "mlp:784,256,256,10", "profile_batch": 8, "profile_widths": (16, 32),
 }
+#: The training settings of benchmarks/train_zoo.py (docs/results.md): warm-up, cosine decay, clipping.
+TRAINING = {"warmup": 0.05, "schedule": "cosine", "clip_grad": 1.0}
 QUICK = {
     "runs": 6, "checkpoints": 2, "epochs": 2, "train_epochs": 2,
     "profile_arch": "mlp:12,8,8,3", "profile_batch": 2, "profile_widths": (4, 8),
@@ -80,7 +82,8 @@ def learn(out: Path, p: dict) -> dict[str, float]:
         run = out / f"train-{preset}"
         resume = (run / "checkpoint.pt").exists()
         cfg = TrainConfig(
-            "generalization", preset, zoo=str(zoo_dir), out=str(run), epochs=p["train_epochs"], resume=resume
+            "generalization", preset, zoo=str(zoo_dir), out=str(run), epochs=p["train_epochs"], resume=resume,
+            **TRAINING,
         )
         res = train(cfg)
         taus[preset] = res["metrics"]["test"]["kendall_tau"]

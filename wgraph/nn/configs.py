@@ -44,7 +44,8 @@ class ReadoutConfig(Config):
     hidden: int = option(64, "width of the readout MLP", minimum=1)
     norm: str = option(
         "none", "normalize the pooled features across networks: 'batch' (standardize each, with the training "
-        "zoo's statistics at evaluation), 'center' (subtract the zoo mean, one scalar scale) or 'none'",
+        "zoo's statistics at evaluation), 'zoo' (always with the training zoo's statistics), 'center' (subtract "
+        "the zoo mean, one scalar scale) or 'none'",
         choices=READOUT_NORMS,
     )
 

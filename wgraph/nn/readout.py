@@ -24,9 +24,11 @@ batch's statistics while training, and with :math:`(\mu, \sigma^2)` of the whole
 at evaluation, recomputed by :meth:`InvariantReadout.set_statistics` (the trainer calls
 ``model.refresh_statistics`` before every evaluation; running averages would lag behind the
 shared part of :math:`z`, which drifts between steps by more than the differences between
-networks). ``norm = "center"`` subtracts :math:`\mu` and divides by one scalar, the root mean
-square of :math:`\sigma` over features, so that features keep their relative scale (weight
-scale is informative when predicting generalization). Both statistics are buffers, saved in the
+networks). ``norm = "zoo"`` is the same map, but always with the training zoo's statistics
+(recomputed when the model is fitted and before every evaluation): while training too, so that
+a network's features do not depend on the other networks of its batch. ``norm = "center"``
+subtracts :math:`\mu` and divides by one scalar, the root mean square of :math:`\sigma` over
+features, so that features keep their relative scale. The statistics are buffers, saved in the
 ``state_dict``. A batch of one network in training mode has no spread of its own: it is
 normalized with the stored statistics.
 
@@ -59,7 +61,7 @@ from .encoders import EdgeInput, kernel_key
 
 POOLS = ("mean", "max", "sum")
 #: Normalizations of the pooled features across networks (see the module docstring).
-READOUT_NORMS = ("none", "batch", "center")
+READOUT_NORMS = ("none", "batch", "zoo", "center")
 
 
 class ReadoutError(WgraphError):
@@ -99,8 +101,8 @@ class InvariantReadout(nn.Module):
         if norm not in READOUT_NORMS:
             raise ReadoutError(f"readout norm must be one of {list(READOUT_NORMS)}, got {norm!r}")
         dim = hidden * len(pool) * (len(NODE_KINDS) + self.n_layers) + hidden * self.n_out
-        self.norm = nn.BatchNorm1d(dim, affine=norm == "batch") if norm != "none" else None
-        self.center_only = norm == "center"
+        self.norm = nn.BatchNorm1d(dim, affine=norm != "center") if norm != "none" else None
+        self.center_only, self.zoo_stats = norm == "center", norm == "zoo"
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), _Act(act), nn.Linear(mlp_hidden, out_dim))
 
     @staticmethod
@@ -120,7 +122,7 @@ class InvariantReadout(nn.Module):
         """The pooled features ``z`` ``(B, D)`` normalized across networks (``norm``; identity for "none")."""
         if self.norm is None:
             return z
-        batch_stats = self.training and z.shape[0] > 1  # a single network has no spread: stored statistics
+        batch_stats = self.training and z.shape[0] > 1 and not self.zoo_stats  # one network has no spread
         if not self.center_only:
             return self.norm(z) if batch_stats or not self.training else self._stored(z)
         if batch_stats:  # the batch's statistics, as BatchNorm uses them while training

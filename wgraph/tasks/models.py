@@ -9,6 +9,7 @@ StatNN standardize their own inputs. :func:`fit_normalization` fits whichever th
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..graph import WeightGraph
@@ -40,7 +41,15 @@ def build_model(preset: str, layout, out_dim: int) -> nn.Module:
     return model
 
 
-def fit_normalization(model: nn.Module, graphs: WeightGraph) -> None:
-    """Fit the model's input statistics on the training graphs, if it has any."""
+def fit_normalization(model: nn.Module, graphs: WeightGraph, batch_size: int = 256) -> None:
+    """Fit the model's input statistics on the training graphs, if it has any, then the statistics
+    that depend on the model's own features (``refresh_statistics``: the graph NFN's readout
+    normalization), which the trainer refreshes again before every evaluation."""
     if hasattr(model, "fit_normalization") and getattr(model, "normalization", True) is not None:
         model.fit_normalization(graphs)
+    if hasattr(model, "refresh_statistics"):  # as the trainer calls it: eval mode, no gradients
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            model.refresh_statistics(graphs, batch_size)
+        model.train(was)

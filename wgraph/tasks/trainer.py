@@ -277,8 +277,8 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
 
     model = build_model(cfg.model, graphs.layout, task.out_dim)
-    fit_normalization(model, graphs[idx["train"]])
     model.to(device)
+    fit_normalization(model, graphs[idx["train"]], cfg.eval_batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.schedule))
     step, history, best, train_s, epoch_loss, epoch_grad = 0, [], None, 0.0, [0.0, 0], [0.0, 0]
