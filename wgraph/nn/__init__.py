@@ -7,6 +7,9 @@ Parameter-sharing NFNs on a :class:`WeightSpace` view of chain networks: :class:
 :class:`HNPLinear` (Zhou et al.), :class:`MonomialLinear`, :class:`MAGEP`, their pools, and
 :class:`ParamSharingNFN` (presets ``np``, ``hnp``, ``monomial``, ``magep``).
 
+Transformer-NFN on the encoder blocks of a transformer (:class:`TransformerSpace`): :class:`TransformerNFN`
+(preset ``transformer-nfn``).
+
 Baseline: :class:`StatNN`, an MLP on per-tensor weight statistics (preset ``statnn``).
 
 Every model type answers ``Model.supports(layout)`` with a :class:`Support` (can it read that layout,
@@ -46,6 +49,8 @@ from .presets import (
 from .ps_models import ParamSharingNFN
 from .readout import InvariantReadout, ParameterHead, ReadoutError
 from .statnn import StatNN
+from .transformer_nfn import TransformerInvariant, TransformerLinear, TransformerNFN, TransformerNFNConfig
+from .transformer_space import TransformerError, TransformerSpace, TransformerSpec
 from .weight_space import ChainSpec, WeightSpace, WeightSpaceError, random_graph
 
 __all__ = [
@@ -63,6 +68,9 @@ __all__ = [
     "WeightSpace", "ChainSpec", "random_graph", "NPLinear", "HNPLinear", "NPPool", "HNPPool", "LearnedPosEmbedding",
     "IOSinusoidalEncoding", "TupleOp", "MonomialLinear", "MonomialPool", "activation_for", "MAGEP",
     "ParamSharingNFN",
+    # Transformer-NFN
+    "TransformerNFN", "TransformerNFNConfig", "TransformerLinear", "TransformerInvariant", "TransformerSpace",
+    "TransformerSpec", "TransformerError",
     # baseline, capability
     "StatNN", "Support",
 ]

@@ -6,7 +6,8 @@ preset can describe: per type, its configuration class (:mod:`wgraph.nn.configs`
 may hold, with their defaults and rules) and the function that builds the model. ``gnn`` builds a
 :class:`~wgraph.nn.GraphNFN` (keys of :class:`~wgraph.nn.GNNConfig`, with a ``[readout]`` table),
 ``np``, ``hnp``, ``magep`` and ``monomial`` a :class:`~wgraph.nn.ParamSharingNFN`, ``statnn`` the
-weight-statistics baseline :class:`~wgraph.nn.StatNN`. Unknown keys and unknown types are errors
+weight-statistics baseline :class:`~wgraph.nn.StatNN`, ``transformer-nfn`` a
+:class:`~wgraph.nn.transformer_nfn.TransformerNFN`. Unknown keys and unknown types are errors
 that name them.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError
 from .configs import GNNConfig, HNPConfig, MAGEPConfig, MonomialConfig, NPConfig, StatNNConfig
+from .transformer_nfn import TransformerNFNConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,6 +64,7 @@ PRESET_TYPES: dict[str, PresetType] = {
     "monomial": PresetType(MonomialConfig, "wgraph.nn.ps_models:from_config"),
     "magep": PresetType(MAGEPConfig, "wgraph.nn.ps_models:from_config"),
     "statnn": PresetType(StatNNConfig, "wgraph.nn.statnn:from_config"),
+    "transformer-nfn": PresetType(TransformerNFNConfig, "wgraph.nn.transformer_nfn:from_config"),
 }
 
 
