@@ -201,3 +201,21 @@ def test_canonicalization_preserves_the_function_and_makes_the_graph_nfn_gl_inva
     torch.testing.assert_close(gnn(canonicalize_attention(g2)), gnn(c), rtol=0, atol=1e-6)
     with pytest.raises(AttentionError, match="biases"):
         canonicalize_attention(wgraph.to_graph(MHABlock(), torch.randn(2, 5, 8)))
+
+
+# ----------------------------------------------------------------------------- the zoo
+def test_transformer_zoo_generates_resumes_and_feeds_the_nfn(tmp_path):
+    from wgraph.zoo.transformer import generate_transformer_zoo
+
+    settings = dict(runs=2, checkpoints=2, epochs=2, shard_size=1, dim=8, residual=True, progress=False)
+    zoo = generate_transformer_zoo(tmp_path / "zoo", **settings)
+    assert len(zoo) == 4 and set(zoo.table["checkpoint"]) == {0, 1}
+    assert ((zoo.table["test_acc"] >= 0) & (zoo.table["test_acc"] <= 1)).all() and zoo.table["test_acc"].max() > 0.2
+    again = generate_transformer_zoo(tmp_path / "zoo", **settings)  # complete: nothing retrained
+    assert all(torch.equal(again.weights[k], v) for k, v in zoo.weights.items())
+    g = zoo.graphs()
+    assert all(torch.equal(g.to_state_dict(3)[k], v) for k, v in zoo.network(3).state_dict().items())
+    g = g.to(torch.float64)
+    nfn = from_preset("transformer-nfn", g, layers=1, hidden=4).double()
+    nfn.fit_normalization(g)
+    assert nfn(g).shape == (4, 1) and torch.isfinite(nfn(g)).all()
