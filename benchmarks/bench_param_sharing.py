@@ -1,4 +1,4 @@
-"""wgraph's NP / HNP layers against nfn's: forward+backward time and peak memory, one run.
+"""wgraph's NP / HNP layers against nfn's, and the MAGEP layers: forward+backward time and peak memory, one run.
 
 Each measurement (case x implementation x layer) is a :mod:`wgraph.profile` configuration at layer
 scope, run in its own subprocess: one ``width -> width`` channel layer on a random weight-space input
@@ -11,7 +11,11 @@ Cases (the fused message-passing issue's):
   a: batch 8 of 784-256-256-10 MLPs, width 32
   b: batch 64 of Small-CNN-Zoo CNNs (wgraph.zoo.small_cnn), width 64
   c: batch 512 of 2-32-32-1 SIRENs, width 64
-  a8: case a's networks with HNP at width 8 (HNP's first layer has (784 x width)^2 parameters)
+  a8: case a's networks with HNP and MAGEP-paper at width 8 (their first layers have about 2 or 3
+      (784 x width)^2 parameters)
+
+Layers: ``np`` and ``hnp`` against nfn's; ``magep`` (wgraph's variant) and ``magep-paper`` (the published
+MAGEP-NFN layer, on the kernel-free chain) have no counterpart in nfn and are measured alone.
 
 A measurement whose estimated peak exceeds ``--mem-cap-gb`` is not started and is recorded as
 skipped with the estimate; one that runs past ``--timeout`` seconds is killed and recorded as such.
@@ -36,22 +40,26 @@ from wgraph.profile import Config, profile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
+ALL = ("np", "hnp", "magep", "magep-paper")
+NFN_LAYERS = ("np", "hnp")  # the layers nfn also has
 # name: (description, arch spec, batch, width, layers)
 CASES = {
-    "a": ("8 x MLP 784-256-256-10, width 32", "mlp:784,256,256,10", 8, 32, ("np", "hnp")),
-    "b": ("64 x Small-CNN-Zoo CNN, width 64", "cnn:16", 64, 64, ("np", "hnp")),
-    "c": ("512 x SIREN 2-32-32-1, width 64", "siren:2,32,32,1", 512, 64, ("np", "hnp")),
-    "a8": ("8 x MLP 784-256-256-10, width 8", "mlp:784,256,256,10", 8, 8, ("hnp",)),
+    "a": ("8 x MLP 784-256-256-10, width 32", "mlp:784,256,256,10", 8, 32, ALL),
+    "b": ("64 x Small-CNN-Zoo CNN, width 64", "cnn:16", 64, 64, ALL),
+    "c": ("512 x SIREN 2-32-32-1, width 64", "siren:2,32,32,1", 512, 64, ALL),
+    "a8": ("8 x MLP 784-256-256-10, width 8", "mlp:784,256,256,10", 8, 8, ("hnp", "magep-paper")),
 }
 QUICK = {
-    "a": ("4 x MLP 64-32-32-10, width 8", "mlp:64,32,32,10", 4, 8, ("np", "hnp")),
-    "b": ("8 x Small-CNN-Zoo CNN (8 channels), width 8", "cnn:8", 8, 8, ("np", "hnp")),
-    "c": ("64 x SIREN 2-32-32-1, width 16", "siren:2,32,32,1", 64, 16, ("np", "hnp")),
-    "a8": ("4 x MLP 64-32-32-10, width 4", "mlp:64,32,32,10", 4, 4, ("hnp",)),
+    "a": ("4 x MLP 64-32-32-10, width 8", "mlp:64,32,32,10", 4, 8, ALL),
+    "b": ("8 x Small-CNN-Zoo CNN (8 channels), width 8", "cnn:8", 8, 8, ALL),
+    "c": ("64 x SIREN 2-32-32-1, width 16", "siren:2,32,32,1", 64, 16, ALL),
+    "a8": ("4 x MLP 64-32-32-10, width 4", "mlp:64,32,32,10", 4, 4, ("hnp", "magep-paper")),
 }
 
 
 def _fmt(r: dict, key: str) -> str:
+    if not r:  # not measured (nfn has no MAGEP layer)
+        return "-"
     if r.get("status") != "ok":
         return r.get("status", "") if key == "time_s" else "-"
     return f"{r['time_s']:.3g} s" if key == "time_s" else f"{r['step_mb']:.0f} / {r['total_mb']:.0f} MB"
@@ -62,7 +70,7 @@ def write(records: list[dict], quick: bool, meta: dict) -> None:
     stem = "param_sharing_quick" if quick else "param_sharing"
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
     lines = [
-        f"# bench_param_sharing{' (--quick)' if quick else ''}: NP / HNP layers, wgraph vs nfn",
+        f"# bench_param_sharing{' (--quick)' if quick else ''}: NP / HNP layers, wgraph vs nfn; MAGEP layers",
         "",
         f"{meta['machine']}, torch {meta['torch']}, nfn {meta['nfn']}. One `width -> width` layer, forward + "
         "backward from fixed random output gradients; time: best of at least 3 steps after a warm-up; memory: the "
@@ -91,6 +99,9 @@ def write(records: list[dict], quick: bool, meta: dict) -> None:
         "HNP's first layer mixes all `n_0 x width` entries of a row of W_0, so it has about "
         "`2 (n_0 width)^2` parameters (1.3 billion for case a): that cost is in the HNP equations, not in "
         "either implementation; case a8 measures HNP on case a's networks at width 8.",
+        "MAGEP is wgraph's variant; MAGEP-PAPER the published MAGEP-NFN layer (HNPSMixerLinear: three "
+        "`width^2 n_0^2` first-layer terms, so about `3 (n_0 width)^2` parameters), on the kernel-free chain "
+        "(CNN kernels summed, as the published model's input layer does); nfn has neither (no nfn columns).",
         "",
         f"Reproduce: `python benchmarks/bench_param_sharing.py{' --quick' if quick else ''}`",
     ]
@@ -114,7 +125,7 @@ def main() -> None:
         for name in args.cases.split(",")
         for desc, arch, batch, width, layers in [table[name]]
         for layer in layers
-        for impl in ("", "nfn-")
+        for impl in (("", "nfn-") if layer in NFN_LAYERS else ("",))
     ]
     records = profile(configs, timeout=args.timeout, mem_cap_gb=args.mem_cap_gb)
     meta = {

@@ -131,9 +131,20 @@ class MonomialConfig(ParamSharingConfig):
 
 @dataclass
 class MAGEPConfig(MonomialConfig):
-    """``type = "magep"``: MAGEP layers (monomial terms and polynomial products), as ``monomial``."""
+    """``type = "magep"``: MAGEP layers (monomial terms and polynomial products), as ``monomial``.
 
-    poly_scale: float = option(0.1, "initial scale of the polynomial terms")
+    ``variant = "paper"`` is the published MAGEP-NFN model (``HNPSMixer_Inv``): a Monomial input
+    layer with input / output mixing (kernels summed), ``layers - 1`` :class:`~wgraph.nn.magep.MAGEPPaper`
+    layers, the invariant :class:`~wgraph.nn.magep.MAGEPInvariant` layer and a two-hidden-layer MLP head;
+    it does not read ``io_mixing``, ``log_pool`` or ``poly_scale``.
+    """
+
+    poly_scale: float = option(0.1, "initial scale of the polynomial terms (variant 'wgraph')")
+    variant: str = option(
+        "wgraph", "'wgraph': wgraph's own MAGEP layer and product-chain pool; 'paper': the published "
+        "layers (HNPSMixerLinear / HNPSMixerInv of MAGEP-NFN)",
+        choices=("wgraph", "paper"),
+    )
 
 
 # ----------------------------------------------------------------------------- baseline

@@ -5,7 +5,9 @@
 * ``"np"``: ``layers`` x (NPLinear, act) -> NPPool -> MLP head (first layer with ``io_embed``)
 * ``"hnp"``: [IOSinusoidalEncoding] -> ``layers`` x (HNPLinear, act) -> HNPPool -> MLP head
 * ``"monomial"``: ``layers`` x (MonomialLinear, act) -> MonomialPool -> MLP head
-* ``"magep"``: ``layers`` x (MAGEP, act) -> MonomialPool -> MLP head
+* ``"magep"``: ``layers`` x (MAGEP, act) -> MonomialPool -> MLP head; with ``variant = "paper"`` the
+  published MAGEP-NFN model (``HNPSMixer_Inv``): (MonomialLinear with input / output mixing, kernels
+  summed, act) -> ``layers - 1`` x (MAGEPPaper, act) -> MAGEPInvariant -> MLP head of two hidden layers
 
 A model maps a WeightGraph (or a one-channel WeightSpace) of a chain architecture to ``(B, out_dim)``,
 invariant under hidden-neuron permutations (and, for ``monomial`` / ``magep``, under the scalings
@@ -34,7 +36,7 @@ from .configs import (
     PSConfigError,
 )
 from .layouts import model_layout
-from .magep import MAGEP
+from .magep import MAGEP, KernelSum, MAGEPInvariant, MAGEPPaper
 from .monomial import MonomialLinear, MonomialPool, activation_for
 from .np_layers import HNPLinear, HNPPool, IOSinusoidalEncoding, NPLinear, NPPool, TupleOp
 from .presets import PRESET_TYPES, typed_config
@@ -58,6 +60,10 @@ def _layer(cfg: ParamSharingConfig, spec: ChainSpec, c_in: int, first: bool) -> 
     """One NF-layer of the stack ``cfg`` describes, ``c_in -> cfg.hidden`` channels."""
     if isinstance(cfg, NPConfig):
         return NPLinear(spec, c_in, cfg.hidden, io_embed=cfg.io_embed and first)
+    if _paper(cfg):
+        if first:  # the official HNPSLinear: io-mixing monomial layer onto the kernel-free chain
+            return nn.Sequential(MonomialLinear(spec, c_in, cfg.hidden, io_mixing=True), KernelSum())
+        return MAGEPPaper(spec, c_in, cfg.hidden)
     if isinstance(cfg, MAGEPConfig):
         return MAGEP(spec, c_in, cfg.hidden, io_mixing=cfg.io_mixing, poly_scale=cfg.poly_scale)
     if isinstance(cfg, MonomialConfig):
@@ -65,7 +71,14 @@ def _layer(cfg: ParamSharingConfig, spec: ChainSpec, c_in: int, first: bool) -> 
     return HNPLinear(spec, c_in, cfg.hidden)
 
 
+def _paper(cfg: ParamSharingConfig) -> bool:
+    """Whether ``cfg`` is the published MAGEP-NFN model (``type = "magep"``, ``variant = "paper"``)."""
+    return isinstance(cfg, MAGEPConfig) and cfg.variant == "paper"
+
+
 def _pool(cfg: ParamSharingConfig, spec: ChainSpec) -> nn.Module:
+    if _paper(cfg):
+        return MAGEPInvariant(spec, cfg.hidden, cfg.hidden)
     if isinstance(cfg, NPConfig):
         return NPPool(spec)
     if isinstance(cfg, MonomialConfig):
@@ -101,11 +114,9 @@ class ParamSharingNFN(nn.Module):
             _layer(cfg, spec, c_in if i == 0 else cfg.hidden, first=i == 0) for i in range(cfg.layers)
         )
         self.pool = _pool(cfg, spec)
-        self.head = nn.Sequential(
-            nn.Linear(cfg.hidden * self.pool.out_features, cfg.head_hidden),
-            nn.ReLU(),
-            nn.Linear(cfg.head_hidden, cfg.out_dim),
-        )
+        widths = [cfg.hidden * self.pool.out_features] + [cfg.head_hidden] * (2 if _paper(cfg) else 1)
+        head = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+        self.head = nn.Sequential(*head, nn.Linear(cfg.head_hidden, cfg.out_dim))
 
     @classmethod
     def supports(cls, layout: Layout) -> Support:

@@ -5,7 +5,7 @@ state size), a *method* and a *scope*:
 
 * methods: ``gnn-<backend>`` (the graph NFN with message passing through that
   :mod:`wgraph.kernels` backend: ``reference``, ``fused``, ``pyg``, ``scatter``, ``triton``), the
-  parameter-sharing layers ``np``, ``hnp``, ``monomial``, ``magep`` (:mod:`wgraph.nn`), and ``nfn``'s
+  parameter-sharing layers ``np``, ``hnp``, ``monomial``, ``magep``, ``magep-paper`` (:mod:`wgraph.nn`), and ``nfn``'s
   ``nfn-np`` / ``nfn-hnp`` when that package is installed;
 * scope ``layer``: one ``C -> C`` layer, forward, and backward from fixed random gradients of its
   outputs, on node states ``(B, N, C)`` (graph NFN; the edge inputs are the raw weights, re-lifted

@@ -4,8 +4,9 @@ A method belongs to one *family*, which decides how its layer and model are buil
 
 * ``gnn``: ``gnn-<backend>``, the graph NFN (:class:`~wgraph.nn.GraphNFN`) with message passing
   through that :mod:`wgraph.kernels` backend;
-* ``ps``: the parameter-sharing layers ``np``, ``hnp``, ``monomial``, ``magep``
-  (:class:`~wgraph.nn.ParamSharingNFN` and its layers);
+* ``ps``: the parameter-sharing layers ``np``, ``hnp``, ``monomial``, ``magep`` (wgraph's MAGEP variant) and
+  ``magep-paper`` (the published MAGEP-NFN layer, :class:`~wgraph.nn.magep.MAGEPPaper`, on the kernel-free
+  chain; its model is the ``magep-paper`` preset) (:class:`~wgraph.nn.ParamSharingNFN` and its layers);
 * ``nfn``: ``nfn``'s ``nfn-np`` / ``nfn-hnp`` layers, on the same weight space as ``np`` / ``hnp``.
 
 Whether a method can read an architecture is its model class's answer (``supports(layout)``);
@@ -20,7 +21,7 @@ import importlib.util
 from .config import SCOPES, Config, ProfileError
 
 GNN_BACKENDS = ("reference", "fused", "pyg", "scatter", "triton")
-PS_METHODS = ("np", "hnp", "monomial", "magep")
+PS_METHODS = ("np", "hnp", "monomial", "magep", "magep-paper")
 NFN_METHODS = ("nfn-np", "nfn-hnp")
 METHODS = (*(f"gnn-{b}" for b in GNN_BACKENDS), *PS_METHODS, *NFN_METHODS)
 NFN_INSTALLED = importlib.util.find_spec("nfn") is not None
@@ -87,7 +88,8 @@ def estimate_gb(cfg: Config, layout) -> float:
     * graph NFN: :math:`4 L (8 B E C A + 16 B N C)`, the first term only for the materializing
       backends (four message tensors per direction); fused backends keep only node states;
     * parameter-sharing layers: :math:`4 L (f \cdot \mathrm{params} + 6 B C P)`, the layer's
-      parameters with their gradients (:math:`f = 2`, or 3 for nfn's concatenations) plus six
+      parameters (the measured layer's count; for nfn's, the wgraph layer with the same math) with their
+      gradients (:math:`f = 2`, or 3 for nfn's concatenations) plus six
       :math:`B \times C \times P` tensors per layer.
     """
     from ..nn.weight_space import ChainSpec
@@ -102,12 +104,9 @@ def estimate_gb(cfg: Config, layout) -> float:
         return 4 * L * (per_layer + nodes) / 1e9
     import torch
 
-    from ..nn.np_layers import HNPLinear, NPLinear
-
     spec = ChainSpec.from_layout(layout)
-    cls = HNPLinear if cfg.method.endswith("hnp") else NPLinear
     with torch.device("meta"):
-        params = sum(p.numel() for p in cls(spec, C, C).parameters())
+        params = sum(p.numel() for p in _ps_layer(cfg.method.removeprefix("nfn-"), spec, C).parameters())
     factor = 3 if family(cfg.method) == "nfn" else 2
     return 4 * L * (factor * params + 6 * B * C * network_size(layout)) / 1e9
 
@@ -189,6 +188,10 @@ def _weight_space_layer_step(cfg: Config, graph):
 
     dev, B, C, grads = torch.device(cfg.device), cfg.batch, cfg.width, []
     spec = ChainSpec.from_layout(graph.layout)
+    if cfg.method == "magep-paper":  # the published layer reads the kernel-free chain
+        from ..nn.magep import kernel_free
+
+        spec = kernel_free(spec)
     ws = [torch.randn(B, C, *spec.weight_shape(i), device=dev, requires_grad=True) for i in range(spec.num_layers)]
     bs = [torch.randn(B, C, n, device=dev, requires_grad=True) for n in spec.sizes[1:]]
     x = WeightSpace(ws, bs, spec)
@@ -201,13 +204,19 @@ def _weight_space_layer_step(cfg: Config, graph):
         layer = cls(wnfn.network_spec(graph.layout), C, C).to(dev)
         x = wnfn.to_wsfeat(x)
     else:
-        from ..nn import MAGEP, HNPLinear, MonomialLinear, NPLinear
-
-        cls = {"np": NPLinear, "hnp": HNPLinear, "monomial": MonomialLinear, "magep": MAGEP}[cfg.method]
-        layer = cls(spec, C, C).to(dev)
+        layer = _ps_layer(cfg.method, spec, C).to(dev)
 
     def step():
         out = layer(x)
         _backward([*out.weights, *out.biases], grads)
 
     return step, [*ws, *bs, *layer.parameters()]
+
+
+def _ps_layer(method: str, spec, C: int):
+    """The ``C -> C`` parameter-sharing layer that ``method`` measures, for chain ``spec``."""
+    from ..nn import MAGEP, HNPLinear, MonomialLinear, NPLinear
+    from ..nn.magep import MAGEPPaper
+
+    cls = {"np": NPLinear, "hnp": HNPLinear, "monomial": MonomialLinear, "magep": MAGEP, "magep-paper": MAGEPPaper}
+    return cls[method](spec, C, C)
