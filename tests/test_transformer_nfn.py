@@ -194,10 +194,10 @@ def test_canonicalization_preserves_the_function_and_makes_the_graph_nfn_gl_inva
     assert (c.edges[2] - g.edges[2]).abs().max() > 1e-2
     torch.testing.assert_close(wgraph.load_into(copy.deepcopy(models[0]), c)(x), models[0](x), rtol=0, atol=1e-10)
     torch.manual_seed(0)
-    gnn = from_preset("gnn", g, hidden=16, layers=2).double()
+    gnn = from_preset("gnn", g, hidden=16, layers=2).double().eval()  # eval: its readout does not mix the networks
     sym = random_attention_symmetry(g, 3)
     g2 = sym.apply(g)
-    assert (gnn(g2) - gnn(g)).abs().max() > 1e-3  # raw weights: the graph NFN is not GL-invariant
+    assert (gnn(g2) - gnn(g)).abs().max() > 1e-4  # raw weights: not GL-invariant (100x the tolerance below)
     torch.testing.assert_close(gnn(canonicalize_attention(g2)), gnn(c), rtol=0, atol=1e-6)
     with pytest.raises(AttentionError, match="biases"):
         canonicalize_attention(wgraph.to_graph(MHABlock(), torch.randn(2, 5, 8)))

@@ -79,6 +79,9 @@ def register(sub) -> None:
     from .importers import register_import  # light: the importers' heavy imports happen when they run
 
     register_import(kinds)
+    from .transformer import register_transformer
+
+    register_transformer(kinds)
     c = kinds.add_parser("cnn", help="small CNNs trained on digits or MNIST with sampled hyperparameters")
     c.add_argument("out", help="output directory")
     cnn_help = {
