@@ -136,7 +136,8 @@ def test_train_options_keep_their_flags_and_defaults():
         "task": "generalization", "model": "gnn", "zoo": "z", "out": "runs/train", "seed": 0, "split_seed": 0,
         "epochs": None, "steps": None, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "val_fraction": 0.1,
         "test_fraction": 0.1, "select": "best-val", "checkpoint_every": 100, "eval_batch_size": 256, "device": "cpu",
-        "resume": False, "progress": True, "strict": False,
+        "resume": False, "progress": True, "strict": False, "warmup": 0.0, "schedule": "constant", "clip_grad": None,
+        "probes": 0,
     }
     assert got == want
     flags = ["--no-progress", "--resume", "--select", "last", "--split-seed", "3", "--batch-size", "4", "--lr", "0.5"]
@@ -152,10 +153,10 @@ def test_train_options_keep_their_flags_and_defaults():
 def test_zoo_options_keep_their_flags_and_defaults():
     got = _parsed("zoo", "cnn", "out")
     assert got == {"out": "out", "runs": 250, "checkpoints": 4, "epochs": 20, "seed": 0, "shard_size": 50,
-                   "threads": 1, "quiet": False}
+                   "threads": 1, "quiet": False, "dataset": "digits"}
     got = _parsed("zoo", "inr", "out")
     assert got == {"out": "out", "images": None, "steps": 300, "seed": 0, "init": "shared", "shard_size": 600,
-                   "threads": 1, "quiet": False}
+                   "threads": 1, "quiet": False, "dataset": "digits"}
     assert _parsed("zoo", "inr", "o", "--images", "all")["images"] is None
     assert _parsed("zoo", "inr", "o", "--images", "12", "--init", "independent")["images"] == 12
     for bad in (["--images", "0"], ["--init", "same"]):
