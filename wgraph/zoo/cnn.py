@@ -114,6 +114,16 @@ class CNNZooConfig:
         return [round(self.epochs * (k + 1) / self.checkpoints) for k in range(self.checkpoints)]
 
 
+def unflatten(p: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Rows of flat parameters ``(G, P)`` as views ``{name: (G, *shape)}``, in the order of ``shapes``."""
+    out, off = {}, 0
+    for k, s in shapes.items():
+        n = math.prod(s)
+        out[k] = p[:, off : off + n].view(p.shape[0], *s)
+        off += n
+    return out
+
+
 def _loguniform(rng: np.random.Generator, lo_hi) -> float:
     lo, hi = lo_hi
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
@@ -180,12 +190,7 @@ class _Group:
         self.t = 0
 
     def params(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, off = {}, 0
-        for k, s in self.shapes.items():
-            n = math.prod(s)
-            out[k] = p[:, off : off + n].view(p.shape[0], *s)
-            off += n
-        return out
+        return unflatten(p, self.shapes)
 
     def _forward(self, params, x, mask=None):
         """One network's logits; ``mask``: the dropout mask (scaled) of the pooled features."""

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import ZooError
 from .archs import register_arch
+from .cnn import unflatten
 
 
 class _Attention(nn.Module):
@@ -206,12 +207,7 @@ class _Runs:
         self.m, self.v, self.t = torch.zeros_like(self.p), torch.zeros_like(self.p), 0
 
     def params(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, off = {}, 0
-        for k, s in self.shapes.items():
-            n = math.prod(s)
-            out[k] = p[:, off : off + n].view(p.shape[0], *s)
-            off += n
-        return out
+        return unflatten(p, self.shapes)
 
     def _forward(self, params, x, keep=None):
         from torch.func import functional_call
