@@ -18,10 +18,15 @@ timeout, as a new user would run it (default input size, float64):
 A refusal (``WgraphError``) is recorded with its reason; any other exception, an inexact round trip
 or a symmetry that changes the function is a wrong answer.
 
-    python benchmarks/convert_timm.py [--models resnet10t deit_tiny_patch16_224 ...] [--timeout 600]
+    python benchmarks/convert_timm.py [--models resnet10t deit_tiny_patch16_224 ...] [--timeout 300]
+        [--resume] [--redo refused timeout crashed wrong]
 
 Writes benchmarks/results/convert_timm.{json,md} and, for a full run, the table in docs/conversion.md.
-The choice of models is kept in benchmarks/results/convert_timm_models.json (per timm version).
+The JSON is rewritten after every model, so an interrupted run loses nothing: ``--resume`` keeps the
+rows of the previous results and converts only the missing models, except those whose status is
+listed in ``--redo`` (after a new rule: rerun only the models that failed). The choice of models is
+kept in benchmarks/results/convert_timm_models.json (per timm version). Models run one at a time (a
+conversion is single-threaded; the float64 checks of one model already keep a core busy).
 """
 
 from __future__ import annotations
@@ -158,7 +163,9 @@ def render(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", help="timm model names (default: the smallest of every family)")
-    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per model (default 300)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows of the previous results file")
+    ap.add_argument("--redo", nargs="*", default=[], help="with --resume: statuses to convert again")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -173,9 +180,17 @@ def main() -> None:
         chosen = [(family.get(n, "?"), {"model": n}) for n in args.models]
     else:
         chosen = list(smallest_per_family().items())
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"convert_timm{'' if not args.models else '_subset'}.json"
+    done = {}
+    if args.resume and out.exists():
+        done = {r["model"]: r for r in json.loads(out.read_text()) if r.get("status") not in args.redo}
     rows = []
     for family, pick in tqdm(chosen, desc="converting timm models", unit="model"):
         name = pick["model"]
+        if name in done:
+            rows.append(done[name])
+            continue
         try:
             row = run_worker(__file__, ["--one", name], args.timeout)
         except WorkerFailed as e:
@@ -185,11 +200,10 @@ def main() -> None:
         row = {"family": family, **pick, **row}
         rows.append(row)
         tqdm.write(f"{family} ({name}): {row.get('status')} {row.get('error', '')[:120]}")
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "" if not args.models else "_subset"
-    (RESULTS / f"convert_timm{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        out.write_text(json.dumps(rows + [r for r in done.values() if r not in rows], indent=2) + "\n")
+    out.write_text(json.dumps(rows, indent=2) + "\n")
     table = render(rows)
-    (RESULTS / f"convert_timm{suffix}.md").write_text("# timm conversion, one model per family\n\n" + table + "\n")
+    (out.with_suffix(".md")).write_text("# timm conversion, one model per family\n\n" + table + "\n")
     if not args.models:
         replace_block(DOC, START, END, table)
     print(table)
