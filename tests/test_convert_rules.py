@@ -738,3 +738,114 @@ def test_a_registered_rule_converts_its_op():
         assert_state_dict_exact(g.to_state_dict(), m.state_dict())
         assert [s.scaling for s in g.layout.spaces if s.permutable] == ["sign"]
         outputs_match(m, g.permute(wgraph.random_symmetry(g, seed=0, scale=True)), x)
+
+
+class ExplicitAttention(nn.Module):
+    """timm's ``Attention`` with ``fused_attn`` off: ``softmax(q @ k^T * scale + bias) @ v``, with an
+    optional per-head relative position bias table, a learned per-head temperature or talking heads
+    (a Linear across heads, CaiT)."""
+
+    def __init__(self, d=8, heads=2, tokens=5, extra=None):
+        super().__init__()
+        self.heads, self.extra = heads, extra
+        self.inp, self.qkv, self.proj, self.out = nn.Linear(3, d), nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, 2)
+        if extra == "bias":
+            self.table = nn.Parameter(torch.randn(heads, 2 * tokens - 1))
+            idx = torch.arange(tokens)
+            self.register_buffer("index", (idx[:, None] - idx[None, :] + tokens - 1), persistent=False)
+        elif extra == "temperature":
+            self.logit_scale = nn.Parameter(torch.randn(heads, 1, 1))
+        elif extra == "talking":
+            self.talk = nn.Linear(heads, heads)
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, N, D = h.shape
+        q, k, v = self.qkv(h).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q * 0.5) @ k.transpose(-2, -1)
+        if self.extra == "bias":
+            attn = attn + self.table[:, self.index].unsqueeze(0)
+        elif self.extra == "temperature":
+            attn = attn * self.logit_scale.clamp(max=2.0).exp()
+        elif self.extra == "talking":
+            attn = self.talk(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        a = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, D)
+        return self.out((h + self.proj(a)).mean(1))
+
+
+@pytest.mark.parametrize("extra", [None, "bias", "temperature", "talking"])
+def test_explicit_attention_pairs_query_and_key_and_keeps_heads(extra):
+    """Written-out attention gets the head structure of ``nn.MultiheadAttention``: q and k tied and
+    paired, dimensions permutable within a head; whole heads move only where nothing per head
+    (a bias table, a temperature, a Linear across heads) pins them, and those parameters are extras."""
+    g = _check(ExplicitAttention(extra=extra), torch.randn(2, 5, 3))
+    lay = g.layout
+    q = next(s for s in lay.spaces if s.name == "qkv[0]")
+    v = next(s for s in lay.spaces if s.name == "qkv[2]")
+    assert q.permutable and v.permutable and q.heads == v.heads == 2
+    assert [lay.layers[li].name for li in q.layers] == ["qkv[0]", "qkv[1]"]
+    assert any(b.kind == "identity" and b.name.startswith("attn:") for b in lay.blocks)
+    if extra is None:
+        assert q.head_group == v.head_group >= 0
+    else:
+        assert q.head_group == v.head_group == -1
+        assert {"bias": ["table"], "temperature": ["logit_scale"], "talking": ["talk.weight", "talk.bias"]}[extra] == [
+            p.name for p in lay.extra_params
+        ]
+
+
+def test_heads_of_explicit_attention_are_not_free_dimensions():
+    """Moving one query/key dimension into another head changes the function: the converter must
+    not offer it (a random symmetry keeps dimensions inside their heads)."""
+    model = ExplicitAttention(heads=2).double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    g = wgraph.to_graph(model, x)
+    qk = next(i for i, s in enumerate(g.layout.spaces) if s.name == "qkv[0]")
+    across = g.permute(wgraph.Symmetry({qk: torch.tensor([4, 1, 2, 3, 0, 5, 6, 7])}))
+    with torch.no_grad():
+        assert (wgraph.load_into(copy.deepcopy(model), across)(x) - model(x)).abs().max() > 1e-6
+    for seed in range(5):
+        perm = wgraph.random_symmetry(g, seed=seed).perms[qk]
+        assert set(perm[:4].tolist()) in ({0, 1, 2, 3}, {4, 5, 6, 7})
+
+
+class ClassTokens(nn.Module):
+    """CaiT: a class token joined to the patch tokens, and also the start of the class stream."""
+
+    def __init__(self, d=6):
+        super().__init__()
+        self.inp, self.mix, self.out = nn.Linear(3, d), nn.Linear(d, d), nn.Linear(d, 2)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+
+    def forward(self, x):
+        h = self.inp(x)
+        c = self.cls.expand(h.shape[0], -1, -1)
+        u = torch.cat((c, h), dim=1)
+        c = c + self.mix(u).mean(1, keepdim=True)
+        return self.out(torch.cat((c, h), dim=1)[:, 0])
+
+
+def test_tokens_of_two_layers_joined_share_a_permutation():
+    g = _check(ClassTokens(), torch.randn(1, 4, 3))
+    assert any(b.kind == "identity" and b.name.startswith("tokens:") for b in g.layout.blocks)
+    assert sum(1 for s in g.layout.spaces if s.permutable) >= 1
+
+
+class PatchMerging(nn.Module):
+    """Swin's patch merging written as a reshape: (B, H/2, 2, W/2, 2, C) -> (B, H/2, W/2, 4C)."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.inp, self.norm, self.red = nn.Linear(3, c), nn.LayerNorm(4 * c), nn.Linear(4 * c, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, H, W, C = h.shape
+        h = h.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.red(self.norm(h)).mean((1, 2))
+
+
+def test_merging_positions_into_channels_is_a_concatenation_of_copies():
+    g = _check(PatchMerging(), torch.randn(2, 4, 4, 3))
+    merged = next(layer for layer in g.layout.layers if layer.name.endswith(":merge"))
+    assert merged.size == 16 and g.layout.spaces[g.layout.layers[1].space].permutable

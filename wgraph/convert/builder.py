@@ -62,12 +62,34 @@ class Stat:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """Meta of attention scores ``q @ k.transpose(-2, -1)`` (and what is computed from them without
+    other hidden neurons: scaling, a bias, a mask, softmax): entry ``[h, i, j]`` is the product of
+    head ``h`` of query ``i`` (layer ``query``) with head ``h`` of key ``j`` (layer ``key``).
+
+    A permutation of the dimensions within each head, shared by query and key, leaves every score
+    unchanged; moving whole heads moves the scores along the head axis ``axis``. ``axis`` is None
+    once an op has pinned the heads in place: a per-head parameter (a relative position bias, a
+    learned temperature) or an op that mixes heads (talking heads)."""
+
+    query: int
+    key: int
+    heads: int
+    axis: int | None
+
+
+@dataclass(frozen=True)
 class Param:
-    """Meta of a parameter or buffer read directly (``self.weight`` in a custom forward)."""
+    """Meta of a parameter or buffer read directly (``self.weight`` in a custom forward).
+
+    ``derived``: the value is an elementwise function of the parameter (``self.logit_scale.exp()``)
+    or a transpose of it, which is not the parameter itself: it may still be a per-neuron value or
+    state kept aside, never a weight read in its stored orientation."""
 
     name: str
     shape: tuple[int, ...] = ()
     dtype: torch.dtype = torch.float32
+    derived: bool = False
 
 
 class LayoutBuilder:
@@ -367,10 +389,14 @@ class LayoutBuilder:
         self.restrict_scaling(src, "none")
 
     def node_param(self, layer: int, feature: str, param: str, shape: tuple[int, ...], where: str) -> None:
-        """A per-neuron vector ``param`` (e.g. a bias) stored in node feature column ``feature``."""
+        """A per-neuron vector ``param`` (e.g. a bias) stored in node feature column ``feature``.
+
+        A vector already stored on other neurons (the bias of a shared module; CaiT's class token,
+        joined to the tokens and then the start of the class stream) stays where it is, and the two
+        layers are tied: the same neurons, one permutation, the vector stored once."""
         prev = self.slots.get(self.aliases.get(param, param))
-        if prev is not None and prev.where == "nodes" and prev.feature == self.node_features.index(feature):
-            self.tie(prev.index, layer)  # the bias of a shared module: same neurons, stored once
+        if prev is not None and prev.where == "nodes" and not prev.parts and tuple(prev.shape) == tuple(shape):
+            self.tie(prev.index, layer)
             return
         if (layer, feature) in self._columns:
             raise UnsupportedOperation(

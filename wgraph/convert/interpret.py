@@ -14,8 +14,10 @@ import torch
 from torch import fx, nn
 
 from ..errors import UnsupportedOperation
-from .builder import Feat, LayoutBuilder, Param, Raw, SplitFeat, Stat
+from .builder import Feat, LayoutBuilder, Param, Raw, Scores, SplitFeat, Stat
 from .rules import REGISTRY, Op
+from .rules.attention import on_scores, scores_output
+from .rules.parametric import matmul
 
 
 def _target_name(target) -> str:
@@ -78,6 +80,8 @@ class LayoutInterpreter(fx.Interpreter):
             for m in _flatten(fx.node.map_arg(n.args[0], lambda a: self.metas[a])):
                 if isinstance(m, Feat):
                     b.mark_output(m.layer)
+                elif isinstance(m, Scores):
+                    scores_output(b, m, "the output")
             return None
 
         args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -86,6 +90,10 @@ class LayoutInterpreter(fx.Interpreter):
         module = self.module.get_submodule(n.target) if n.op == "call_module" else None
         declared = REGISTRY.find(n.op, n.target if module is None else module)
         op = Op(n, self._where(n), module, tuple(args), dict(kwargs), tuple(metas), dict(kwmetas), out, declared)
+        if (declared is None or declared.rule is not matmul) and any(
+            isinstance(m, Scores) for m in _flatten((metas, kwmetas))
+        ):
+            return on_scores(b, op)  # attention scores, until they multiply the values
         if declared is not None:
             return declared.rule(b, op)
         if isinstance(n.target, type) and issubclass(n.target, tuple):  # a namedtuple of outputs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,9 @@ def pointwise(b: LayoutBuilder, op: Op):
         return splits[0]
     stats = [m for _, m in op.tensors() if isinstance(m, Stat)]
     if not feats:
-        return Stat(tuple(sorted({li for s in stats for li in s.layers}))) if stats else op.raw()
+        if stats:
+            return Stat(tuple(sorted({li for s in stats for li in s.layers})))
+        return op.raw() or _derived_param(op)
     (x, meta), *others = feats
     if any(m.layer != meta.layer for _, m in others):
         return merge(b, op)
@@ -66,6 +69,15 @@ def pointwise(b: LayoutBuilder, op: Op):
         raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
     b.restrict_scaling(result.layer, _scaling_of(op, len(feats)))
     return result
+
+
+def _derived_param(op: Op) -> Param | None:
+    """``self.logit_scale.exp()``, ``p.clamp(max=m)``: an elementwise function of one parameter,
+    marked derived (:class:`~wgraph.convert.builder.Param`); None where other tensors take part."""
+    pairs = [(v, m) for v, m in op.tensors() if v.numel() != 1 or m is not None]
+    if len(pairs) == 1 and isinstance(pairs[0][1], Param) and tuple(op.out.shape) == tuple(pairs[0][0].shape):
+        return replace(pairs[0][1], derived=True)
+    return None
 
 
 def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: torch.Tensor, meta: Feat) -> int:
@@ -98,6 +110,8 @@ def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: to
         )
     li = b.free_layer(meta.layer, [feature], m.name)
     b.node_param(li, feature, m.name, m.shape, op.where)  # as stored: (C,) used as (C, 1, 1)
+    if m.derived:  # exp(p): permuted with the neurons, but it does not scale like p
+        b.restrict_scaling(li, "none")
     return li
 
 

@@ -114,7 +114,7 @@ class Op:
         value, meta = self.pair(i, name)
         if value is None:
             return None, None
-        if not isinstance(meta, Param):
+        if not isinstance(meta, Param) or meta.derived:
             raise UnsupportedOperation(
                 f"{self.where}: the {name} is computed, not a parameter; only parameters are supported"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -45,6 +46,15 @@ def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: 
         triple = tuple(out_shape[j : j + 3])
         if math.prod(triple) == C and triple[0] > 1 and _around(out_shape, j, j + 3, prefix, suffix):
             return SplitFeat(meta.layer, (j, j + 1, j + 2), triple)
+    # Axes before the neuron axis merged into it (Swin's patch merging: (..., 2, 2, C) -> (..., 4C)):
+    # the neurons repeated once per position of those axes, a concatenation of copies.
+    for t in range(1, meta.axis + 1):
+        outer = math.prod(x.shape[meta.axis - t : meta.axis])
+        before = math.prod(x.shape[: meta.axis - t])
+        for j, s in enumerate(out_shape):
+            if outer > 1 and s == C * outer and _around(out_shape, j, j + 1, before, suffix):
+                name = f"{b.layers[meta.layer]['name']}:merge"
+                return Feat(b.concat(name, [meta.layer] * outer), j)
     # Flatten of the neuron axis with the axes after it: one node per (neuron, position).
     for t in range(1, x.dim() - meta.axis):
         inner = math.prod(x.shape[meta.axis + 1 : meta.axis + 1 + t])
@@ -85,6 +95,8 @@ def reshape(b: LayoutBuilder, op: Op):
 def transpose(b: LayoutBuilder, op: Op):
     """Axis reorderings move the neuron axis; find it by applying the same op to axis labels."""
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, Param):  # W.t(): not the weight in its stored orientation
+        return replace(meta, derived=True)
     if not isinstance(meta, (Feat, SplitFeat)):
         return meta
     # Apply the same op to an empty tensor whose axis sizes are distinct primes (no memory on "meta").
@@ -314,6 +326,8 @@ def cat(b: LayoutBuilder, op: Op):
     if any(m.axis != dim for m in feats):
         if all(isinstance(m, Feat) and m.layer == feats[0].layer and m.axis == feats[0].axis for m in metas):
             return feats[0]
+        if all(isinstance(m, Feat) and m.axis == feats[0].axis for m in metas):
+            return _join_tokens(b, op, parts, feats)
         raise UnsupportedOperation(
             f"{op.where}: concatenates hidden activations with other tensors along axis {dim}, which is not "
             "their neuron axis; only parts from one layer can be joined this way"
@@ -346,6 +360,23 @@ def split(b: LayoutBuilder, op: Op):
         pieces.append(Feat(b.split(f"{b.layers[meta.layer]['name']}:split{i}", meta.layer, off, n, op.where), dim))
         off += n
     return tuple(pieces)
+
+
+def _join_tokens(b: LayoutBuilder, op: Op, parts, feats: list[Feat]) -> Feat:
+    """``cat([x_cls, x], dim=tokens)`` of tokens from different layers (CaiT's class stream joined
+    to the patch tokens): every later op treats neuron ``c`` of all of them alike, so the layers
+    share one permutation (tied, an identity block ``tokens:`` between them, as for a residual)."""
+    sizes = {t.shape[m.axis] for t, m in zip(parts, feats)}
+    if len(sizes) != 1:
+        raise UnsupportedOperation(f"{op.where}: joins tokens with different numbers of neurons {sorted(sizes)}")
+    dst = max(m.layer for m in feats)
+    for m in feats:
+        if m.layer != dst:
+            b.identity(f"tokens:{b.layers[m.layer]['name']}->{b.layers[dst]['name']}", m.layer, dst)
+            b.tie(m.layer, dst)
+            b.restrict_scaling(m.layer, "none")
+    b.restrict_scaling(dst, "none")
+    return Feat(dst, feats[0].axis)
 
 
 def _cat_tokens(b: LayoutBuilder, op: Op, parts, metas, meta: Feat, dim: int):
