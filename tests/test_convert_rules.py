@@ -849,3 +849,22 @@ def test_merging_positions_into_channels_is_a_concatenation_of_copies():
     g = _check(PatchMerging(), torch.randn(2, 4, 4, 3))
     merged = next(layer for layer in g.layout.layers if layer.name.endswith(":merge"))
     assert merged.size == 16 and g.layout.spaces[g.layout.layers[1].space].permutable
+
+
+class TokenMixing(nn.Module):
+    """MLP-Mixer's token mixing: a Linear over the token axis of (B, tokens, C)."""
+
+    def __init__(self, c=6, tokens=5):
+        super().__init__()
+        self.inp, self.tok, self.out = nn.Linear(3, c), nn.Linear(tokens, tokens), nn.Linear(c, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = h + self.tok(h.transpose(1, 2)).transpose(1, 2)
+        return self.out(h.mean(1))
+
+
+def test_a_weight_along_the_tokens_is_an_extra_and_keeps_the_neurons_permutable():
+    g = _check(TokenMixing(), torch.randn(2, 5, 3))
+    assert [p.name for p in g.layout.extra_params] == ["tok.weight", "tok.bias"]
+    assert g.layout.spaces[g.layout.layers[1].space].permutable

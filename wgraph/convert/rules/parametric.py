@@ -44,6 +44,8 @@ def _weight_layer(
         meta = Raw(op.node.args[0].name)  # a constant (EdgeNeXt's Fourier positions): an input of its own
     if isinstance(meta, Feat) and meta.axis > axis and n_in == n_out == 1 and not transposed:
         return _across_neurons(b, op, x, meta, weight, shape, bias)
+    if isinstance(meta, Feat) and meta.axis != axis and (len(shape) == 2 or meta.axis < axis):
+        return _along_tokens(b, op, x, meta, weight, shape, bias)
     src = b.as_layer(meta, axis, n_in, op.where)
     dst = b.new_layer(name, n_out, b.depth(src) + 1)
     if groups == 1:
@@ -67,6 +69,23 @@ def _across_neurons(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, weigh
     if bias is not None:
         b.extra(bias[0], tuple(bias[1]), x.dtype, op.where)
     return Feat(meta.layer, meta.axis)
+
+
+def _along_tokens(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, weight: str, shape, bias) -> Feat:
+    """A weight applied along an axis that is not the neuron axis (MLP-Mixer's and gMLP's token
+    mixing: a ``Linear`` over the tokens; a convolution whose channels are tokens): every neuron is
+    transformed alike, ``y[c] = W x[c] + b``, so any permutation of the neurons commutes with it and
+    their space stays permutable. The weight's own units (tokens) are not neurons of the graph: it
+    and its bias are kept as extras, never permuted (their symmetries are left out). A bias added to
+    every neuron commutes with no scaling."""
+    moved = op.out.dim() - x.dim() + meta.axis
+    if not 0 <= moved < op.out.dim() or op.out.shape[moved] != x.shape[meta.axis]:
+        raise UnsupportedOperation(f"{op.where}: a weight along a token axis changes the neuron axis")
+    b.extra(weight, tuple(shape), x.dtype, op.where)
+    if bias is not None:
+        b.extra(bias[0], tuple(bias[1]), x.dtype, op.where)
+    b.restrict_scaling(meta.layer, "none")
+    return Feat(meta.layer, moved)
 
 
 def _module_layer(b: LayoutBuilder, op: Op, n_spatial: int, **kwargs) -> Feat:
