@@ -123,8 +123,13 @@ def markdown(report: dict) -> str:
         row = []
         for p in pairs:
             c = report["cells"][p].get(name)
-            row.append("—" if c is None else f"{c['test']['mean']:.3f} ± {c['test']['std']:.3f} "
-                       f"(val {c['val']['mean']:.3f})")
+            if c is None:
+                row.append("—")
+                continue
+            n = len(c["seeds"])
+            spread = f" ± {c['test']['std']:.3f}" if n > 1 else ""
+            seeds = "" if n == 3 else f"; {n} seed{'s' if n > 1 else ''}"
+            row.append(f"{c['test']['mean']:.3f}{spread} (val {c['val']['mean']:.3f}{seeds})")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     eps = ", ".join(f"{p}: {report['pairs'][p]['epochs']} epochs" for p in pairs)
     lines += ["", f"Test metric of the best-validation epoch, mean ± std over seeds (validation mean in brackets); "
