@@ -868,3 +868,37 @@ def test_a_weight_along_the_tokens_is_an_extra_and_keeps_the_neurons_permutable(
     g = _check(TokenMixing(), torch.randn(2, 5, 3))
     assert [p.name for p in g.layout.extra_params] == ["tok.weight", "tok.bias"]
     assert g.layout.spaces[g.layout.layers[1].space].permutable
+
+
+class ChannelAttention(nn.Module):
+    """XCA (XCiT, EdgeNeXt): q, k normalized along the tokens, ``softmax(q k^T * t) v`` over channels
+    within each head (a Gram matrix of channels), with a per-head temperature or none (DaViT's
+    ``(k^T v) q^T`` is the same product read from the other side)."""
+
+    def __init__(self, d=8, heads=2, temperature=True, davit=False):
+        super().__init__()
+        self.heads, self.davit = heads, davit
+        self.inp, self.qkv, self.proj, self.out = nn.Linear(3, d), nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, 2)
+        self.temperature = nn.Parameter(torch.rand(heads, 1, 1) + 0.5) if temperature else None
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, N, D = h.shape
+        q, k, v = self.qkv(h).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.davit:
+            a = ((k.transpose(-1, -2) @ v).softmax(-1) @ q.transpose(-1, -2)).transpose(-1, -2).transpose(1, 2)
+        else:
+            q, k, v = (F.normalize(t.transpose(-2, -1), dim=-1) for t in (q, k, v))
+            attn = q @ k.transpose(-2, -1)
+            attn = attn if self.temperature is None else attn * self.temperature
+            a = (attn.softmax(dim=-1) @ v).permute(0, 3, 1, 2)
+        return self.out((h + self.proj(a.reshape(B, N, D))).mean(1))
+
+
+@pytest.mark.parametrize("kind", ["temperature", "free", "davit"])
+def test_channel_attention_pairs_the_contracted_channels(kind):
+    g = _check(ChannelAttention(temperature=kind == "temperature", davit=kind == "davit"), torch.randn(2, 5, 3))
+    spaces = [s for s in g.layout.spaces if s.name.startswith("qkv")]
+    assert len(spaces) == 2 and all(s.permutable and s.heads == 2 for s in spaces)
+    assert all((s.head_group == -1) == (kind == "temperature") for s in spaces)
+    assert any(b.kind == "identity" and b.name.startswith("attn:") for b in g.layout.blocks)

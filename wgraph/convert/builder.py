@@ -79,6 +79,23 @@ class Scores:
 
 
 @dataclass(frozen=True)
+class Gram:
+    """Meta of a product over tokens of two hidden tensors, ``a.transpose(-2, -1) @ c`` (channel
+    attention: XCiT, EdgeNeXt, DaViT, CoaT's factorized attention): entry ``[h, i, j]`` sums
+    ``a[h, n, i] * c[h, n, j]`` over the tokens ``n``, dimension ``i`` of layer ``rows`` (on axis
+    ``row_axis``) against dimension ``j`` of layer ``cols`` (on ``col_axis``). Permutations of the
+    two layers permute its rows and columns; ``axis`` is the head axis, None once pinned (see
+    :class:`Scores`)."""
+
+    rows: int
+    cols: int
+    heads: int
+    axis: int | None
+    row_axis: int
+    col_axis: int
+
+
+@dataclass(frozen=True)
 class Param:
     """Meta of a parameter or buffer read directly (``self.weight`` in a custom forward).
 
@@ -423,7 +440,11 @@ class LayoutBuilder:
         return new
 
     def extra(self, param: str, shape: tuple[int, ...], dtype: torch.dtype, where: str) -> None:
-        """State that belongs to no neuron (kept beside the graph, round-tripped exactly)."""
+        """State that belongs to no neuron (kept beside the graph, round-tripped exactly); a second
+        use of the same state (one token-mixing weight applied along two axes) keeps it once."""
+        prev = self.slots.get(self.aliases.get(param, param))
+        if prev is not None and prev.where == "extra" and tuple(prev.shape) == tuple(shape):
+            return
         self._claim(param, ParamSlot(param, tuple(shape), "extra", -1, -1, str(dtype).removeprefix("torch.")), where)
 
     def identity(self, name: str, src: int, dst: int) -> None:

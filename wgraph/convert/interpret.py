@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import UnsupportedOperation
-from .builder import Feat, LayoutBuilder, Param, Raw, Scores, SplitFeat, Stat
+from .builder import Feat, Gram, LayoutBuilder, Param, Raw, Scores, SplitFeat, Stat
 from .rules import REGISTRY, Op
 from .rules.attention import on_scores, scores_output
 from .rules.parametric import matmul
@@ -80,7 +80,7 @@ class LayoutInterpreter(fx.Interpreter):
             for m in _flatten(fx.node.map_arg(n.args[0], lambda a: self.metas[a])):
                 if isinstance(m, Feat):
                     b.mark_output(m.layer)
-                elif isinstance(m, Scores):
+                elif isinstance(m, (Scores, Gram)):
                     scores_output(b, m, "the output")
             return None
 
@@ -91,7 +91,7 @@ class LayoutInterpreter(fx.Interpreter):
         declared = REGISTRY.find(n.op, n.target if module is None else module)
         op = Op(n, self._where(n), module, tuple(args), dict(kwargs), tuple(metas), dict(kwmetas), out, declared)
         if (declared is None or declared.rule is not matmul) and any(
-            isinstance(m, Scores) for m in _flatten((metas, kwmetas))
+            isinstance(m, (Scores, Gram)) for m in _flatten((metas, kwmetas))
         ):
             return on_scores(b, op)  # attention scores, until they multiply the values
         if declared is not None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, Param, Scores, SplitFeat
+from ..builder import Feat, Gram, LayoutBuilder, Param, Scores, SplitFeat
 from .registry import Op, register
 
 
@@ -122,95 +122,141 @@ def sdpa(b: LayoutBuilder, op: Op):
     return metas[2]
 
 
-def _query_side(x: torch.Tensor, meta, contracted: int) -> tuple[int, int, int | None] | None:
-    """``(layer, heads, head axis)`` of a matmul operand whose neurons are the contracted axis: one
-    head (a ``Feat``; head axis None) or ``(heads, head_dim)`` with the heads on a batch axis."""
-    if isinstance(meta, Feat) and meta.axis == contracted:
-        return meta.layer, 1, None
-    if isinstance(meta, SplitFeat) and len(meta.axes) == 2 and meta.axes[1] == contracted:
-        if meta.axes[0] < x.dim() - 2:
-            return meta.layer, meta.sizes[0], meta.axes[0]
+def _operand(x: torch.Tensor, meta) -> tuple[int, int, int | None, int] | None:
+    """``(layer, heads, head axis, neuron axis)`` of a hidden matmul operand: one head (a ``Feat``,
+    head axis None) or ``(heads, head_dim)`` with the heads on a batch axis; None otherwise."""
+    if isinstance(meta, Feat):
+        return meta.layer, 1, None, meta.axis
+    if isinstance(meta, SplitFeat) and len(meta.axes) == 2 and meta.axes[0] < x.dim() - 2:
+        return meta.layer, meta.sizes[0], meta.axes[0], meta.axes[1]
     return None
 
 
 def attention_matmul(b: LayoutBuilder, op: Op):
-    """Attention written out: ``scores = q @ k.transpose(-2, -1)``, then (scaled, biased, masked,
-    softmaxed: :func:`on_scores`) ``scores @ v``.
+    """A product of two hidden tensors: attention written out.
 
-    ``q @ k^T`` contracts query dimension i with key dimension i of each head: the query and key
-    layers are tied and paired by an ``attn:`` identity block, as for
-    :func:`scaled_dot_product_attention`; the result is :class:`~wgraph.convert.builder.Scores`.
-    ``scores @ v`` gives v's neurons, split in heads as v was; it sets the head structure of the
-    query/key and value layers (:meth:`LayoutBuilder.heads`), whole heads movable unless something
-    pinned them on the way (a per-head bias or temperature, talking heads).
+    * ``q @ k.transpose(-2, -1)`` contracts query dimension i with key dimension i of each head:
+      the query and key layers are tied and paired by an ``attn:`` identity block, as for
+      :func:`sdpa`; the result is :class:`~wgraph.convert.builder.Scores` (tokens by tokens), and
+      ``scores @ v`` (after scaling, bias, mask, softmax: :func:`on_scores`) has v's neurons.
+    * ``a.transpose(-2, -1) @ c`` contracts the tokens: a :class:`~wgraph.convert.builder.Gram`
+      (channels by channels, channel attention); ``gram @ v.transpose(-2, -1)`` or
+      ``v @ gram`` pair the contracted channels with v's (tied) and keep the other side's.
+
+    The final product sets the head structure of the layers (:meth:`LayoutBuilder.heads`), whole
+    heads movable unless something pinned them on the way (a per-head bias or temperature,
+    talking heads). Both products are bilinear: the layers commute with no scaling.
     """
-    (x, meta), (y, ymeta) = (op.args[0], op.metas[0]), (op.args[1], op.metas[1])
+    (x, xm), (y, ym) = (op.args[0], op.metas[0]), (op.args[1], op.metas[1])
     off_x, off_y = op.out.dim() - x.dim(), op.out.dim() - y.dim()
-    if isinstance(meta, Scores):
-        return _scores_times_values(b, op, meta, x, y, ymeta)
-    q, k = _query_side(x, meta, x.dim() - 1), _query_side(y, ymeta, y.dim() - 2)
-    if q is None or k is None or q[1] != k[1] or (q[2] is not None and q[2] + off_x != k[2] + off_y):
-        raise UnsupportedOperation(
-            f"{op.where}: multiplies two hidden tensors; supported are attention scores q @ k.transpose(-2, -1) "
-            "(head dimensions contracted, heads on a batch axis) and scores @ v"
-        )
-    (lq, heads, axis), lk = q, k[0]
-    if lq != lk:
-        b.identity(f"attn:{b.layers[lq]['name']}", lk, lq)
-        b.tie(lq, lk)
-    b.restrict_scaling(lq, "none")  # q.k is bilinear: a scaling of the tied space scales it twice
-    return Scores(lq, lk, heads, None if axis is None else axis + off_x)
+    if isinstance(xm, Scores):
+        return _scores_times_values(b, op, xm, x, y, ym)
+    if isinstance(xm, Gram) or isinstance(ym, Gram):
+        return _gram_product(b, op, x, xm, y, ym)
+    a, c = _operand(x, xm), _operand(y, ym)
+    aligned = a is not None and c is not None and a[1] == c[1]
+    aligned = aligned and (a[2] is None or a[2] + off_x == c[2] + off_y)
+    if aligned and a[3] == x.dim() - 1 and c[3] == y.dim() - 2:
+        (lq, heads, axis, _), lk = a, c[0]
+        _pair(b, lk, lq)
+        return Scores(lq, lk, heads, None if axis is None else axis + off_x)
+    if aligned and a[3] == x.dim() - 2 and c[3] == y.dim() - 1:
+        for li in (a[0], c[0]):
+            b.restrict_scaling(li, "none")
+        axis = None if a[2] is None else a[2] + off_x
+        return Gram(a[0], c[0], a[1], axis, op.out.dim() - 2, op.out.dim() - 1)
+    raise UnsupportedOperation(
+        f"{op.where}: multiplies two hidden tensors; supported are attention scores q @ k.transpose(-2, -1), "
+        "scores @ v, channel attention k.transpose(-2, -1) @ v and its products (heads on a batch axis)"
+    )
 
 
-def _scores_times_values(b: LayoutBuilder, op: Op, s: Scores, x: torch.Tensor, v: torch.Tensor, vmeta):
-    off_x, off_v = op.out.dim() - x.dim(), op.out.dim() - v.dim()
-    last = v.dim() - 1
-    if isinstance(vmeta, Feat) and vmeta.axis == last and s.heads == 1:
-        lv, result, axis = vmeta.layer, Feat(vmeta.layer, op.out.dim() - 1), None
-    elif isinstance(vmeta, SplitFeat) and len(vmeta.axes) == 2 and vmeta.axes[1] == last and vmeta.axes[0] < last - 1:
-        lv, axis = vmeta.layer, vmeta.axes[0] + off_v
-        result = SplitFeat(lv, (axis, op.out.dim() - 1), vmeta.sizes)
-        if vmeta.sizes[0] != s.heads:
-            raise UnsupportedOperation(f"{op.where}: {s.heads} heads of scores meet values in {vmeta.sizes[0]} heads")
-    else:
-        raise UnsupportedOperation(
-            f"{op.where}: attention scores multiply a tensor whose neurons are not its last axis (values split "
-            "in heads on a batch axis are supported)"
-        )
-    if lv in (s.query, s.key):
-        for li in (s.query, lv):
+def _pair(b: LayoutBuilder, src: int, dst: int) -> None:
+    """Dimension i of ``src`` meets dimension i of ``dst`` in a product: tied, an ``attn:`` block."""
+    if src != dst:
+        b.identity(f"attn:{b.layers[dst]['name']}", src, dst)
+        b.tie(src, dst)
+    b.restrict_scaling(dst, "none")  # a bilinear product: a scaling of the tied space scales it twice
+
+
+def _with_heads(b: LayoutBuilder, op: Op, layers: list[int], heads: int, movable: bool, result):
+    if len(set(layers)) < len(layers):  # values read from the query/key layer itself
+        for li in layers:
             b.fix(li, f"attention with values from the query/key layer at {op.where}")
-        return result
-    if s.heads > 1:
-        movable = s.axis is not None and s.axis + off_x == axis
-        b.heads([s.query, lv], s.heads, movable, op.where)
+    elif heads > 1:
+        b.heads(layers, heads, movable, op.where)
     return result
 
 
-def scores_output(b: LayoutBuilder, s: Scores, where: str) -> None:
+def _scores_times_values(b: LayoutBuilder, op: Op, s: Scores, x: torch.Tensor, v: torch.Tensor, vmeta):
+    off_x = op.out.dim() - x.dim()
+    val = _operand(v, vmeta)
+    if val is None or val[3] != v.dim() - 1 or val[1] != s.heads:
+        raise UnsupportedOperation(
+            f"{op.where}: attention scores ({s.heads} heads) multiply a tensor whose neurons are not its last axis "
+            "or that has another number of heads"
+        )
+    lv, heads, axis, _ = val
+    if axis is None:
+        result = Feat(lv, op.out.dim() - 1)
+    else:
+        axis += op.out.dim() - v.dim()
+        result = SplitFeat(lv, (axis, op.out.dim() - 1), vmeta.sizes)
+    movable = s.axis is not None and axis is not None and s.axis + off_x == axis
+    return _with_heads(b, op, [s.query, lv], s.heads, movable, result)
+
+
+def _gram_product(b: LayoutBuilder, op: Op, x: torch.Tensor, xm, y: torch.Tensor, ym):
+    """``gram @ v^T`` (v's channels on axis -2 meet the gram's last axis) or ``v @ gram``."""
+    first = isinstance(xm, Gram)
+    g, gt, (t, tm) = (xm, x, (y, ym)) if first else (ym, y, (x, xm))
+    val = _operand(t, tm)
+    inner, outer = (gt.dim() - 1, gt.dim() - 2) if first else (gt.dim() - 2, gt.dim() - 1)
+    sides = {g.row_axis: g.rows, g.col_axis: g.cols}
+    wanted = t.dim() - 2 if first else t.dim() - 1
+    if isinstance(tm, Gram) or val is None or val[3] != wanted or set(sides) != {inner, outer} or val[1] != g.heads:
+        raise UnsupportedOperation(
+            f"{op.where}: a channel-attention matrix multiplies a tensor whose channels do not meet its own"
+        )
+    lt, heads, axis, _ = val
+    _pair(b, lt, sides[inner])
+    kept, out_axis = sides[outer], op.out.dim() - (2 if first else 1)
+    if axis is None:
+        result = Feat(kept, out_axis)
+    else:
+        axis += op.out.dim() - t.dim()
+        result = SplitFeat(kept, (axis, out_axis), (heads, b.size(kept) // heads))
+    movable = g.axis is not None and axis is not None and g.axis + op.out.dim() - gt.dim() == axis
+    return _with_heads(b, op, [kept, lt], heads, movable, result)
+
+
+def scores_output(b: LayoutBuilder, s: Scores | Gram, where: str) -> None:
     """Attention scores that are an output of the model: heads stay in place."""
+    layers = [s.query] if isinstance(s, Scores) else [s.rows, s.cols]
     if s.heads > 1:
-        b.heads([s.query], s.heads, False, where)
+        b.heads(layers, s.heads, False, where)
 
 
 def on_scores(b: LayoutBuilder, op: Op):
-    """Any op on attention scores but ``scores @ v`` (:func:`attention_matmul`): scaling, a mask, a
-    relative position bias, softmax, dropout, reshapes, talking heads.
+    """Any op on attention scores but their product with the values (:func:`attention_matmul`):
+    scaling, a mask, a relative position bias, softmax, dropout, reshapes, talking heads.
 
     Scores hold no neurons, so such ops only decide whether whole heads may still move: elementwise
     ops and softmax act on every head alike and keep the head axis, reshapes and axis reorderings
     move it, and anything else (a ``Linear`` across heads), or an operand with one value per head (a
     relative position bias ``(H, N, N)``, a temperature ``(H, 1, 1)``), pins the heads. Parameters
     that enter the scores belong to no neuron: they are kept as extras. Hidden activations may not
-    enter.
+    enter. A channel-attention :class:`~wgraph.convert.builder.Gram` takes elementwise ops and
+    transposes only; an operand that differs along its channel axes fixes both channel layers.
     """
     from .pointwise import add, hardtanh, pointwise
     from .shape import reshape, transpose
 
     flat = [m for m in _flatten((op.metas, op.kwmetas)) if m is not None]
-    scores = [m for m in flat if isinstance(m, Scores)]
+    scores = [m for m in flat if isinstance(m, (Scores, Gram))]
     s = scores[0]
-    if any(isinstance(m, (Feat, SplitFeat)) for m in flat) or any((m.query, m.key) != (s.query, s.key) for m in scores):
+    mixed = any(isinstance(m, (Feat, SplitFeat)) for m in flat)
+    if mixed or any(replace(m, axis=s.axis) != s for m in scores):
         raise UnsupportedOperation(
             f"{op.where}: combines attention scores with hidden activations or other scores; supported are "
             "scores @ v and ops on the scores alone (scaling, bias, mask, softmax)"
@@ -221,28 +267,43 @@ def on_scores(b: LayoutBuilder, op: Op):
     if op.module is not None:
         path = b.path(op.node.target)
         for name, t in op.module.state_dict().items():
-            if b.qualify(path, name) not in b.slots:
-                b.extra(b.qualify(path, name), tuple(t.shape), t.dtype, op.where)
+            b.extra(b.qualify(path, name), tuple(t.shape), t.dtype, op.where)
     if not isinstance(op.out, torch.Tensor):
         return None
-    x = next(v for v, m in op.tensors() if isinstance(m, Scores))
+    x = next(v for v, m in op.tensors() if isinstance(m, (Scores, Gram)))
     rule = op.declared.rule if op.declared is not None else None
+    gram = isinstance(s, Gram)
+    if gram and rule not in (pointwise, add, hardtanh, transpose):
+        raise UnsupportedOperation(
+            f"{op.where}: only elementwise ops and transposes of channel attention are supported"
+        )
     axis = None
-    if s.axis is not None and rule in (pointwise, add, hardtanh):
-        axis = s.axis + op.out.dim() - x.dim()
+    if rule in (pointwise, add, hardtanh):
+        off = op.out.dim() - x.dim()
+        axis = None if s.axis is None else s.axis + off
         for v, m in op.tensors():
-            a = axis - op.out.dim() + v.dim()
-            if not isinstance(m, Scores) and 0 <= a and v.shape[a] != 1:
+            if isinstance(m, (Scores, Gram)):
+                continue
+            along = lambda a: 0 <= a - op.out.dim() + v.dim() and v.shape[a - op.out.dim() + v.dim()] != 1  # noqa: E731
+            if axis is not None and along(axis):
                 axis = None  # one value per head
-                break
-    elif s.axis is not None and rule is transpose:
-        axis = transpose(b, replace(op, metas=(Feat(-1, s.axis), *op.metas[1:]))).axis
+            if gram and (along(s.row_axis + off) or along(s.col_axis + off)):
+                b.fix(s.rows, f"channel attention with a per-channel operand at {op.where}")
+                b.fix(s.cols, f"channel attention with a per-channel operand at {op.where}")
+        if gram:
+            return replace(s, axis=axis, row_axis=s.row_axis + off, col_axis=s.col_axis + off)
+    elif rule is transpose:
+        moved = [transpose(b, replace(op, metas=(Feat(-1, a), *op.metas[1:]))).axis if a is not None else None
+                 for a in (s.axis, *((s.row_axis, s.col_axis) if gram else ()))]
+        if gram:
+            return replace(s, axis=moved[0], row_axis=moved[1], col_axis=moved[2])
+        axis = moved[0]
     elif s.axis is not None and rule is reshape:
         before, after = math.prod(x.shape[: s.axis]), math.prod(x.shape[s.axis + 1 :])
         shape = tuple(op.out.shape)
         found = [j for j in range(len(shape)) if math.prod(shape[:j]) == before and math.prod(shape[j + 1 :]) == after]
         axis = found[0] if found and shape[found[0]] == s.heads else None
-    return Scores(s.query, s.key, s.heads, axis)
+    return replace(s, axis=axis)
 
 
 def _flatten(x):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder
+from ..builder import Feat, LayoutBuilder, Param, SplitFeat
 from .registry import Op, register
 
 #: The node-feature prefix of each normalization module's state (``bn_weight``, ``ln_bias``, ...).
@@ -111,4 +113,24 @@ def group_norm_functional(b: LayoutBuilder, op: Op):
     meta = functional_norm(b, op, 1, x.shape[1], ((2, "weight", "gn_weight"), (3, "bias", "gn_bias")))
     if groups not in (1, x.shape[1]):
         b.fix(meta.layer, f"group norm with {groups} groups at {op.where}")
+    return meta
+
+
+@register(functions=(F.normalize,))
+def normalize(b: LayoutBuilder, op: Op):
+    """``F.normalize(x, p, dim)`` = ``x / ||x||_p`` along ``dim`` (cosine attention, XCA): along the
+    neuron axis a symmetric function of the neurons, along another axis each neuron on its own,
+    along the dimensions of a head (split neuron axis) each head on its own; every permutation the
+    layout allows commutes with it. Across the heads of a split axis it would mix the heads' own
+    orders: refused. Scalings: none. A normalized parameter is derived, not a weight."""
+    x, meta = op.args[0], op.metas[0]
+    dim = op.arg(2, "dim", 1) % x.dim()
+    if isinstance(meta, SplitFeat):
+        if len(meta.axes) != 2 or dim == meta.axes[0]:
+            raise UnsupportedOperation(f"{op.where}: normalizes across the heads of a split neuron axis")
+        b.restrict_scaling(meta.layer, "none")
+    elif isinstance(meta, Feat):
+        b.restrict_scaling(meta.layer, "none")
+    elif isinstance(meta, Param):
+        return replace(meta, derived=True)
     return meta

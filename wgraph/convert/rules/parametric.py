@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, Param, Raw, Scores, SplitFeat
+from ..builder import Feat, Gram, LayoutBuilder, Param, Raw, Scores, SplitFeat
 from .attention import attention_matmul
 from .registry import Op, register
 
@@ -149,12 +149,12 @@ def conv_functional(b: LayoutBuilder, op: Op):
     return _weight_layer(b, op, x, op.metas[0], axis, name, w.name, w.shape, bias, groups=op.arg(6, "groups", 1))
 
 
-@register(functions=(operator.matmul, torch.matmul), methods=("matmul", "__matmul__"))
+@register(functions=(operator.matmul, torch.matmul), methods=("matmul", "__matmul__"), aten=("matmul.default",))
 def matmul(b: LayoutBuilder, op: Op):
     """``x @ self.W`` with ``W`` of shape ``(in, out)``: a dense block held transposed. A product of
     two hidden tensors is attention (:func:`~wgraph.convert.rules.attention.attention_matmul`)."""
     (x, meta), (w, wm) = (op.args[0], op.metas[0]), (op.args[1], op.metas[1])
-    if isinstance(meta, (Feat, SplitFeat, Scores)) and isinstance(wm, (Feat, SplitFeat)):
+    if isinstance(meta, (Feat, SplitFeat, Scores, Gram)) and isinstance(wm, (Feat, SplitFeat, Gram)):
         return attention_matmul(b, op)  # q @ k.transpose(-2, -1), attn @ v
     if not isinstance(wm, Param) or wm.derived or w.dim() != 2 or isinstance(meta, Param):
         raise UnsupportedOperation(f"{op.where}: only activation @ parameter (a 2-D weight) is supported")
