@@ -156,18 +156,24 @@ def test_unsupported_op_names_node_and_location():
     assert "cumsum" in msg and "test_convert.py" in msg and "tensor methods" in msg
 
 
-def test_indexing_hidden_channels_is_rejected():
+def test_a_slice_of_hidden_channels_fixes_them_and_other_indexing_is_rejected():
     class M(nn.Module):
-        def __init__(self):
+        def __init__(self, index):
             super().__init__()
+            self.index = index
             self.a = nn.Linear(3, 4)
-            self.b = nn.Linear(1, 1)
+            self.b = nn.Linear(2, 1)
 
         def forward(self, x):
-            return self.b(self.a(x)[:, 3:4])
+            return self.b(self.a(x)[:, self.index])
 
+    m = M(slice(2, 4))
+    g = wgraph.to_graph(m, torch.randn(2, 3))
+    assert not g.layout.spaces[g.layout.layers[1].space].permutable
+    assert "split" in g.layout.spaces[g.layout.layers[1].space].note
+    assert all(torch.equal(v, g.to_state_dict()[k]) for k, v in m.state_dict().items())
     with pytest.raises(wgraph.UnsupportedOperation, match="individual hidden channels"):
-        wgraph.to_graph(M(), torch.randn(2, 3))
+        wgraph.to_graph(M(slice(0, 4, 2)), torch.randn(2, 3))
 
 
 def test_data_dependent_control_flow():

@@ -34,7 +34,9 @@ def trace(model: nn.Module, concrete_args: dict | None = None, record_stack_trac
     tracer.record_stack_traces = record_stack_traces
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
-    except Exception as e:  # fx raises TraceError, TypeError, ... from inside the user's forward
+        _forget_proxies(model)
+    except Exception as e:
+        _forget_proxies(model)  # fx raises TraceError, TypeError, ... from inside the user's forward
         tb = e.__traceback__
         loc = ""
         while tb is not None:
@@ -48,6 +50,16 @@ def trace(model: nn.Module, concrete_args: dict | None = None, record_stack_trac
             "for arguments that select a branch, or move the branch out of forward."
         ) from None
     return fx.GraphModule(model, graph)
+
+
+def _forget_proxies(model: nn.Module) -> None:
+    """Empty the dictionaries in which modules cache values computed in forward (timm's LeViT,
+    EfficientFormer: ``attention_bias_cache``): after a trace they hold fx proxies of that trace,
+    which a later trace would read as values of its own graph."""
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, dict) and any(isinstance(v, fx.Proxy) for v in value.values()):
+                value.clear()
 
 
 def export(model: nn.Module, inputs: tuple) -> fx.GraphModule:

@@ -87,8 +87,11 @@ def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: to
     scalar parameter is kept as an extra. A layer that has such a parameter already (the residual
     stream meets several hand-written RMSNorms) gets a tied copy (:meth:`LayoutBuilder.free_layer`).
     Returns the layer of the result."""
-    if math.prod(m.shape) != v.numel():
-        raise UnsupportedOperation(f"{op.where}: reads a part of parameter {m.name!r}; only whole ones are supported")
+    if math.prod(m.shape) != v.numel():  # alpha[0] of a (4, C) parameter: kept aside, the neurons pinned
+        b.extra(m.name, m.shape, v.dtype, op.where)
+        b.fix(meta.layer, f"per-neuron values from a part of parameter {m.name!r} at {op.where}")
+        b.restrict_scaling(meta.layer, "none")
+        return meta.layer
     if v.numel() == 1:
         b.extra(m.name, m.shape, v.dtype, op.where)
         return meta.layer
@@ -130,6 +133,9 @@ def merge(b: LayoutBuilder, op: Op):
     (va, ma), (vb, mb) = tensors
     ref, ref_v = (ma, va) if isinstance(ma, Feat) else (mb, vb)
     out_axis = op.out.dim() - ref_v.dim() + ref.axis
+    single = _broadcast_single(b, op, tensors, out_axis)
+    if single is not None:
+        return single
 
     def layer_of(v, m):
         axis = out_axis - (op.out.dim() - v.dim())
@@ -150,6 +156,23 @@ def merge(b: LayoutBuilder, op: Op):
     b.identity(f"{op.declared.merge_label}:{b.layers[src]['name']}->{b.layers[dst]['name']}", src, dst)
     b.tie(src, dst)
     return Feat(dst, out_axis)
+
+
+def _broadcast_single(b: LayoutBuilder, op: Op, tensors, out_axis: int) -> Feat | None:
+    """``ctx * gate`` where the gate is one hidden neuron broadcast over the neurons of ``ctx``
+    (FocalNet's focal gates ``gates[:, l:l+1]``): every neuron of ``ctx`` gets the same factor, so
+    its permutations commute; the result keeps ``ctx``'s layer. None where it does not apply."""
+    along = [(v, m, v.shape[a] if 0 <= (a := out_axis - op.out.dim() + v.dim()) < v.dim() else 1) for v, m in tensors]
+    ones = [(v, m) for v, m, n in along if n == 1]
+    wides = [(v, m) for v, m, n in along if n != 1]
+    if len(ones) != 1 or len(wides) != 1 or not all(isinstance(m, Feat) for _, m in tensors):
+        return None
+    (v, wide), (_, one) = wides[0], ones[0]
+    if b.size(one.layer) != 1 or wide.axis != out_axis - (op.out.dim() - v.dim()):
+        return None
+    for m in (wide, one):
+        b.restrict_scaling(m.layer, "none")
+    return Feat(wide.layer, out_axis)
 
 
 # Linear: any real scaling commutes.

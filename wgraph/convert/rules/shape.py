@@ -150,6 +150,28 @@ def expand(b: LayoutBuilder, op: Op):
     return Feat(meta.layer, axis)
 
 
+@register(functions=(torch.repeat_interleave,), methods=("repeat_interleave",), aten=("repeat_interleave.self_int",))
+def repeat_interleave(b: LayoutBuilder, op: Op):
+    """``x.repeat_interleave(r, dim)`` along a batch or token axis keeps the neurons (GCViT's global
+    queries); along the neuron axis it would copy single neurons."""
+    x, meta = op.args[0], op.metas[0]
+    dim = op.arg(2, "dim")
+    axes = meta.axes if isinstance(meta, SplitFeat) else (meta.axis,) if isinstance(meta, Feat) else ()
+    if axes and (dim is None or dim % x.dim() in axes):
+        raise UnsupportedOperation(f"{op.where}: repeats single neurons (repeat_interleave along the neuron axis)")
+    return meta
+
+
+@register(aten=("index.Tensor",))
+def index_tensor(b: LayoutBuilder, op: Op):
+    """``table[:, idx]`` under ``torch.export`` (a relative position bias gathered from its table):
+    fine for parameters and inputs; gathering hidden activations would single out neurons."""
+    meta = op.metas[0]
+    if isinstance(meta, (Feat, SplitFeat)):
+        raise UnsupportedOperation(f"{op.where}: gathers hidden activations by a tensor index")
+    return meta
+
+
 @register(functions=(getattr, len), methods=("size", "dim", "numel"), aten=("_assert_tensor_metadata.default",))
 def shape_query(b: LayoutBuilder, op: Op):
     return None
@@ -164,8 +186,8 @@ def getitem(b: LayoutBuilder, op: Op):
     if isinstance(meta, Feat):
         axis = _indexed_axis(x, op.args[1], meta.axis)
         expanded = _expanded(x, op.args[1])
-        if axis is None and expanded is not None and b.layers[meta.layer]["segments"] is not None:
-            out, i = _landing(expanded, meta.axis)  # cat([a, b], 1)[:, :C'] (GhostNet)
+        if axis is None and expanded is not None:
+            out, i = _landing(expanded, meta.axis)  # x[:, :C'] (GhostNet's crop, DPN's and FocalNet's splits)
             if isinstance(i, slice) and i.step in (None, 1):
                 return _neuron_slice(b, op, meta, *i.indices(x.shape[meta.axis])[:2], out)
         if axis is None:
@@ -277,8 +299,8 @@ def _sole_reader(node: torch.fx.Node) -> bool:
 
 
 def _neuron_slice(b: LayoutBuilder, op: Op, meta: Feat, start: int, stop: int, axis: int) -> Feat:
-    """Neurons ``start:stop`` of a concatenation (a crop of concatenated channels): a slice of it,
-    which fixes both (:meth:`LayoutBuilder.split`). Slices of other layers stay refused."""
+    """Neurons ``start:stop`` of a layer (a crop of concatenated channels, a channel split written as
+    indexing): a slice of it, which fixes both (:meth:`LayoutBuilder.split`)."""
     name = f"{b.layers[meta.layer]['name']}[{start}:{stop}]"
     return Feat(b.split(name, meta.layer, start, stop - start, op.where), axis)
 
@@ -302,8 +324,7 @@ def select_slice(b: LayoutBuilder, op: Op):
     if dim == meta.axis:
         if tuple(op.out.shape) == tuple(x.shape):
             return meta
-        concatenated = b.layers[meta.layer]["segments"] is not None
-        if concatenated and op.node.target is torch.ops.aten.slice.Tensor and op.arg(4, "step", 1) == 1:
+        if op.node.target is torch.ops.aten.slice.Tensor and op.arg(4, "step", 1) == 1:
             start, stop, _ = slice(op.arg(2, "start"), op.arg(3, "end")).indices(x.shape[dim])
             return _neuron_slice(b, op, meta, start, stop, dim)
         raise UnsupportedOperation(
@@ -381,16 +402,22 @@ def _join_tokens(b: LayoutBuilder, op: Op, parts, feats: list[Feat]) -> Feat:
 
 def _cat_tokens(b: LayoutBuilder, op: Op, parts, metas, meta: Feat, dim: int):
     """``cat([class_token.expand(...), x], dim=tokens)``: a learned token is one more value per
-    neuron, a node feature ``token`` of the neurons' layer."""
+    neuron, a node feature ``token`` of the neurons' layer; ``T > 1`` learned tokens ``(1, T, C)``
+    (register tokens) are T input nodes with edges to the C neurons (like a positional embedding)."""
     for t, m in zip(parts, metas):
         if isinstance(m, Feat):
             if m != meta:
                 raise UnsupportedOperation(f"{op.where}: joins tokens of different layers")
         elif isinstance(m, Param):
             C = t.shape[meta.axis]
-            if math.prod(m.shape) != C or m.shape[-1] != C or meta.axis != t.dim() - 1:
+            if math.prod(m.shape) % C or m.shape[-1] != C or meta.axis != t.dim() - 1 or m.derived:
                 raise UnsupportedOperation(f"{op.where}: parameter {m.name!r} of shape {m.shape} joins the tokens")
-            b.node_param(meta.layer, "token", m.name, m.shape, op.where)
+            if math.prod(m.shape) == C:
+                b.node_param(meta.layer, "token", m.name, m.shape, op.where)
+            else:  # several learned tokens (register tokens): input nodes, as a positional embedding
+                tokens = b.new_layer(m.name, math.prod(m.shape) // C, 0, kind="input")
+                b.dense(m.name, tokens, meta.layer, m.name, m.shape, op.where, transposed=True)
+                b.restrict_scaling(meta.layer, "none")
         else:
             raise UnsupportedOperation(f"{op.where}: joins hidden tokens with a non-parameter tensor")
     return meta
