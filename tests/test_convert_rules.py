@@ -902,3 +902,32 @@ def test_channel_attention_pairs_the_contracted_channels(kind):
     assert len(spaces) == 2 and all(s.permutable and s.heads == 2 for s in spaces)
     assert all((s.head_group == -1) == (kind == "temperature") for s in spaces)
     assert any(b.kind == "identity" and b.name.startswith("attn:") for b in g.layout.blocks)
+
+
+class InterleavedHeads(nn.Module):
+    """LeViT: ``qkv(x).view(B, N, heads, -1).split([kd, kd, vd], dim=3)`` (q, k, v interleaved per
+    head), a per-head gate ``gates[:, l:l+1]`` broadcast over channels (FocalNet) and values on the
+    left of the scores ``v @ attn^T`` (EfficientViT-MSRA)."""
+
+    def __init__(self, heads=2, kd=2, vd=3):
+        super().__init__()
+        self.heads, self.kd, self.vd = heads, kd, vd
+        self.inp, self.qkv = nn.Linear(3, 6), nn.Linear(6, heads * (2 * kd + vd))
+        self.gate, self.proj, self.out = nn.Linear(6, 2), nn.Linear(heads * vd, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, N, _ = h.shape
+        q, k, v = self.qkv(h).view(B, N, self.heads, -1).split([self.kd, self.kd, self.vd], dim=3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.permute(0, 2, 3, 1)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        a = (v @ attn.transpose(-2, -1)).permute(0, 3, 1, 2).reshape(B, N, -1)
+        y = h + self.proj(a)
+        return self.out(y * self.gate(y)[:, :, 1:2])
+
+
+def test_interleaved_heads_gates_and_values_on_the_left():
+    g = _check(InterleavedHeads(), torch.randn(2, 5, 3))
+    notes = [s.note for s in g.layout.spaces if not s.permutable]
+    assert any("split of a head-split axis" in n for n in notes)
+    assert g.layout.spaces[g.layout.layers[1].space].permutable  # the stream itself stays permutable

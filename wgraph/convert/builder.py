@@ -183,13 +183,14 @@ class LayoutBuilder:
         self.restrict_scaling(li, "none")
         return li
 
-    def reorder(self, name: str, src: int, index: list[int], where: str) -> int:
+    def reorder(self, name: str, src: int, index: list[int], where: str, what: str = "channel reordering") -> int:
         """Neurons of ``src`` in a fixed new order (new neuron ``i`` is ``index[i]``, e.g. a channel
-        shuffle). A permutation of ``src`` would induce a different one on the result, which the
-        layout does not express, so both are fixed."""
-        self.fix(src, f"channel reordering at {where}")
+        shuffle), or a fixed selection of them (``index`` shorter than ``src``). A permutation of
+        ``src`` would induce a different one on the result, which the layout does not express, so
+        both are fixed (``what`` says why)."""
+        self.fix(src, f"{what} at {where}")
         li = self.new_layer(name, len(index), self.depth(src))
-        self.fix(li, f"channel reordering at {where}")
+        self.fix(li, f"{what} at {where}")
         block = f"reorder:{self.layers[src]['name']}->{name}"
         self.blocks.append(EdgeBlock(block, "copy", src, li, count=len(index), index=tuple(index)))
         self.restrict_scaling(li, "none")

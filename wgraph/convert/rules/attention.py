@@ -151,6 +151,8 @@ def attention_matmul(b: LayoutBuilder, op: Op):
     off_x, off_y = op.out.dim() - x.dim(), op.out.dim() - y.dim()
     if isinstance(xm, Scores):
         return _scores_times_values(b, op, xm, x, y, ym)
+    if isinstance(ym, Scores):  # v @ scores^T with v's channels on axis -2 (EfficientViT-MSRA)
+        return _scores_times_values(b, op, ym, y, x, xm, left=True)
     if isinstance(xm, Gram) or isinstance(ym, Gram):
         return _gram_product(b, op, x, xm, y, ym)
     a, c = _operand(x, xm), _operand(y, ym)
@@ -188,20 +190,24 @@ def _with_heads(b: LayoutBuilder, op: Op, layers: list[int], heads: int, movable
     return result
 
 
-def _scores_times_values(b: LayoutBuilder, op: Op, s: Scores, x: torch.Tensor, v: torch.Tensor, vmeta):
+def _scores_times_values(
+    b: LayoutBuilder, op: Op, s: Scores, x: torch.Tensor, v: torch.Tensor, vmeta, left: bool = False
+):
+    """``scores @ v`` (v's neurons on its last axis) or, ``left``, ``v @ scores`` (on axis -2)."""
     off_x = op.out.dim() - x.dim()
     val = _operand(v, vmeta)
-    if val is None or val[3] != v.dim() - 1 or val[1] != s.heads:
+    where = 2 if left else 1
+    if val is None or val[3] != v.dim() - where or val[1] != s.heads:
         raise UnsupportedOperation(
-            f"{op.where}: attention scores ({s.heads} heads) multiply a tensor whose neurons are not its last axis "
-            "or that has another number of heads"
+            f"{op.where}: attention scores ({s.heads} heads) multiply a tensor whose neurons are not on the "
+            "contracted side's other axis, or that has another number of heads"
         )
     lv, heads, axis, _ = val
     if axis is None:
-        result = Feat(lv, op.out.dim() - 1)
+        result = Feat(lv, op.out.dim() - where)
     else:
         axis += op.out.dim() - v.dim()
-        result = SplitFeat(lv, (axis, op.out.dim() - 1), vmeta.sizes)
+        result = SplitFeat(lv, (axis, op.out.dim() - where), vmeta.sizes)
     movable = s.axis is not None and axis is not None and s.axis + off_x == axis
     return _with_heads(b, op, [s.query, lv], s.heads, movable, result)
 

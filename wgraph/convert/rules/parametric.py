@@ -154,7 +154,7 @@ def matmul(b: LayoutBuilder, op: Op):
     """``x @ self.W`` with ``W`` of shape ``(in, out)``: a dense block held transposed. A product of
     two hidden tensors is attention (:func:`~wgraph.convert.rules.attention.attention_matmul`)."""
     (x, meta), (w, wm) = (op.args[0], op.metas[0]), (op.args[1], op.metas[1])
-    if isinstance(meta, (Feat, SplitFeat, Scores, Gram)) and isinstance(wm, (Feat, SplitFeat, Gram)):
+    if isinstance(meta, (Feat, SplitFeat, Scores, Gram)) and isinstance(wm, (Feat, SplitFeat, Scores, Gram)):
         return attention_matmul(b, op)  # q @ k.transpose(-2, -1), attn @ v
     if not isinstance(wm, Param) or wm.derived or w.dim() != 2 or isinstance(meta, Param):
         raise UnsupportedOperation(f"{op.where}: only activation @ parameter (a 2-D weight) is supported")

@@ -169,7 +169,16 @@ def index_tensor(b: LayoutBuilder, op: Op):
     meta = op.metas[0]
     if isinstance(meta, (Feat, SplitFeat)):
         raise UnsupportedOperation(f"{op.where}: gathers hidden activations by a tensor index")
+    _index_buffers(b, op)
     return meta
+
+
+def _index_buffers(b: LayoutBuilder, op: Op) -> None:
+    """Index buffers (``attention_bias_idxs``) that gather from a table belong to no neuron: extras."""
+    index = op.metas[1] if len(op.metas) > 1 else None
+    for m in index if isinstance(index, (tuple, list)) else (index,):
+        if isinstance(m, Param) and m.name not in b.slots:
+            b.extra(m.name, m.shape, m.dtype, op.where)
 
 
 @register(functions=(getattr, len), methods=("size", "dim", "numel"), aten=("_assert_tensor_metadata.default",))
@@ -197,6 +206,7 @@ def getitem(b: LayoutBuilder, op: Op):
             )
         return Feat(meta.layer, axis)
     if isinstance(x, torch.Tensor):
+        _index_buffers(b, op)
         return meta
     if isinstance(meta, (tuple, list)):
         return meta[op.args[1]] if isinstance(op.args[1], int) else None
@@ -368,9 +378,11 @@ def split(b: LayoutBuilder, op: Op):
     of their own (:meth:`LayoutBuilder.unpack`); along another axis every piece keeps the same
     neurons."""
     x, meta = op.args[0], op.metas[0]
+    dim = op.arg(2, "dim", 0) % x.dim()
+    if isinstance(meta, SplitFeat) and dim in meta.axes:
+        return _split_heads(b, op, meta, dim)
     if not isinstance(meta, Feat):
         return tuple(meta for _ in op.out)
-    dim = op.arg(2, "dim", 0) % x.dim()
     if dim != meta.axis:
         return tuple(Feat(meta.layer, meta.axis) for _ in op.out)
     if len({t.shape[dim] for t in op.out}) == 1:  # q, k, v = qkv(x).chunk(3, -1): a packed projection
@@ -379,6 +391,27 @@ def split(b: LayoutBuilder, op: Op):
     for i, t in enumerate(op.out):
         n = t.shape[dim]
         pieces.append(Feat(b.split(f"{b.layers[meta.layer]['name']}:split{i}", meta.layer, off, n, op.where), dim))
+        off += n
+    return tuple(pieces)
+
+
+def _split_heads(b: LayoutBuilder, op: Op, meta: SplitFeat, dim: int) -> tuple[SplitFeat, ...]:
+    """Pieces of a neuron axis split in (heads, dims), split along one of those axes (LeViT's
+    ``qkv(x).view(B, N, heads, -1).split([key_dim, key_dim, val_dim], dim=3)``: each head's q, k
+    and v interleaved). Each piece is a fixed selection of the neurons (:meth:`LayoutBuilder.reorder`)."""
+    if len(meta.axes) != 2:
+        raise UnsupportedOperation(f"{op.where}: splits a packed projection before selecting its parts")
+    (H, D), minor = meta.sizes, dim == meta.axes[1]
+    pieces, off = [], 0
+    for k, t in enumerate(op.out):
+        n = t.shape[dim]
+        if minor:
+            index = [h * D + off + j for h in range(H) for j in range(n)]
+        else:
+            index = list(range(off * D, (off + n) * D))
+        name = f"{b.layers[meta.layer]['name']}:split{k}"
+        li = b.reorder(name, meta.layer, index, op.where, what="split of a head-split axis")
+        pieces.append(SplitFeat(li, meta.axes, (H, n) if minor else (n, D)))
         off += n
     return tuple(pieces)
 
