@@ -140,6 +140,8 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
             if slot.transposed:
                 blk = layout.block_shape(slot.index)
                 t = t.reshape(B, blk[1], blk[0], *blk[2:]).transpose(1, 2)
+            elif len(slot.targets) == 1:  # a parameter stored in another shape, e.g. (1, C, H, W)
+                t = t.reshape(B, *layout.block_shape(slot.index))
             sizes = [layout.block_shape(i)[0] for i in slot.targets]
             for i, piece in zip(slot.targets, t.split(sizes, dim=1)):
                 edges[i] = piece if len(sizes) == 1 else piece.contiguous()

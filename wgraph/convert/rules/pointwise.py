@@ -99,11 +99,13 @@ def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: to
     axis = meta.axis - (x.dim() - v.dim())
     C = x.shape[meta.axis]
     per_neuron = 0 <= axis < v.dim() and v.shape[axis] == C and v.numel() == C
-    if feature == "shift" and not per_neuron and meta.axis == x.dim() - 1 and v.shape[-1] == C:
-        # A learned positional embedding (1, tokens, C): one input node per position, its
-        # values the edges from that position to the C neurons.
+    channels_first = 0 <= axis < v.dim() and v.shape[axis] == C and math.prod(v.shape[:axis]) == 1
+    if feature == "shift" and not per_neuron and not m.derived and (meta.axis == x.dim() - 1 and v.shape[-1] == C
+                                                                    or channels_first):
+        # A learned positional embedding (1, tokens, C), or (1, C, H, W) on a feature map (PiT):
+        # one input node per position, its values the edges from that position to the C neurons.
         pos = b.new_layer(m.name, v.numel() // C, 0, kind="input")
-        b.dense(m.name, pos, meta.layer, m.name, m.shape, op.where, transposed=True)
+        b.dense(m.name, pos, meta.layer, m.name, m.shape, op.where, transposed=not channels_first, kernel=())
         b.restrict_scaling(meta.layer, "none")
         return meta.layer
     if feature is None or not per_neuron:
