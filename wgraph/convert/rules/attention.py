@@ -113,8 +113,12 @@ def sdpa(b: LayoutBuilder, op: Op):
         for li in (lq, lk, lv):
             b.fix(li, f"attention at {op.where}")
         return metas[2]
-    mask = op.arg(3, "attn_mask")
+    mask, mask_meta = op.pair(3, "attn_mask")
     movable = mask is None or not isinstance(mask, torch.Tensor) or mask.dim() < 3 or mask.shape[-3] == 1
+    if isinstance(mask_meta, Param) and mask_meta.name not in b.slots:  # a relative position bias (MaxViT)
+        b.extra(mask_meta.name, mask_meta.shape, mask_meta.dtype, op.where)
+    elif isinstance(mask_meta, (Feat, SplitFeat, Scores, Gram)):
+        raise UnsupportedOperation(f"{op.where}: an attention mask computed from hidden activations")
     if lq != lk:  # query dimension i of a head meets key dimension i: paired, as in attention_layers
         b.identity(f"attn:{b.layers[lq]['name']}", lk, lq)
         b.tie(lq, lk)

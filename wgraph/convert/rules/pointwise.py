@@ -43,6 +43,9 @@ def pointwise(b: LayoutBuilder, op: Op):
         if len(op.tensors()) != 1 or tuple(op.out.shape) != tuple(op.args[0].shape):
             raise UnsupportedOperation(f"{op.where}: combines a tensor whose neuron axis is split with other tensors")
         b.restrict_scaling(splits[0].layer, _scaling_of(op, 1))
+        dim = _softmax_dim(op)
+        if dim is not None and dim % op.args[0].dim() in splits[0].axes[:-1]:  # across heads or groups
+            b.fix(splits[0].layer, f"softmax across the parts of a split neuron axis at {op.where}")
         return splits[0]
     stats = [m for _, m in op.tensors() if isinstance(m, Stat)]
     if not feats:
@@ -69,6 +72,15 @@ def pointwise(b: LayoutBuilder, op: Op):
         raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
     b.restrict_scaling(result.layer, _scaling_of(op, len(feats)))
     return result
+
+
+def _softmax_dim(op: Op) -> int | None:
+    """The axis of a softmax-like op (softmax, log_softmax, softmin), None for other ops."""
+    target = op.node.target
+    name = type(op.module).__name__ if op.module is not None else getattr(target, "__name__", str(target))
+    if "softm" not in name.lower():
+        return None
+    return op.module.dim if op.module is not None else op.arg(1, "dim")
 
 
 def _derived_param(op: Op) -> Param | None:

@@ -416,6 +416,23 @@ def _split_heads(b: LayoutBuilder, op: Op, meta: SplitFeat, dim: int) -> tuple[S
     return tuple(pieces)
 
 
+@register(functions=(torch.stack,), aten=("stack.default",))
+def stack(b: LayoutBuilder, op: Op):
+    """``torch.stack`` along a new axis: the neurons stay on their axis (shifted if the new axis comes
+    before it); tensors of different layers are joined as tokens are (:func:`_join_tokens`)."""
+    parts, metas = op.args[0], op.metas[0]
+    dim = op.arg(1, "dim", 0) % op.out.dim()
+    feats = [m for m in metas if isinstance(m, Feat)]
+    if not feats:
+        if any(isinstance(m, (SplitFeat, Param)) for m in metas):
+            raise UnsupportedOperation(f"{op.where}: stacks tensors whose neuron axis is split, or parameters")
+        return next((m for m in metas if isinstance(m, Raw)), None)
+    if len(feats) != len(metas):
+        raise UnsupportedOperation(f"{op.where}: stacks hidden activations with other tensors")
+    joined = feats[0] if all(m == feats[0] for m in feats) else _join_tokens(b, op, parts, feats)
+    return Feat(joined.layer, joined.axis + (dim <= joined.axis))
+
+
 def _join_tokens(b: LayoutBuilder, op: Op, parts, feats: list[Feat]) -> Feat:
     """``cat([x_cls, x], dim=tokens)`` of tokens from different layers (CaiT's class stream joined
     to the patch tokens): every later op treats neuron ``c`` of all of them alike, so the layers
