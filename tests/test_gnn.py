@@ -408,3 +408,20 @@ def test_learning_regresses_a_function_of_the_weights():
         torch.set_num_threads(threads)
     assert final < initial / 10, (initial, final)
     assert held_out < 0.1 * y_test.var().item(), (held_out, y_test.var().item())
+
+
+def test_depth_embedding_grows_to_the_deepest_layout_it_is_built_for():
+    """A converted DenseNet or deep transformer has layers deeper than the preset's 64: the model
+    built for it reads it (forward and backward); a deeper layout seen only later is refused."""
+    deep = wgraph.to_graph(mlp([2] + [3] * 70 + [1]), torch.randn(1, 2))
+    assert max(layer.depth for layer in deep.layout.layers) >= 64
+    model = wgraph.nn.from_preset("gnn", deep.layout, hidden=8, layers=1)
+    assert model.node_encoder.depth.num_embeddings == max(layer.depth for layer in deep.layout.layers) + 1
+    model(deep).sum().backward()
+    assert model.node_encoder.depth.weight.grad is not None
+    from wgraph.nn.encoders import NodeEncoder
+
+    shallow = NodeEncoder([wgraph.to_graph(mlp([2, 3, 1]), torch.randn(1, 2)).layout], 8)
+    assert shallow.depth.num_embeddings == 64
+    with pytest.raises(EncoderError, match="depth embedding"):
+        shallow.check(deep.layout)

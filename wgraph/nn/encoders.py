@@ -205,7 +205,12 @@ def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class NodeEncoder(nn.Module):
-    """Initial node states from node features and kind / depth / position embeddings."""
+    """Initial node states from node features and kind / depth / position embeddings.
+
+    The depth embedding has ``max_depth`` rows, or more where a layout it is built for is deeper
+    (a DenseNet or a 24-block transformer converted from timm has layers at depth 100 and beyond):
+    every graph the model was made for can be read. A deeper layout seen only later is an error.
+    """
 
     def __init__(
         self,
@@ -221,6 +226,7 @@ class NodeEncoder(nn.Module):
         self.columns = nn.ParameterDict({n: nn.Parameter(torch.randn(hidden) / math.sqrt(hidden)) for n in names})
         self.bias = nn.Parameter(torch.zeros(hidden))
         self.kind = nn.Embedding(len(NODE_KINDS), hidden)
+        max_depth = max([max_depth] + [layer.depth + 1 for lay in layouts for layer in lay.layers])
         self.depth = nn.Embedding(max_depth, hidden)
         self.positions = positions
         self.max_positions = max_positions
