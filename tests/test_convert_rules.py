@@ -931,3 +931,20 @@ def test_interleaved_heads_gates_and_values_on_the_left():
     notes = [s.note for s in g.layout.spaces if not s.permutable]
     assert any("split of a head-split axis" in n for n in notes)
     assert g.layout.spaces[g.layout.layers[1].space].permutable  # the stream itself stays permutable
+
+
+def test_weight_standardized_convolution_keeps_its_gain_with_its_channels():
+    """timm's ScaledStdConv2d (NFNet): the stored weight is the block, the gain a node feature;
+    permutations commute with the per-row standardization, scalings do not (none allowed)."""
+    std_conv = pytest.importorskip("timm.layers.std_conv")
+    m = nn.Sequential(
+        std_conv.ScaledStdConv2d(3, 6, 3), nn.ReLU(), std_conv.ScaledStdConv2d(6, 5, 3), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(5, 2),
+    )
+    with torch.no_grad():
+        for conv in (m[0], m[2]):
+            conv.gain.uniform_(0.5, 2.0)
+    g = _check(m, torch.randn(2, 3, 9, 9))
+    assert "ws_gain" in g.layout.node_features
+    hidden = [g.layout.spaces[g.layout.layers[li].space] for li in (1, 2)]
+    assert all(s.permutable and s.scaling == "none" for s in hidden)

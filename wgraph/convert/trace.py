@@ -30,7 +30,7 @@ def trace(model: nn.Module, concrete_args: dict | None = None, record_stack_trac
     ``record_stack_traces`` keeps each node's source line for error messages (its first use costs
     about two seconds of imports, so :func:`build_layout` only asks for it to explain an error).
     """
-    tracer = fx.Tracer()
+    tracer = _Tracer()
     tracer.record_stack_traces = record_stack_traces
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
@@ -50,6 +50,14 @@ def trace(model: nn.Module, concrete_args: dict | None = None, record_stack_trac
             "for arguments that select a branch, or move the branch out of forward."
         ) from None
     return fx.GraphModule(model, graph)
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, which also keeps as calls the modules of other packages that have a
+    conversion rule of their own (timm's weight-standardized convolutions)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return super().is_leaf_module(m, module_qualified_name) or REGISTRY.find("call_module", m) is not None
 
 
 def _forget_proxies(model: nn.Module) -> None:

@@ -10,6 +10,7 @@ import importlib
 
 from ...errors import UnsupportedOperation
 from ..builder import Feat, LayoutBuilder
+from .parametric import _module_layer
 from .pointwise import add
 from .registry import REGISTRY, Op, Registry
 
@@ -40,6 +41,24 @@ def token_move(b: LayoutBuilder, op: Op):
     return Feat(meta.layer, out_axis)
 
 
+def std_conv(b: LayoutBuilder, op: Op):
+    """timm's weight-standardized convolutions (NFNet's ``ScaledStdConv2d``, BiT's ``StdConv2d``): the
+    convolution uses ``gain * (W - mean) / std`` with statistics over each output channel's row. A
+    permutation of the input channels reorders each row, which leaves its statistics alone, and
+    one of the output channels moves rows and gains together: the stored ``W`` is the block, the
+    gain a node feature ``ws_gain``. Scalings of either side would change the statistics: none."""
+    m = op.module
+    if m.padding_mode != "zeros":
+        raise UnsupportedOperation(f"{op.where}: padding_mode {m.padding_mode!r}")
+    result = _module_layer(b, op, 2, groups=m.groups)
+    src = b.as_layer(op.metas[0], op.args[0].dim() - 3, op.args[0].shape[-3], op.where)
+    if getattr(m, "gain", None) is not None:
+        b.node_param(result.layer, "ws_gain", b.qualify(b.path(op.node.target), "gain"), tuple(m.gain.shape), op.where)
+    b.restrict_scaling(src, "none")
+    b.restrict_scaling(result.layer, "none")
+    return result
+
+
 def register_timm(registry: Registry) -> None:
     """Register the rules above for timm's functions (those of the installed timm version)."""
     from timm.layers import attention
@@ -54,6 +73,10 @@ def register_timm(registry: Registry) -> None:
             continue
         found += [getattr(mod, n) for n in names if hasattr(mod, n)]
     registry.register(functions=tuple(found))(token_move)
+    from timm.layers import std_conv as timm_std_conv
+
+    kinds = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+    registry.register(modules=tuple(getattr(timm_std_conv, k) for k in kinds if hasattr(timm_std_conv, k)))(std_conv)
 
 
 REGISTRY.lazy("timm", register_timm)
