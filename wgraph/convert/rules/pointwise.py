@@ -196,7 +196,7 @@ register(
     methods=("neg", "float", "double", "half", "to", "type", "contiguous", "clone", "detach"),
     aten=(
         "mul.Scalar", "neg.default", "dropout.default", "clone.default", "alias.default", "detach.default",
-        "_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "lift_fresh_copy.default",
+        "_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "lift_fresh_copy.default", "contiguous.default",
     ),
     scaling="real",
 )(pointwise)

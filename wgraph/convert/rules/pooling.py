@@ -104,14 +104,18 @@ def var_reduce(b: LayoutBuilder, op: Op):
 
 def _reduced(b: LayoutBuilder, op: Op, dim, keepdim: bool):
     x, meta = op.args[0], op.metas[0]
-    if isinstance(meta, SplitFeat):
-        raise UnsupportedOperation(f"{op.where}: reduces a tensor whose neuron axis is split")
-    if not isinstance(meta, Feat):
+    if not isinstance(meta, (Feat, SplitFeat)):
         return meta
     if dim is None or dim == []:
         dims = set(range(x.dim()))
     else:
         dims = {d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)}
+    if isinstance(meta, SplitFeat):  # over tokens (Hiera's pooled queries): the split axes stay
+        if dims & set(meta.axes):
+            raise UnsupportedOperation(f"{op.where}: reduces over a part of a split neuron axis")
+        b.restrict_scaling(meta.layer, op.declared.scaling)
+        moved = meta.axes if keepdim else tuple(a - sum(d < a for d in dims) for a in meta.axes)
+        return SplitFeat(meta.layer, moved, meta.sizes)
     if meta.axis in dims:  # a symmetric function of the neurons: RMSNorm's mean(x^2), LayerNorm's mean
         b.restrict_scaling(meta.layer, "none")
         return Stat((meta.layer,))

@@ -110,11 +110,22 @@ def transpose(b: LayoutBuilder, op: Op):
     return Feat(meta.layer, moved.index(primes[meta.axis]))
 
 
+def _kept_axis(shape: tuple[int, ...], a: int, out_shape: tuple[int, ...]) -> int | None:
+    """The axis of ``out_shape`` that is axis ``a`` of ``shape`` unchanged (same size, same numbers
+    of elements before and after it), or None."""
+    before, after = math.prod(shape[:a]), math.prod(shape[a + 1 :])
+    found = [j for j, n in enumerate(out_shape) if n == shape[a] and _around(out_shape, j, j + 1, before, after)]
+    return found[0] if len(found) == 1 else None
+
+
 def _merge_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, out_shape: tuple[int, ...]):
     """A reshape that merges the two halves of a split neuron axis back into one axis: the
     neurons come back in the order the axes now have (transposed halves: a channel shuffle)."""
     if out_shape == tuple(x.shape):
         return meta
+    kept = [_kept_axis(tuple(x.shape), a, out_shape) for a in meta.axes]
+    if all(j is not None for j in kept):  # only other axes reshaped (Hiera's pooled queries)
+        return SplitFeat(meta.layer, tuple(kept), meta.sizes)
     if len(meta.axes) != 2:
         raise UnsupportedOperation(f"{op.where}: reshapes a packed projection before selecting its parts")
     a0, a1 = meta.axes
@@ -159,6 +170,18 @@ def repeat_interleave(b: LayoutBuilder, op: Op):
     axes = meta.axes if isinstance(meta, SplitFeat) else (meta.axis,) if isinstance(meta, Feat) else ()
     if axes and (dim is None or dim % x.dim() in axes):
         raise UnsupportedOperation(f"{op.where}: repeats single neurons (repeat_interleave along the neuron axis)")
+    return meta
+
+
+@register(methods=("unfold",), aten=("unfold.default",))
+def unfold(b: LayoutBuilder, op: Op):
+    """``x.unfold(dim, size, step)``: windows along a spatial or token axis, one new last axis of
+    positions in the window; the neurons stay on their axis (along the neuron axis: refused)."""
+    x, meta = op.args[0], op.metas[0]
+    dim = op.arg(1, "dimension") % x.dim()
+    axes = meta.axes if isinstance(meta, SplitFeat) else (meta.axis,) if isinstance(meta, Feat) else ()
+    if dim in axes:
+        raise UnsupportedOperation(f"{op.where}: unfolds the neuron axis into windows")
     return meta
 
 
