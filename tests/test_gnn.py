@@ -425,3 +425,35 @@ def test_depth_embedding_grows_to_the_deepest_layout_it_is_built_for():
     assert shallow.depth.num_embeddings == 64
     with pytest.raises(EncoderError, match="depth embedding"):
         shallow.check(deep.layout)
+
+
+class _TiedLM(nn.Module):
+    """An embedding tied to the output layer (as in GPT-2's LM head): one weight used as W and W^T."""
+
+    def __init__(self, vocab=11, d=6):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 8), nn.GELU(), nn.Linear(8, d))
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        return self.head(h + self.mlp(h))
+
+
+@pytest.mark.parametrize("edge_updates", [False, True])
+def test_tied_weights_are_read_in_both_places(edge_updates):
+    """A shared block passes messages with the weight it reuses: the model reads the graph, is
+    invariant to its symmetries, and the tied weight reaches the output through both uses."""
+    torch.manual_seed(0)
+    g = wgraph.to_graph(_TiedLM().double(), torch.randint(0, 11, (1, 5)))
+    assert [b.kind for b in g.layout.blocks].count("shared") == 1
+    model = wgraph.nn.from_preset("gnn", g.layout, hidden=8, layers=2, edge_updates=edge_updates).double().eval()
+    assert GraphNFN.supports(g.layout)
+    assert_invariant(model, g, atol=1e-8)
+    model(g).sum().backward()
+    shared = next(i for i, b in enumerate(g.layout.blocks) if b.kind == "shared")
+    first = g.layout.blocks[shared].index[0]
+    h, inputs = model.encode(g)
+    torch.testing.assert_close(inputs[shared].x, inputs[first].x.transpose(1, 2))

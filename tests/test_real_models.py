@@ -95,12 +95,13 @@ def test_timm_batch_norm_act():
 def _hf(name):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    if name == "gpt2":
+    if name in ("gpt2", "gpt2-lm"):
         cfg = transformers.GPT2Config(
             n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16, use_cache=False,
             attn_implementation="sdpa", bos_token_id=0, eos_token_id=0,
         )
-        return transformers.GPT2Model(cfg), torch.randint(0, 50, (2, 8))
+        kind = transformers.GPT2Model if name == "gpt2" else transformers.GPT2LMHeadModel  # LM head: tied
+        return kind(cfg), torch.randint(0, 50, (2, 8))
     if name == "bert":
         cfg = transformers.BertConfig(
             num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
@@ -166,10 +167,11 @@ def test_parameter_head_covers_packed_attention_parameters():
     assert (sd["attn.in_proj_bias"][8:] != 0).all()  # the k and v parts are written, not left zero
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "gpt2-lm"])
 def test_graph_nfn_symmetries_on_transformers(name):
     """The graph NFN's readout is invariant and its per-parameter head equivariant on GPT-2 and
-    BERT graphs (embeddings, attention heads, packed projections, LayerNorms), float64."""
+    BERT graphs (embeddings, attention heads, packed projections, LayerNorms), float64; GPT-2 with
+    its LM head (the token embedding tied to the output layer, a shared block) is read too."""
     from wgraph.nn import GraphNFN
     from wgraph.testing import assert_equivariant, assert_invariant
 
@@ -178,5 +180,9 @@ def test_graph_nfn_symmetries_on_transformers(name):
     torch.manual_seed(0)
     invariant = GraphNFN([g.layout], hidden=8, layers=2).double().eval()
     assert_invariant(invariant, g, atol=1e-8)
+    if name == "gpt2-lm":
+        assert any(b.kind == "shared" for b in g.layout.blocks)
+        wgraph.nn.from_preset("gnn", g.layout).double()(g).sum().backward()
+        return
     head = GraphNFN([g.layout], hidden=8, layers=2, head="parameters").double().eval()
     assert_equivariant(head, g, atol=1e-8)

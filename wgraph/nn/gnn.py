@@ -32,6 +32,7 @@ neurons no permutation moves.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Union
 
 import torch
@@ -122,7 +123,7 @@ class GNNLayer(nn.Module):
                 recv = recv + bias
             sender = _select(send_all[sl], s)
             m = message_pass(
-                sender, recv, inp.x, weight, kind=blk.kind, reverse=reverse, aggr=self.aggr, act=self.act,
+                sender, recv, inp.x, weight, kind=_kernel_kind(blk), reverse=reverse, aggr=self.aggr, act=self.act,
                 groups=blk.groups, backend=backend,
             )
             incoming[rl].append((r, m))
@@ -194,7 +195,7 @@ class _EdgeUpdate(nn.Module):
         for bi, (blk, inp) in enumerate(zip(layout.blocks, edge_inputs)):
             src, dst = layout.block_nodes(bi)
             a, c, e = hs[:, src], hd[:, dst], inp.x
-            if blk.has_tensor:
+            if _kernel_kind(blk) in ("dense", "grouped"):  # a weight (shared ones too)
                 z = self.e(e) + pair_sum(a, c, blk.groups)
             else:  # source i feeds targets i * inner + s
                 z = self.e(e) + a.repeat_interleave(c.shape[1] // a.shape[1], dim=1) + c
@@ -254,10 +255,9 @@ class GraphNFN(nn.Module):
 
     @classmethod
     def supports(cls, layout: Layout) -> Support:
-        """Whether a graph NFN reads ``layout``: every block but a shared (tied-weight) one, which
-        the edge encoder has no lift for yet (a model built for such a layout fails in its encoder)."""
-        if any(b.kind == "shared" for b in layout.blocks):
-            return Support(False, "graph NFNs do not read shared (tied-weight) blocks yet")
+        """Whether a graph NFN reads ``layout``: every block kind. A shared (tied-weight) block
+        sends messages along its own edges with the values of the weight it reuses (transposed for
+        a ``W^T`` use): one tensor, read in both places."""
         return Support(True)
 
     # ------------------------------------------------------------------ pieces
@@ -283,6 +283,9 @@ class GraphNFN(nn.Module):
         h = self.node_encoder(lay, nodes)
         inputs: list[EdgeInput] = []
         for blk, e in zip(lay.blocks, edges):
+            if blk.kind == "shared":  # a tied weight: the first use's edges, read in this place too
+                e = edges[blk.index[0]].transpose(1, 2) if blk.index[1] else edges[blk.index[0]]
+                blk = replace(blk, kind="dense")
             w, b = self.edge_encoder.lift(blk)
             inputs.append(EdgeInput(None if e is None else self.edge_encoder.features(e, blk.kernel), w, b))
         if self.config.edge_updates:  # materialize the edge states L_k x
@@ -395,3 +398,8 @@ def from_config(config: dict, layouts) -> GraphNFN:
     """The graph NFN of a parsed ``type = "gnn"`` preset (its builder in
     :data:`~wgraph.nn.presets.PRESET_TYPES`) for ``layouts``."""
     return GraphNFN(layouts, GNNConfig.from_dict({k: v for k, v in config.items() if k != "type"}))
+
+
+def _kernel_kind(blk) -> str:
+    """The message-passing kind of a block: a shared block passes messages like a dense one."""
+    return "dense" if blk.kind == "shared" else blk.kind
