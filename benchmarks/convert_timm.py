@@ -25,8 +25,9 @@ Writes benchmarks/results/convert_timm.{json,md} and, for a full run, the table 
 The JSON is rewritten after every model, so an interrupted run loses nothing: ``--resume`` keeps the
 rows of the previous results and converts only the missing models, except those whose status is
 listed in ``--redo`` (after a new rule: rerun only the models that failed). The choice of models is
-kept in benchmarks/results/convert_timm_models.json (per timm version). Models run one at a time (a
-conversion is single-threaded; the float64 checks of one model already keep a core busy).
+kept in benchmarks/results/convert_timm_models.json (per timm version). ``--workers N`` converts N
+models at once, each in its own process (default 1: the float64 checks of one model keep a core
+busy; run with ``OMP_NUM_THREADS=1`` on a shared machine).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import json
 import subprocess
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from _docs import replace_block  # benchmarks/_docs.py, beside this script
@@ -165,6 +167,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=300, help="seconds per model (default 300)")
     ap.add_argument("--resume", action="store_true", help="keep the rows of the previous results file")
     ap.add_argument("--redo", nargs="*", default=[], help="with --resume: statuses to convert again")
+    ap.add_argument("--workers", type=int, default=1, help="models converted at once, each in its own process")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -184,22 +187,27 @@ def main() -> None:
     done = {}
     if args.resume and out.exists():
         done = {r["model"]: r for r in json.loads(out.read_text()) if r.get("status") not in args.redo}
-    rows = []
-    for family, pick in tqdm(chosen, desc="converting timm models", unit="model"):
-        name = pick["model"]
-        if name in done:
-            rows.append(done[name])
-            continue
+    todo = [(family, pick) for family, pick in chosen if pick["model"] not in done]
+    found = dict(done)
+
+    def convert(item: tuple[str, dict]) -> dict:
+        family, pick = item
         try:
-            row = run_worker(__file__, ["--one", name], args.timeout)
+            row = run_worker(__file__, ["--one", pick["model"]], args.timeout)
         except WorkerFailed as e:
-            row = {"model": name, "status": "crashed", "error": e.last_line or "?"}
+            row = {"model": pick["model"], "status": "crashed", "error": e.last_line or "?"}
         except subprocess.TimeoutExpired:
-            row = {"model": name, "status": "timeout", "error": f"more than {args.timeout} s"}
-        row = {"family": family, **pick, **row}
-        rows.append(row)
-        tqdm.write(f"{family} ({name}): {row.get('status')} {row.get('error', '')[:120]}")
-        out.write_text(json.dumps(rows + [r for r in done.values() if r not in rows], indent=2) + "\n")
+            row = {"model": pick["model"], "status": "timeout", "error": f"more than {args.timeout} s"}
+        return {"family": family, **pick, **row}
+
+    with ThreadPoolExecutor(args.workers) as pool, tqdm(total=len(todo), desc="converting timm models") as bar:
+        for future in as_completed([pool.submit(convert, item) for item in todo]):
+            row = future.result()
+            found[row["model"]] = row
+            bar.update()
+            tqdm.write(f"{row['family']} ({row['model']}): {row.get('status')} {row.get('error', '')[:120]}")
+            out.write_text(json.dumps(list(found.values()), indent=2) + "\n")
+    rows = [found[pick["model"]] for _, pick in chosen]
     out.write_text(json.dumps(rows, indent=2) + "\n")
     table = render(rows)
     (out.with_suffix(".md")).write_text("# timm conversion, one model per family\n\n" + table + "\n")
