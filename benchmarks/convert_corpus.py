@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import time
 from pathlib import Path
 
 from _docs import replace_block  # benchmarks/_docs.py, beside this script
-from _worker import WorkerFailed, run_worker  # benchmarks/_worker.py, beside this script
+from _worker import run_case  # benchmarks/_worker.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -153,12 +152,7 @@ def main() -> None:
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     rows = []
     for name in tqdm(names, desc="converting torchvision models", unit="model"):
-        try:
-            row = run_worker(__file__, ["--one", name], args.timeout)
-        except WorkerFailed as e:
-            row = {"model": name, "status": "crashed", "error": e.last_line or "?"}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "status": "timeout", "error": f"more than {args.timeout} s"}
+        row = run_case(__file__, name, args.timeout)
         rows.append(row)
         tqdm.write(f"{name}: {row.get('status')} {row.get('error', '')[:120]}")
     RESULTS.mkdir(exist_ok=True)

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from _docs import replace_block  # benchmarks/_docs.py, beside this script
-from _worker import WorkerFailed, run_worker  # benchmarks/_worker.py, beside this script
+from _worker import run_case  # benchmarks/_worker.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -192,13 +191,7 @@ def main() -> None:
 
     def convert(item: tuple[str, dict]) -> dict:
         family, pick = item
-        try:
-            row = run_worker(__file__, ["--one", pick["model"]], args.timeout)
-        except WorkerFailed as e:
-            row = {"model": pick["model"], "status": "crashed", "error": e.last_line or "?"}
-        except subprocess.TimeoutExpired:
-            row = {"model": pick["model"], "status": "timeout", "error": f"more than {args.timeout} s"}
-        return {"family": family, **pick, **row}
+        return {"family": family, **pick, **run_case(__file__, pick["model"], args.timeout)}
 
     with ThreadPoolExecutor(args.workers) as pool, tqdm(total=len(todo), desc="converting timm models") as bar:
         for future in as_completed([pool.submit(convert, item) for item in todo]):
