@@ -948,3 +948,42 @@ def test_weight_standardized_convolution_keeps_its_gain_with_its_channels():
     assert "ws_gain" in g.layout.node_features
     hidden = [g.layout.spaces[g.layout.layers[li].space] for li in (1, 2)]
     assert all(s.permutable and s.scaling == "none" for s in hidden)
+
+
+class CosineWindowAttention(nn.Module):
+    """Swin V2: q/k/v bias concatenated from parameters (k's a zero buffer), cosine attention with a
+    learned per-head logit scale, a relative bias from a small MLP gathered by an index table, and
+    shifted windows (``torch.roll`` along the tokens)."""
+
+    def __init__(self, d=8, heads=2, tokens=4):
+        super().__init__()
+        self.heads = heads
+        self.inp, self.qkv = nn.Linear(3, d), nn.Linear(d, 3 * d, bias=False)
+        self.proj, self.out = nn.Linear(d, d), nn.Linear(d, 2)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(d)), nn.Parameter(torch.randn(d))
+        self.register_buffer("k_bias", torch.zeros(d), persistent=False)
+        self.logit_scale = nn.Parameter(torch.randn(heads, 1, 1))
+        self.cpb = nn.Sequential(nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, heads))
+        self.register_buffer("coords", torch.randn(2 * tokens - 1, 2), persistent=False)
+        idx = torch.arange(tokens)
+        self.register_buffer("index", (idx[:, None] - idx[None, :] + tokens - 1).reshape(-1), persistent=False)
+
+    def forward(self, x):
+        h = torch.roll(self.inp(x), shifts=1, dims=1)
+        B, N, D = h.shape
+        qkv = F.linear(h, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * self.logit_scale.clamp(max=4.0).exp()
+        bias = self.cpb(self.coords)[self.index].view(N, N, -1).permute(2, 0, 1)
+        attn = attn + 16 * torch.sigmoid(bias).unsqueeze(0)
+        a = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, D)
+        return self.out((h + self.proj(a)).mean(1))
+
+
+def test_cosine_attention_with_a_computed_bias_and_bias_parameters_is_exact_with_fixed_parts():
+    g = _check(CosineWindowAttention(), torch.randn(2, 4, 3))
+    notes = " ".join(s.note for s in g.layout.spaces if not s.permutable)
+    assert "bias made of parameters (q_bias, v_bias)" in notes and "added to attention scores" in notes
+    assert {"q_bias", "v_bias", "logit_scale"} <= {p.name for p in g.layout.extra_params}
+    assert g.layout.spaces[g.layout.layers[1].space].permutable  # the token stream

@@ -79,6 +79,14 @@ class Scores:
 
 
 @dataclass(frozen=True)
+class Params:
+    """Meta of a tensor made of several parameters (and constants) without hidden neurons:
+    ``torch.cat((self.q_bias, self.k_bias, self.v_bias))`` (Swin V2's and EVA's q/k/v bias)."""
+
+    parts: tuple[Param, ...]
+
+
+@dataclass(frozen=True)
 class Gram:
     """Meta of a product over tokens of two hidden tensors, ``a.transpose(-2, -1) @ c`` (channel
     attention: XCiT, EdgeNeXt, DaViT, CoaT's factorized attention): entry ``[h, i, j]`` sums

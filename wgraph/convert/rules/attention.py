@@ -255,9 +255,10 @@ def on_scores(b: LayoutBuilder, op: Op):
     ops and softmax act on every head alike and keep the head axis, reshapes and axis reorderings
     move it, and anything else (a ``Linear`` across heads), or an operand with one value per head (a
     relative position bias ``(H, N, N)``, a temperature ``(H, 1, 1)``), pins the heads. Parameters
-    that enter the scores belong to no neuron: they are kept as extras. Hidden activations may not
-    enter. A channel-attention :class:`~wgraph.convert.builder.Gram` takes elementwise ops and
-    transposes only; an operand that differs along its channel axes fixes both channel layers.
+    that enter the scores belong to no neuron: they are kept as extras. Hidden activations that enter
+    (a bias from a small network, Swin V2) pin the heads and their own layer. A channel-attention
+    :class:`~wgraph.convert.builder.Gram` takes elementwise ops and transposes only; an operand that
+    differs along its channel axes fixes both channel layers.
     """
     from .pointwise import add, hardtanh, pointwise
     from .shape import reshape, transpose
@@ -265,12 +266,14 @@ def on_scores(b: LayoutBuilder, op: Op):
     flat = [m for m in _flatten((op.metas, op.kwmetas)) if m is not None]
     scores = [m for m in flat if isinstance(m, (Scores, Gram))]
     s = scores[0]
-    mixed = any(isinstance(m, (Feat, SplitFeat)) for m in flat)
-    if mixed or any(replace(m, axis=s.axis) != s for m in scores):
+    if any(isinstance(m, SplitFeat) for m in flat) or any(replace(m, axis=s.axis) != s for m in scores):
         raise UnsupportedOperation(
-            f"{op.where}: combines attention scores with hidden activations or other scores; supported are "
+            f"{op.where}: combines attention scores with head-split activations or other scores; supported are "
             "scores @ v and ops on the scores alone (scaling, bias, mask, softmax)"
         )
+    for m in flat:  # a bias computed by a small network (Swin V2's position MLP): its neurons pinned
+        if isinstance(m, Feat):
+            b.fix(m.layer, f"added to attention scores at {op.where}")
     for m in flat:
         if isinstance(m, Param) and m.name not in b.slots and m.name not in b.aliases:
             b.extra(m.name, m.shape, m.dtype, op.where)
@@ -294,6 +297,8 @@ def on_scores(b: LayoutBuilder, op: Op):
         for v, m in op.tensors():
             if isinstance(m, (Scores, Gram)):
                 continue
+            if isinstance(m, Feat) and axis is not None:
+                axis = None  # computed per head by hidden neurons
             along = lambda a: 0 <= a - op.out.dim() + v.dim() and v.shape[a - op.out.dim() + v.dim()] != 1  # noqa: E731
             if axis is not None and along(axis):
                 axis = None  # one value per head

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, Gram, LayoutBuilder, Param, Raw, Scores, SplitFeat
+from ..builder import Feat, Gram, LayoutBuilder, Param, Params, Raw, Scores, SplitFeat
 from .attention import attention_matmul
 from .registry import Op, register
 
@@ -133,10 +134,21 @@ def _functional_weights(op: Op) -> tuple[Param, tuple[str, tuple[int, ...]] | No
 
 @register(functions=(F.linear,), aten=("linear.default",))
 def linear_functional(b: LayoutBuilder, op: Op):
-    """``F.linear(x, self.weight, self.bias)``: the same block as ``nn.Linear``."""
+    """``F.linear(x, self.weight, self.bias)``: the same block as ``nn.Linear``. A bias made of
+    several parameters (Swin V2's and EVA's ``cat((q_bias, k_bias, v_bias))``) is kept as extras,
+    the layer fixed (a permutation would have to move the pieces of those parameters)."""
     x = op.args[0]
+    made = op.meta(2, "bias")
+    if isinstance(made, Params):
+        op = replace(op, args=op.args[:2], kwargs={k: v for k, v in op.kwargs.items() if k != "bias"})
     w, bias = _functional_weights(op)
-    return _weight_layer(b, op, x, op.metas[0], x.dim() - 1, w.name.rsplit(".", 1)[0] or w.name, w.name, w.shape, bias)
+    meta = _weight_layer(b, op, x, op.metas[0], x.dim() - 1, w.name.rsplit(".", 1)[0] or w.name, w.name, w.shape, bias)
+    if isinstance(made, Params):
+        for p in made.parts:
+            b.extra(p.name, p.shape, p.dtype, op.where)
+        names = ", ".join(p.name.rsplit(".", 1)[-1] for p in made.parts)
+        b.fix(meta.layer, f"bias made of parameters ({names}) at {op.where}")
+    return meta
 
 
 @register(functions=(F.conv1d, F.conv2d, F.conv3d), aten=("conv1d.default", "conv2d.default", "conv3d.default"))

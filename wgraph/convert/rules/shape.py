@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, Param, Raw, SplitFeat
+from ..builder import Feat, LayoutBuilder, Param, Params, Raw, SplitFeat
 from .registry import Op, register
 
 
@@ -173,6 +173,20 @@ def repeat_interleave(b: LayoutBuilder, op: Op):
     return meta
 
 
+@register(functions=(torch.roll,), methods=("roll",), aten=("roll.default",))
+def roll(b: LayoutBuilder, op: Op):
+    """``torch.roll`` along spatial or token axes (Swin's shifted windows) keeps the neurons; along
+    the neuron axis it would move them."""
+    x, meta = op.args[0], op.metas[0]
+    dims = op.arg(2, "dims")
+    axes = meta.axes if isinstance(meta, SplitFeat) else (meta.axis,) if isinstance(meta, Feat) else ()
+    dims = (dims,) if isinstance(dims, int) else dims
+    rolled = set(range(x.dim())) if not dims else {d % x.dim() for d in dims}
+    if rolled & set(axes):
+        raise UnsupportedOperation(f"{op.where}: rolls the neuron axis")
+    return meta
+
+
 @register(methods=("unfold",), aten=("unfold.default",))
 def unfold(b: LayoutBuilder, op: Op):
     """``x.unfold(dim, size, step)``: windows along a spatial or token axis, one new last axis of
@@ -222,6 +236,10 @@ def getitem(b: LayoutBuilder, op: Op):
             out, i = _landing(expanded, meta.axis)  # x[:, :C'] (GhostNet's crop, DPN's and FocalNet's splits)
             if isinstance(i, slice) and i.step in (None, 1):
                 return _neuron_slice(b, op, meta, *i.indices(x.shape[meta.axis])[:2], out)
+        index = op.args[1]
+        if axis is None and isinstance(index, torch.Tensor) and meta.axis > 0 and not index.is_floating_point():
+            if index.dtype != torch.bool:  # table[idx] gathers positions (Swin V2's bias table)
+                return Feat(meta.layer, meta.axis - 1 + index.dim())
         if axis is None:
             raise UnsupportedOperation(
                 f"{op.where}: indexes a hidden activation ({op.node.args[1]!r}) along its neuron axis; "
@@ -374,7 +392,8 @@ def cat(b: LayoutBuilder, op: Op):
     dim = op.arg(1, "dim", 0) % parts[0].dim()
     feats = [m for m in metas if isinstance(m, Feat)]
     if not feats:
-        return next((m for m in metas if isinstance(m, Raw)), None)
+        params = [p for m in metas for p in (m.parts if isinstance(m, Params) else (m,)) if isinstance(p, Param)]
+        return Params(tuple(params)) if params else next((m for m in metas if isinstance(m, Raw)), None)
     if any(isinstance(m, Param) for m in metas) and all(m.axis != dim for m in feats):
         return _cat_tokens(b, op, parts, metas, feats[0], dim)
     if any(m.axis != dim for m in feats):
