@@ -117,8 +117,11 @@ def sdpa(b: LayoutBuilder, op: Op):
     movable = mask is None or not isinstance(mask, torch.Tensor) or mask.dim() < 3 or mask.shape[-3] == 1
     if isinstance(mask_meta, Param) and mask_meta.name not in b.slots:  # a relative position bias (MaxViT)
         b.extra(mask_meta.name, mask_meta.shape, mask_meta.dtype, op.where)
-    elif isinstance(mask_meta, (Feat, SplitFeat, Scores, Gram)):
-        raise UnsupportedOperation(f"{op.where}: an attention mask computed from hidden activations")
+    elif isinstance(mask_meta, Feat):  # a bias computed by a small network: its neurons and the heads pinned
+        b.fix(mask_meta.layer, f"attention bias at {op.where}")
+        movable = False
+    elif isinstance(mask_meta, (SplitFeat, Scores, Gram)):
+        raise UnsupportedOperation(f"{op.where}: an attention mask computed from head-split activations")
     if lq != lk:  # query dimension i of a head meets key dimension i: paired, as in attention_layers
         b.identity(f"attn:{b.layers[lq]['name']}", lk, lq)
         b.tie(lq, lk)

@@ -278,7 +278,7 @@ register(
     param_feature="shift",
     merge_label="skip",
 )
-@register(functions=(operator.iadd,), methods=("add_", "__iadd__"), merge_label="skip")
+@register(functions=(operator.iadd,), methods=("add_", "__iadd__"), aten=("add_.Tensor",), merge_label="skip")
 @register(aten=("add.Scalar",))
 def add(b: LayoutBuilder, op: Op):
     """``a + b``. A scalar is pointwise; two layers (or a layer and the raw input) form a

@@ -172,3 +172,17 @@ def pad(b: LayoutBuilder, op: Op):
 def interpolate(b: LayoutBuilder, op: Op):
     """``F.interpolate`` / ``nn.Upsample``: every channel (axis 1) resampled alike, linearly."""
     return _along(b, op, set(range(2, op.args[0].dim())), "real", "resamples")
+
+
+@register(modules=(nn.Unfold,), functions=(F.unfold,), aten=("im2col.default",))
+def unfold_patches(b: LayoutBuilder, op: Op):
+    """``nn.Unfold`` / ``F.unfold`` (im2col, TNT's and VOLO's patches): ``(B, C, H, W)`` to
+    ``(B, C * k * k, L)``, row ``c * k * k + p`` being channel ``c`` at kernel position ``p``: one
+    node per (neuron, position) that moves with its neuron (:meth:`LayoutBuilder.spread`)."""
+    x, meta = op.args[0], op.metas[0]
+    if not isinstance(meta, Feat):
+        return meta
+    if meta.axis != 1 or x.dim() != 4:
+        raise UnsupportedOperation(f"{op.where}: unfolds a tensor whose neurons are not its channel axis")
+    inner = op.out.shape[1] // x.shape[1]
+    return Feat(b.spread(f"{b.layers[meta.layer]['name']}:unfold", meta.layer, inner), 1)

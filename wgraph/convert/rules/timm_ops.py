@@ -1,5 +1,7 @@
 """timm's fx-wrapped functions (``register_notrace_function``), which a trace keeps as calls: the
-attention mask helper and the window/grid rearrangements of Swin-like models.
+attention mask helper and the window/grid rearrangements of Swin-like models; and timm modules
+with rules of their own (kept as calls too): weight-standardized and "same"-padded convolutions,
+"same"-padded pooling.
 
 They register once timm has been imported (:meth:`Registry.lazy`), like torchvision's.
 """
@@ -10,8 +12,9 @@ import importlib
 
 from ...errors import UnsupportedOperation
 from ..builder import Feat, LayoutBuilder
-from .parametric import _module_layer
+from .parametric import _module_layer, conv
 from .pointwise import add
+from .pooling import pool
 from .registry import REGISTRY, Op, Registry
 
 #: Functions that only move tokens: windows back to the image, blocks back to the grid. Channels
@@ -73,7 +76,15 @@ def register_timm(registry: Registry) -> None:
             continue
         found += [getattr(mod, n) for n in names if hasattr(mod, n)]
     registry.register(functions=tuple(found))(token_move)
-    from timm.layers import std_conv as timm_std_conv
+    conv2d_same = importlib.import_module("timm.layers.conv2d_same")  # the package exports functions of these names
+    pool2d_same = importlib.import_module("timm.layers.pool2d_same")
+    timm_std_conv = importlib.import_module("timm.layers.std_conv")
+
+    # "same"-padded convolution and pooling (TensorFlow ports): padding computed in forward from
+    # the input size, which fx cannot trace; as calls, their rules are those of the torch layers.
+    registry.register(modules=(conv2d_same.Conv2dSame,))(conv)
+    registry.register(modules=(pool2d_same.AvgPool2dSame,), scaling="real", pooled_axes=2)(pool)
+    registry.register(modules=(pool2d_same.MaxPool2dSame,), scaling="positive", pooled_axes=2)(pool)
 
     kinds = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
     registry.register(modules=tuple(getattr(timm_std_conv, k) for k in kinds if hasattr(timm_std_conv, k)))(std_conv)
