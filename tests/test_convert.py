@@ -288,17 +288,23 @@ def test_elementwise_ops_within_one_layer_are_allowed():
     outputs_match(m, g.permute(wgraph.random_symmetry(g, seed=0)), x)
 
 
-def test_non_scalar_constant_on_hidden_neurons_is_rejected():
+def test_a_constant_that_differs_between_neurons_fixes_them():
     class M(nn.Module):
-        def __init__(self):
+        def __init__(self, mask=False):
             super().__init__()
+            self.mask = mask
             self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
 
         def forward(self, x):
+            if self.mask:  # the same for every neuron: they stay permutable
+                return self.b(self.a(x) * torch.arange(2.0)[:, None, None])
             return self.b(self.a(x) + torch.arange(4.0))  # pins each neuron to a constant
 
-    with pytest.raises(wgraph.UnsupportedOperation, match="non-scalar tensor of shape \\(4,\\)"):
-        wgraph.to_graph(M(), torch.randn(2, 3))
+    g = wgraph.to_graph(M(), torch.randn(2, 3))
+    space = g.layout.spaces[g.layout.layers[1].space]
+    assert not space.permutable and "tensor of shape (4,)" in space.note
+    g = wgraph.to_graph(M(mask=True), torch.randn(2, 5, 3))
+    assert g.layout.spaces[g.layout.layers[1].space].permutable
 
 
 def test_scaling_groups_of_hidden_spaces():

@@ -215,6 +215,20 @@ class LayoutBuilder:
         self.restrict_scaling(li, "none")
         return li
 
+    def fold(self, name: str, src: int, parts: int, where: str) -> int:
+        """A new layer whose neuron ``c`` reduces neurons ``c, c + n, c + 2n, ...`` of ``src`` (``n``
+        the new size; ResNeSt's sum over the radix splits): a copy block from each of the ``parts``
+        slices. A permutation of ``src`` would have to move the slices together: both fixed."""
+        size = self.size(src) // parts
+        self.fix(src, f"reduction over parts of the neurons at {where}")
+        li = self.new_layer(name, size, self.depth(src))
+        self.fix(li, f"reduction over parts of the neurons at {where}")
+        for k in range(parts):
+            block = f"fold:{self.layers[src]['name']}->{name}[{k}]"
+            self.blocks.append(EdgeBlock(block, "copy", src, li, src_offset=k * size, count=size))
+        self.restrict_scaling(li, "none")
+        return li
+
     def unpack(self, li: int, parts: int, where: str, sole: bool = True) -> tuple[int, ...]:
         """Layer ``li`` as ``parts`` layers of equal size (a packed projection: timm's ``qkv``).
 
@@ -403,6 +417,17 @@ class LayoutBuilder:
         only, so source and destination share one permutation (tied). Other groupings would need
         permutations that keep the groups: not modelled, so both spaces are fixed.
         """
+        prev = self.slots.get(self.aliases.get(param, param))
+        if prev is not None and prev.where == "edges" and self.blocks[prev.index].kind == "grouped":
+            # A shared grouped convolution (CoaT's positional convolution, called by several blocks):
+            # its layers tied to the first use's, which holds the weight (no second block).
+            first = self.blocks[prev.index]
+            for a, b in ((src, first.src), (dst, first.dst)):
+                if self.size(a) != self.size(b):
+                    raise UnsupportedOperation(f"{where}: parameter {param!r} is reused with other shapes")
+                self.tie(a, b)
+            self.restrict_scaling(src, "none")
+            return
         self.blocks.append(
             EdgeBlock(name=name, kind="grouped", src=src, dst=dst, param=param, kernel=tuple(shape[2:]), groups=groups)
         )

@@ -45,7 +45,7 @@ def _weight_layer(
         meta = Raw(op.node.args[0].name)  # a constant (EdgeNeXt's Fourier positions): an input of its own
     if isinstance(meta, Feat) and meta.axis > axis and n_in == n_out == 1 and not transposed:
         return _across_neurons(b, op, x, meta, weight, shape, bias)
-    if isinstance(meta, Feat) and meta.axis != axis and (len(shape) == 2 or meta.axis < axis):
+    if isinstance(meta, Feat) and meta.axis != axis and (len(shape) == 2 or meta.axis < axis or max(shape[2:]) == 1):
         return _along_tokens(b, op, x, meta, weight, shape, bias)
     src = b.as_layer(meta, axis, n_in, op.where)
     dst = b.new_layer(name, n_out, b.depth(src) + 1)
@@ -74,7 +74,8 @@ def _across_neurons(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, weigh
 
 def _along_tokens(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, weight: str, shape, bias) -> Feat:
     """A weight applied along an axis that is not the neuron axis (MLP-Mixer's and gMLP's token
-    mixing: a ``Linear`` over the tokens; a convolution whose channels are tokens): every neuron is
+    mixing: a ``Linear`` over the tokens; a convolution whose channels are tokens, the neurons on a
+    batch axis or, with a 1x1 kernel, on a spatial one: CoaT's aggregation): every neuron is
     transformed alike, ``y[c] = W x[c] + b``, so any permutation of the neurons commutes with it and
     their space stays permutable. The weight's own units (tokens) are not neurons of the graph: it
     and its bias are kept as extras, never permuted (their symmetries are left out). A bias added to

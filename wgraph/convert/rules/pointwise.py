@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, Param, Raw, SplitFeat, Stat
+from ..builder import Feat, LayoutBuilder, Param, Params, Raw, SplitFeat, Stat
 from .registry import REGISTRY, Op, register
 
 
@@ -40,11 +40,12 @@ def pointwise(b: LayoutBuilder, op: Op):
     feats = op.feats()
     splits = [m for _, m in op.tensors() if isinstance(m, SplitFeat)]
     if splits:
-        if len(op.tensors()) != 1 or tuple(op.out.shape) != tuple(op.args[0].shape):
-            raise UnsupportedOperation(f"{op.where}: combines a tensor whose neuron axis is split with other tensors")
+        (v, _), *more = op.tensors()
+        if more or tuple(op.out.shape) != tuple(v.shape):
+            return _pinned(b, op, "an elementwise op on a split neuron axis and other tensors")
         b.restrict_scaling(splits[0].layer, _scaling_of(op, 1))
         dim = _softmax_dim(op)
-        if dim is not None and dim % op.args[0].dim() in splits[0].axes[:-1]:  # across heads or groups
+        if dim is not None and dim % v.dim() in splits[0].axes[:-1]:  # across heads or groups
             b.fix(splits[0].layer, f"softmax across the parts of a split neuron axis at {op.where}")
         return splits[0]
     stats = [m for _, m in op.tensors() if isinstance(m, Stat)]
@@ -64,13 +65,36 @@ def pointwise(b: LayoutBuilder, op: Op):
             if 0 <= axis < v.dim() and v.shape[axis] != 1:
                 raise UnsupportedOperation(f"{op.where}: a statistic over the neurons is not broadcast over them")
         elif m != meta and v.numel() != 1:
-            raise UnsupportedOperation(
-                f"{op.where}: combines hidden neurons with a non-scalar tensor of shape {tuple(v.shape)}; "
-                "only scalars may be mixed into hidden activations"
-            )
+            axis = meta.axis - (x.dim() - v.dim())
+            if 0 <= axis < v.dim() and v.shape[axis] != 1:  # differs from neuron to neuron
+                return _pinned(b, op, f"an elementwise op with a tensor of shape {tuple(v.shape)}")
+            b.restrict_scaling(meta.layer, "none")  # the same for every neuron (a spatial mask)
     if tuple(op.out.shape) != tuple(x.shape):
         raise UnsupportedOperation(f"{op.where}: changes the shape {tuple(x.shape)} -> {tuple(op.out.shape)}")
     b.restrict_scaling(result.layer, _scaling_of(op, len(feats)))
+    return result
+
+
+def _pinned(b: LayoutBuilder, op: Op, what: str):
+    """An elementwise op whose operands do not line up neuron by neuron (a split neuron axis times
+    a tensor of another structure, a constant that differs from neuron to neuron): every layer it
+    reads is fixed and its parameters kept as extras, which is exact (nothing it reads moves).
+    The result has the neurons of the operand of the result's shape."""
+    result = None
+    for v, m in op.tensors():
+        if isinstance(m, (Feat, SplitFeat)):
+            b.fix(m.layer, f"{what} at {op.where}")
+            b.restrict_scaling(m.layer, "none")
+            if result is None and tuple(v.shape) == tuple(op.out.shape):
+                result = m
+        elif isinstance(m, Param) and m.name not in b.slots:
+            b.extra(m.name, m.shape, m.dtype, op.where)
+        elif isinstance(m, Params):
+            for p in m.parts:
+                if p.name not in b.slots:
+                    b.extra(p.name, p.shape, p.dtype, op.where)
+    if result is None:
+        raise UnsupportedOperation(f"{op.where}: {what} broadcasts the hidden neurons to a new shape")
     return result
 
 

@@ -111,6 +111,10 @@ def _reduced(b: LayoutBuilder, op: Op, dim, keepdim: bool):
     else:
         dims = {d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)}
     if isinstance(meta, SplitFeat):  # over tokens (Hiera's pooled queries): the split axes stay
+        if len(meta.axes) == 2 and dims & set(meta.axes) == {meta.axes[0]}:  # over the parts (ResNeSt's radix)
+            li = b.fold(f"{b.layers[meta.layer]['name']}:{op.node.name}", meta.layer, meta.sizes[0], op.where)
+            minor = meta.axes[1]
+            return Feat(li, minor if keepdim else minor - sum(d < minor for d in dims))
         if dims & set(meta.axes):
             raise UnsupportedOperation(f"{op.where}: reduces over a part of a split neuron axis")
         b.restrict_scaling(meta.layer, op.declared.scaling)
@@ -126,9 +130,9 @@ def _reduced(b: LayoutBuilder, op: Op, dim, keepdim: bool):
 def _along(b: LayoutBuilder, op: Op, axes: set[int], scaling: str, what: str):
     """An op along ``axes`` of argument 0, each channel on its own: neurons stay."""
     x, meta = op.args[0], op.metas[0]
-    if isinstance(meta, SplitFeat) or isinstance(meta, Feat) and meta.axis in axes:
+    if isinstance(meta, SplitFeat) and set(meta.axes) & axes or isinstance(meta, Feat) and meta.axis in axes:
         raise UnsupportedOperation(f"{op.where}: {what} the neuron axis")
-    if not isinstance(meta, Feat):
+    if not isinstance(meta, (Feat, SplitFeat)):
         return meta
     if op.out.dim() != x.dim():
         raise UnsupportedOperation(f"{op.where}: {what} {tuple(x.shape)} into {tuple(op.out.shape)}")

@@ -119,25 +119,23 @@ def _kept_axis(shape: tuple[int, ...], a: int, out_shape: tuple[int, ...]) -> in
 
 
 def _merge_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, out_shape: tuple[int, ...]):
-    """A reshape that merges the two halves of a split neuron axis back into one axis: the
-    neurons come back in the order the axes now have (transposed halves: a channel shuffle)."""
+    """A reshape that merges the parts of a split neuron axis back into one axis: the neurons come
+    back in the order the axes now have (transposed parts: a channel shuffle, fixed), or a reshape
+    of other axes only."""
     if out_shape == tuple(x.shape):
         return meta
     kept = [_kept_axis(tuple(x.shape), a, out_shape) for a in meta.axes]
     if all(j is not None for j in kept):  # only other axes reshaped (Hiera's pooled queries)
         return SplitFeat(meta.layer, tuple(kept), meta.sizes)
-    if len(meta.axes) != 2:
-        raise UnsupportedOperation(f"{op.where}: reshapes a packed projection before selecting its parts")
-    a0, a1 = meta.axes
-    lo, hi = min(a0, a1), max(a0, a1)
-    C = meta.sizes[0] * meta.sizes[1]
+    lo, hi = min(meta.axes), max(meta.axes)
+    C = math.prod(meta.sizes)
     prefix = math.prod(x.shape[:lo])
     j = next((j for j in range(len(out_shape)) if out_shape[j] == C and math.prod(out_shape[:j]) == prefix), None)
-    if hi != lo + 1 or j is None or math.prod(out_shape[j + 1 :]) != math.prod(x.shape[hi + 1 :]):
+    between = [a for a in range(lo, hi + 1) if a not in meta.axes and x.shape[a] != 1]  # size-1 axes may sit there
+    if between or j is None or math.prod(out_shape[j + 1 :]) != math.prod(x.shape[hi + 1 :]):
         raise UnsupportedOperation(f"{op.where}: reshapes a tensor whose neuron axis is split, without merging it back")
-    labels = torch.arange(C).view(meta.sizes)
-    order = labels if a0 < a1 else labels.T
-    index = order.reshape(-1).tolist()
+    order = sorted(range(len(meta.axes)), key=lambda k: meta.axes[k])  # the parts in the order they now have
+    index = torch.arange(C).view(meta.sizes).permute(order).reshape(-1).tolist()
     if index == list(range(C)):
         return Feat(meta.layer, j)
     return Feat(b.reorder(f"{b.layers[meta.layer]['name']}:shuffle", meta.layer, index, op.where), j)
