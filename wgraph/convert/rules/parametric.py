@@ -154,8 +154,18 @@ def linear_functional(b: LayoutBuilder, op: Op):
 
 @register(functions=(F.conv1d, F.conv2d, F.conv3d), aten=("conv1d.default", "conv2d.default", "conv3d.default"))
 def conv_functional(b: LayoutBuilder, op: Op):
-    """``F.conv2d(x, self.weight, self.bias, stride, padding, dilation, groups)``: as ``nn.Conv2d``."""
+    """``F.conv2d(x, self.weight, self.bias, stride, padding, dilation, groups)``: as ``nn.Conv2d``.
+    A depthwise convolution with a constant filter (TResNet's blur pool, a non-persistent buffer)
+    filters each channel on its own: the neurons stay, fixed (the filters may differ per channel)."""
     x = op.args[0]
+    weight, wmeta = op.pair(1, "weight")
+    constant = wmeta is None and isinstance(weight, torch.Tensor) and op.arg(2, "bias") is None
+    if constant and isinstance(op.metas[0], Feat):
+        groups, axis = op.arg(6, "groups", 1), x.dim() - 1 - (weight.dim() - 2)
+        if groups == x.shape[axis] == weight.shape[0] and op.metas[0].axis == axis:
+            b.fix(op.metas[0].layer, f"a depthwise filter held as a constant at {op.where}")
+            b.restrict_scaling(op.metas[0].layer, "none")
+            return Feat(op.metas[0].layer, axis)
     w, bias = _functional_weights(op)
     axis = x.dim() - 1 - (len(w.shape) - 2)
     name = w.name.rsplit(".", 1)[0] or w.name

@@ -144,6 +144,11 @@ def _per_neuron_param(b: LayoutBuilder, op: Op, v: torch.Tensor, m: Param, x: to
         b.dense(m.name, pos, meta.layer, m.name, m.shape, op.where, transposed=not channels_first, kernel=())
         b.restrict_scaling(meta.layer, "none")
         return meta.layer
+    prev = b.slots.get(m.name)
+    if per_neuron and prev is not None and prev.where == "extra":  # also read elsewhere as state kept aside
+        b.fix(meta.layer, f"per-neuron values of parameter {m.name!r}, kept aside, at {op.where}")
+        b.restrict_scaling(meta.layer, "none")
+        return meta.layer
     if feature is None or not per_neuron:
         raise UnsupportedOperation(
             f"{op.where}: parameter {m.name!r} of shape {tuple(v.shape)} enters hidden activations of shape "
