@@ -109,10 +109,13 @@ def _softmax_dim(op: Op) -> int | None:
 
 def _derived_param(op: Op) -> Param | None:
     """``self.logit_scale.exp()``, ``p.clamp(max=m)``: an elementwise function of one parameter,
-    marked derived (:class:`~wgraph.convert.builder.Param`); None where other tensors take part."""
+    marked derived (:class:`~wgraph.convert.builder.Param`); of several, their
+    :class:`~wgraph.convert.builder.Params`; None where other tensors take part."""
     pairs = [(v, m) for v, m in op.tensors() if v.numel() != 1 or m is not None]
     if len(pairs) == 1 and isinstance(pairs[0][1], Param) and tuple(op.out.shape) == tuple(pairs[0][0].shape):
         return replace(pairs[0][1], derived=True)
+    if pairs and all(isinstance(m, (Param, Params)) for _, m in pairs):  # pos_embed + window.tile(...) (SAM2)
+        return Params(tuple(p for _, m in pairs for p in (m.parts if isinstance(m, Params) else (m,))))
     return None
 
 
@@ -314,7 +317,8 @@ def add(b: LayoutBuilder, op: Op):
     residual connection (:func:`merge`): ``y = a + f(a)`` keeps ``f(a)``'s nodes for ``y``, adds
     an identity block from ``a`` and ties both layers into one neuron space."""
     carriers = [m for v, m in op.tensors() if isinstance(m, Feat) or (isinstance(m, Raw) and v.numel() != 1)]
-    if any(isinstance(m, Param) for _, m in op.tensors()) and not any(isinstance(m, Feat) for m in carriers):
+    raw = any(isinstance(m, Raw) for m in carriers) and not any(isinstance(m, Feat) for m in carriers)
+    if raw and any(isinstance(m, (Param, Params)) for _, m in op.tensors()):
         raise UnsupportedOperation(f"{op.where}: a parameter is added to the raw input; this is not supported yet")
     if any(isinstance(m, Feat) for m in carriers) and len(carriers) == 2:
         return merge(b, op)

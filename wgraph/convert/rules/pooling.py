@@ -6,13 +6,15 @@ registration declares which.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedOperation
 from ...layout import intersect_scaling
-from ..builder import Feat, LayoutBuilder, SplitFeat, Stat
+from ..builder import Feat, LayoutBuilder, Param, SplitFeat, Stat
 from .registry import Op, register
 
 
@@ -132,6 +134,8 @@ def _along(b: LayoutBuilder, op: Op, axes: set[int], scaling: str, what: str):
     x, meta = op.args[0], op.metas[0]
     if isinstance(meta, SplitFeat) and set(meta.axes) & axes or isinstance(meta, Feat) and meta.axis in axes:
         raise UnsupportedOperation(f"{op.where}: {what} the neuron axis")
+    if isinstance(meta, Param):  # a resized or padded parameter is not the parameter itself
+        return replace(meta, derived=True)
     if not isinstance(meta, (Feat, SplitFeat)):
         return meta
     if op.out.dim() != x.dim():

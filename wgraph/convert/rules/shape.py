@@ -141,7 +141,7 @@ def _merge_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, out
     return Feat(b.reorder(f"{b.layers[meta.layer]['name']}:shuffle", meta.layer, index, op.where), j)
 
 
-@register(methods=("expand", "expand_as", "repeat"), aten=("expand.default", "expand_as.default"))
+@register(methods=("expand", "expand_as", "repeat", "tile"), aten=("expand.default", "expand_as.default"))
 def expand(b: LayoutBuilder, op: Op):
     """Broadcasting copies keep neurons if they only grow other (or new leading) axes. An expanded
     parameter stays a parameter (e.g. a class token expanded over the batch)."""
