@@ -987,3 +987,36 @@ def test_cosine_attention_with_a_computed_bias_and_bias_parameters_is_exact_with
     assert "bias made of parameters (q_bias, v_bias)" in notes and "added to attention scores" in notes
     assert {"q_bias", "v_bias", "logit_scale"} <= {p.name for p in g.layout.extra_params}
     assert g.layout.spaces[g.layout.layers[1].space].permutable  # the token stream
+
+
+class SplitAttentionAndFriends(nn.Module):
+    """ResNeSt's split attention (a radix split, a softmax across the splits, a sum over them), a
+    shared depthwise convolution called twice (CoaT), a blur filter held as a constant buffer
+    (TResNet), ``nn.Unfold`` (TNT) and ``torch.stack`` of two branches (SKNet)."""
+
+    def __init__(self, c=4, radix=2):
+        super().__init__()
+        self.radix = radix
+        self.stem, self.conv = nn.Conv2d(3, c, 1), nn.Conv2d(c, c * radix, 3, padding=1)
+        self.fc, self.dw = nn.Conv2d(c, c * radix, 1), nn.Conv2d(c, c, 3, padding=1, groups=c)
+        tap = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("blur", tap.outer(tap).expand(c, 1, 3, 3) / 16, persistent=False)
+        self.unfold, self.head = nn.Unfold(2, stride=2), nn.Linear(c * 4, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        B, C, H, W = h.shape
+        s = self.conv(h).reshape(B, self.radix, C, H, W)
+        gate = self.fc(s.sum(1).mean((2, 3), keepdim=True)).view(B, self.radix, C, 1, 1).softmax(1)
+        h = (s * gate).sum(1)
+        h = torch.stack([self.dw(h), self.dw(F.relu(h))], dim=1).sum(1)
+        h = F.conv2d(h, self.blur, padding=1, groups=C)
+        return self.head(self.unfold(h).mean(-1))
+
+
+def test_split_attention_shared_depthwise_blur_and_unfold_are_exact():
+    g = _check(SplitAttentionAndFriends(), torch.randn(2, 3, 6, 6))
+    notes = " ".join(s.note for s in g.layout.spaces if not s.permutable)
+    assert "reduction over parts of the neurons" in notes  # (the blur's layer lies in the same fixed space)
+    assert [b.kind for b in g.layout.blocks].count("grouped") == 1  # the shared depthwise weight, held once
+    assert any(layer.name.endswith(":unfold") for layer in g.layout.layers)
