@@ -388,6 +388,10 @@ def cat(b: LayoutBuilder, op: Op):
     along another axis (tokens, batch) the parts must be neurons of one layer."""
     parts, metas = op.args[0], op.metas[0]
     dim = op.arg(1, "dim", 0) % parts[0].dim()
+    if any(isinstance(m, SplitFeat) for m in metas):
+        if all(m == metas[0] for m in metas) and dim not in metas[0].axes:  # more tokens of one layer
+            return metas[0]
+        raise UnsupportedOperation(f"{op.where}: concatenates tensors whose neuron axis is split (rotary halves?)")
     feats = [m for m in metas if isinstance(m, Feat)]
     if not feats:
         params = [p for m in metas for p in (m.parts if isinstance(m, Params) else (m,)) if isinstance(p, Param)]
