@@ -1020,3 +1020,24 @@ def test_split_attention_shared_depthwise_blur_and_unfold_are_exact():
     assert "reduction over parts of the neurons" in notes  # (the blur's layer lies in the same fixed space)
     assert [b.kind for b in g.layout.blocks].count("grouped") == 1  # the shared depthwise weight, held once
     assert any(layer.name.endswith(":unfold") for layer in g.layout.layers)
+
+
+class HalfFixedAttention(ExplicitAttention):
+    """Explicit attention whose query/key layer is pinned by a constant that differs per neuron."""
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, N, D = h.shape
+        q, k, v = self.qkv(h).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q = q * torch.arange(1.0, 1.0 + D // self.heads)  # pins q (and the tied k)
+        a = ((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, D)
+        return self.out((h + self.proj(a)).mean(1))
+
+
+def test_heads_do_not_move_when_one_space_of_their_group_is_fixed():
+    """Heads move as blocks in q/k and v together; with q/k fixed, v's heads must stay too (a
+    wrong symmetry otherwise), while v's dimensions may still move within each head."""
+    g = _check(HalfFixedAttention(), torch.randn(2, 5, 3))
+    q = next(s for s in g.layout.spaces if s.name == "qkv[0]")
+    v = next(s for s in g.layout.spaces if s.name == "qkv[2]")
+    assert not q.permutable and v.permutable and v.heads == 2 and v.head_group == -1

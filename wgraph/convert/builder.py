@@ -538,6 +538,9 @@ class LayoutBuilder:
         roots: dict[int, int] = {}
         for li in primary:
             roots.setdefault(self._find(li), len(roots))
+        # Whole heads move together in every space of a head group: if one of them is fixed, none may.
+        pinned = {group for root, (_, group) in self._heads.items() if root in self._fixed and group >= 0}
+        heads = {root: (n, -1 if group in pinned else group) for root, (n, group) in self._heads.items()}
         layers, start = [], 0
         for li, l in enumerate(self.layers):
             space = roots[self._find(li)] if l["segments"] is None else -1
@@ -562,8 +565,8 @@ class LayoutBuilder:
                     permutable=all(layers[li].kind == "hidden" for li in members) and root not in self._fixed,
                     note=self._fixed.get(root, ""),
                     segments=segments,
-                    heads=self._heads.get(root, (1, -1))[0],
-                    head_group=self._heads.get(root, (1, -1))[1],
+                    heads=heads.get(root, (1, -1))[0],
+                    head_group=heads.get(root, (1, -1))[1],
                     # Tied layers would need one scaling through every op between them: not modelled.
                     scaling=(
                         layers[members[0]].scaling
