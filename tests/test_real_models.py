@@ -125,6 +125,35 @@ def test_transformers_models(name):
         assert embeddings[0].size == 50  # one input node per vocabulary token
 
 
+def _decoder(name):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = dict(vocab_size=50, hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
+                  max_position_embeddings=16)
+    if name == "llama":
+        return transformers.LlamaModel(transformers.LlamaConfig(**common, num_key_value_heads=4))
+    if name == "mistral":
+        return transformers.MistralModel(transformers.MistralConfig(**common, num_key_value_heads=4))
+    return transformers.GPTNeoXModel(transformers.GPTNeoXConfig(**common))
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "neox"])
+def test_decoders_with_rotary_embeddings(name):
+    """Llama, Mistral (hand-written RMSNorm, rotary embeddings) and GPT-NeoX (partial rotary) with
+    their default configuration. Rotary embeddings rotate fixed pairs of each head's query and key
+    dimensions by position-dependent angles: no permutation of those dimensions commutes with it,
+    so the query/key spaces are fixed (and say why); values and feed-forward neurons stay
+    permutable, and the random symmetry preserves the function."""
+    model = _decoder(name)
+    g = _check(model.eval(), torch.randint(0, 50, (2, 8)), min_permutable=64)
+    notes = " ".join(s.note for s in g.layout.spaces if not s.permutable)
+    assert "a slice of each head's dimensions" in notes and "a concatenation within attention heads" in notes
+    values = [s for s in g.layout.spaces if s.permutable and s.heads == 4]
+    # one value space per layer, dimensions permutable within heads; GPT-NeoX interleaves q, k and v
+    # per head in one projection (view(B, N, heads, 3 * d).split), which fixes all three
+    assert len(values) == (0 if name == "neox" else 2)
+
+
 def test_decoder_with_its_default_cache_setting():
     """GPT-2 with ``use_cache=True`` (the default) returns a ``DynamicCache``, which no front end
     traces: the cache is off while converting, and back on afterwards."""

@@ -215,6 +215,23 @@ class LayoutBuilder:
         self.restrict_scaling(li, "none")
         return li
 
+    def interleave(self, name: str, parts: list[int], heads: int, where: str) -> int:
+        """Per head, the dimensions of ``parts`` one after another (``cat((-x2, x1), dim=-1)`` of
+        head-split tensors: rotary embeddings' ``rotate_half``): a new layer, copy blocks from each
+        part's head ``h`` to its place in head ``h``. Everything involved is fixed."""
+        widths = [self.size(li) // heads for li in parts]
+        total = sum(widths)
+        li = self.new_layer(name, heads * total, max(self.depth(p) for p in parts))
+        for src in (*parts, li):
+            self.fix(src, f"a concatenation within attention heads at {where}")
+        for k, (src, n) in enumerate(zip(parts, widths)):
+            for h in range(heads):
+                block = f"cat:{self.layers[src]['name']}->{name}[{h}]"
+                dst_offset = h * total + sum(widths[:k])
+                self.blocks.append(EdgeBlock(block, "copy", src, li, src_offset=h * n, dst_offset=dst_offset, count=n))
+        self.restrict_scaling(li, "none")
+        return li
+
     def fold(self, name: str, src: int, parts: int, where: str) -> int:
         """A new layer whose neuron ``c`` reduces neurons ``c, c + n, c + 2n, ...`` of ``src`` (``n``
         the new size; ResNeSt's sum over the radix splits): a copy block from each of the ``parts``

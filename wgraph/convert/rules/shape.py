@@ -289,6 +289,17 @@ def _indexed_axis(x: torch.Tensor, index, axis: int) -> int | None:
     return out if i == slice(None) else None
 
 
+def _within_heads(b: LayoutBuilder, op: Op, meta: SplitFeat, sl: slice, axes: tuple[int, ...]) -> SplitFeat:
+    """``x[..., a:b]`` of a head-split tensor (rotary embeddings' halves): the same dimensions of
+    every head, a fixed selection (:meth:`LayoutBuilder.reorder`)."""
+    H, D = meta.sizes
+    picked = range(D)[sl]
+    index = [h * D + j for h in range(H) for j in picked]
+    name = f"{b.layers[meta.layer]['name']}[{picked.start}:{picked.stop}:{picked.step}]"
+    li = b.reorder(name, meta.layer, index, op.where, what="a slice of each head's dimensions")
+    return SplitFeat(li, axes, (H, len(picked)))
+
+
 def _index_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, expanded: list | None):
     """``x[index]`` of a split neuron axis: every split axis kept whole, or one part of a packed
     projection selected (``qkv[0]`` of ``qkv.permute(2, 0, 3, 1, 4)``), the rest kept whole."""
@@ -296,6 +307,9 @@ def _index_split(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: SplitFeat, exp
     kept = [i == slice(None) for _, i in landed]
     if landed and all(kept):
         return SplitFeat(meta.layer, tuple(out for out, _ in landed), meta.sizes)
+    if landed and len(meta.axes) == 2 and kept[0] and isinstance(landed[1][1], slice):
+        out = tuple(o for o, _ in landed)
+        return _within_heads(b, op, meta, landed[1][1], out)
     if landed and len(meta.axes) == 3 and isinstance(landed[0][1], int) and all(kept[1:]):
         part = b.unpack(meta.layer, meta.sizes[0], op.where, _sole_reader(op.node))[landed[0][1] % meta.sizes[0]]
         return SplitFeat(part, tuple(out for out, _ in landed[1:]), meta.sizes[1:])
@@ -364,6 +378,9 @@ def select_slice(b: LayoutBuilder, op: Op):
         if op.out.dim() < x.dim():  # select.int
             index = [slice(None)] * dim + [op.arg(2, "index")] + [slice(None)] * (x.dim() - dim - 1)
             return _index_split(b, op, x, meta, index)
+        if len(meta.axes) == 2 and dim == meta.axes[1] and tuple(op.out.shape) != tuple(x.shape):
+            sl = slice(op.arg(2, "start"), op.arg(3, "end"), op.arg(4, "step", 1))
+            return _within_heads(b, op, meta, sl, meta.axes)
         if dim in meta.axes and tuple(op.out.shape) != tuple(x.shape):
             raise UnsupportedOperation(f"{op.where}: slices a split neuron axis")
         return meta
@@ -389,9 +406,15 @@ def cat(b: LayoutBuilder, op: Op):
     parts, metas = op.args[0], op.metas[0]
     dim = op.arg(1, "dim", 0) % parts[0].dim()
     if any(isinstance(m, SplitFeat) for m in metas):
-        if all(m == metas[0] for m in metas) and dim not in metas[0].axes:  # more tokens of one layer
-            return metas[0]
-        raise UnsupportedOperation(f"{op.where}: concatenates tensors whose neuron axis is split (rotary halves?)")
+        first = metas[0]
+        if all(m == first for m in metas) and dim not in first.axes:  # more tokens of one layer
+            return first
+        same = all(isinstance(m, SplitFeat) and m.axes == first.axes and m.sizes[0] == first.sizes[0] for m in metas)
+        if same and len(first.axes) == 2 and dim == first.axes[1]:  # rotate_half: cat((-x2, x1), dim=-1)
+            name = f"{op.node.name}:heads"
+            li = b.interleave(name, [m.layer for m in metas], first.sizes[0], op.where)
+            return SplitFeat(li, first.axes, (first.sizes[0], op.out.shape[dim]))
+        raise UnsupportedOperation(f"{op.where}: concatenates tensors whose neuron axis is split otherwise")
     feats = [m for m in metas if isinstance(m, Feat)]
     if not feats:
         params = [p for m in metas for p in (m.parts if isinstance(m, Params) else (m,)) if isinstance(p, Param)]
