@@ -14,7 +14,7 @@ timeout, as a new user would run it (default input size, float64):
   check vacuous; the outputs must also differ between the two inputs;
 * a graph NFN (``wgraph.nn.from_preset("gnn", layout, hidden=16, readout={"hidden": 16})``: the
   preset at width 16; its depth embedding grows to the deepest layer of the layout) runs forward
-  and backward on the graph (in float32).
+  and backward on the graph.
 
 A refusal (``WgraphError``) is recorded with its reason; any other exception, an inexact round trip
 or a symmetry that changes the function is a wrong answer.
@@ -128,8 +128,8 @@ def run_one(name: str) -> dict:
         # The preset (its depth embedding grows to the layout's depth) at width 16 instead of 64: on
         # this shared 2-core machine width 64 takes minutes per model, and the question is whether
         # every block, layer and feature of the graph is read (the width changes no code path).
-        gnn = wgraph.nn.from_preset("gnn", lay, hidden=GNN_WIDTH, readout={"hidden": GNN_WIDTH})
-        gnn(g.to(torch.float32)).sum().backward()
+        gnn = wgraph.nn.from_preset("gnn", lay, hidden=GNN_WIDTH, readout={"hidden": GNN_WIDTH}).double()
+        gnn(g).sum().backward()
         res["gnn"] = "ok"
     except Exception as e:  # reported in the table, not a conversion failure
         res["gnn"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
