@@ -20,7 +20,7 @@ A refusal (``WgraphError``) is recorded with its reason; any other exception, an
 or a symmetry that changes the function is a wrong answer.
 
     python benchmarks/convert_timm.py [--models resnet10t deit_tiny_patch16_224 ...] [--timeout 300]
-        [--resume] [--redo refused timeout crashed wrong]
+        [--resume] [--redo refused timeout crashed wrong] [--workers N] [--render]
 
 Writes benchmarks/results/convert_timm.{json,md} and, for a full run, the table in docs/conversion.md.
 The JSON is rewritten after every model, so an interrupted run loses nothing: ``--resume`` keeps the
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -140,10 +141,13 @@ def run_one(name: str) -> dict:
 def render(rows: list[dict]) -> str:
     ok = [r for r in rows if r.get("status") == "ok"]
     gnn = [r for r in ok if r.get("gnn") == "ok"]
+    count = {k: sum(r.get("status") == k for r in rows) for k in ("wrong", "refused", "crashed", "timeout", "not run")}
+    others = ", ".join(f"{n} {k}" for k, n in count.items() if n)
     lines = [
         f"{len(ok)} of {len(rows)} timm families (smallest variant of each, up to 60M parameters) convert with an "
         f"exact round trip and a function-preserving random symmetry in float64 "
-        f"({100 * len(ok) / max(1, len(rows)):.0f}%); a graph NFN runs forward and backward on {len(gnn)} of them.",
+        f"({100 * len(ok) / max(1, len(rows)):.0f}%); a graph NFN runs forward and backward on {len(gnn)} of them. "
+        f"The others: {others or 'none'}.",
         "",
         "| family | model | parameters | seconds | exact | symmetry (rel. error) | permutable neurons | fixed spaces "
         "| graph NFN | status |",
@@ -160,7 +164,7 @@ def render(rows: list[dict]) -> str:
                 f"{r['permutable_neurons']:,} / {r['hidden_neurons']:,} | {fixed} | {gnn_cell} | {r['status']} |"
             )
         else:
-            reason = r.get("error", "").replace("|", "\\|")[:200]
+            reason = re.sub(r'File "[^"]*site-packages/', 'File "', r.get("error", "")).replace("|", "\\|")[:240]
             lines.append(f"{head} | | | | | | {r.get('status')}: {reason} |")
     return "\n".join(lines)
 
@@ -172,6 +176,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the rows of the previous results file")
     ap.add_argument("--redo", nargs="*", default=[], help="with --resume: statuses to convert again")
     ap.add_argument("--workers", type=int, default=1, help="models converted at once, each in its own process")
+    ap.add_argument("--render", action="store_true", help="only write the table of the saved results")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -191,7 +196,7 @@ def main() -> None:
     done = {}
     if args.resume and out.exists():
         done = {r["model"]: r for r in json.loads(out.read_text()) if r.get("status") not in args.redo}
-    todo = [(family, pick) for family, pick in chosen if pick["model"] not in done]
+    todo = [] if args.render else [(family, pick) for family, pick in chosen if pick["model"] not in done]
     found = dict(done)
 
     def convert(item: tuple[str, dict]) -> dict:
@@ -205,8 +210,11 @@ def main() -> None:
             bar.update()
             tqdm.write(f"{row['family']} ({row['model']}): {row.get('status')} {row.get('error', '')[:120]}")
             out.write_text(json.dumps(list(found.values()), indent=2) + "\n")
-    rows = [found[pick["model"]] for _, pick in chosen]
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.render:
+        found = {r["model"]: r for r in json.loads(out.read_text())} if out.exists() else {}
+    missing = {"status": "not run", "error": "(the run was stopped before this model)"}
+    rows = [found.get(pick["model"], {"family": family, **pick, **missing}) for family, pick in chosen]
+    out.write_text(json.dumps([r for r in rows if r["status"] != "not run"], indent=2) + "\n")
     table = render(rows)
     (out.with_suffix(".md")).write_text("# timm conversion, one model per family\n\n" + table + "\n")
     if not args.models:
