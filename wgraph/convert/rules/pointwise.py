@@ -339,3 +339,9 @@ def addcmul(b: LayoutBuilder, op: Op):
 def _as_op(op: Op, fn, args: tuple, metas: tuple, out) -> Op:
     """``op`` seen as a call of ``fn`` (a Python operator) on ``args`` with ``metas``."""
     return Op(op.node, op.where, None, args, {}, metas, {}, out, REGISTRY.find("call_function", fn))
+
+
+@register(methods=("type_as",), aten=("type_as.default",), scaling="real")
+def type_as(b: LayoutBuilder, op: Op):
+    """``x.type_as(y)``: a cast of ``x`` (``y`` only gives the dtype)."""
+    return op.metas[0]

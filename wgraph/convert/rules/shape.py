@@ -489,6 +489,13 @@ def stack(b: LayoutBuilder, op: Op):
     before it); tensors of different layers are joined as tokens are (:func:`_join_tokens`)."""
     parts, metas = op.args[0], op.metas[0]
     dim = op.arg(1, "dim", 0) % op.out.dim()
+    first = metas[0]
+    if isinstance(first, SplitFeat) and len(first.axes) == 2 and all(m == replace(first, layer=m.layer) for m in metas):
+        # EVA's rotary pairs stack((-x[..., 1::2], x[..., ::2]), -1): the parts one after another
+        # (a concatenation, fixed where later merged in another order), the stacked axis first
+        li = b.concat(f"{op.node.name}:stack", [m.layer for m in metas])
+        moved = tuple(a + (dim <= a) for a in first.axes)
+        return SplitFeat(li, (dim, *moved), (len(metas), *first.sizes))
     feats = [m for m in metas if isinstance(m, Feat)]
     if not feats:
         if any(isinstance(m, (SplitFeat, Param)) for m in metas):
