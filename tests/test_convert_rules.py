@@ -1041,3 +1041,27 @@ def test_heads_do_not_move_when_one_space_of_their_group_is_fixed():
     q = next(s for s in g.layout.spaces if s.name == "qkv[0]")
     v = next(s for s in g.layout.spaces if s.name == "qkv[2]")
     assert not q.permutable and v.permutable and v.heads == 2 and v.head_group == -1
+
+
+class PixelEmbed(nn.Module):
+    """TNT's pixel embedding: a convolution, nn.Unfold into patches of pixels, the flattened
+    (channel, pixel) axis reshaped back to (channel, h, w) and a pixel position embedding added."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.proj, self.unfold = nn.Conv2d(3, c, 3, padding=1), nn.Unfold(2, stride=2)
+        self.pos = nn.Parameter(torch.randn(1, c, 2, 2))
+        self.norm, self.head = nn.LayerNorm(c), nn.Linear(c, 2)
+
+    def forward(self, x):
+        B = x.shape[0]
+        h = self.unfold(self.proj(x)).transpose(1, 2)  # (B, patches, C * 4)
+        h = h.reshape(-1, self.proj.out_channels, 2, 2) + self.pos
+        h = self.norm(h.reshape(h.shape[0], h.shape[1], -1).transpose(1, 2))
+        return self.head(h.reshape(B, -1, h.shape[-1]).mean(1))
+
+
+def test_unflattening_a_flattened_layer_gives_its_channels_back():
+    g = _check(PixelEmbed(), torch.randn(2, 3, 4, 4))
+    proj = g.layout.layers[1]
+    assert proj.name == "proj" and g.layout.spaces[proj.space].permutable

@@ -36,6 +36,17 @@ def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: 
     found = [j for j, s in enumerate(out_shape) if s == C and _around(out_shape, j, j + 1, prefix, suffix)]
     if found:  # unique when C > 1; with C == 1 any size-1 axis holds the single neuron
         return Feat(meta.layer, min(found, key=lambda j: abs(j - meta.axis)))
+    # A flattened layer (one node per (neuron, position), :meth:`LayoutBuilder.spread`) unflattened
+    # again, (C * inner) -> (C, *positions) (TNT's pixel embedding after nn.Unfold): the primary
+    # layer's neurons on the first of those axes.
+    segments = b.layers[meta.layer]["segments"]
+    if segments is not None and len(segments) == 1 and segments[0][1] == 0 and segments[0][2] > 1:
+        primary, _, inner = segments[0]
+        for j in range(len(out_shape)):
+            for t in range(j + 2, len(out_shape) + 1):
+                if out_shape[j] == b.size(primary) and math.prod(out_shape[j + 1 : t]) == inner:
+                    if _around(out_shape, j, t, prefix, suffix):
+                        return Feat(primary, j)
     # The neuron axis split in two consecutive axes (the first half of a channel shuffle).
     for j in range(len(out_shape) - 1):
         pair = out_shape[j : j + 2]
