@@ -215,3 +215,15 @@ def test_graph_nfn_symmetries_on_transformers(name):
         return
     head = GraphNFN([g.layout], hidden=8, layers=2, head="parameters").double().eval()
     assert_equivariant(head, g, atol=1e-8)
+
+
+def test_t5_encoder_with_its_relative_position_bias():
+    """T5's encoder: hand-written RMSNorm, attention with a relative position bias (an embedding
+    of position buckets, one value per head) that pins the heads in place; exact, and a random
+    symmetry (dimensions within heads, feed-forward neurons) preserves the function."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    g = _check(transformers.T5EncoderModel(cfg).eval(), torch.randint(0, 50, (2, 8)), min_permutable=64)
+    heads = [s for s in g.layout.spaces if s.heads == 4]
+    assert heads and all(s.head_group == -1 for s in heads)

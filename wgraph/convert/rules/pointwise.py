@@ -299,6 +299,8 @@ register(
         # in-place forms (``inplace=True`` activations under torch.export)
         "silu_.default", "gelu_.default", "hardswish_.default", "hardsigmoid_.default", "mish_.default",
         "elu_.default", "sigmoid_.default",
+        # where(cond, x, y): an elementwise choice; a condition that differs between neurons pins them
+        "where.self", "where.ScalarOther", "where.ScalarSelf",
     ),
 )(pointwise)
 
