@@ -115,6 +115,7 @@ class Param:
     shape: tuple[int, ...] = ()
     dtype: torch.dtype = torch.float32
     derived: bool = False
+    buffer: bool = False  # a registered buffer (constants such as a DCT matrix), not an nn.Parameter
 
 
 class LayoutBuilder:

@@ -52,6 +52,7 @@ class LayoutInterpreter(fx.Interpreter):
         super().__init__(gm)
         self.builder = builder
         self.param_names = param_names
+        self.parameters = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
         self.metas: dict[fx.Node, Any] = {}
 
     def _where(self, n: fx.Node) -> str:
@@ -72,7 +73,7 @@ class LayoutInterpreter(fx.Interpreter):
         if n.op == "get_attr":
             name = str(n.target)
             if name in self.param_names:
-                return Param(b.path(name), tuple(out.shape), out.dtype)
+                return Param(b.path(name), tuple(out.shape), out.dtype, buffer=name not in self.parameters)
             if any(p.startswith(name + ".") for p in self.param_names):
                 raise UnsupportedOperation(f"{self._where(n)}: reads the module {name!r} as a value")
             return None

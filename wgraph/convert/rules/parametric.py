@@ -139,6 +139,11 @@ def linear_functional(b: LayoutBuilder, op: Op):
     several parameters (Swin V2's and EVA's ``cat((q_bias, k_bias, v_bias))``) is kept as extras,
     the layer fixed (a permutation would have to move the pieces of those parameters)."""
     x = op.args[0]
+    weight = op.meta(1, "weight")
+    if isinstance(op.metas[0], Raw) and isinstance(weight, Param) and weight.buffer and op.arg(2, "bias") is None:
+        # A constant transform of the input (CSATv2's DCT stem, a buffer): more input, the matrix an extra
+        b.extra(weight.name, weight.shape, weight.dtype, op.where)
+        return op.metas[0]
     made = op.meta(2, "bias")
     if isinstance(made, Params):
         op = replace(op, args=op.args[:2], kwargs={k: v for k, v in op.kwargs.items() if k != "bias"})
