@@ -1065,3 +1065,43 @@ def test_unflattening_a_flattened_layer_gives_its_channels_back():
     g = _check(PixelEmbed(), torch.randn(2, 3, 4, 4))
     proj = g.layout.layers[1]
     assert proj.name == "proj" and g.layout.spaces[proj.space].permutable
+
+
+class FoldedChannels(nn.Module):
+    """MobileViT's unfolding: channels folded into the batch axis by a reshape, patches moved, and
+    the channels brought back onto one axis by later reshapes (a transformer runs in between)."""
+
+    def __init__(self, c=4, p=2):
+        super().__init__()
+        self.p = p
+        self.inp, self.mix, self.out = nn.Conv2d(3, c, 1), nn.Linear(c, c), nn.Linear(c, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, C, H, W = h.shape
+        p, nh, nw = self.p, H // self.p, W // self.p
+        t = h.reshape(B * C * nh, p, nw, p).transpose(1, 2)
+        t = t.reshape(B, C, nh * nw, p * p).transpose(1, 3).reshape(B * p * p, nh * nw, C)
+        t = t + self.mix(t)
+        back = t.contiguous().view(B, p * p, nh * nw, C).transpose(1, 3).reshape(B * C * nh, nw, p, p)
+        back = back.transpose(1, 2).reshape(B, C, H, W)
+        return self.out((h + back).mean((2, 3)))
+
+
+def test_channels_folded_into_other_axes_are_followed_until_they_come_back():
+    g = _check(FoldedChannels(), torch.randn(2, 3, 4, 4))
+    assert g.layout.spaces[g.layout.layers[1].space].permutable
+
+
+def test_an_op_on_folded_channels_is_refused():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = nn.Conv2d(3, 4, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.inp(x).reshape(-1, 2, 2).mean(-1)  # mixes neurons folded into the batch axis
+            return self.out(h.reshape(x.shape[0], -1))
+
+    with pytest.raises(wgraph.UnsupportedOperation, match="folded into other axes"):
+        wgraph.to_graph(Bad(), torch.randn(2, 3, 2, 2))

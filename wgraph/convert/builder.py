@@ -78,6 +78,17 @@ class Scores:
     axis: int | None
 
 
+@dataclass(frozen=True, eq=False)
+class Moved:
+    """Meta of a tensor whose neurons (of ``layer``) were reshaped into other axes (MobileViT's
+    unfolding: channels folded into the batch axis): ``labels`` has the tensor's shape and holds,
+    for every element, the neuron it belongs to. Only reshapes and axis reorderings may follow; once
+    one axis holds the neurons in order again the tensor is a :class:`Feat` again."""
+
+    layer: int
+    labels: torch.Tensor
+
+
 @dataclass(frozen=True)
 class Params:
     """Meta of a tensor made of several parameters (and constants) without hidden neurons:

@@ -14,10 +14,12 @@ import torch
 from torch import fx, nn
 
 from ..errors import UnsupportedOperation
-from .builder import Feat, Gram, LayoutBuilder, Param, Raw, Scores, SplitFeat, Stat
+from .builder import Feat, Gram, LayoutBuilder, Moved, Param, Raw, Scores, SplitFeat, Stat
 from .rules import REGISTRY, Op
 from .rules.attention import on_scores, scores_output
 from .rules.parametric import matmul
+from .rules.pointwise import pointwise
+from .rules.shape import reshape, transpose
 
 
 def _target_name(target) -> str:
@@ -95,6 +97,16 @@ class LayoutInterpreter(fx.Interpreter):
             isinstance(m, (Scores, Gram)) for m in _flatten((metas, kwmetas))
         ):
             return on_scores(b, op)  # attention scores, until they multiply the values
+        moved = [m for m in _flatten((metas, kwmetas)) if isinstance(m, Moved)]
+        if moved and not (declared is not None and declared.rule in (reshape, transpose)):
+            if declared is not None and declared.rule is pointwise and len(op.tensors()) == 1:
+                if tuple(out.shape) == tuple(op.tensors()[0][0].shape):  # contiguous(), a cast
+                    b.restrict_scaling(moved[0].layer, "none")
+                    return moved[0]
+            raise UnsupportedOperation(
+                f"{op.where}: an op on a tensor whose neurons are folded into other axes; only reshapes and "
+                "axis reorderings may follow until one axis holds them again"
+            )
         if declared is not None:
             return declared.rule(b, op)
         if isinstance(n.target, type) and issubclass(n.target, tuple):  # a namedtuple of outputs
@@ -108,7 +120,7 @@ class LayoutInterpreter(fx.Interpreter):
                 f"conversion rule.\n  Supported {REGISTRY.supported_ops()}"
             )
         has_params = module is not None and any(True for _ in module.parameters())
-        touches_hidden = any(isinstance(m, (Feat, SplitFeat, Stat)) for m in _flatten((metas, kwmetas)))
+        touches_hidden = any(isinstance(m, (Feat, SplitFeat, Stat, Moved)) for m in _flatten((metas, kwmetas)))
         if not has_params and not touches_hidden:
             return op.raw() if isinstance(out, torch.Tensor) else None
         what = _target_name(n.target) if module is None else type(module).__name__

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsupportedOperation
-from ..builder import Feat, LayoutBuilder, Param, Params, Raw, SplitFeat
+from ..builder import Feat, LayoutBuilder, Moved, Param, Params, Raw, SplitFeat
 from .registry import Op, register
 
 
@@ -74,10 +74,26 @@ def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: 
             if s == C * inner and _around(out_shape, j, j + 1, prefix, rest):
                 name = f"{b.layers[meta.layer]['name']}:flat"
                 return Feat(b.spread(name, meta.layer, inner), j)
+    if x.dim() <= 8 and x.numel() <= 1 << 24:  # the neurons folded into other axes: follow each element
+        shape = [1] * x.dim()
+        shape[meta.axis] = C
+        labels = torch.arange(C).view(shape).expand(tuple(x.shape)).reshape(out_shape)
+        return _aligned(meta.layer, labels)
     raise UnsupportedOperation(
         f"{op.where}: reshapes {tuple(x.shape)} -> {tuple(out_shape)}, splitting or reordering the {C} "
         f"neurons on axis {meta.axis} (e.g. a channel shuffle); this is not supported yet"
     )
+
+
+def _aligned(layer: int, labels: torch.Tensor):
+    """A :class:`Feat` where one axis of ``labels`` enumerates the neurons in order (the same neuron
+    along every other axis), else the :class:`Moved` meta."""
+    for j, n in enumerate(labels.shape):
+        shape = [1] * labels.dim()
+        shape[j] = n
+        if torch.equal(labels, torch.arange(n).view(shape).expand(labels.shape)):
+            return Feat(layer, j)
+    return Moved(layer, labels)
 
 
 @register(
@@ -91,6 +107,8 @@ def _reshaped(b: LayoutBuilder, op: Op, x: torch.Tensor, meta: Feat, out_shape: 
 )
 def reshape(b: LayoutBuilder, op: Op):
     x, meta = op.args[0], op.metas[0]
+    if isinstance(meta, Moved):
+        return _aligned(meta.layer, meta.labels.reshape(tuple(op.out.shape)))
     if isinstance(meta, SplitFeat):
         return _merge_split(b, op, x, meta, tuple(op.out.shape))
     if not isinstance(meta, Feat):
@@ -108,6 +126,10 @@ def transpose(b: LayoutBuilder, op: Op):
     x, meta = op.args[0], op.metas[0]
     if isinstance(meta, Param):  # W.t(): not the weight in its stored orientation
         return replace(meta, derived=True)
+    if isinstance(meta, Moved):
+        target, labels = op.node.target, meta.labels
+        fn = getattr(labels, target) if isinstance(target, str) else (lambda *a, **k: target(labels, *a, **k))
+        return _aligned(meta.layer, fn(*op.args[1:], **op.kwargs))
     if not isinstance(meta, (Feat, SplitFeat)):
         return meta
     # Apply the same op to an empty tensor whose axis sizes are distinct primes (no memory on "meta").
