@@ -457,3 +457,12 @@ def test_tied_weights_are_read_in_both_places(edge_updates):
     first = g.layout.blocks[shared].index[0]
     h, inputs = model.encode(g)
     torch.testing.assert_close(inputs[shared].x, inputs[first].x.transpose(1, 2))
+
+
+def test_position_embeddings_grow_to_the_widest_input_layer_they_are_built_for():
+    """An input layer wider than the preset's 1024 positions (a converted model's position
+    embedding or vocabulary) is read by a model built for it."""
+    wide = wgraph.to_graph(mlp([1500, 3, 2]), torch.randn(1, 1500))
+    model = wgraph.nn.from_preset("gnn", wide.layout, hidden=8, layers=1)
+    assert model.node_encoder.max_positions == 1500
+    model(wide).sum().backward()

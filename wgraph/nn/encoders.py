@@ -208,8 +208,10 @@ class NodeEncoder(nn.Module):
     """Initial node states from node features and kind / depth / position embeddings.
 
     The depth embedding has ``max_depth`` rows, or more where a layout it is built for is deeper
-    (a DenseNet or a 24-block transformer converted from timm has layers at depth 100 and beyond):
-    every graph the model was made for can be read. A deeper layout seen only later is an error.
+    (a DenseNet or a 24-block transformer converted from timm has layers at depth 100 and beyond),
+    and the position embeddings ``max_positions``, or more where an input or output layer or a
+    flattened feature map is wider (a learned position embedding of 3,136 positions): every graph
+    the model was made for can be read. A deeper or wider layout seen only later is an error.
     """
 
     def __init__(
@@ -227,6 +229,10 @@ class NodeEncoder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(hidden))
         self.kind = nn.Embedding(len(NODE_KINDS), hidden)
         max_depth = max([max_depth] + [layer.depth + 1 for lay in layouts for layer in lay.layers])
+        if positions:  # as many as the widest input/output layer or feature map of these layouts
+            widest = [int(lay.node_position[lay.fixed_nodes].max()) + 1 for lay in layouts if lay.fixed_nodes.any()]
+            widest += [int(lay.node_spatial.max()) + 1 for lay in layouts]
+            max_positions = max([max_positions] + widest)
         self.depth = nn.Embedding(max_depth, hidden)
         self.positions = positions
         self.max_positions = max_positions
