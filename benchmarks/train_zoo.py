@@ -22,6 +22,7 @@ clipped to 1; the test metric of the best-validation epoch; mean ± sample std o
 
     nice python benchmarks/train_zoo.py                              # every pair
     nice python benchmarks/train_zoo.py --pairs digits-inr/inr-classify   # rerun one pair, keep the rest
+    nice python benchmarks/train_zoo.py --pairs mnist-inr/inr-classify --models gnn+probes128  # add a model
     python benchmarks/train_zoo.py --quick                           # a smoke run (results named *_quick)
 """
 
@@ -119,6 +120,29 @@ def run_one(job: dict, threads: int) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``new`` plus the runs of ``old`` (a saved report) of every (pair, model) not rerun in ``new``,
+    where both used the same training settings and the pair the same epochs: rerunning one model of
+    one pair keeps the rest of the table."""
+    if old.get("settings", {}).get("train") != new["settings"]["train"]:
+        return new
+    rerun = {(r["pair"], r["model"]) for r in new["runs"]}
+    same = {p for p, info in old["pairs"].items()
+            if p not in new["pairs"] or info["epochs"] == new["pairs"][p]["epochs"]}
+    kept = [r for r in old["runs"] if r["pair"] in same and (r["pair"], r["model"]) not in rerun]
+    pairs = {p: old["pairs"][p] for p in same if any(r["pair"] == p for r in kept)}
+    for p, info in new["pairs"].items():
+        if p in pairs:  # some models of this pair come from an earlier command
+            before = pairs[p]["command"] if isinstance(pairs[p]["command"], list) else [pairs[p]["command"]]
+            info = {**info, "command": list(dict.fromkeys([*before, info["command"]])),
+                    "wall_s": pairs[p]["wall_s"] + info["wall_s"]}
+        pairs[p] = info
+    models = list(dict.fromkeys(old["settings"]["models"] + new["settings"]["models"]))
+    presets = list(dict.fromkeys(model_options(m)[0] for m in models))
+    models.sort(key=lambda m: (presets.index(model_options(m)[0]), model_options(m)[1]))  # gnn+probesK by K
+    return {**new, "settings": {**new["settings"], "models": models}, "pairs": pairs, "runs": kept + new["runs"]}
+
+
 def summarize(runs: list[dict]) -> dict:
     """``{pair: {model: {metric: {mean, std, values}, seeds, params, train_s_mean}}}``."""
     table: dict = {}
@@ -165,10 +189,12 @@ def markdown(report: dict) -> str:
               f"({', '.join(models)}) | command, machine, wall time |", "|---|---|---|---|---|---|"]
     for p in pairs:
         info = report["pairs"][p]
+        command = info["command"]
+        commands = "; ".join(f"`{c}`" for c in ([command] if isinstance(command, str) else command))
         times = " / ".join(f"{report['table'][p][m]['train_s_mean']:.0f}" if m in report["table"][p] else "n/a"
                            for m in models)
         lines.append(f"| {p} | {PAIRS[p]['text']} (`wgraph zoo {' '.join(PAIRS[p]['zoo'])}`) | {info['split']} | "
-                     f"{info['epochs']} | {times} s | `{info['command']}`, {info['machine']}, "
+                     f"{info['epochs']} | {times} s | {commands}, {info['machine']}, "
                      f"{info['wall_s'] / 60:.0f} min |")
     s = report["settings"]
     lines += ["", f"Every model: `wgraph train ... {' '.join(TRAIN)}` with the pair's epochs; seeds {s['seeds']}; "
@@ -180,7 +206,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "out" / "train_zoo"), help="zoos and runs (reused if present)")
     p.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS),
-                   help="run these pairs; the other pairs' runs are kept from the saved train_zoo.json")
+                   help="run these pairs; the saved runs of other pairs and models are kept (train_zoo.json)")
     p.add_argument("--models", nargs="+", default=["gnn", "gnn+probes16", "gnn-pna", "np", "hnp", "statnn"],
                    help="presets; PRESET+probesK trains PRESET with --probes K")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -227,13 +253,8 @@ def main() -> None:
                        "epochs": spec["epochs"], "zoo": spec["zoo"], "split": split}
     report = {"settings": {"models": args.models, "seeds": args.seeds, "train": TRAIN}, "pairs": pairs, "runs": runs}
     saved = RESULTS / f"{name}.json"
-    if set(args.pairs) != set(PAIRS) and saved.exists():  # keep the other pairs' runs
-        old = json.loads(saved.read_text())
-        if "pairs" in old and old["settings"]["train"] == TRAIN:
-            keep = [k for k in old["pairs"] if k not in args.pairs]
-            report["pairs"] = {**{k: old["pairs"][k] for k in keep}, **pairs}
-            report["runs"] = [r for r in old["runs"] if r["pair"] in keep] + runs
-            report["settings"]["models"] = list(dict.fromkeys(old["settings"]["models"] + args.models))
+    if saved.exists():
+        report = merge(json.loads(saved.read_text()), report)
     report["table"] = summarize(report["runs"])
     write(report, name)
 

@@ -45,15 +45,12 @@ def test_support_is_a_small_frozen_answer():
         Support(True).ok = False
 
 
-def test_graph_nfn_reads_every_layout_but_tied_weights(graphs):
-    for name in ("chain", "residual"):
+def test_graph_nfn_reads_every_layout(graphs):
+    for name in ("chain", "residual", "tied"):
         assert GraphNFN.supports(graphs[name].layout) == Support(True)
-    answer = GraphNFN.supports(graphs["tied"].layout)
-    assert answer == Support(False, "graph NFNs do not read shared (tied-weight) blocks yet")
-    # the answer holds: a model of a supported layout runs, one of the tied layout fails in its encoder
-    assert from_preset("gnn", graphs["residual"].layout, hidden=4, layers=1)(graphs["residual"]).shape == (1, 1)
-    with pytest.raises(wgraph.WgraphError, match="no edge encoder for block kind 'shared'"):
-        from_preset("gnn", graphs["tied"].layout, hidden=4, layers=1)(graphs["tied"])
+        # the answer holds: a model of the layout runs
+        g = graphs[name]
+        assert from_preset("gnn", g.layout, hidden=4, layers=1)(g).shape == (1, 1)
 
 
 def test_parameter_sharing_models_read_chains_only(graphs):
