@@ -76,7 +76,13 @@ def test_timm_models(name):
             model = MetaFormer(norm_layers=GroupNorm1NoBias, layer_scale_init_values=1e-5, **TIMM[name])
         else:
             model = timm.create_model(name, pretrained=False, **TIMM[name])
-    _check(model, torch.randn(2, 3, 32, 32), min_permutable=64)
+    g = _check(model, torch.randn(2, 3, 32, 32), min_permutable=64)
+    # a graph NFN reads the converted graph, invariant to the graph's own symmetries
+    from wgraph.nn import GraphNFN
+    from wgraph.testing import assert_invariant
+
+    torch.manual_seed(0)
+    assert_invariant(GraphNFN([g.layout], hidden=8, layers=2).double().eval(), g.to(torch.float64), atol=1e-8)
 
 
 def test_timm_batch_norm_act():
