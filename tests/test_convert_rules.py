@@ -12,6 +12,7 @@ from conftest import assert_state_dict_exact, outputs_match
 from torch import nn
 
 import wgraph
+from wgraph.convert.batch import gather
 
 
 def _check(model, x, seed=0, tracer="auto"):
@@ -332,6 +333,12 @@ def test_convolution_across_channels_fixes_them(tracer):
     a = next(s for s in g.layout.spaces if s.name == "a")
     assert not a.permutable and "ECA" in a.note
     assert sorted(p.name for p in g.layout.extra_params) == ["eca.bias", "eca.weight"]
+    # a cast casts the float extras with the rest (the layout was built in float64), exactly back
+    g32 = g.to(torch.float32)
+    assert g32.extras["eca.weight"].dtype == torch.float32
+    torch.testing.assert_close(g32.to(torch.float64).extras["eca.weight"], g.extras["eca.weight"].float().double())
+    sd32 = {k: v.float() for k, v in g.to_state_dict().items()}
+    assert_state_dict_exact(gather(g.layout, [sd32]).to_state_dict(), sd32)
 
 
 class GhostCrop(nn.Module):

@@ -94,7 +94,7 @@ class WeightGraph:
             )
         for p in layout.extra_params:
             v = extras[p.name]
-            if tuple(v.shape) != (B, *p.shape) or (p.dtype is not None and v.dtype != getattr(torch, p.dtype)):
+            if tuple(v.shape) != (B, *p.shape) or not p.accepts(v.dtype):
                 want = f"{p.dtype} of shape {(B, *p.shape)}"
                 raise IncompatibleBatchError(f"extra state {p.name!r}: expected {want}, got {v.dtype} {tuple(v.shape)}")
         self.layout = layout

@@ -131,7 +131,7 @@ def gather(layout: Layout, state_dicts) -> WeightGraph:
                 )
             continue
         if slot.where == "extra":
-            if str(t.dtype).removeprefix("torch.") != slot.dtype or t.device != device:
+            if not slot.accepts(t.dtype) or t.device != device:
                 raise IncompatibleBatchError(
                     f"{slot.name!r} is {t.dtype} on {t.device}, expected {slot.dtype} on {device}"
                 )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 NODE_KINDS = ("input", "hidden", "output")
 #: Per-neuron scaling groups, from largest to smallest: ``real`` (any nonzero factor: only linear
 #: ops touch the neurons), ``positive`` (positive factors: ReLU, LeakyReLU, max pooling, ...),
@@ -177,3 +179,10 @@ class ParamSlot:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    def accepts(self, dtype: torch.dtype) -> bool:
+        """Whether an ``extra`` slot holds values of ``dtype``: its own dtype, or any floating
+        dtype for a floating slot (a graph cast to another precision casts its float extras
+        too; integer and boolean state such as ``num_batches_tracked`` keeps its dtype)."""
+        own = getattr(torch, self.dtype) if self.dtype else None
+        return own is None or dtype == own or (own.is_floating_point and dtype.is_floating_point)
