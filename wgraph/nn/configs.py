@@ -38,7 +38,10 @@ class StatNNConfigError(ConfigError):
 class ReadoutConfig(Config):
     """The ``[readout]`` table of a preset (see :class:`~wgraph.nn.readout.InvariantReadout`)."""
 
-    pool: tuple[str, ...] = option(("mean",), "pooling per node kind", choices=POOLS, nonempty=True)
+    pool: tuple[str, ...] = option(
+        ("mean",), "pooling per node kind ('swe': the sliced-Wasserstein embedding readout)", choices=POOLS,
+        nonempty=True,
+    )
     per_layer: bool = option(False, "also pool each layer (all layouts must have as many layers)")
     output_states: bool = option(True, "concatenate the output neurons' states (same output size everywhere)")
     hidden: int = option(64, "width of the readout MLP", minimum=1)
@@ -48,6 +51,8 @@ class ReadoutConfig(Config):
         "the zoo mean, one scalar scale) or 'none'",
         choices=READOUT_NORMS,
     )
+    swe_slices: int = option(16, "pool 'swe': slice directions", minimum=1)
+    swe_references: int = option(8, "pool 'swe': learned reference points (quantiles per slice)", minimum=1)
 
 
 @dataclass

@@ -249,6 +249,8 @@ class GraphNFN(nn.Module):
                 mlp_hidden=r.hidden,
                 act=cfg.act,
                 norm=r.norm,
+                swe_slices=r.swe_slices,
+                swe_references=r.swe_references,
             )
         else:
             self.head = ParameterHead(self.layouts, H, cfg.act)

@@ -9,8 +9,22 @@ r"""Readouts: from node states to an invariant vector or to per-parameter output
         \;\big\Vert\; \big[\, h_v \big]_{v\ \mathrm{output\ neurons,\ in\ order}},
     \qquad y = \mathrm{MLP}(z)
 
-Pooling (mean, max, sum; concatenated) over a set of nodes that permutations only reorder is
-invariant; output neurons are never permuted, so concatenating their states in order is too. The
+Pooling (mean, max, sum, swe; concatenated) over a set of nodes that permutations only reorder is
+invariant; output neurons are never permuted, so concatenating their states in order is too.
+``"swe"`` is the **sliced-Wasserstein embedding readout**: the set :math:`S = \{h_v\}` of a group
+(a node kind, or a layer) is read by a :class:`~wgraph.ot.SlicedWassersteinEmbedding` with its own
+learned reference points :math:`z_m` and ``swe_slices`` fixed directions :math:`\theta_l`, then
+mapped to ``H`` features,
+
+.. math::
+
+    \mathrm{swe}(S) = W\,\big[\,F^{-1}_{\theta_l \# S}(q_m) - (\theta_l^\top z)_{(m)}\big]_{l,m} + c,
+    \qquad q_m = \tfrac{m + 1/2}{M},\ m < M = \texttt{swe\_references},
+
+the quantiles of the projected states minus the sorted projected references (the Monge map from
+the references to :math:`S` on each slice): it depends on the set only, not on its order, and
+keeps its whole distribution on each slice where mean and max keep one number. An empty group
+pools to zeros, as with the other pools. The
 per-layer part (``per_layer``) needs every layout to have the same number of layers and the
 output part (``output_states``) the same number of output neurons.
 
@@ -57,9 +71,11 @@ from torch import nn
 from ..errors import WgraphError
 from ..graph import NODE_KINDS, Layout, WeightGraph
 from ..kernels import ACTIVATIONS, pair_sum
+from ..ot.embedding import SlicedWassersteinEmbedding
 from .encoders import EdgeInput, kernel_key
 
-POOLS = ("mean", "max", "sum")
+#: Poolings of a set of node states: "swe" is the sliced-Wasserstein embedding (see the module docstring).
+POOLS = ("mean", "max", "sum", "swe")
 #: Normalizations of the pooled features across networks (see the module docstring).
 READOUT_NORMS = ("none", "batch", "zoo", "center")
 
@@ -69,7 +85,7 @@ class ReadoutError(WgraphError):
 
 
 def _pool(h: torch.Tensor, how: str) -> torch.Tensor:
-    """Pool ``(B, n, H)`` over ``n``; an empty set pools to zeros."""
+    """Pool ``(B, n, H)`` over ``n`` by mean, max or sum; an empty set pools to zeros."""
     if h.shape[1] == 0:
         return h.new_zeros(h.shape[0], h.shape[2])
     return {"mean": h.mean, "max": h.amax, "sum": h.sum}[how](1)
@@ -90,6 +106,8 @@ class InvariantReadout(nn.Module):
         mlp_hidden: int = 64,
         act: str = "relu",
         norm: str = "none",
+        swe_slices: int = 16,
+        swe_references: int = 8,
     ):
         super().__init__()
         bad = [p for p in pool if p not in POOLS]
@@ -100,7 +118,14 @@ class InvariantReadout(nn.Module):
         self.n_out = self._common(layouts, "output_states", _num_outputs) if output_states else 0
         if norm not in READOUT_NORMS:
             raise ReadoutError(f"readout norm must be one of {list(READOUT_NORMS)}, got {norm!r}")
-        dim = hidden * len(pool) * (len(NODE_KINDS) + self.n_layers) + hidden * self.n_out
+        groups = len(NODE_KINDS) + self.n_layers
+        # "swe": one embedding (own references, H outputs) per pooled group, so the feature size is as
+        # with the other pools; its slices and references come from the global generator, like all weights.
+        self.swe = nn.ModuleList(
+            SlicedWassersteinEmbedding(hidden, swe_slices, swe_references, out_dim=hidden, seed=None)
+            for _ in range(groups if "swe" in pool else 0)
+        )
+        dim = hidden * len(pool) * groups + hidden * self.n_out
         self.norm = nn.BatchNorm1d(dim, affine=norm != "center") if norm != "none" else None
         self.center_only, self.zoo_stats = norm == "center", norm == "zoo"
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), _Act(act), nn.Linear(mlp_hidden, out_dim))
@@ -166,23 +191,26 @@ class InvariantReadout(nn.Module):
 
     def features(self, layout: Layout, h: torch.Tensor) -> torch.Tensor:
         """The pooled features ``(B, D)`` of ``(B, N, H)`` node states (before normalization)."""
-        parts = []
-        for kind in NODE_KINDS:
-            idx = layout.nodes_of_kind(kind).to(h.device)
-            parts += [_pool(h[:, idx], p) for p in self.pool]
+        sets = [h[:, layout.nodes_of_kind(kind).to(h.device)] for kind in NODE_KINDS]
         if self.per_layer:
             if len(layout.layers) != self.n_layers:
                 raise ReadoutError(
                     f"per-layer readout built for {self.n_layers} layers, graph has {len(layout.layers)}"
                 )
-            for layer in layout.layers:
-                parts += [_pool(h[:, layer.start : layer.stop], p) for p in self.pool]
+            sets += [h[:, layer.start : layer.stop] for layer in layout.layers]
+        parts = [self._pool(g, s, p) for g, s in enumerate(sets) for p in self.pool]
         if self.output_states:
             idx = layout.nodes_of_kind("output").to(h.device)
             if len(idx) != self.n_out:
                 raise ReadoutError(f"readout built for {self.n_out} output neurons, graph has {len(idx)}")
             parts.append(h[:, idx].reshape(h.shape[0], -1))
         return torch.cat(parts, dim=-1)
+
+    def _pool(self, group: int, h: torch.Tensor, how: str) -> torch.Tensor:
+        """Pool the ``(B, n, H)`` states of the ``group``-th set (node kinds, then layers) by ``how``."""
+        if how == "swe" and h.shape[1]:
+            return self.swe[group](h)
+        return _pool(h, how)
 
 
 def _num_outputs(layout: Layout) -> int:

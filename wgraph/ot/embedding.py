@@ -27,13 +27,14 @@ class SlicedWassersteinEmbedding(nn.Module):
     (normalized per set; a 0/1 mask drops padded elements), uniform by default.
 
     ``learn_slices``: the directions are parameters (normalized at use) instead of a fixed buffer drawn
-    from ``seed``; the reference points are always learned.
+    from ``seed``; the reference points are always learned. ``seed = None`` draws the slices and
+    the initial references from torch's global generator (as every other layer's initialization).
     """
 
     def __init__(self, dim: int, n_slices: int = 32, n_references: int = 16, *, out_dim: int | None = None,
-                 learn_slices: bool = False, seed: int = 0):
+                 learn_slices: bool = False, seed: int | None = 0):
         super().__init__()
-        gen = torch.Generator().manual_seed(seed)
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
         self.reference = nn.Parameter(torch.randn(n_references, dim, generator=gen))
         slices = torch.randn(n_slices, dim, generator=gen)
         if learn_slices:
