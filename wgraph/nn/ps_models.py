@@ -12,6 +12,10 @@
 A model maps a WeightGraph (or a one-channel WeightSpace) of a chain architecture to ``(B, out_dim)``,
 invariant under hidden-neuron permutations (and, for ``monomial`` / ``magep``, under the scalings
 the activation allows: ``act = "auto"`` picks ReLU or tanh to match the network's activation).
+With ``head = "parameters"`` (``ParamSharingNFN(layout, config, head="parameters")``) the pool and
+MLP head are replaced by one more NF-layer of the same kind, ``hidden -> 1`` channel, and the model
+returns that channel as a WeightGraph of the input's layout: an *equivariant* weight-space output
+(a weight delta, as in INR editing), with ``head_hidden`` and ``out_dim`` unused.
 
 Keys (all optional but ``type``): the fields of :class:`~wgraph.nn.configs.NPConfig`,
 :class:`~wgraph.nn.configs.HNPConfig`, :class:`~wgraph.nn.configs.MonomialConfig` and
@@ -56,19 +60,20 @@ def resolve_config(config: dict | ParamSharingConfig) -> ParamSharingConfig:
     return typed_config(config)
 
 
-def _layer(cfg: ParamSharingConfig, spec: ChainSpec, c_in: int, first: bool) -> nn.Module:
-    """One NF-layer of the stack ``cfg`` describes, ``c_in -> cfg.hidden`` channels."""
+def _layer(cfg: ParamSharingConfig, spec: ChainSpec, c_in: int, first: bool, c_out: int | None = None) -> nn.Module:
+    """One NF-layer of the stack ``cfg`` describes, ``c_in -> c_out`` (default ``cfg.hidden``) channels."""
+    c_out = cfg.hidden if c_out is None else c_out
     if isinstance(cfg, NPConfig):
-        return NPLinear(spec, c_in, cfg.hidden, io_embed=cfg.io_embed and first)
+        return NPLinear(spec, c_in, c_out, io_embed=cfg.io_embed and first)
     if _paper(cfg):
         if first:  # the official HNPSLinear: io-mixing monomial layer onto the kernel-free chain
-            return nn.Sequential(MonomialLinear(spec, c_in, cfg.hidden, io_mixing=True), KernelSum())
-        return MAGEPPaper(spec, c_in, cfg.hidden)
+            return nn.Sequential(MonomialLinear(spec, c_in, c_out, io_mixing=True), KernelSum())
+        return MAGEPPaper(spec, c_in, c_out)
     if isinstance(cfg, MAGEPConfig):
-        return MAGEP(spec, c_in, cfg.hidden, io_mixing=cfg.io_mixing, poly_scale=cfg.poly_scale)
+        return MAGEP(spec, c_in, c_out, io_mixing=cfg.io_mixing, poly_scale=cfg.poly_scale)
     if isinstance(cfg, MonomialConfig):
-        return MonomialLinear(spec, c_in, cfg.hidden, io_mixing=cfg.io_mixing)
-    return HNPLinear(spec, c_in, cfg.hidden)
+        return MonomialLinear(spec, c_in, c_out, io_mixing=cfg.io_mixing)
+    return HNPLinear(spec, c_in, c_out)
 
 
 def _paper(cfg: ParamSharingConfig) -> bool:
@@ -86,12 +91,21 @@ def _pool(cfg: ParamSharingConfig, spec: ChainSpec) -> nn.Module:
     return HNPPool(spec)
 
 
-class ParamSharingNFN(nn.Module):
-    """Encoder (optional) -> NF-layer stack -> invariant pool -> MLP head; see :func:`from_config`."""
+HEADS = ("invariant", "parameters")
 
-    def __init__(self, layout, config: dict | ParamSharingConfig):
+
+class ParamSharingNFN(nn.Module):
+    """Encoder (optional) -> NF-layer stack -> invariant pool -> MLP head; see :func:`from_config`.
+    ``head = "parameters"``: -> one more NF-layer to one channel, returned as a WeightGraph (equivariant)."""
+
+    def __init__(self, layout, config: dict | ParamSharingConfig, head: str = "invariant"):
         super().__init__()
         self.config = cfg = resolve_config(config)
+        if head not in HEADS:
+            raise PSConfigError(f"head must be one of {HEADS}, got {head!r}")
+        if head == "parameters" and _paper(cfg):
+            raise PSConfigError("the published MAGEP-NFN model (variant 'paper') has no weight-space output head")
+        self.head_kind = head
         self.layout = model_layout(layout, "a parameter-sharing model", error=PSConfigError)
         self.spec = spec = ChainSpec.from_layout(self.layout)
         scale_aware = isinstance(cfg, MonomialConfig)
@@ -113,6 +127,9 @@ class ParamSharingNFN(nn.Module):
         self.layers = nn.ModuleList(
             _layer(cfg, spec, c_in if i == 0 else cfg.hidden, first=i == 0) for i in range(cfg.layers)
         )
+        if head == "parameters":
+            self.out = _layer(cfg, spec, cfg.hidden if cfg.layers else c_in, first=cfg.layers == 0, c_out=1)
+            return
         self.pool = _pool(cfg, spec)
         widths = [cfg.hidden * self.pool.out_features] + [cfg.head_hidden] * (2 if _paper(cfg) else 1)
         head = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
@@ -133,6 +150,8 @@ class ParamSharingNFN(nn.Module):
         x = self.encoder(as_weight_space(graph))
         for layer in self.layers:
             x = self.act(layer(x))
+        if self.head_kind == "parameters":
+            return as_weight_space(self.out(x)).to_graph(self.layout)
         return self.head(self.pool(x).flatten(1))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..config import Config, option
 from ..errors import ConfigError
+from .inr_edit import EDITS
 from .spec import TASKS
 
 #: Epochs of a run that gives neither ``epochs`` nor ``steps``.
@@ -63,6 +64,7 @@ class TrainConfig(Config):
     probes: int = option(
         0, "add each neuron's values on this many fixed probe inputs as node features (wgraph.zoo.probes)", minimum=0
     )
+    edit: str = option("dilate", "inr-edit: the edit of the images to learn (see wgraph.tasks.inr_edit)", choices=EDITS)
     strict: bool = option(
         False, "refuse a zoo with networks whose weights are NaN or infinite (default: skip them, with a warning)"
     )

@@ -22,12 +22,14 @@ log = logging.getLogger("wgraph.train")
 @dataclass
 class TaskData:
     """``graphs``: a WeightGraph of N networks; ``targets``: ``(N,)``; ``groups``: ``(N,)`` split keys;
-    ``dropped``: networks of the zoo left out because their target or a weight is not finite."""
+    ``dropped``: networks of the zoo left out because their target or a weight is not finite;
+    ``arch``: the zoo's architecture (``Zoo.arch``; tasks that run the networks need it)."""
 
     graphs: WeightGraph
     targets: torch.Tensor
     groups: np.ndarray
     dropped: int = 0
+    arch: dict | None = None
 
     def __post_init__(self):
         n = self.graphs.batch_size
@@ -51,7 +53,7 @@ def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False, pro
             raise TaskError(
                 f"task {task.name!r} needs the column {col!r}, but {where} (kind {kind!r}) has columns "
                 f"{sorted(table)}; generalization needs a CNN zoo (wgraph zoo cnn), "
-                "inr-classify an INR zoo (wgraph zoo inr)"
+                "inr-classify and inr-edit an INR zoo (wgraph zoo inr)"
             )
     column = np.asarray(table[task.target])
     keep = np.isfinite(column.astype(np.float64))
@@ -74,7 +76,8 @@ def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False, pro
         rows = np.flatnonzero(~np.isin(kept, list(bad)))
         graphs, kept = graphs[torch.as_tensor(rows)], kept[rows]
         keep = np.isin(np.arange(len(column)), kept)
-    return TaskData(graphs, task.targets(column[keep]), np.asarray(table[task.group])[keep], int((~keep).sum()))
+    return TaskData(graphs, task.zoo_targets(zoo, kept, graphs), np.asarray(table[task.group])[keep],
+                    int((~keep).sum()), getattr(zoo, "arch", None))
 
 
 def split_groups(groups, seed: int = 0, val: float = 0.1, test: float = 0.1) -> dict[str, np.ndarray]:

@@ -8,12 +8,19 @@ the output size, the loss and the metrics.
   Split by training run (``run``): the checkpoints of one run never land in two parts.
 * ``inr-classify``: the digit class (``label``) of a SIREN fitted to one image, from its weights;
   10 outputs, cross-entropy, accuracy. Split by image (``image``).
+* ``inr-edit``: the weight delta that makes a SIREN represent an edit of its image
+  (:class:`EditTask`, :mod:`wgraph.tasks.inr_edit`); mean squared error of the edited INR's image
+  (lower is better). Split by image.
+
+A task also says how the model is built (:meth:`Task.build`), how the targets come from the zoo
+(:meth:`Task.zoo_targets`) and which validation metric is better (:meth:`Task.better`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,11 +38,30 @@ class Task:
     target: str  # zoo table column to predict
     group: str  # zoo table column whose values must not be split across train / val / test
     out_dim: int
-    primary: str  # the metric that selects the best validation epoch (higher is better)
+    primary: str  # the metric that selects the best validation epoch
+    higher_is_better: bool = True  # of the primary metric
 
     @property
     def classification(self) -> bool:
         return self.out_dim > 1
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether primary-metric value ``a`` is better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+    def configure(self, config) -> Task:
+        """This task with the task options of a :class:`~wgraph.tasks.TrainConfig` applied."""
+        return self
+
+    def zoo_targets(self, zoo, rows: np.ndarray, graphs) -> torch.Tensor:
+        """The targets of networks ``rows`` of ``zoo`` (their graphs: ``graphs``)."""
+        return self.targets(np.asarray(zoo.table[self.target])[rows])
+
+    def build(self, preset: str, layout, arch: dict | None = None):
+        """The model of ``preset`` for this task (:func:`wgraph.tasks.models.build_model`)."""
+        from .models import build_model
+
+        return build_model(preset, layout, self.out_dim)
 
     def targets(self, column) -> torch.Tensor:
         t = torch.as_tensor(column)
@@ -59,9 +85,68 @@ class Task:
         return {"loss": loss, **m}
 
 
+@dataclass(frozen=True)
+class EditTask(Task):
+    """``inr-edit`` (:mod:`wgraph.tasks.inr_edit`): the model outputs the edited INRs' images
+    ``(B, P)``; targets ``(N, 2, P)`` hold the edited source image and the input INR's own image.
+    ``edit``: a name in :data:`wgraph.tasks.inr_edit.EDITS`."""
+
+    edit: str = "dilate"
+
+    def with_edit(self, edit: str) -> EditTask:
+        from .inr_edit import EDITS
+
+        if edit not in EDITS:
+            raise TaskError(f"unknown edit {edit!r}; known edits: {sorted(EDITS)}")
+        return replace(self, edit=edit)
+
+    def configure(self, config) -> EditTask:
+        return self.with_edit(config.edit)
+
+    def zoo_targets(self, zoo, rows: np.ndarray, graphs) -> torch.Tensor:
+        """``(N, 2, P)``: ``edit`` of the source images of networks ``rows`` and their INRs' images."""
+        from ..zoo.data import images
+        from .inr_edit import INRRenderer, edit_images, graph_params
+
+        if getattr(zoo, "kind", None) != "inr":
+            raise TaskError(
+                f"task 'inr-edit' needs an INR zoo (wgraph zoo inr), got a zoo of kind {getattr(zoo, 'kind', '?')!r}"
+            )
+        pixels, _ = images(zoo.config.get("dataset", "digits"))
+        source = pixels[torch.as_tensor(np.asarray(zoo.table["image"])[rows], dtype=torch.long)]
+        with torch.no_grad():
+            own = INRRenderer(zoo.arch)(graph_params(graphs.to(torch.float64)))
+        return torch.stack([edit_images(source, self.edit).flatten(1).double(), own], 1).float()
+
+    def build(self, preset: str, layout, arch: dict | None = None):
+        from .inr_edit import build_edit_model
+
+        if arch is None:
+            raise TaskError("inr-edit needs the zoo's architecture (TaskData.arch) to run the INRs")
+        return build_edit_model(preset, layout, arch)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        per = ((out - y[:, 0].to(out.dtype)) ** 2).mean(1)
+        return {"sum": per.sum, "mean": per.mean}.get(reduction, lambda: per)()
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """``mse`` of the edited images, ``psnr`` (mean over networks of ``-10 log10 mse``) and
+        ``identity_mse``, the error of the unedited INRs (the trivial reference)."""
+        out, y = out.detach().double(), y.to(out.device).double()
+        mse = ((out - y[:, 0]) ** 2).mean(1)
+        identity = ((y[:, 1] - y[:, 0]) ** 2).mean(1)
+        psnr = (-10 * torch.log10(mse.clamp_min(1e-12))).mean()
+        return {"loss": float(mse.mean()), "mse": float(mse.mean()), "psnr": float(psnr),
+                "identity_mse": float(identity.mean())}
+
+
 TASKS = {
     "generalization": Task("generalization", target="test_acc", group="run", out_dim=1, primary="kendall_tau"),
     "inr-classify": Task("inr-classify", target="label", group="image", out_dim=10, primary="accuracy"),
+    "inr-edit": EditTask("inr-edit", target="image", group="image", out_dim=0, primary="mse", higher_is_better=False),
 }
 
 

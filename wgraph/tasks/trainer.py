@@ -15,7 +15,8 @@ Reproducibility and resume:
   the batch and DDP averages the gradients, which equals the one-process gradient of the batch.
 * Validation metrics are computed at every epoch end; with ``select = "best-val"`` (default) the
   model of the epoch with the best validation ``task.primary`` metric (Kendall tau, accuracy) is the
-  one tested at the end, with ``"last"`` the final one.
+  one tested at the end (the lowest where lower is better, ``task.higher_is_better``), with
+  ``"last"`` the final one.
 * The learning rate of step ``s`` is ``lr * lr_factor(s, total, warmup, schedule)``, a function of
   the step alone (a ``LambdaLR`` whose state is in the checkpoint); a schedule with a warm-up or a
   cosine decay is stretched over the run's ``total`` steps, which a resumed run may then not change.
@@ -51,7 +52,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, RESUMABLE, TrainConfig, TrainError
 from .data import TaskData, split_groups, task_data
 from .distributed import Ranks, setup, teardown
-from .models import build_model, fit_normalization
+from .models import fit_normalization
 from .spec import Task, get_task
 
 CHECKPOINT = "checkpoint.pt"
@@ -229,7 +230,7 @@ def train(config: TrainConfig, data: TaskData | None = None, on_step=None) -> di
     called after every optimizer step, once that step's checkpoint (if any) is written.
     """
     config.validate()
-    task = get_task(config.task)
+    task = get_task(config.task).configure(config)
     ranks, device = setup(config.device)
     try:
         return _train(config, task, ranks, device, data, on_step)
@@ -276,7 +277,7 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
     steps_per_epoch = max(1, n_train // batch)
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
 
-    model = build_model(cfg.model, graphs.layout, task.out_dim)
+    model = task.build(cfg.model, graphs.layout, data.arch)
     model.to(device)
     fit_normalization(model, graphs[idx["train"]], cfg.eval_batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -350,7 +351,7 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
                 record["dead_units"] = dead[0]
             history.append({**record, **{f"val_{k}": v for k, v in val.items()}})
             epoch_loss, epoch_grad = [0.0, 0], [0.0, 0]
-            if cfg.select == "best-val" and (best is None or val[task.primary] > best["metric"]):
+            if cfg.select == "best-val" and (best is None or task.better(val[task.primary], best["metric"])):
                 snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best = {"metric": val[task.primary], "step": step, "state": snapshot}
             shown_val = {f"val_{task.primary}": f"{val[task.primary]:.4f}"}
