@@ -160,4 +160,4 @@ def test_bad_edit_bad_zoo_and_bad_model_are_clear_errors(tmp_path, zoo_dir, caps
     with pytest.raises(TaskError, match="weight-space output.*'statnn'"):
         build_edit_model("statnn", graphs.layout, ARCH)
     with pytest.raises(TaskError, match="architecture"):
-        get_task("inr-edit").build("gnn", graphs.layout, None)
+        get_task("inr-edit").build_model("gnn", graphs.layout, None)

@@ -245,7 +245,7 @@ def plot_edits(zoo_dir, runs: dict[str, str | Path], path, count: int = 6) -> Pa
               "input INR": y[:, 1]}
     for label, out in runs.items():
         cfg = results[label]["config"]
-        model = task.build(cfg["model"], graphs.layout, zoo.arch)
+        model = task.build_model(cfg["model"], graphs.layout, zoo.arch)
         model.load_state_dict(load_file(str(Path(out) / "model.safetensors")))
         panels[label] = model.eval()(graphs)
     fig, axes = plt.subplots(len(panels), len(rows), figsize=(1.1 * len(rows), 1.15 * len(panels)), squeeze=False)

@@ -12,8 +12,8 @@ the output size, the loss and the metrics.
   (:class:`EditTask`, :mod:`wgraph.tasks.inr_edit`); mean squared error of the edited INR's image
   (lower is better). Split by image.
 
-A task also says how the model is built (:meth:`Task.build`), how the targets come from the zoo
-(:meth:`Task.zoo_targets`) and which validation metric is better (:meth:`Task.better`).
+A task also says how the targets come from the zoo (:meth:`Task.zoo_targets`) and which validation
+metric is better (:meth:`Task.better`); :class:`EditTask` also builds its models (``build_model``).
 """
 
 from __future__ import annotations
@@ -56,12 +56,6 @@ class Task:
     def zoo_targets(self, zoo, rows: np.ndarray, graphs) -> torch.Tensor:
         """The targets of networks ``rows`` of ``zoo`` (their graphs: ``graphs``)."""
         return self.targets(np.asarray(zoo.table[self.target])[rows])
-
-    def build(self, preset: str, layout, arch: dict | None = None):
-        """The model of ``preset`` for this task (:func:`wgraph.tasks.models.build_model`)."""
-        from .models import build_model
-
-        return build_model(preset, layout, self.out_dim)
 
     def targets(self, column) -> torch.Tensor:
         t = torch.as_tensor(column)
@@ -118,7 +112,9 @@ class EditTask(Task):
             own = INRRenderer(zoo.arch)(graph_params(graphs.to(torch.float64)))
         return torch.stack([edit_images(source, self.edit).flatten(1).double(), own], 1).float()
 
-    def build(self, preset: str, layout, arch: dict | None = None):
+    def build_model(self, preset: str, layout, arch: dict | None = None):
+        """The :class:`~wgraph.tasks.inr_edit.EditModel` of ``preset`` (the trainer calls a task's
+        ``build_model`` where it has one, :func:`wgraph.tasks.models.build_model` otherwise)."""
         from .inr_edit import build_edit_model
 
         if arch is None:

@@ -52,7 +52,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EPOCHS, RESUMABLE, TrainConfig, TrainError
 from .data import TaskData, split_groups, task_data
 from .distributed import Ranks, setup, teardown
-from .models import fit_normalization
+from .models import build_model, fit_normalization
 from .spec import Task, get_task
 
 CHECKPOINT = "checkpoint.pt"
@@ -277,7 +277,10 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
     steps_per_epoch = max(1, n_train // batch)
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
 
-    model = task.build(cfg.model, graphs.layout, data.arch)
+    if hasattr(task, "build_model"):  # a task with models of its own (inr-edit)
+        model = task.build_model(cfg.model, graphs.layout, data.arch)
+    else:
+        model = build_model(cfg.model, graphs.layout, task.out_dim)
     model.to(device)
     fit_normalization(model, graphs[idx["train"]], cfg.eval_batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
