@@ -10,6 +10,7 @@ import torch
 
 import wgraph
 from wgraph.cli import main
+from wgraph.config import ConfigError
 from wgraph.convert.batch import gather
 from wgraph.tasks import TaskError, get_task, task_data
 from wgraph.tasks.inr_edit import EDITS, INRRenderer, build_edit_model, edit_images, graph_params, plot_edits
@@ -159,5 +160,11 @@ def test_bad_edit_bad_zoo_and_bad_model_are_clear_errors(tmp_path, zoo_dir, caps
     graphs = wgraph.to_graph_batch(stacked(2), siren(**ARCH["kwargs"]).double(), torch.zeros(64, 2).double())
     with pytest.raises(TaskError, match="weight-space output.*'statnn'"):
         build_edit_model("statnn", graphs.layout, ARCH)
+    preset = tmp_path / "small-mlp.toml"
+    preset.write_text('type = "mlp"\nhidden = 16\nlayers = 1\n')
+    assert build_edit_model(str(preset), graphs.layout, ARCH).body.model.mlp[0].out_features == 16
+    preset.write_text('type = "mlp"\nwidth = 16\n')
+    with pytest.raises(ConfigError, match="unknown key 'width'"):
+        build_edit_model(str(preset), graphs.layout, ARCH)
     with pytest.raises(TaskError, match="architecture"):
         get_task("inr-edit").build_model("gnn", graphs.layout, None)
