@@ -11,16 +11,22 @@
    trained on scikit-learn's digits with several seeds, checkpoints after 30, 100 and 300 Adam
    steps): Spearman correlation of TSW / SW distances with the exact matching cost over all pairs,
    and the MLP width at which exact matching becomes slower than TSW.
-4. The sliced readout against mean pooling is measured where the readout is wired into the graph
-   NFN (not here).
+4. The sliced-Wasserstein embedding readout (``readout.pool = ["swe"]``) against mean pooling and
+   the shipped mean+max on ``digits-cnn/generalization`` of ``benchmarks/train_zoo.py`` (its zoo,
+   budget and runs, 3 seeds; Kendall tau of the test split at the best-validation epoch). Every
+   variant is the shipped ``gnn`` preset with ``readout.pool`` changed (written as a preset file by
+   ``ablate_gnn.model_for``), or the shipped ``gnn-swe`` preset; the shipped ``gnn`` reuses
+   train_zoo.py's runs. ``--work`` is train_zoo.py's work folder (zoo and runs are shared).
 
 Everything runs on the CPU with one torch thread (the machine may be shared; the load average is
 recorded).
 
     python benchmarks/bench_ot.py [--parts 1 2 3] [--seeds 3] [--iterations 2500] [--quick]
+    nice python benchmarks/bench_ot.py --parts 4 [--work out/train_zoo] [--jobs 1]   # keeps parts 1-3
 
-Writes benchmarks/results/ot.json, ot.md, ot_flows.png, ot_runtime.png and ot_networks.png, and the
-results block of docs/ot.md (``--report`` redraws them from ot.json without measuring).
+Parts not run keep their saved results. Writes benchmarks/results/ot.json, ot.md, ot_flows.png,
+ot_runtime.png and ot_networks.png, and the results block of docs/ot.md (``--report`` redraws them
+from ot.json without measuring).
 """
 
 from __future__ import annotations
@@ -217,6 +223,57 @@ def width_crossover(widths: tuple[int, ...]) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- 4. readout on a zoo task
+#: Part 4's variants: name -> readout keys changed from the shipped ``gnn`` preset, or a preset name.
+READOUTS = {
+    "mean": {"pool": ["mean"]},
+    "mean+max (shipped gnn)": "gnn",
+    "swe": {"pool": ["swe"]},
+    "mean+swe (gnn-swe)": "gnn-swe",
+    "mean+max+swe": {"pool": ["mean", "max", "swe"]},
+    "swe, 32 references": {"pool": ["swe"], "swe_references": 32},
+}
+READOUT_PAIR = "digits-cnn/generalization"
+
+
+def readout_task(work: Path, seeds: list[int], jobs: int, threads: int, names: list[str]) -> dict:
+    """Train each readout variant of :data:`READOUTS` on :data:`READOUT_PAIR` with train_zoo.py's
+    budget (its ``run_one``: a finished run of the same settings is reused)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ablate_gnn
+    from train_zoo import PAIRS, PRIMARY, TRAIN, make_zoo, run_one, zoo_dir
+
+    spec, t = PAIRS[READOUT_PAIR], time.perf_counter()
+    make_zoo(READOUT_PAIR, spec, work, threads)
+    jobs_ = []
+    for name in names:
+        keys = READOUTS[name]
+        if isinstance(keys, str):
+            model = stem = keys
+        else:  # a variant preset of gnn, written and named as ablate_gnn.py writes its own
+            ablate_gnn.VARIANTS.setdefault(f"ot: {name}", (keys, 0))
+            model, stem = ablate_gnn.model_for(f"ot: {name}", work)
+        runs = work / "runs" / READOUT_PAIR.replace("/", "-")
+        jobs_ += [{"name": name, "task": spec["task"], "model": model, "seed": s, "epochs": spec["epochs"],
+                   "zoo": str(zoo_dir(work, READOUT_PAIR)), "out": str(runs / f"{stem}-s{s}")} for s in seeds]
+    metric, cells = PRIMARY[spec["task"]], {}
+    with ThreadPoolExecutor(jobs) as pool:
+        for job, r in tqdm(zip(jobs_, pool.map(lambda j: run_one(j, threads), jobs_)), total=len(jobs_), desc="part 4"):
+            c = cells.setdefault(job["name"], {"model": job["model"], "seeds": [], "test": [], "val": [],
+                                                "train_s": [], "params": r["model_parameters"]})
+            c["seeds"].append(job["seed"])
+            c["test"].append(r["metrics"]["test"][metric])
+            c["val"].append(r["metrics"]["val"][metric])
+            c["train_s"].append(r["timings"]["train_s"])
+    return {"pair": READOUT_PAIR, "metric": metric, "epochs": spec["epochs"], "zoo": spec["text"], "train": TRAIN,
+            "cells": cells, "wall_s": time.perf_counter() - t, "load_after": os.getloadavg()[0],
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+            "command": "nice python benchmarks/bench_ot.py " + " ".join(sys.argv[1:])}
+
+
 def _plot(res: dict) -> None:
     import matplotlib
 
@@ -273,7 +330,7 @@ def _plot(res: dict) -> None:
 
 
 def _markdown(res: dict) -> str:
-    lines = ["# wgraph.ot benchmark", "", f"Machine: {res['machine']}; torch threads 1; load average "
+    lines = ["# wgraph.ot benchmark", "", f"Parts 1 to 3: {res['machine']}; torch threads 1; load average "
              f"{res['load_before']:.1f} before, {res['load_after']:.1f} after; {res['seconds']:.0f} s in all.", ""]
     if "flows" in res:
         lines += ["## 1. Gradient flows (100 points, Adam lr 5e-3)", "",
@@ -311,6 +368,21 @@ def _markdown(res: dict) -> str:
                          f"| {r['SW (256 directions)']:.3g} |")
         cross = nets["widths"]["exact_slower_from_width"]
         lines += ["", f"Exact matching is slower than Db-TSW from width {cross}.", ""]
+    if "readout" in res:
+        r = res["readout"]
+        lines += [f"## 4. The sliced-Wasserstein embedding readout on {r['pair']}", "",
+                  "| readout.pool (graph NFN, norm center) | test Kendall τ | val Kendall τ | parameters | "
+                  "train s / run |", "|---|---|---|---|---|"]
+        for name, c in r["cells"].items():
+            test, val = np.array(c["test"]), np.array(c["val"])
+            lines.append(f"| {name} | {test.mean():.3f} ± {test.std(ddof=1):.3f} | {val.mean():.3f} ± "
+                         f"{val.std(ddof=1):.3f} | {c['params']:,} | {np.mean(c['train_s']):.0f} |")
+        seeds = sorted({s for c in r["cells"].values() for s in c["seeds"]})
+        lines += ["", f"{r['zoo']}; split by training run; {r['epochs']} epochs, `wgraph train ... "
+                  f"{' '.join(r['train'])}` for every variant (the budget of `benchmarks/train_zoo.py`); test metric "
+                  f"of the best-validation epoch, mean ± sample std over seeds {seeds}; swe with 16 slices and "
+                  f"8 references (the defaults) unless named. Command: `{r['command']}` ({r['machine']}, "
+                  f"{r['wall_s'] / 60:.0f} min for the runs not saved before).", ""]
     return "\n".join(lines)
 
 
@@ -333,12 +405,17 @@ def _docs(res: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
+    ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the gradient flows (default 3)")
     ap.add_argument("--iterations", type=int, default=2500, help="gradient-flow iterations (default 2500)")
     ap.add_argument("--zoo-seeds", type=int, default=8, help="training runs per zoo (default 8)")
     ap.add_argument("--quick", action="store_true", help="toy sizes (a smoke test)")
     ap.add_argument("--report", action="store_true", help="only redraw the tables, plots and docs from ot.json")
+    ap.add_argument("--work", default=str(Path(__file__).resolve().parent.parent / "out" / "train_zoo"),
+                    help="part 4: train_zoo.py's work folder (zoo and runs)")
+    ap.add_argument("--readouts", nargs="+", choices=list(READOUTS), default=list(READOUTS), help="part 4 variants")
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2], help="part 4 training seeds")
+    ap.add_argument("--jobs", type=int, default=1, help="part 4: training runs at a time (one torch thread each)")
     args = ap.parse_args()
     if args.report:
         res = json.loads((RESULTS / "ot.json").read_text())
@@ -349,8 +426,11 @@ def main() -> None:
     torch.set_num_threads(1)
     RESULTS.mkdir(exist_ok=True)
     t0, load_before = time.perf_counter(), os.getloadavg()[0]
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-           "torch": torch.__version__, "pot": ot.__version__, "seeds": args.seeds}
+    saved = RESULTS / "ot.json"
+    res = json.loads(saved.read_text()) if saved.exists() and not args.quick else {}  # parts not run are kept
+    if {1, 2, 3} & set(args.parts) or not res:
+        res.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                    "torch": torch.__version__, "pot": ot.__version__, "seeds": args.seeds})
     if args.quick:
         args.iterations, args.seeds, args.zoo_seeds = 100, 1, 3
         res["seeds"] = 1
@@ -362,7 +442,11 @@ def main() -> None:
         widths = (16, 64) if args.quick else (16, 32, 64, 128, 256, 512, 1024)
         res["networks"] = {"ranking": network_ranking(args.zoo_seeds, (30, 100, 300)),
                            "widths": width_crossover(widths)}
-    res["seconds"], res["load_before"], res["load_after"] = time.perf_counter() - t0, load_before, os.getloadavg()[0]
+    if {1, 2, 3} & set(args.parts) or "seconds" not in res:
+        res["seconds"], res["load_before"] = time.perf_counter() - t0, load_before
+        res["load_after"] = os.getloadavg()[0]
+    if 4 in args.parts and not args.quick:
+        res["readout"] = readout_task(Path(args.work).resolve(), args.train_seeds, args.jobs, 1, args.readouts)
     name = "ot_quick" if args.quick else "ot"
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1))
     (RESULTS / f"{name}.md").write_text(_markdown(res))
