@@ -39,6 +39,8 @@ VARIANTS = {
     "mean+max, center (shipped)": ({}, 0),
     "mean+max, none, probes 16": ({"norm": "none"}, 16),
     "mean+max, center, probes 16 (shipped + --probes 16)": ({}, 16),
+    "mean+max, none, per layer": ({"norm": "none", "per_layer": True}, 0),
+    "mean+max, none, per layer, probes 16": ({"norm": "none", "per_layer": True}, 16),
 }
 PAIRS_DEFAULT = ["digits-cnn/generalization", "digits-inr/inr-classify"]
 

@@ -37,7 +37,7 @@ def write(tmp_path, text, name="p.toml"):
     return p
 
 
-@pytest.mark.parametrize("name", ["gnn", "gnn-pna"])
+@pytest.mark.parametrize("name", ["gnn", "gnn-pna", "gnn-generalization"])
 def test_shipped_presets_build_and_list_every_key(name, graph):
     cfg = load_preset(name)
     assert cfg["type"] == "gnn"
