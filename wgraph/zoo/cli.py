@@ -82,6 +82,9 @@ def register(sub) -> None:
     from .transformer import register_transformer
 
     register_transformer(kinds)
+    from .canonical import register_canonicalize
+
+    register_canonicalize(kinds)
     c = kinds.add_parser("cnn", help="small CNNs trained on digits or MNIST with sampled hyperparameters")
     c.add_argument("out", help="output directory")
     cnn_help = {
