@@ -61,12 +61,12 @@ def markdown(report: dict) -> str:
         cells, times = [], []
         for e in s["edits"]:
             c = report["table"][e][m]
-            cells += [f"{c['mse']['mean']:.4f} ± {c['mse']['std']:.4f}",
+            cells += [f"{c['mse']['mean']:.2e} ± {c['mse']['std']:.1e}",
                       f"{c['psnr']['mean']:.2f} ± {c['psnr']['std']:.2f}"]
             times.append(f"{c['train_s_mean']:.0f}")
         params = report["table"][s["edits"][0]][m]["params"]
         lines.append(f"| {m} | {params:,} | " + " | ".join(cells) + f" | {' / '.join(times)} |")
-    ident = [f"{report['table'][e][s['models'][0]]['identity_mse']['mean']:.4f}" for e in s["edits"]]
+    ident = [f"{report['table'][e][s['models'][0]]['identity_mse']['mean']:.2e}" for e in s["edits"]]
     lines.append("| identity (unedited INR) | 0 | " + " | ".join(f"{v} | –" for v in ident) + " | – |")
     lines += ["", f"Zoo: {report['zoo']['text']} (`wgraph zoo {' '.join(report['zoo']['command'])}`), split by image "
               f"{report['split']} (train / val / test networks). Every run: `wgraph train --task inr-edit --edit EDIT "
@@ -86,7 +86,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30, help="epochs of every run")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--quick", action="store_true", help="60 INRs, 2 epochs, 1 seed; results named *_quick")
+    p.add_argument("--report-only", action="store_true", help="rewrite the markdown and the docs table from the JSON")
     args = p.parse_args()
+    if args.report_only:
+        md = markdown(json.loads((RESULTS / "inr_edit.json").read_text()))
+        (RESULTS / "inr_edit.md").write_text(f"# INR editing\n\n{md}")
+        replace_block(DOC, BEGIN, END, md.rstrip("\n"))
+        return print(md)
     spec = dict(PAIRS[PAIR])
     name = "inr_edit"
     if args.quick:
