@@ -52,10 +52,10 @@ def gbt_runs(zoo_path: Path, seeds: list[int], label: str = GBT) -> list[dict]:
     trained on the train runs, scored on the test runs of the split ``wgraph train`` uses."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    import wgraph.zoo.transformer  # noqa: F401  registers the architecture
     from wgraph.nn.statnn import weight_statistics
     from wgraph.tasks.data import split_groups
     from wgraph.tasks.metrics import regression_metrics
+    from wgraph.zoo import transformer  # noqa: F401  registers the architecture
     from wgraph.zoo.store import load_zoo
 
     zoo = load_zoo(zoo_path)
@@ -80,7 +80,7 @@ def time_zoo(raw: Path, scratch: Path, threads: int) -> float:
 
     import torch
 
-    import wgraph.zoo.transformer  # noqa: F401  registers the architecture
+    from wgraph.zoo import transformer  # noqa: F401  registers the architecture
     from wgraph.zoo.store import load_zoo
 
     shutil.rmtree(scratch, ignore_errors=True)
