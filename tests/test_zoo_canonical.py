@@ -18,11 +18,11 @@ COLUMNS = {"run": "int", "checkpoint": "int", "test_acc": "float"}
 ATTENTION = (".attn.q.", ".attn.k.", ".attn.v.", ".attn.o.")
 
 
-def _networks(n: int = 4) -> list[RowTransformer]:
+def _networks(n: int = 4, residual: bool = False) -> list[RowTransformer]:
     torch.manual_seed(0)
     models = []
     for _ in range(n):
-        m = RowTransformer(dim=8, heads=2, blocks=2).double()
+        m = RowTransformer(dim=8, heads=2, blocks=2, residual=residual).double()
         with torch.no_grad():
             for p in m.parameters():
                 p.normal_(0, 0.6)
@@ -32,14 +32,14 @@ def _networks(n: int = 4) -> list[RowTransformer]:
 
 def _network(zoo, i: int) -> RowTransformer:
     """Network ``i`` of a float64 zoo, in float64 (``Zoo.network`` builds a float32 module)."""
-    m = RowTransformer(dim=8, heads=2, blocks=2).double()
+    m = RowTransformer(**zoo.arch["kwargs"]).double()
     m.load_state_dict({k: v[i] for k, v in zoo.weights.items()})
     return m
 
 
-def _write(path, state_dicts: list[dict], shard_size: int = 2) -> None:
+def _write(path, state_dicts: list[dict], shard_size: int = 2, residual: bool = False) -> None:
     """A float64 transformer zoo of ``state_dicts``, ``shard_size`` networks per shard."""
-    arch = TransformerZooConfig(dim=8).arch()
+    arch = TransformerZooConfig(dim=8, residual=residual).arch()
     with ZooWriter(path, kind="transformer", arch=arch, columns=COLUMNS, config={"test": 1}) as w:
         for i in range(0, len(state_dicts), shard_size):
             part = state_dicts[i : i + shard_size]
@@ -49,13 +49,14 @@ def _write(path, state_dicts: list[dict], shard_size: int = 2) -> None:
         w.finish()
 
 
-def test_canonical_zoo_keeps_functions_and_table_and_collapses_gl_orbits(tmp_path):
-    models = _networks()
-    _write(tmp_path / "raw", [m.state_dict() for m in models])
+@pytest.mark.parametrize("residual", [False, True])
+def test_canonical_zoo_keeps_functions_and_table_and_collapses_gl_orbits(tmp_path, residual):
+    models = _networks(residual=residual)
+    _write(tmp_path / "raw", [m.state_dict() for m in models], residual=residual)
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
     g = wgraph.to_graph_batch([m.state_dict() for m in models], models[0], x)
     moved = apply_gl(g, random_gl(g.layout, 3, batch_size=len(models)))  # per-network GL(d_k) x GL(d_v) maps
-    _write(tmp_path / "moved", [moved.to_state_dict(i) for i in range(len(models))])
+    _write(tmp_path / "moved", [moved.to_state_dict(i) for i in range(len(models))], residual=residual)
 
     raw, canon = load_zoo(tmp_path / "raw"), canonicalize_zoo(tmp_path / "raw", tmp_path / "canon")
     assert len(canon) == len(raw) and canon.config["test"] == 1
