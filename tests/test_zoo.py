@@ -365,3 +365,14 @@ def test_batched_training_equals_independent_training():
             opt.step()
         for k, v in model.state_dict().items():
             torch.testing.assert_close(group.params(group.p.detach())[k][i], v, rtol=1e-4, atol=1e-5)
+
+
+def test_every_generated_architecture_is_known_after_importing_the_zoo_package():
+    """load_zoo in a fresh process finds every architecture `wgraph zoo` writes (the transformer
+    zoo's row_transformer was registered only when the CLI imported its module)."""
+    import subprocess
+    import sys
+
+    code = "import json, wgraph.zoo as z; print(json.dumps(sorted(z.ARCHITECTURES)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert {"digits_cnn", "siren", "row_transformer"} <= set(json.loads(out))

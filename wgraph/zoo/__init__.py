@@ -13,8 +13,10 @@ from .dataset import Zoo
 from .importers import ImportReport, import_zoo
 from .inr import generate_inr_zoo
 from .store import ZooWriter, load_zoo
+from .transformer import RowTransformer, generate_transformer_zoo  # registers row_transformer
 
 __all__ = [
     "Zoo", "ZooWriter", "load_zoo", "generate_cnn_zoo", "generate_inr_zoo", "import_zoo", "ImportReport",
+    "generate_transformer_zoo", "RowTransformer",
     "ARCHITECTURES", "register_arch", "digits_cnn", "siren", "mlp", "resnet_mlp", "small_cnn",
 ]
