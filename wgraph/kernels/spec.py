@@ -54,6 +54,14 @@ def _silu_grad(z, g):
     return sg * (1 + z * (1 - sg)) * g
 
 
+def _gelu(z: torch.Tensor) -> torch.Tensor:
+    r"""Exact (erf) GELU :math:`z\,\Phi(z) = \tfrac12 z\,(1 + \mathrm{erf}(z/\sqrt2))`, written out as the
+    native and Triton kernels compute it: :func:`torch.nn.functional.gelu`'s AVX-512 float32 kernel
+    returns NaN for :math:`+\infty` (its scalar path returns :math:`+\infty`), so the reference would
+    depend on the CPU and the tensor's length."""
+    return 0.5 * z * (1 + torch.erf(z * 0.7071067811865476))
+
+
 def _gelu_grad(z, g):
     r"""Exact (erf) GELU: :math:`\Phi(z) + z\,\varphi(z)`."""
     cdf = 0.5 * (1 + torch.erf(z * 0.7071067811865476))
@@ -68,7 +76,7 @@ ACTIVATION_TABLE = (
     Activation("relu", F.relu, lambda z, g: torch.ops.aten.threshold_backward(g.expand_as(z), z, 0), torch.relu_),
     Activation("tanh", F.tanh, _tanh_grad, torch.tanh_),
     Activation("silu", F.silu, _silu_grad, lambda z: F.silu(z, inplace=True)),
-    Activation("gelu", F.gelu, _gelu_grad),
+    Activation("gelu", _gelu, _gelu_grad),
 )
 
 _BY_NAME = {a.name: a for a in ACTIVATION_TABLE}
