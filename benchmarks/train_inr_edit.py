@@ -131,7 +131,7 @@ def main() -> None:
     (RESULTS / f"{name}.md").write_text(f"# INR editing{' (quick)' if args.quick else ''}\n\n{md}")
     if not args.quick:
         replace_block(DOC, BEGIN, END, md.rstrip("\n"))
-    from wgraph.tasks.inr_edit import plot_edits
+    from wgraph.tasks.edit_plots import plot_edits
 
     img = ROOT / "docs" / "img" if not args.quick else work
     for edit, models in dirs.items():

@@ -137,7 +137,7 @@ def test_train_options_keep_their_flags_and_defaults():
         "epochs": None, "steps": None, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "val_fraction": 0.1,
         "test_fraction": 0.1, "select": "best-val", "checkpoint_every": 100, "eval_batch_size": 256, "device": "cpu",
         "resume": False, "progress": True, "strict": False, "warmup": 0.0, "schedule": "constant", "clip_grad": None,
-        "probes": 0,
+        "probes": 0, "edit": "dilate",
     }
     assert got == want
     flags = ["--no-progress", "--resume", "--select", "last", "--split-seed", "3", "--batch-size", "4", "--lr", "0.5"]

@@ -13,7 +13,8 @@ from wgraph.cli import main
 from wgraph.config import ConfigError
 from wgraph.convert.batch import gather
 from wgraph.tasks import TaskError, get_task, task_data
-from wgraph.tasks.inr_edit import EDITS, INRRenderer, build_edit_model, edit_images, graph_params, plot_edits
+from wgraph.tasks.edit_plots import plot_edits
+from wgraph.tasks.inr_edit import EDITS, INRRenderer, build_edit_model, edit_images, graph_params
 from wgraph.zoo.archs import siren
 from wgraph.zoo.dataset import Zoo
 from wgraph.zoo.inr import generate_inr_zoo, pixel_coordinates

@@ -35,6 +35,10 @@ class ZooError(WgraphError):
     """A model zoo directory is missing, incomplete, corrupted, or does not match its manifest."""
 
 
+class TaskError(WgraphError):
+    """An unknown task, a zoo without the task's columns, or a split that cannot be made."""
+
+
 class ConfigError(WgraphError):
     """A bad configuration (a model preset, a training or zoo setting): an unknown key, a wrong type,
     an unknown choice or a value out of range. The message names the key."""

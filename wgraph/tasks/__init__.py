@@ -3,7 +3,8 @@
 predicting a weight delta (``inr-edit``).
 
 * :mod:`.spec`: the tasks (target column, split column, loss, metrics);
-* :mod:`.inr_edit`: the edits, running INRs in batches, the edit models, the picture of edits;
+* :mod:`.inr_edit`: the edits, running INRs in batches, the edit models;
+* :mod:`.edit_plots`: the picture of edits;
 * :mod:`.data`: a zoo as (graphs, targets, groups) and the split by group (training run / image);
 * :mod:`.metrics`: Kendall tau, R^2, accuracy;
 * :mod:`.models`: building a preset for a task;

@@ -24,12 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import WgraphError
+from ..errors import TaskError
 from .metrics import classification_metrics, regression_metrics
-
-
-class TaskError(WgraphError):
-    """An unknown task, a zoo without the task's columns, or a split that cannot be made."""
 
 
 @dataclass(frozen=True)
