@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_transformer_nfn import _trained_like
 
 import wgraph
 from wgraph.attention_symmetry import apply_gl, random_gl
@@ -16,18 +17,6 @@ from wgraph.zoo.transformer import RowTransformer, TransformerZooConfig
 
 COLUMNS = {"run": "int", "checkpoint": "int", "test_acc": "float"}
 ATTENTION = (".attn.q.", ".attn.k.", ".attn.v.", ".attn.o.")
-
-
-def _networks(n: int = 4, residual: bool = False) -> list[RowTransformer]:
-    torch.manual_seed(0)
-    models = []
-    for _ in range(n):
-        m = RowTransformer(dim=8, heads=2, blocks=2, residual=residual).double()
-        with torch.no_grad():
-            for p in m.parameters():
-                p.normal_(0, 0.6)
-        models.append(m)
-    return models
 
 
 def _network(zoo, i: int) -> RowTransformer:
@@ -51,7 +40,7 @@ def _write(path, state_dicts: list[dict], shard_size: int = 2, residual: bool = 
 
 @pytest.mark.parametrize("residual", [False, True])
 def test_canonical_zoo_keeps_functions_and_table_and_collapses_gl_orbits(tmp_path, residual):
-    models = _networks(residual=residual)
+    models = _trained_like(residual, n=4)
     _write(tmp_path / "raw", [m.state_dict() for m in models], residual=residual)
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
     g = wgraph.to_graph_batch([m.state_dict() for m in models], models[0], x)
@@ -75,7 +64,7 @@ def test_canonical_zoo_keeps_functions_and_table_and_collapses_gl_orbits(tmp_pat
 
 
 def test_canonicalize_resumes_and_refuses_bad_input(tmp_path):
-    _write(tmp_path / "raw", [m.state_dict() for m in _networks()])
+    _write(tmp_path / "raw", [m.state_dict() for m in _trained_like(False, n=4)])
     first = canonicalize_zoo(tmp_path / "raw", tmp_path / "canon")
     shard = tmp_path / "canon" / "shard-00001.safetensors"
     shard.unlink()  # an interrupted copy: the manifest lists a shard that is gone
@@ -85,7 +74,7 @@ def test_canonicalize_resumes_and_refuses_bad_input(tmp_path):
     assert shard.exists() and (tmp_path / "canon" / "shard-00000.safetensors").stat().st_mtime_ns == stamp
     assert all(torch.equal(again.weights[k], v) for k, v in first.weights.items())
 
-    _write(tmp_path / "other", [m.state_dict() for m in _networks(2)])
+    _write(tmp_path / "other", [m.state_dict() for m in _trained_like(False, n=2)])
     with pytest.raises(ZooError, match="different config"):  # a copy of another source is not resumed
         canonicalize_zoo(tmp_path / "other", tmp_path / "canon")
     with pytest.raises(ZooError, match="another directory"):
@@ -100,7 +89,7 @@ def test_canonicalize_resumes_and_refuses_bad_input(tmp_path):
 
 
 def test_cli_canonicalize(tmp_path, capsys):
-    _write(tmp_path / "raw", [m.state_dict() for m in _networks(2)])
+    _write(tmp_path / "raw", [m.state_dict() for m in _trained_like(False, n=2)])
     assert main(["zoo", "canonicalize", str(tmp_path / "raw"), str(tmp_path / "canon"), "-q"]) == 0
     assert "wrote 2 canonicalized networks" in capsys.readouterr().out
     assert len(load_zoo(tmp_path / "canon")) == 2
