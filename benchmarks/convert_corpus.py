@@ -13,11 +13,15 @@ nothing downloaded), in its own subprocess so that memory of one cannot affect t
   difference between the model computed in two memory layouts. Parameters get small noise and
   BatchNorm statistics are set from a random calibration batch first, so that zero-initialized
   heads and vanishing signals cannot make the check vacuous; the outputs must also differ between
-  the two inputs.
+  the two inputs;
+* a graph NFN (the ``gnn`` preset at width 16, ``_worker.gnn_check``) runs forward and backward on
+  the graph of the check (in its dtype).
 
-    python benchmarks/convert_corpus.py [--models resnet18 vit_b_16 ...] [--timeout 900]
+    python benchmarks/convert_corpus.py [--models resnet18 vit_b_16 ...] [--timeout 900] [--resume]
 
-Writes benchmarks/results/convert_corpus.{json,md} and the table in docs/conversion.md.
+Writes benchmarks/results/convert_corpus.{json,md} and the table in docs/conversion.md
+(``--models``: convert_corpus_subset.{json,md}). The JSON is
+rewritten after every model; ``--resume`` keeps its rows and converts only the missing models.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from pathlib import Path
 
 from _docs import replace_block  # benchmarks/_docs.py, beside this script
-from _worker import run_case  # benchmarks/_worker.py, beside this script
+from _worker import gnn_check, run_case  # benchmarks/_worker.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -109,31 +113,36 @@ def run_one(name: str) -> dict:
     informative = bool((a[0] - a[1]).abs().max() > 1e-3 * a.abs().max())  # outputs depend on the input
     res.update(check_dtype=str(dtype).removeprefix("torch."), rel_error=err, tolerance=rtol,
                function_preserved=err <= rtol and informative)
+    del model, permuted, g2
+    res["gnn"] = gnn_check(g, dtype)
     res["status"] = "ok" if res["exact"] and res["function_preserved"] else "wrong"
     return res
 
 
 def render(rows: list[dict]) -> str:
     ok = [r for r in rows if r.get("status") == "ok"]
+    gnn = [r for r in ok if r.get("gnn") == "ok"]
     lines = [
         f"{len(ok)} of {len(rows)} torchvision classification models convert with an exact round trip "
-        f"and a function-preserving random symmetry ({100 * len(ok) / max(1, len(rows)):.0f}%).",
+        f"and a function-preserving random symmetry ({100 * len(ok) / max(1, len(rows)):.0f}%); a graph NFN "
+        f"runs forward and backward on {len(gnn)} of them.",
         "",
         "| model | parameters | nodes | edges | seconds | exact | symmetry (rel. error) | permutable neurons "
-        "| status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| graph NFN | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("status") in ("ok", "wrong"):
             sym = f"{'yes' if r['function_preserved'] else 'NO'} ({r['rel_error']:.0e}, {r['check_dtype']})"
             perm = f"{r['permutable_neurons']:,} / {r['hidden_neurons']:,}"
+            gnn_cell = "yes" if r.get("gnn") == "ok" else r.get("gnn", "not run")[:60].replace("|", "\\|")
             lines.append(
                 f"| {r['model']} | {r['parameters']:,} | {r['nodes']:,} | {r['edges']:,} | {r['seconds']:.2f} | "
-                f"{'yes' if r['exact'] else 'NO'} | {sym} | {perm} | {r['status']} |"
+                f"{'yes' if r['exact'] else 'NO'} | {sym} | {perm} | {gnn_cell} | {r['status']} |"
             )
         else:
             reason = r.get("error", "").replace("|", "\\|")[:160]
-            lines.append(f"| {r['model']} | {r.get('parameters', 0):,} | | | | | | | {r.get('status')}: {reason} |")
+            lines.append(f"| {r['model']} | {r.get('parameters', 0):,} | | | | | | | | {r.get('status')}: {reason} |")
     return "\n".join(lines)
 
 
@@ -141,6 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--resume", action="store_true", help="keep the rows of the previous results file")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -150,15 +160,17 @@ def main() -> None:
     from tqdm import tqdm
 
     names = args.models or torchvision.models.list_models(module=torchvision.models)
-    rows = []
-    for name in tqdm(names, desc="converting torchvision models", unit="model"):
-        row = run_case(__file__, name, args.timeout)
-        rows.append(row)
-        tqdm.write(f"{name}: {row.get('status')} {row.get('error', '')[:120]}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "convert_corpus.json").write_text(json.dumps(rows, indent=2) + "\n")
+    out = RESULTS / f"convert_corpus{'_subset' if args.models else ''}.json"
+    done = {r["model"]: r for r in json.loads(out.read_text())} if args.resume and out.exists() else {}
+    for name in tqdm([n for n in names if n not in done], desc="converting torchvision models", unit="model"):
+        row = done[name] = run_case(__file__, name, args.timeout)
+        tqdm.write(f"{name}: {row.get('status')} {row.get('gnn', '')} {row.get('error', '')[:120]}")
+        out.write_text(json.dumps(list(done.values()), indent=2) + "\n")
+    rows = [done[n] for n in names]
+    out.write_text(json.dumps(rows, indent=2) + "\n")
     table = render(rows)
-    (RESULTS / "convert_corpus.md").write_text("# torchvision corpus conversion\n\n" + table + "\n")
+    out.with_suffix(".md").write_text("# torchvision corpus conversion\n\n" + table + "\n")
     if not args.models:
         replace_block(DOC, START, END, table)
     print(table)

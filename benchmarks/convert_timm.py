@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from _docs import replace_block  # benchmarks/_docs.py, beside this script
-from _worker import run_case  # benchmarks/_worker.py, beside this script
+from _worker import gnn_check, run_case  # benchmarks/_worker.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,7 +50,6 @@ DOC = ROOT / "docs" / "conversion.md"
 START, END = "<!-- timm:start -->", "<!-- timm:end -->"
 MAX_PARAMETERS = 60_000_000
 RTOL = 1e-6
-GNN_WIDTH = 16
 
 
 def parameter_count(name: str) -> int | None:
@@ -93,7 +92,6 @@ def run_one(name: str) -> dict:
     import torch
 
     import wgraph
-    import wgraph.nn
     from wgraph.convert.check import calibrated, symmetric_outputs
 
     warnings.simplefilter("ignore")
@@ -125,15 +123,7 @@ def run_one(name: str) -> dict:
     res["rel_error"] = ((a - b).abs().max() / a.abs().max()).item()
     res["informative"] = bool((a[0] - a[1]).abs().max() > 1e-3 * a.abs().max())
     res["function_preserved"] = res["rel_error"] <= RTOL and res["informative"]
-    try:
-        # The preset (its depth embedding grows to the layout's depth) at width 16 instead of 64: on
-        # this shared 2-core machine width 64 takes minutes per model, and the question is whether
-        # every block, layer and feature of the graph is read (the width changes no code path).
-        gnn = wgraph.nn.from_preset("gnn", lay, hidden=GNN_WIDTH, readout={"hidden": GNN_WIDTH}).double()
-        gnn(g).sum().backward()
-        res["gnn"] = "ok"
-    except Exception as e:  # reported in the table, not a conversion failure
-        res["gnn"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    res["gnn"] = gnn_check(g, torch.float64)
     res["status"] = "ok" if res["exact"] and res["function_preserved"] else "wrong"
     return res
 
