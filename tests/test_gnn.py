@@ -109,7 +109,15 @@ def brute_force_layer(model: GraphNFN, g: wgraph.WeightGraph, h: torch.Tensor) -
             z = d.send(h)[:, u[sel]] + d.recv(h)[:, v[sel]] + d.edge(x)
             acc.index_add_(1, v[sel], phi(z))
         msgs.append(d.post(acc))
-    return layer.norm(h + layer.update(torch.cat([h, *msgs], dim=-1)))
+    first, act, last = layer.update
+    z = first(torch.cat([h, *msgs], dim=-1))
+    if layer.heads is not None:  # the head means, one head at a time (zero outside heads)
+        ctx = torch.zeros(*h.shape[:2], 2 * h.shape[2], dtype=h.dtype)
+        for c, ids in enumerate(lay.node_heads):
+            for i in ids[ids >= 0].unique():
+                ctx[:, ids == i, c * h.shape[2] : (c + 1) * h.shape[2]] = h[:, ids == i].mean(1, keepdim=True)
+        z = z + layer.heads(ctx)
+    return layer.norm(h + last(act(z)))
 
 
 class Cat(nn.Module):
@@ -466,3 +474,44 @@ def test_position_embeddings_grow_to_the_widest_input_layer_they_are_built_for()
     model = wgraph.nn.from_preset("gnn", wide.layout, hidden=8, layers=1)
     assert model.node_encoder.max_positions == 1500
     model(wide).sum().backward()
+
+
+class _Attention(nn.Module):
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.inp, self.out = nn.Linear(3, d), nn.Linear(d, 2)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out((h + self.attn(h, h, h, need_weights=False)[0]).mean(1))
+
+
+def test_attention_heads_are_read_and_stay_invariant():
+    """``attention_heads``: a swap of two query/key dimensions across heads changes the function
+    and the graph NFN's output (without the head means it cannot see it: the swap only relabels
+    nodes of one space); permutations that move heads as blocks leave it invariant (float64)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = _Attention().double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    g = wgraph.to_graph(model, x[:1])
+    local, joint = g.layout.node_heads
+    qk = next(i for i, s in enumerate(g.layout.spaces) if s.heads == 2 and s.permutable)
+    for ids in (local, joint):  # every head holds 4 of the 8 dimensions in each of its layers
+        counts = torch.bincount(ids[ids >= 0])
+        assert (counts % 4 == 0).all() and len(counts) >= 2
+    assert joint.max() + 1 == 2  # one head group: q/k and v heads move together
+    swap = torch.tensor([4, 1, 2, 3, 0, 5, 6, 7])  # dimension 0 of head 0 <-> dimension 0 of head 1
+    swapped = g.permute(wgraph.Symmetry({qk: swap}))
+    with torch.no_grad():
+        moved = wgraph.load_into(copy.deepcopy(model), swapped)(x)
+        assert (moved - model(x)).abs().max() > 1e-3, "the swap must change the attention"
+    for heads in (True, False):
+        gnn = GraphNFN([g.layout], hidden=8, layers=2, attention_heads=heads).double().eval()
+        change = (gnn(swapped) - gnn(g)).abs().max()
+        assert (change > 1e-9) if heads else (change < 1e-12)  # float64 noise is ~1e-16
+    gnn = GraphNFN([g.layout], hidden=8, layers=2).double().eval()
+    assert_invariant(gnn, g, atol=1e-10)
+    assert_equivariant(GraphNFN([g.layout], hidden=8, layers=2, head="parameters").double().eval(), g, atol=1e-10)

@@ -183,6 +183,37 @@ class Layout:
                     spatial[base : base + sp.size * inner] = torch.arange(inner).repeat(sp.size)
         return spatial
 
+    @cached_property
+    def node_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which attention head each node belongs to: ``(local, joint)``, two ``(N,)`` long tensors,
+        ``-1`` for nodes outside spaces with ``heads > 1``.
+
+        Neuron ``c`` of a space of ``size`` neurons in ``heads`` heads is in head ``c // (size /
+        heads)``. ``local`` numbers the heads of every run of a space (each layer, each segment)
+        apart; ``joint`` numbers head ``h`` of all spaces of one ``head_group`` (the query/key and
+        the value dimensions of one attention, whose heads move together) as one, and the heads of
+        a space with ``head_group == -1`` as its own. A permutation the space allows (heads moved
+        as blocks, dimensions reordered within heads) maps every head to one head, so a function
+        of the per-head sets of nodes is equivariant; a swap of dimensions across heads is not.
+        """
+        local = torch.full((self.num_nodes,), -1, dtype=torch.long)
+        joint = local.clone()
+        first: dict[tuple, int] = {}  # head group (or lone space) -> its first joint id
+        n_local = n_joint = 0
+        for si, sp in enumerate(self.spaces):
+            if sp.heads <= 1:
+                continue
+            head = torch.arange(sp.size) // (sp.size // sp.heads)
+            key = ("group", sp.head_group) if sp.head_group >= 0 else ("space", si)
+            if key not in first:
+                first[key], n_joint = n_joint, n_joint + sp.heads
+            for base, inner in self.space_runs(si):
+                nodes = slice(base, base + sp.size * inner)
+                local[nodes] = (n_local + head).repeat_interleave(inner)
+                joint[nodes] = (first[key] + head).repeat_interleave(inner)
+                n_local += sp.heads
+        return local, joint
+
     # ---------------------------------------------------------------- block geometry
     def block_selection(self, i: int) -> tuple[slice | torch.Tensor | None, slice | torch.Tensor | None]:
         """Which neurons of its two layers block ``i`` connects, relative to each layer:

@@ -67,6 +67,7 @@ class GNNConfig(Config):
     act: str = option("relu", "nonlinearity of the messages and MLPs", choices=ACTIVATIONS)
     norm: str = option("layer", "'layer' (LayerNorm after each residual update) or 'none'", choices=("layer", "none"))
     edge_updates: bool = option(False, "keep and update an E x H edge state (memory-hungry)")
+    attention_heads: bool = option(True, "each node of an attention head also reads the mean state of its head")
     fourier_features: int = option(0, "Gaussian Fourier features per edge value (0: off)", minimum=0)
     fourier_scale: float = option(1.0, "standard deviation of the Fourier frequencies")
     normalize_inputs: bool = option(True, "per-block / per-layer standardization (fit with model.fit_normalization)")

@@ -75,12 +75,15 @@ class _Direction(nn.Module):
 class GNNLayer(nn.Module):
     """One round of bidirectional message passing, node update, and optional edge update."""
 
-    def __init__(self, hidden: int, aggr=("mean",), act="relu", norm="layer", edge_updates=False, backend="auto"):
+    def __init__(
+        self, hidden: int, aggr=("mean",), act="relu", norm="layer", edge_updates=False, backend="auto", heads=True
+    ):
         super().__init__()
         self.aggr, self.act, self.backend = tuple(aggr), act, backend
         self.fwd = _Direction(hidden, len(self.aggr))
         self.bwd = _Direction(hidden, len(self.aggr))
         self.update = nn.Sequential(nn.Linear(3 * hidden, hidden), _Act(act), nn.Linear(hidden, hidden))
+        self.heads = nn.Linear(2 * hidden, hidden, bias=False) if heads else None
         self.norm = nn.LayerNorm(hidden) if norm == "layer" else nn.Identity()
         self.edge_update = _EdgeUpdate(hidden, act) if edge_updates else None
 
@@ -147,12 +150,38 @@ class GNNLayer(nn.Module):
         z = torch.addmm(bias, h.reshape(B * N, H), u_h.t())
         z.addmm_(a_f.reshape(B * N, -1), (u_f @ self.fwd.post.weight).t())
         z.addmm_(a_b.reshape(B * N, -1), (u_b @ self.bwd.post.weight).t())
+        if self.heads is not None:
+            _add_head_context(z.view(B, N, H), h, layout, self.heads)
         y = torch.addmm(last.bias, apply_act_(z, self.act), last.weight.t())
         y.add_(h.reshape(B * N, H))  # h + last(act(z))
         h = self.norm(y.view(B, N, H))
         if self.edge_update is not None:
             edge_inputs = self.edge_update(layout, h, edge_inputs)
         return h, edge_inputs
+
+
+def _add_head_context(z: torch.Tensor, h: torch.Tensor, layout: Layout, lin: nn.Linear) -> None:
+    r"""Add :math:`W [\bar h_{\text{head}(v)} \Vert \bar h_{\text{joint}(v)}]` to ``z[:, v]`` for
+    every node ``v`` of an attention head (:attr:`Layout.node_heads`): the mean state of the nodes
+    of its head in its own layer, and of its head across the head group (query/key and value
+    dimensions of one attention). Messages along edges cannot tell which dimensions form a head
+    (a swap of two dimensions across heads changes the attention but no edge); these means can,
+    and a permutation that moves heads as blocks only relabels them."""
+    local, joint = layout.node_heads
+    if not bool((local >= 0).any()):
+        return
+    nodes = (local >= 0).nonzero().flatten().to(h.device)
+    x = h[:, nodes]
+    ctx = torch.cat([_group_means(x, ids[nodes].to(h.device)) for ids in (local, joint)], dim=2)
+    z.index_add_(1, nodes, lin(ctx))
+
+
+def _group_means(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``(B, n, H)`` states -> the mean over the states with the same id, for each of the ``n``."""
+    groups = int(ids.max()) + 1
+    sums = x.new_zeros(x.shape[0], groups, x.shape[2]).index_add_(1, ids, x)
+    counts = torch.bincount(ids, minlength=groups).to(x.dtype)
+    return (sums / counts[:, None])[:, ids]
 
 
 def _select(states: torch.Tensor, sel) -> torch.Tensor:
@@ -235,7 +264,8 @@ class GraphNFN(nn.Module):
             self.layouts, H, positions=cfg.positions, max_positions=cfg.max_positions, max_depth=cfg.max_depth
         )
         self.layers = nn.ModuleList(
-            GNNLayer(H, cfg.aggr, cfg.act, cfg.norm, cfg.edge_updates, cfg.backend) for _ in range(cfg.layers)
+            GNNLayer(H, cfg.aggr, cfg.act, cfg.norm, cfg.edge_updates, cfg.backend, cfg.attention_heads)
+            for _ in range(cfg.layers)
         )
         if cfg.head == "invariant":
             r = cfg.readout
