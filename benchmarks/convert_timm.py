@@ -25,7 +25,7 @@ or a symmetry that changes the function is a wrong answer.
 Writes benchmarks/results/convert_timm.{json,md} and, for a full run, the table in docs/conversion.md.
 The JSON is rewritten after every model, so an interrupted run loses nothing: ``--resume`` keeps the
 rows of the previous results and converts only the missing models, except those whose status is
-listed in ``--redo`` (after a new rule: rerun only the models that failed). The choice of models is
+or name is listed in ``--redo`` (after a new rule: rerun only the models that failed). The choice of models is
 kept in benchmarks/results/convert_timm_models.json (per timm version). ``--workers N`` converts N
 models at once, each in its own process (default 1: the float64 checks of one model keep a core
 busy; run with ``OMP_NUM_THREADS=1`` on a shared machine).
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="timm model names (default: the smallest of every family)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per model (default 300)")
     ap.add_argument("--resume", action="store_true", help="keep the rows of the previous results file")
-    ap.add_argument("--redo", nargs="*", default=[], help="with --resume: statuses to convert again")
+    ap.add_argument("--redo", nargs="*", default=[], help="with --resume: statuses or model names to convert again")
     ap.add_argument("--workers", type=int, default=1, help="models converted at once, each in its own process")
     ap.add_argument("--render", action="store_true", help="only write the table of the saved results")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -185,7 +185,8 @@ def main() -> None:
     out = RESULTS / f"convert_timm{'' if not args.models else '_subset'}.json"
     done = {}
     if args.resume and out.exists():
-        done = {r["model"]: r for r in json.loads(out.read_text()) if r.get("status") not in args.redo}
+        redo = set(args.redo)
+        done = {r["model"]: r for r in json.loads(out.read_text()) if not redo & {r.get("status"), r["model"]}}
     todo = [] if args.render else [(family, pick) for family, pick in chosen if pick["model"] not in done]
     found = dict(done)
 
