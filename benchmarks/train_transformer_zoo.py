@@ -37,6 +37,7 @@ ZOO_TEXT = "200 runs x 4 checkpoints of `row_transformer` (D = 16, 2 heads, 2 bl
 #: Label -> (preset, zoo): the raw zoo or its canonicalized copy.
 MODELS = {
     "transformer-nfn": ("transformer-nfn", "raw"),
+    "transformer-nfn, 2 equivariant layers": ("transformer-nfn-deep", "raw"),
     "gnn": ("gnn", "raw"),
     "gnn + canonicalization": ("gnn", "canonical"),
     "statnn": ("statnn", "raw"),

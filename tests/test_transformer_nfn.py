@@ -141,10 +141,11 @@ def _non_symmetries(sd):
     return out
 
 
-def test_non_symmetries_change_the_function_and_the_nfn():
+@pytest.mark.parametrize("invariant", ["pooled", "entries"])
+def test_non_symmetries_change_the_function_and_the_nfn(invariant):
     models = _trained_like(False, n=3)
     g, x = _graph(models), _x()
-    nfn = from_preset("transformer-nfn", g).double()
+    nfn = from_preset("transformer-nfn", g, invariant=invariant).double()
     nfn.fit_normalization(g)
     features = lambda g: nfn.features(TransformerSpace.from_graph(g))  # noqa: E731  the invariant layer's output
     y = features(g)
@@ -157,12 +158,13 @@ def test_non_symmetries_change_the_function_and_the_nfn():
 
 
 # ----------------------------------------------------------------------------- Transformer-NFN
+@pytest.mark.parametrize("invariant", ["pooled", "entries"])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("factors", FACTORS, ids="+".join)
-def test_layers_equivariant_and_model_invariant(residual, factors):
+def test_layers_equivariant_and_model_invariant(residual, factors, invariant):
     models = _trained_like(residual, n=3)
     g = _graph(models)
-    nfn = from_preset("transformer-nfn", g, layers=3, hidden=4).double()
+    nfn = from_preset("transformer-nfn", g, layers=3, hidden=4, invariant=invariant).double()
     nfn.fit_normalization(g)
     space, rest = nfn._inputs(g)
     actions = random_action(nfn.spec, 7, factors)
@@ -180,7 +182,7 @@ def test_layers_equivariant_and_model_invariant(residual, factors):
 def test_any_number_of_blocks_and_a_layout_without_attention():
     m = RowTransformer(dim=8, blocks=3).double()
     g = _graph([m])
-    nfn = from_preset("transformer-nfn", g, out_dim=3).double()
+    nfn = from_preset("transformer-nfn", g, out_dim=3, layers=1).double()
     assert len(nfn.layers[0]) == 3 and nfn(g).shape == (1, 3)
     mlp = wgraph.to_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(1, 3))
     assert TransformerNFN.supports(mlp.layout).reason == "0 encoder blocks"
@@ -219,3 +221,24 @@ def test_transformer_zoo_generates_resumes_and_feeds_the_nfn(tmp_path):
     nfn = from_preset("transformer-nfn", g, layers=1, hidden=4).double()
     nfn.fit_normalization(g)
     assert nfn(g).shape == (4, 1) and torch.isfinite(nfn(g)).all()
+
+
+def test_invariant_features_are_standardized_with_the_training_zoo_statistics():
+    """``norm = "batch"``: the trainer's ``refresh_statistics`` sets the evaluation statistics to
+    those of the training networks' features, so that in eval mode they have mean 0 and variance 1
+    over that zoo (raw invariants span orders of magnitude: products of weights); one network alone
+    is normalized with the stored statistics, in train mode too."""
+    models = _trained_like(False, n=4)
+    g = _graph(models)
+    nfn = from_preset("transformer-nfn", g).double()
+    nfn.fit_normalization(g)
+    nfn.refresh_statistics(g, batch_size=3)
+    z = nfn.invariant_features(*nfn._inputs(g))
+    n = nfn.norm
+    zn = (z - n.running_mean) / (n.running_var + n.eps).sqrt()
+    torch.testing.assert_close(zn.mean(0), torch.zeros_like(zn[0]), rtol=0, atol=1e-8)
+    assert z.std(0).max() / z.std(0).min() > 10  # the raw features need it
+    nfn.eval()
+    single = nfn(g[1:2])
+    nfn.train()
+    torch.testing.assert_close(nfn(g[1:2]), single, rtol=0, atol=1e-12)

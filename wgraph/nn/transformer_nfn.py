@@ -23,16 +23,15 @@ The layer is quadratic (through ``S_QK``, ``S_VO``); a nonlinearity acts only on
 where it commutes with permutations; ``q, k, v, o`` stay linear, as any pointwise function would
 break ``GL``.
 
-**Invariant layer** (:class:`TransformerInvariant`): per block and channel ``S_QK``, the mean and
-mean square of ``S_VO`` over its permuted columns, mean and mean square of ``a`` and ``ba``, the
-column mean and mean square of ``b``, and ``bb``; and ``hidden`` learned head-pairing features
-``sum_h (U vec W_Q^h W_K^hT) * (V rowmean W_V^h W_O^h)``. The sums over heads alone (as in the
-published layers) cannot tell which query/key head feeds which value/output head: exchanging the
-q/k weights of two heads changes the function but neither ``S_QK`` nor ``S_VO``. The parameters
-outside the encoder blocks (embedding, classifier: the *rest*), which the group does not move, are standardized and
-flattened into the head (``rest = "flatten"``, as the published model's embedding branch) or
-ignored. The model is invariant to the group of every block; it is not invariant to the wider
-permutations of wgraph's residual-stream spaces (the rows of ``q`` are read by learned maps).
+**Invariant layer** (:class:`TransformerInvariant`): moments of the invariants per block and
+channel, and per-head terms that pair each query/key head with its value/output head (the sums
+over heads alone cannot). The parameters outside the encoder blocks (embedding, classifier: the
+*rest*), which the group does not move, enter as the moments of each tensor (``rest = "stats"``),
+every value standardized (``"flatten"``, as the published model's embedding branch), or not at
+all. The invariant features are standardized across networks (``norm = "batch"``) before the
+MLP. The model is invariant to the group of every block; it is not, in general, invariant to
+the wider permutations of wgraph's residual-stream spaces (the equivariant layers' left maps and
+``invariant = "entries"`` read the rows of ``q``).
 
 Inputs are divided by one scale per block and part (the root mean square over the training zoo,
 :meth:`TransformerNFN.fit_normalization`): a scalar per tensor commutes with the whole group.
@@ -67,8 +66,14 @@ class TransformerNFNConfig(Config):
     activation: str = option("relu", "nonlinearity on the feed-forward parts between layers", choices=tuple(ACTS))
     head_hidden: int = option(64, "width of the MLP after the invariant layer", minimum=1)
     head_layers: int = option(2, "hidden layers of that MLP", minimum=1)
-    rest: str = option("flatten", "parameters outside the encoder blocks: 'flatten' (standardized, into the "
-                       "head) or 'none'", choices=("flatten", "none"))
+    invariant: str = option("pooled", "invariant layer: 'pooled' (means and mean squares of every invariant, "
+                            "per-head statistics through a small MLP summed over heads) or 'entries' (every entry "
+                            "of S_QK, learned head pairings)", choices=("pooled", "entries"))
+    rest: str = option("stats", "parameters outside the encoder blocks: 'stats' (mean, mean square and max |x| of "
+                       "each tensor), 'flatten' (standardized, into the head) or 'none'",
+                       choices=("stats", "flatten", "none"))
+    norm: str = option("batch", "'batch': standardize the invariant features across networks (BatchNorm, "
+                       "statistics of the training zoo at evaluation) or 'none'", choices=("batch", "none"))
     out_dim: int = option(1, "outputs", minimum=1)
     dropout: float = option(0.0, "dropout after each hidden layer of the head", minimum=0.0, below=1.0)
 
@@ -136,30 +141,64 @@ class TransformerLinear(nn.Module):
         return out
 
 
-class TransformerInvariant(nn.Module):
-    """The invariant layer: ``(B, F)`` features of every block and channel (module docstring), and
-    ``pairs`` head-pairing features per block, ``sum_h (U vec S_QK^h) * (W rowmean S_VO^h)`` (learned
-    ``U``, ``W``), without which a model of the summed products cannot tell which query/key head
-    works with which value/output head (swapping the q/k of two heads, not a symmetry, leaves
-    ``S_QK`` and ``S_VO`` unchanged)."""
+def _moments(x: torch.Tensor, dims) -> list[torch.Tensor]:
+    """Mean and mean square of ``x`` over ``dims``."""
+    return [x.mean(dims), (x * x).mean(dims)]
 
-    def __init__(self, spec: TransformerSpec, c: int, pairs: int):
+
+class TransformerInvariant(nn.Module):
+    """The invariant layer, ``(B, F)`` features of every block and channel.
+
+    ``mode = "entries"``: ``S_QK`` entry by entry, the mean and mean square of ``S_VO`` over its
+    permuted columns, mean and mean square of ``a`` and ``ba``, the column mean and mean square of
+    ``b``, ``bb``, and ``pairs`` head-pairing features ``sum_h (U vec W_Q^h W_K^hT) * (V rowmean
+    W_V^h W_O^h)`` (learned ``U``, ``V``).
+
+    ``mode = "pooled"``: the mean and mean square of ``S_QK``, of its diagonal, of ``S_VO``, ``a``,
+    ``ba``, ``b`` and ``bb`` (14 per channel), and ``sum_h phi(s_h)``, ``phi`` a two-layer MLP of
+    the same moments of ``W_Q^h W_K^hT``, its diagonal and ``W_V^h W_O^h`` of head ``h``. Pooled
+    over the residual dimension too, so invariant to ``P_D`` as well; few features (the entries of
+    ``S_QK`` are 256 per block and channel at ``D = 16``, more than a zoo of 640 networks can fit).
+
+    The sums over heads alone (as in the published layers) cannot tell which query/key head feeds
+    which value/output head: exchanging the q/k weights of two heads changes the function but
+    neither ``S_QK`` nor ``S_VO``; the per-head terms pair them.
+    """
+
+    def __init__(self, spec: TransformerSpec, c: int, pairs: int, mode: str = "pooled"):
         super().__init__()
-        self.qk = nn.ModuleList(nn.Linear(c * s.dim_in * s.dim_in, pairs) for s in spec.blocks)
-        self.vo = nn.ModuleList(nn.Linear(c * s.dim_in, pairs) for s in spec.blocks)
-        self.width = sum(c * (s.dim_in * s.dim_in + 2 * s.dim_in + 4 + 3 * s.dim_b) + pairs for s in spec.blocks)
+        self.mode = mode
+        if mode == "entries":
+            self.qk = nn.ModuleList(nn.Linear(c * s.dim_in * s.dim_in, pairs) for s in spec.blocks)
+            self.vo = nn.ModuleList(nn.Linear(c * s.dim_in, pairs) for s in spec.blocks)
+            self.width = sum(c * (s.dim_in * s.dim_in + 2 * s.dim_in + 4 + 3 * s.dim_b) + pairs for s in spec.blocks)
+        else:
+            self.per_head = nn.ModuleList(
+                nn.Sequential(nn.Linear(6 * c, pairs), nn.ReLU(), nn.Linear(pairs, pairs)) for _ in spec.blocks
+            )
+            self.width = len(spec.blocks) * (14 * c + pairs)
 
     def forward(self, blocks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         feats = []
-        for t, fq, fv in zip(blocks, self.qk, self.vo):
+        for i, t in enumerate(blocks):
             sqk, svo, _ = invariants(t)
-            sq = lambda x, d: (x * x).mean(d)  # noqa: E731
-            parts = [sqk, svo.mean(-1), sq(svo, -1), t["a"].mean((-1, -2)), sq(t["a"], (-1, -2)), t["ba"].mean(-1),
-                     sq(t["ba"], -1), t["b"].mean(-2), sq(t["b"], -2), t["bb"]]
-            feats += [x.flatten(1) for x in parts]
-            qk_h = torch.einsum("bchik,bchjk->bhcij", t["q"], t["k"]).flatten(2)  # (B, h, C D D)
-            vo_h = torch.einsum("bchik,bchkj->bhci", t["v"], t["o"]).flatten(2) / t["o"].shape[-1]
-            feats.append((fq(qk_h) * fv(vo_h)).sum(1))
+            qk_h = torch.einsum("bchik,bchjk->bhcij", t["q"], t["k"])  # (B, h, C, D, D)
+            if self.mode == "entries":
+                sq = lambda x, d: (x * x).mean(d)  # noqa: E731
+                parts = [sqk, svo.mean(-1), sq(svo, -1), t["a"].mean((-1, -2)), sq(t["a"], (-1, -2)),
+                         t["ba"].mean(-1), sq(t["ba"], -1), t["b"].mean(-2), sq(t["b"], -2), t["bb"]]
+                vo_h = torch.einsum("bchik,bchkj->bhci", t["v"], t["o"]).flatten(2) / t["o"].shape[-1]
+                feats += [x.flatten(1) for x in parts] + [(self.qk[i](qk_h.flatten(2)) * self.vo[i](vo_h)).sum(1)]
+                continue
+            all_dims, last = (-1, -2), -1
+            diag = torch.diagonal(sqk, dim1=-2, dim2=-1)
+            feats += [*_moments(sqk, all_dims), *_moments(diag, last), *_moments(svo, all_dims),
+                      *_moments(t["a"], all_dims), *_moments(t["ba"], last), *_moments(t["b"], all_dims),
+                      *_moments(t["bb"], last)]
+            vo_h = torch.einsum("bchik,bchkj->bhcij", t["v"], t["o"])
+            head = torch.cat([*_moments(qk_h, all_dims), *_moments(torch.diagonal(qk_h, dim1=-2, dim2=-1), last),
+                              *_moments(vo_h, all_dims)], dim=-1)  # (B, h, 6 C)
+            feats.append(self.per_head[i](head).sum(1))
         return torch.cat(feats, dim=1)
 
 
@@ -179,13 +218,15 @@ class TransformerNFN(nn.Module):
             for i in range(cfg.layers)
         )
         self.act = ACTS[cfg.activation]()
-        self.invariant = TransformerInvariant(self.spec, chans[-1], cfg.hidden)
-        self.rest = self.spec.rest if cfg.rest == "flatten" else ()
+        self.invariant = TransformerInvariant(self.spec, chans[-1], cfg.hidden, cfg.invariant)
+        self.rest = self.spec.rest if cfg.rest != "none" else ()
         n_rest = sum(self.layout.params[self.layout.param_index[n]].numel for n in self.rest)
         self.register_buffer("scales", torch.ones(nb, len(PARTS)))
         self.register_buffer("rest_mean", torch.zeros(n_rest))
         self.register_buffer("rest_std", torch.ones(n_rest))
-        width, head = self.invariant.width + n_rest, []
+        width = self.invariant.width + (3 * len(self.rest) if cfg.rest == "stats" else n_rest)
+        self.norm = nn.BatchNorm1d(width, affine=False) if cfg.norm == "batch" else None
+        head = []
         for _ in range(cfg.head_layers):
             head += [nn.Linear(width, cfg.head_hidden), nn.ReLU()] + ([nn.Dropout(cfg.dropout)] if cfg.dropout else [])
             width = cfg.head_hidden
@@ -233,16 +274,46 @@ class TransformerNFN(nn.Module):
                 blocks = [{n: self.act(x) if n in ("a", "ba", "b", "bb") else x for n, x in t.items()} for t in blocks]
         return self.invariant(blocks)
 
-    def forward_space(self, space: TransformerSpace, rest: torch.Tensor) -> torch.Tensor:
-        """The model on a transformer space (one channel) and the rest values ``(B, R)``."""
+    def invariant_features(self, space: TransformerSpace, rest: torch.Tensor) -> torch.Tensor:
+        """The ``(B, F)`` input of the head (before ``norm``): :meth:`features` and the rest's."""
         dt = self.head[0].weight.dtype
         feats = [self.features(space)] if space.blocks else []
-        if self.rest:
+        if self.config.rest == "flatten":
             feats.append(((rest - self.rest_mean) / self.rest_std).to(dt))
-        return self.head(torch.cat(feats, dim=1))
+        elif self.rest:  # "stats": mean, mean square and max |x| of every tensor of the rest
+            for x in rest.to(dt).split([self.layout.params[self.layout.param_index[n]].numel for n in self.rest], 1):
+                feats += [x.mean(1, keepdim=True), (x * x).mean(1, keepdim=True), x.abs().amax(1, keepdim=True)]
+        return torch.cat(feats, dim=1)
+
+    def forward_space(self, space: TransformerSpace, rest: torch.Tensor) -> torch.Tensor:
+        """The model on a transformer space (one channel) and the rest values ``(B, R)``."""
+        z = self.invariant_features(space, rest)
+        if self.norm is not None:
+            if self.training and z.shape[0] > 1:
+                z = self.norm(z)
+            else:  # one network has no spread: the stored statistics, as in eval mode
+                n = self.norm
+                z = torch.nn.functional.batch_norm(z, n.running_mean, n.running_var, None, None, False, 0.0, n.eps)
+        return self.head(z)
 
     def forward(self, graph: WeightGraph) -> torch.Tensor:
         return self.forward_space(*self._inputs(graph))
+
+    @torch.no_grad()
+    def refresh_statistics(self, graph: WeightGraph, batch_size: int = 256) -> None:
+        """Set ``norm``'s evaluation statistics to the mean and variance of the invariant features of
+        ``graph`` (the training zoo; in chunks of ``batch_size``, eval mode). The trainer calls it
+        before every evaluation: running averages lag behind features that change every step."""
+        if self.norm is None:
+            return
+        was = self.training
+        self.eval()
+        chunks = [self.invariant_features(*self._inputs(graph[i : i + batch_size]))
+                  for i in range(0, graph.batch_size, batch_size)]
+        self.train(was)
+        z = torch.cat(chunks)
+        self.norm.running_mean.copy_(z.mean(0))
+        self.norm.running_var.copy_(z.var(0, unbiased=False))
 
 
 def from_config(config: dict, layout) -> TransformerNFN:
