@@ -495,6 +495,9 @@ def test_attention_heads_are_read_and_stay_invariant():
 
     torch.manual_seed(0)
     model = _Attention().double().eval()
+    with torch.no_grad():  # larger weights: sharper attention, so the swap changes outputs clearly
+        for p in model.parameters():
+            p.mul_(3)
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     g = wgraph.to_graph(model, x[:1])
     local, joint = g.layout.node_heads
@@ -508,10 +511,11 @@ def test_attention_heads_are_read_and_stay_invariant():
     with torch.no_grad():
         moved = wgraph.load_into(copy.deepcopy(model), swapped)(x)
         assert (moved - model(x)).abs().max() > 1e-3, "the swap must change the attention"
+    assert GraphNFN([wgraph.to_graph(mlp([3, 4, 2]), torch.randn(1, 3)).layout]).layers[0].heads is None
     for heads in (True, False):
         gnn = GraphNFN([g.layout], hidden=8, layers=2, attention_heads=heads).double().eval()
         change = (gnn(swapped) - gnn(g)).abs().max()
-        assert (change > 1e-9) if heads else (change < 1e-12)  # float64 noise is ~1e-16
+        assert (change > 1e-11) if heads else (change < 1e-13)  # float64 noise is ~1e-16
     gnn = GraphNFN([g.layout], hidden=8, layers=2).double().eval()
     assert_invariant(gnn, g, atol=1e-10)
     assert_equivariant(GraphNFN([g.layout], hidden=8, layers=2, head="parameters").double().eval(), g, atol=1e-10)

@@ -263,9 +263,10 @@ class GraphNFN(nn.Module):
         self.node_encoder = NodeEncoder(
             self.layouts, H, positions=cfg.positions, max_positions=cfg.max_positions, max_depth=cfg.max_depth
         )
+        # head means only where some layout has attention heads (no unused weights elsewhere)
+        heads = cfg.attention_heads and any(bool((lay.node_heads[0] >= 0).any()) for lay in self.layouts)
         self.layers = nn.ModuleList(
-            GNNLayer(H, cfg.aggr, cfg.act, cfg.norm, cfg.edge_updates, cfg.backend, cfg.attention_heads)
-            for _ in range(cfg.layers)
+            GNNLayer(H, cfg.aggr, cfg.act, cfg.norm, cfg.edge_updates, cfg.backend, heads) for _ in range(cfg.layers)
         )
         if cfg.head == "invariant":
             r = cfg.readout
