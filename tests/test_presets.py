@@ -162,3 +162,21 @@ def test_statnn_keys_are_checked():
 def graph_of_mlp():
     torch.manual_seed(0)
     return wgraph.to_graph(mlp([4, 6, 3]), torch.randn(1, 4))
+
+
+def test_flat_mlp_reads_every_parameter_and_sees_no_symmetry(graph):
+    """``type = "mlp"``: every parameter reaches the output (a change to any one moves it), its
+    per-parameter head has each tensor's shape, and, blind to the symmetries, a neuron permutation
+    changes its output."""
+    torch.manual_seed(0)
+    g = graph.to(torch.float64)
+    model = from_preset("mlp", g, out_dim=2).double()
+    assert model(g).shape == (1, 2)
+    sd = g.to_state_dict()
+    for name in sd:
+        bumped = {**sd, name: sd[name] + 0.1}
+        moved = wgraph.to_graph_batch([bumped], mlp([4, 6, 3]), torch.randn(1, 4)).to(torch.float64)
+        assert (model(moved) - model(g)).abs().max() > 1e-6, name
+    assert (model(g.permute(wgraph.random_symmetry(g, seed=0))) - model(g)).abs().max() > 1e-6
+    out = from_preset("mlp", g, head="parameters").double()(g)
+    assert {n: tuple(v.shape[1:]) for n, v in out.items()} == {n: tuple(v.shape) for n, v in sd.items()}

@@ -150,7 +150,7 @@ def test_statnn_learns_the_generalization_target(tmp_path):
     assert r["metrics"]["train"]["kendall_tau"] > 0.8
 
 
-@pytest.mark.parametrize("preset", ["gnn", "np"])  # StatNN learns above; these read the graph / weight space
+@pytest.mark.parametrize("preset", ["gnn", "np", "mlp"])  # StatNN learns above; these read the graph / weights
 def test_inr_classification_reduces_the_training_loss(tmp_path, preset):
     data = task_data(inr_zoo(images=60), get_task("inr-classify"))
     preset = tiny_gnn(tmp_path) if preset == "gnn" else preset

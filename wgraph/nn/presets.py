@@ -7,7 +7,8 @@ may hold, with their defaults and rules) and the function that builds the model.
 :class:`~wgraph.nn.GraphNFN` (keys of :class:`~wgraph.nn.GNNConfig`, with a ``[readout]`` table),
 ``np``, ``hnp``, ``magep`` and ``monomial`` a :class:`~wgraph.nn.ParamSharingNFN`, ``statnn`` the
 weight-statistics baseline :class:`~wgraph.nn.StatNN`, ``transformer-nfn`` a
-:class:`~wgraph.nn.transformer_nfn.TransformerNFN`. Unknown keys and unknown types are errors
+:class:`~wgraph.nn.transformer_nfn.TransformerNFN`, ``mlp`` the flat baseline
+:class:`~wgraph.nn.flat_mlp.FlatMLP`. Unknown keys and unknown types are errors
 that name them.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError
 from .configs import GNNConfig, HNPConfig, MAGEPConfig, MonomialConfig, NPConfig, StatNNConfig
+from .flat_mlp import FlatMLPConfig
 from .transformer_nfn import TransformerNFNConfig
 
 if sys.version_info >= (3, 11):
@@ -65,6 +67,7 @@ PRESET_TYPES: dict[str, PresetType] = {
     "magep": PresetType(MAGEPConfig, "wgraph.nn.ps_models:from_config"),
     "statnn": PresetType(StatNNConfig, "wgraph.nn.statnn:from_config"),
     "transformer-nfn": PresetType(TransformerNFNConfig, "wgraph.nn.transformer_nfn:from_config"),
+    "mlp": PresetType(FlatMLPConfig, "wgraph.nn.flat_mlp:from_config"),
 }
 
 

@@ -25,8 +25,8 @@ the ``--model`` preset:
 * ``type = "np"`` / ``"hnp"`` (and ``monomial``, ``magep``): the NF-layer stack with one more layer
   to a single channel (:class:`~wgraph.nn.ParamSharingNFN` with ``head = "parameters"``), on
   weights standardized per tensor;
-* ``mlp`` (the name, or a ``.toml`` with ``type = "mlp"`` and keys of :class:`FlatMLPConfig`): the
-  non-equivariant baseline, an MLP from the flattened standardized weights to the flattened delta.
+* ``type = "mlp"``: the non-equivariant baseline (:class:`~wgraph.nn.flat_mlp.FlatMLP` with
+  ``head = "parameters"``), an MLP from the flattened standardized weights to the flattened delta.
 
 **Forward** (:class:`INRRenderer`): the edited INRs run on their pixel grid with
 :func:`torch.func.vmap` over :func:`torch.func.functional_call` of the zoo's own module (no loop
@@ -44,13 +44,11 @@ the input INR's own image (for the reference).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, option
 from ..errors import TaskError
 from ..graph import WeightGraph
 
@@ -111,33 +109,6 @@ def graph_params(graph: WeightGraph) -> dict[str, torch.Tensor]:
     return {p.name: graph.param(p.name) for p in graph.layout.params}
 
 
-# ----------------------------------------------------------------------------- the baseline
-@dataclass
-class FlatMLPConfig(Config):
-    """``type = "mlp"``: the non-equivariant baseline, an MLP on the flattened weights."""
-
-    hidden: int = option(512, "width of the hidden layers", minimum=1)
-    layers: int = option(2, "hidden layers", minimum=1)
-
-
-class FlatMLP(nn.Module):
-    """Flattened (standardized) parameters of a network -> MLP -> one value per parameter,
-    ``{name: (B, *shape)}``; sees no weight-space symmetry."""
-
-    def __init__(self, layout, config: FlatMLPConfig):
-        super().__init__()
-        self.shapes = {p.name: p.shape for p in layout.params}
-        d = sum(math.prod(s) for s in self.shapes.values())
-        widths = [d] + [config.hidden] * config.layers
-        hidden = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
-        self.mlp = nn.Sequential(*hidden, nn.Linear(config.hidden, d))
-
-    def forward(self, graph: WeightGraph) -> dict[str, torch.Tensor]:
-        x = torch.cat([v.flatten(1) for v in graph_params(graph).values()], 1)
-        parts = self.mlp(x).split([math.prod(s) for s in self.shapes.values()], 1)
-        return {n: v.reshape(-1, *s) for (n, s), v in zip(self.shapes.items(), parts)}
-
-
 # ----------------------------------------------------------------------------- the model
 class EditModel(nn.Module):
     """``body`` (weights -> one value per parameter: a WeightGraph or ``{name: tensor}``) turned
@@ -189,13 +160,12 @@ def build_edit_model(preset: str, layout, arch: dict) -> EditModel:
     from ..nn import ParamSharingNFN, from_preset, load_preset
     from .models import Standardized
 
-    config = {"type": "mlp"} if preset == "mlp" else load_preset(preset)
+    config = load_preset(preset)
     kind = config["type"]
     if kind == "gnn":
         body = from_preset(preset, layout, head="parameters")
     elif kind == "mlp":
-        body = Standardized(FlatMLP(layout, FlatMLPConfig.from_dict({k: v for k, v in config.items() if k != "type"})),
-                            layout)
+        body = Standardized(from_preset(preset, layout, head="parameters"), layout)
     elif kind in ("np", "hnp", "monomial", "magep"):
         body = Standardized(ParamSharingNFN(layout, config, head="parameters"), layout)
     else:

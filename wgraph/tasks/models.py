@@ -1,7 +1,7 @@
 """The model a preset describes, built for a task.
 
 ``build_model(preset, layout, out_dim)`` calls :func:`wgraph.nn.from_preset` with the task's output
-size. The NP / HNP stacks have no input normalization of their own; here they read the weights
+size. The NP / HNP stacks and the flat MLP have no input normalization of their own; here they read the weights
 standardized per tensor (one mean and std per weight block and per bias layer, fitted on the training
 zoo), a scalar affine map per tensor that keeps their permutation equivariance. The graph NFN and
 StatNN standardize their own inputs. :func:`fit_normalization` fits whichever the model has.
@@ -15,7 +15,7 @@ from torch import nn
 from ..graph import WeightGraph
 from ..nn import InputNormalization, from_preset, load_preset
 
-STANDARDIZED_TYPES = ("np", "hnp")
+STANDARDIZED_TYPES = ("np", "hnp", "mlp")
 
 
 class Standardized(nn.Module):
