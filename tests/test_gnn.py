@@ -476,17 +476,6 @@ def test_position_embeddings_grow_to_the_widest_input_layer_they_are_built_for()
     model(wide).sum().backward()
 
 
-class _Attention(nn.Module):
-    def __init__(self, d=8, heads=2):
-        super().__init__()
-        self.inp, self.out = nn.Linear(3, d), nn.Linear(d, 2)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-
-    def forward(self, x):
-        h = self.inp(x)
-        return self.out((h + self.attn(h, h, h, need_weights=False)[0]).mean(1))
-
-
 def test_attention_heads_are_read_and_stay_invariant():
     """``attention_heads``: a swap of two query/key dimensions across heads changes the function
     and the graph NFN's output (without the head means it cannot see it: the swap only relabels
@@ -494,7 +483,7 @@ def test_attention_heads_are_read_and_stay_invariant():
     import copy
 
     torch.manual_seed(0)
-    model = _Attention().double().eval()
+    model = Attention().double().eval()
     with torch.no_grad():  # larger weights: sharper attention, so the swap changes outputs clearly
         for p in model.parameters():
             p.mul_(3)
