@@ -214,6 +214,12 @@ class Layout:
                 n_local += sp.heads
         return local, joint
 
+    @cached_property
+    def head_nodes(self) -> torch.Tensor:
+        """``(n,)`` long: the nodes of attention heads (``node_heads[0] >= 0``), ascending; empty
+        for a layout without heads."""
+        return (self.node_heads[0] >= 0).nonzero().flatten()
+
     # ---------------------------------------------------------------- block geometry
     def block_selection(self, i: int) -> tuple[slice | torch.Tensor | None, slice | torch.Tensor | None]:
         """Which neurons of its two layers block ``i`` connects, relative to each layer:

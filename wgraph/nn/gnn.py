@@ -167,10 +167,10 @@ def _add_head_context(z: torch.Tensor, h: torch.Tensor, layout: Layout, lin: nn.
     dimensions of one attention). Messages along edges cannot tell which dimensions form a head
     (a swap of two dimensions across heads changes the attention but no edge); these means can,
     and a permutation that moves heads as blocks only relabels them."""
-    local, joint = layout.node_heads
-    if not bool((local >= 0).any()):
+    if not len(layout.head_nodes):
         return
-    nodes = (local >= 0).nonzero().flatten().to(h.device)
+    local, joint = layout.node_heads
+    nodes = layout.head_nodes.to(h.device)
     x = h[:, nodes]
     ctx = torch.cat([_group_means(x, ids[nodes].to(h.device)) for ids in (local, joint)], dim=2)
     z.index_add_(1, nodes, lin(ctx))
@@ -264,7 +264,7 @@ class GraphNFN(nn.Module):
             self.layouts, H, positions=cfg.positions, max_positions=cfg.max_positions, max_depth=cfg.max_depth
         )
         # head means only where some layout has attention heads (no unused weights elsewhere)
-        heads = cfg.attention_heads and any(bool((lay.node_heads[0] >= 0).any()) for lay in self.layouts)
+        heads = cfg.attention_heads and any(len(lay.head_nodes) for lay in self.layouts)
         self.layers = nn.ModuleList(
             GNNLayer(H, cfg.aggr, cfg.act, cfg.norm, cfg.edge_updates, cfg.backend, heads) for _ in range(cfg.layers)
         )
