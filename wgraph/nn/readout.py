@@ -91,6 +91,30 @@ def _pool(h: torch.Tensor, how: str) -> torch.Tensor:
     return {"mean": h.mean, "max": h.amax, "sum": h.sum}[how](1)
 
 
+class NetworkNorm(nn.BatchNorm1d):
+    """BatchNorm of invariant features ``(B, D)`` across the networks of a batch: the batch's
+    statistics while training (``batch_stats``, by default when the batch has more than one
+    network: one network has no spread), the stored ones otherwise, which
+    :meth:`set_statistics` sets to those of a whole zoo (running averages lag behind features
+    that change every step)."""
+
+    def forward(self, z: torch.Tensor, batch_stats: bool | None = None) -> torch.Tensor:
+        if batch_stats is None:
+            batch_stats = self.training and z.shape[0] > 1
+        if batch_stats or not self.training:
+            return super().forward(z)
+        return nn.functional.batch_norm(z, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                        self.eps)
+
+    @torch.no_grad()
+    def set_statistics(self, z: torch.Tensor) -> None:
+        """The stored statistics: mean and (biased) variance of ``z`` ``(B, D)``, e.g. the features
+        of every training network."""
+        self.running_mean.copy_(z.mean(0))
+        self.running_var.copy_(z.var(0, unbiased=False))
+        self.num_batches_tracked.zero_()
+
+
 class InvariantReadout(nn.Module):
     """Pool per node kind (and optionally per layer), concatenate output-neuron states, then an MLP."""
 
@@ -126,7 +150,7 @@ class InvariantReadout(nn.Module):
             for _ in range(groups if "swe" in pool else 0)
         )
         dim = hidden * len(pool) * groups + hidden * self.n_out
-        self.norm = nn.BatchNorm1d(dim, affine=norm != "center") if norm != "none" else None
+        self.norm = NetworkNorm(dim, affine=norm != "center") if norm != "none" else None
         self.center_only, self.zoo_stats = norm == "center", norm == "zoo"
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), _Act(act), nn.Linear(mlp_hidden, out_dim))
 
@@ -149,7 +173,7 @@ class InvariantReadout(nn.Module):
             return z
         batch_stats = self.training and z.shape[0] > 1 and not self.zoo_stats  # one network has no spread
         if not self.center_only:
-            return self.norm(z) if batch_stats or not self.training else self._stored(z)
+            return self.norm(z, batch_stats)
         if batch_stats:  # the batch's statistics, as BatchNorm uses them while training
             mean, var = z.mean(0), z.var(0, unbiased=False)
             if self.norm.track_running_stats:
@@ -161,20 +185,12 @@ class InvariantReadout(nn.Module):
             mean, var = self.norm.running_mean.to(z), self.norm.running_var.to(z)
         return (z - mean) / (var.mean() + self.norm.eps).sqrt()
 
-    def _stored(self, z: torch.Tensor) -> torch.Tensor:
-        """BatchNorm of ``z`` with the stored statistics (what eval mode computes)."""
-        n = self.norm
-        return torch.nn.functional.batch_norm(z, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)
-
     @torch.no_grad()
     def set_statistics(self, z: torch.Tensor) -> None:
         """Set the evaluation statistics of ``norm`` to the mean and variance of ``z`` ``(B, D)``,
         the pooled features of a whole zoo (typically the training networks)."""
-        if self.norm is None:
-            return
-        self.norm.running_mean.copy_(z.mean(0))
-        self.norm.running_var.copy_(z.var(0, unbiased=False))
-        self.norm.num_batches_tracked.zero_()
+        if self.norm is not None:
+            self.norm.set_statistics(z)
 
     @torch.no_grad()
     def dead_units(self, z: torch.Tensor) -> dict[str, int]:

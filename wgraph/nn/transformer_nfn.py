@@ -50,6 +50,7 @@ from ..errors import ConfigError
 from ..graph import Layout, WeightGraph
 from ..support import Support
 from .layouts import model_layout
+from .readout import NetworkNorm
 from .transformer_space import PARTS, EncoderSpec, TransformerError, TransformerSpace, TransformerSpec
 
 __all__ = ["TransformerNFNConfig", "TransformerLinear", "TransformerInvariant", "TransformerNFN", "from_config"]
@@ -220,12 +221,13 @@ class TransformerNFN(nn.Module):
         self.act = ACTS[cfg.activation]()
         self.invariant = TransformerInvariant(self.spec, chans[-1], cfg.hidden, cfg.invariant)
         self.rest = self.spec.rest if cfg.rest != "none" else ()
-        n_rest = sum(self.layout.params[self.layout.param_index[n]].numel for n in self.rest)
+        self.rest_sizes = [self.layout.params[self.layout.param_index[n]].numel for n in self.rest]
+        n_rest = sum(self.rest_sizes)
         self.register_buffer("scales", torch.ones(nb, len(PARTS)))
         self.register_buffer("rest_mean", torch.zeros(n_rest))
         self.register_buffer("rest_std", torch.ones(n_rest))
         width = self.invariant.width + (3 * len(self.rest) if cfg.rest == "stats" else n_rest)
-        self.norm = nn.BatchNorm1d(width, affine=False) if cfg.norm == "batch" else None
+        self.norm = NetworkNorm(width, affine=False) if cfg.norm == "batch" else None
         head = []
         for _ in range(cfg.head_layers):
             head += [nn.Linear(width, cfg.head_hidden), nn.ReLU()] + ([nn.Dropout(cfg.dropout)] if cfg.dropout else [])
@@ -281,20 +283,14 @@ class TransformerNFN(nn.Module):
         if self.config.rest == "flatten":
             feats.append(((rest - self.rest_mean) / self.rest_std).to(dt))
         elif self.rest:  # "stats": mean, mean square and max |x| of every tensor of the rest
-            for x in rest.to(dt).split([self.layout.params[self.layout.param_index[n]].numel for n in self.rest], 1):
+            for x in rest.to(dt).split(self.rest_sizes, 1):
                 feats += [x.mean(1, keepdim=True), (x * x).mean(1, keepdim=True), x.abs().amax(1, keepdim=True)]
         return torch.cat(feats, dim=1)
 
     def forward_space(self, space: TransformerSpace, rest: torch.Tensor) -> torch.Tensor:
         """The model on a transformer space (one channel) and the rest values ``(B, R)``."""
         z = self.invariant_features(space, rest)
-        if self.norm is not None:
-            if self.training and z.shape[0] > 1:
-                z = self.norm(z)
-            else:  # one network has no spread: the stored statistics, as in eval mode
-                n = self.norm
-                z = torch.nn.functional.batch_norm(z, n.running_mean, n.running_var, None, None, False, 0.0, n.eps)
-        return self.head(z)
+        return self.head(z if self.norm is None else self.norm(z))
 
     def forward(self, graph: WeightGraph) -> torch.Tensor:
         return self.forward_space(*self._inputs(graph))
@@ -311,9 +307,7 @@ class TransformerNFN(nn.Module):
         chunks = [self.invariant_features(*self._inputs(graph[i : i + batch_size]))
                   for i in range(0, graph.batch_size, batch_size)]
         self.train(was)
-        z = torch.cat(chunks)
-        self.norm.running_mean.copy_(z.mean(0))
-        self.norm.running_var.copy_(z.var(0, unbiased=False))
+        self.norm.set_statistics(torch.cat(chunks))
 
 
 def from_config(config: dict, layout) -> TransformerNFN:
