@@ -23,13 +23,15 @@ log = logging.getLogger("wgraph.train")
 class TaskData:
     """``graphs``: a WeightGraph of N networks; ``targets``: ``(N,)``; ``groups``: ``(N,)`` split keys;
     ``dropped``: networks of the zoo left out because their target or a weight is not finite;
-    ``arch``: the zoo's architecture (``Zoo.arch``; tasks that run the networks need it)."""
+    ``arch``: the zoo's architecture (``Zoo.arch``; tasks that run the networks need it);
+    ``zoo_config``: the settings the zoo was generated with (``Zoo.config``)."""
 
     graphs: WeightGraph
     targets: torch.Tensor
     groups: np.ndarray
     dropped: int = 0
     arch: dict | None = None
+    zoo_config: dict | None = None
 
     def __post_init__(self):
         n = self.graphs.batch_size
@@ -53,10 +55,11 @@ def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False, pro
             raise TaskError(
                 f"task {task.name!r} needs the column {col!r}, but {where} (kind {kind!r}) has columns "
                 f"{sorted(table)}; generalization needs a CNN zoo (wgraph zoo cnn), "
-                "inr-classify and inr-edit an INR zoo (wgraph zoo inr)"
+                "inr-classify and inr-edit an INR zoo (wgraph zoo inr), ticket-mask a ticket zoo (wgraph zoo ticket)"
             )
     column = np.asarray(table[task.target])
-    keep = np.isfinite(column.astype(np.float64))
+    inputs = task.rows(table)
+    keep = np.isfinite(column.astype(np.float64)) & inputs
     if not keep.any():
         raise TaskError(f"column {task.target!r} of {where} has no finite value")
     rows = () if keep.all() else (np.flatnonzero(keep),)
@@ -77,7 +80,7 @@ def task_data(zoo, task: Task, where: str = "the zoo", strict: bool = False, pro
         graphs, kept = graphs[torch.as_tensor(rows)], kept[rows]
         keep = np.isin(np.arange(len(column)), kept)
     return TaskData(graphs, task.zoo_targets(zoo, kept, graphs), np.asarray(table[task.group])[keep],
-                    int((~keep).sum()), getattr(zoo, "arch", None))
+                    int((inputs & ~keep).sum()), getattr(zoo, "arch", None), getattr(zoo, "config", None))
 
 
 def split_groups(groups, seed: int = 0, val: float = 0.1, test: float = 0.1) -> dict[str, np.ndarray]:

@@ -157,22 +157,9 @@ def _output_layers(body: nn.Module, kind: str) -> list[nn.Module]:
 
 def build_edit_model(preset: str, layout, arch: dict) -> EditModel:
     """The :class:`EditModel` of ``preset`` (see the module docstring) for ``layout`` and the zoo's ``arch``."""
-    from ..nn import ParamSharingNFN, from_preset, load_preset
-    from .models import Standardized
+    from .models import parameter_body
 
-    config = load_preset(preset)
-    kind = config["type"]
-    if kind == "gnn":
-        body = from_preset(preset, layout, head="parameters")
-    elif kind == "mlp":
-        body = Standardized(from_preset(preset, layout, head="parameters"), layout)
-    elif kind in ("np", "hnp", "monomial", "magep"):
-        body = Standardized(ParamSharingNFN(layout, config, head="parameters"), layout)
-    else:
-        raise TaskError(
-            f"inr-edit needs a model with a weight-space output: a preset of type gnn, np, hnp, monomial or magep, "
-            f"or 'mlp' (the flat baseline); {preset!r} has type {kind!r}"
-        )
+    body, kind = parameter_body(preset, layout, "inr-edit")
     with torch.no_grad():
         for module in _output_layers(body, kind):
             for p in module.parameters():

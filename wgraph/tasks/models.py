@@ -34,6 +34,31 @@ class Standardized(nn.Module):
         return self.model(WeightGraph(graph.layout, nodes, edges, graph.extras))
 
 
+#: Preset types whose model can output one value per parameter (``head = "parameters"``).
+PARAMETER_TYPES = ("gnn", "np", "hnp", "monomial", "magep", "mlp")
+
+
+def parameter_body(preset: str, layout, task: str) -> tuple[nn.Module, str]:
+    """The model of ``preset`` with its per-parameter head (weights -> one value per parameter: a
+    WeightGraph for the graph NFN, ``{name: tensor}`` otherwise) and the preset's type. The NF-layer
+    stacks (:class:`~wgraph.nn.ParamSharingNFN`) and the flat MLP read standardized weights."""
+    from ..errors import TaskError
+    from ..nn import ParamSharingNFN
+
+    config = load_preset(preset)
+    kind = config["type"]
+    if kind not in PARAMETER_TYPES:
+        raise TaskError(
+            f"{task} needs a model with a weight-space output: a preset of type gnn, np, hnp, monomial or magep, "
+            f"or 'mlp' (the flat baseline); {preset!r} has type {kind!r}"
+        )
+    if kind == "gnn":
+        return from_preset(preset, layout, head="parameters"), kind
+    if kind == "mlp":
+        return Standardized(from_preset(preset, layout, head="parameters"), layout), kind
+    return Standardized(ParamSharingNFN(layout, config, head="parameters"), layout), kind
+
+
 def build_model(preset: str, layout, out_dim: int) -> nn.Module:
     model = from_preset(preset, layout, out_dim=out_dim)
     if load_preset(preset)["type"] in STANDARDIZED_TYPES:

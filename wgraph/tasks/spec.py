@@ -49,6 +49,14 @@ class Task:
         """This task with the task options of a :class:`~wgraph.tasks.TrainConfig` applied."""
         return self
 
+    def bind(self, data) -> Task:
+        """This task for the networks of ``data`` (a :class:`~wgraph.tasks.data.TaskData`)."""
+        return self
+
+    def rows(self, table) -> np.ndarray:
+        """Which networks of a zoo's ``table`` are inputs (boolean; default: all)."""
+        return np.ones(len(table[self.group]), dtype=bool)
+
     def zoo_targets(self, zoo, rows: np.ndarray, graphs) -> torch.Tensor:
         """The targets of networks ``rows`` of ``zoo`` (their graphs: ``graphs``)."""
         return self.targets(np.asarray(zoo.table[self.target])[rows])
@@ -135,9 +143,70 @@ class EditTask(Task):
                 "identity_mse": float(identity.mean())}
 
 
+@dataclass(frozen=True)
+class TicketTask(Task):
+    """``ticket-mask`` (:mod:`wgraph.tasks.ticket_mask`): the inputs are a ticket zoo's
+    initializations (``role == "init"``), the model outputs a score per parameter ``(B, P)``;
+    targets ``(N, 2, P)`` hold the ticket's mask and the initialization, flattened in the layout's
+    parameter order. :meth:`bind` takes the zoo's ``keep`` and training recipe, which the metrics
+    retrain with."""
+
+    params: tuple = ()  # ((name, shape), ...) in the layout's order
+    keep: float = 0.0
+    recipe: dict | None = None
+
+    def rows(self, table) -> np.ndarray:
+        if "role" not in table:
+            raise TaskError("task 'ticket-mask' needs a ticket zoo (wgraph zoo ticket): this zoo has no 'role' column")
+        return np.asarray(table["role"]) == "init"
+
+    def bind(self, data) -> TicketTask:
+        config = data.zoo_config or {}
+        missing = [k for k in ("keep", "dataset", "seed", "test_fraction", "epochs", "batch_size", "lr")
+                   if k not in config]
+        if missing:
+            raise TaskError(f"task 'ticket-mask' needs a ticket zoo's settings; its manifest config lacks {missing}")
+        from ..zoo.ticket import TicketZooConfig
+
+        recipe = {k: config[k] for k in TicketZooConfig.recipe_keys}
+        params = tuple((p.name, tuple(p.shape)) for p in data.graphs.layout.params)
+        return replace(self, params=params, keep=float(config["keep"]), recipe=recipe)
+
+    def zoo_targets(self, zoo, rows: np.ndarray, graphs) -> torch.Tensor:
+        from ..zoo.ticket import ticket_masks
+        from .inr_edit import graph_params
+
+        _, masks = ticket_masks(zoo, rows)
+        init = graph_params(graphs)
+        flat = lambda d: torch.cat([d[p.name].flatten(1).double() for p in graphs.layout.params], 1)  # noqa: E731
+        return torch.stack([flat(masks), flat(init)], 1)
+
+    def build_model(self, preset: str, layout, arch: dict | None = None):
+        from .ticket_mask import build_score_model
+
+        return build_score_model(preset, layout)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        from .ticket_mask import mask_loss
+
+        per = mask_loss(out, y[:, 0], self.params)
+        return {"sum": per.sum, "mean": per.mean}.get(reduction, lambda: per)()
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        from .ticket_mask import ticket_metrics
+
+        if self.recipe is None:
+            raise TaskError("ticket-mask metrics need the zoo's recipe: call task.bind(task_data) first")
+        return ticket_metrics(out, y, self.params, self.keep, self.recipe)
+
+
 TASKS = {
     "generalization": Task("generalization", target="test_acc", group="run", out_dim=1, primary="kendall_tau"),
     "inr-classify": Task("inr-classify", target="label", group="image", out_dim=10, primary="accuracy"),
+    "ticket-mask": TicketTask("ticket-mask", target="ticket_acc", group="run", out_dim=0, primary="accuracy"),
     "inr-edit": EditTask("inr-edit", target="image", group="image", out_dim=0, primary="mse", higher_is_better=False),
 }
 

@@ -266,6 +266,7 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
         from ..zoo import load_zoo
 
         data = task_data(load_zoo(cfg.zoo), task, where=f"zoo {cfg.zoo}", strict=cfg.strict, probes=cfg.probes)
+    task = task.bind(data)
     split = split_groups(data.groups, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
     idx = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in split.items()}
     graphs = data.graphs.to(device=device, dtype=torch.float32)
@@ -277,7 +278,7 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
     steps_per_epoch = max(1, n_train // batch)
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
 
-    if hasattr(task, "build_model"):  # a task with models of its own (inr-edit)
+    if hasattr(task, "build_model"):  # a task with models of its own (inr-edit, ticket-mask)
         model = task.build_model(cfg.model, graphs.layout, data.arch)
     else:
         model = build_model(cfg.model, graphs.layout, task.out_dim)

