@@ -1,0 +1,140 @@
+"""Winning-ticket masks (``wgraph train --task ticket-mask``): the graph NFN's per-parameter scores
+against NP, HNP and a flat MLP, on a ticket zoo, next to the model-free masks (the IMP ticket
+itself, the largest initial magnitudes, a random mask).
+
+The zoo: ``wgraph zoo ticket`` with 1,000 digits MLPs 64-32-32-10 (their own initialization each,
+gain log-uniform in [0.5, 2]), tickets from 5 rounds of magnitude pruning with rewinding to 10 % of
+every weight matrix, every training 20 epochs of Adam (lr 3e-3, batch 64), generated under
+``--work`` (default ``out/ticket``). Every (model, seed) is one ``wgraph train`` run with
+train_zoo.py's settings (batch 32, AdamW lr 1e-3, 5 % warm-up then cosine, gradient norm clipped to
+1) and the same epochs for every model; one run at a time, one torch thread. Split by run
+800 / 100 / 100 (``--split-seed 0``). The metric: test accuracy of the test networks retrained
+from their initialization with the predicted mask (the per-layer counts of the ticket), at the
+best-validation epoch (validation networks retrained the same way); mean ± sample std over seeds.
+
+Writes ``benchmarks/results/ticket_mask.{json,md}`` and the table of ``docs/ticket-mask.md``.
+
+    OMP_NUM_THREADS=1 nice python benchmarks/train_ticket_mask.py
+    python benchmarks/train_ticket_mask.py --quick          # a smoke run (results named *_quick)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from _docs import replace_block
+from train_zoo import ROOT, TRAIN, TRAIN_CONFIG, summarize, wgraph
+
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "ticket-mask.md"
+BEGIN, END = "<!-- ticket_mask:begin -->", "<!-- ticket_mask:end -->"
+MODELS = ["gnn", "np", "hnp", "mlp"]
+ZOO = ["--runs", "1000"]
+REFERENCES = {"ticket_accuracy": "IMP ticket (the label)", "magnitude_accuracy": "largest initial magnitudes",
+              "random_accuracy": "random mask"}
+
+
+def run_one(model: str, seed: int, epochs: int, zoo: Path, out: Path, threads: int) -> dict:
+    """One ``wgraph train --task ticket-mask`` run (a finished one with the same settings is reused,
+    an interrupted one resumes)."""
+    want = {**TRAIN_CONFIG, "epochs": epochs, "zoo": str(zoo), "model": model, "seed": seed}
+    if (out / "results.json").exists():
+        r = json.loads((out / "results.json").read_text())
+        if any(r["config"].get(k) != v for k, v in want.items()):
+            raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
+        return r
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wgraph("train", "--task", "ticket-mask", "--model", model, "--zoo", str(zoo), "--out", str(out),
+           "--seed", str(seed), "--epochs", str(epochs), *TRAIN, "--resume", "--no-progress",
+           threads=threads, log=out.with_suffix(".log"))
+    return json.loads((out / "results.json").read_text())
+
+
+def markdown(report: dict) -> str:
+    s, table = report["settings"], report["table"]["ticket"]
+    lines = ["| mask | parameters | test accuracy after retraining | overlap with the ticket "
+             "| train time per run (s) |", "|---|---|---|---|---|"]
+    for m in s["models"]:
+        c = table[m]
+        lines.append(f"| {m} | {c['params']:,} | {c['accuracy']['mean']:.3f} ± {c['accuracy']['std']:.3f} | "
+                     f"{c['overlap']['mean']:.3f} ± {c['overlap']['std']:.3f} | {c['train_s_mean']:.0f} |")
+    ref = table[s["models"][0]]
+    for key, text in REFERENCES.items():
+        overlap = {"ticket_accuracy": "1", "magnitude_accuracy": f"{ref['magnitude_overlap']['mean']:.3f}",
+                   "random_accuracy": f"{report['keep']:g} (expected)"}[key]
+        lines.append(f"| {text} | 0 | {ref[key]['mean']:.3f} | {overlap} | – |")
+    lines += ["", f"Zoo: `wgraph zoo ticket ZOO {' '.join(report['zoo'])}` ({report['pairs']} digits MLPs 64-32-32-10, "
+              f"tickets keep {report['keep']:g} of every weight matrix; mean test accuracy of the dense networks "
+              f"{report['dense_acc']:.3f}). Split by run {report['split']} (train / val / test). Every run: `wgraph "
+              f"train --task ticket-mask --epochs {s['epochs']} {' '.join(TRAIN)}`; seeds {s['seeds']}; test metric "
+              "of the best-validation epoch (highest validation accuracy after retraining); mean ± sample std "
+              "over seeds. The reference masks are the same for every seed (same test networks, same "
+              f"retraining). Command: `{report['command']}`; {report['machine']}; wall time "
+              f"{report['wall_s'] / 60:.0f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=str(ROOT / "out" / "ticket"), help="zoo and runs (reused if present)")
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=20, help="epochs of every run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--quick", action="store_true", help="40 short IMP runs, 2 epochs, 1 seed; results named *_quick")
+    p.add_argument("--report-only", action="store_true", help="rewrite the markdown and the docs table from the JSON")
+    args = p.parse_args()
+    if args.report_only:
+        md = markdown(json.loads((RESULTS / "ticket_mask.json").read_text()))
+        (RESULTS / "ticket_mask.md").write_text(f"# Winning-ticket masks\n\n{md}")
+        replace_block(DOC, BEGIN, END, md.rstrip("\n"))
+        return print(md)
+    zoo_args, name = ZOO, "ticket_mask"
+    if args.quick:
+        zoo_args = ["--runs", "40", "--epochs", "4", "--rounds", "2", "--shard-size", "20"]
+        args.seeds, args.epochs, args.work, name = [0], 2, args.work + "_quick", "ticket_mask_quick"
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    zoo = work / "zoo"
+    wgraph("zoo", "ticket", str(zoo), *zoo_args, "-q", threads=args.threads, log=work / "zoo.log")
+    runs = []
+    for seed in args.seeds:
+        for model in args.models:
+            r = run_one(model, seed, args.epochs, zoo, work / "runs" / f"{model}-s{seed}", args.threads)
+            kept = ("seed", "metrics", "selected_step", "steps", "timings", "model_parameters")
+            runs.append({"pair": "ticket", "model": model, **{k: r[k] for k in kept}})
+            t = r["metrics"]["test"]
+            print(f"{model} seed {seed}: test accuracy {t['accuracy']:.4f} (ticket {t['ticket_accuracy']:.4f}, "
+                  f"magnitude {t['magnitude_accuracy']:.4f}, random {t['random_accuracy']:.4f}), "
+                  f"{r['timings']['train_s']:.0f} s", flush=True)
+    from wgraph.zoo import load_zoo
+
+    z = load_zoo(zoo)
+    init = z.table["role"] == "init"
+    split = " / ".join(str(r["split"][k]["networks"]) for k in ("train", "val", "test"))
+    report = {
+        "settings": {"models": args.models, "seeds": args.seeds, "epochs": args.epochs, "train": TRAIN},
+        "zoo": zoo_args, "pairs": int(init.sum()), "keep": z.config["keep"],
+        "dense_acc": float(z.table["dense_acc"][init].mean()), "split": split,
+        "command": " ".join(["OMP_NUM_THREADS=1 nice python benchmarks/train_ticket_mask.py", *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 run at a time x {args.threads} thread(s)",
+        "wall_s": time.perf_counter() - t0, "runs": runs, "table": summarize(runs),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (RESULTS / f"{name}.md").write_text(f"# Winning-ticket masks{' (quick)' if args.quick else ''}\n\n{md}")
+    if not args.quick:
+        replace_block(DOC, BEGIN, END, md.rstrip("\n"))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
