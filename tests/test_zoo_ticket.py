@@ -120,6 +120,10 @@ def test_the_zoo_stores_initializations_and_their_tickets(zoo_dir):
     assert t["dense_acc"].mean() > 0.5 and t["ticket_acc"].mean() > t["random_acc"].mean()
     gains = zoo.table["init_gain"][0::2]
     assert ((0.5 <= gains) & (gains <= 2)).all() and len(set(gains.tolist())) == 6
+    graphs = zoo.graphs()  # the manifest's "mlp" architecture converts, and the round trip is exact
+    for i in (0, 1):
+        for k, v in graphs.to_state_dict(i).items():
+            assert torch.equal(v, zoo.weights[k][i])
     network = zoo.network(1)  # a ticket row is a runnable (sparse) network
     assert (network[0].weight != 0).sum() == round(0.2 * network[0].weight.numel())
 
