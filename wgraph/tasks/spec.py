@@ -11,9 +11,14 @@ the output size, the loss and the metrics.
 * ``inr-edit``: the weight delta that makes a SIREN represent an edit of its image
   (:class:`EditTask`, :mod:`wgraph.tasks.inr_edit`); mean squared error of the edited INR's image
   (lower is better). Split by image.
+* ``ticket-mask``: which weights an MLP initialization's lottery ticket keeps (:class:`TicketTask`,
+  :mod:`wgraph.tasks.ticket_mask`); binary cross-entropy per weight, judged by the test accuracy
+  of the networks retrained with the predicted mask. Split by run.
 
 A task also says how the targets come from the zoo (:meth:`Task.zoo_targets`) and which validation
-metric is better (:meth:`Task.better`); :class:`EditTask` also builds its models (``build_model``).
+metric is better (:meth:`Task.better`); :class:`EditTask` and :class:`TicketTask` also build their
+models (``build_model``), and :meth:`Task.bind` / :meth:`Task.rows` let a task read the zoo's settings and
+choose its input rows.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ import torch.nn.functional as F
 
 from ..errors import TaskError
 from .metrics import classification_metrics, regression_metrics
+
+
+def reduce(per: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-network losses ``(B,)`` reduced as ``F.*_loss(reduction=...)`` does: sum, mean or none."""
+    return {"sum": per.sum, "mean": per.mean}.get(reduction, lambda: per)()
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,7 @@ class EditTask(Task):
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         per = ((out - y[:, 0].to(out.dtype)) ** 2).mean(1)
-        return {"sum": per.sum, "mean": per.mean}.get(reduction, lambda: per)()
+        return reduce(per, reduction)
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return out
@@ -161,13 +171,12 @@ class TicketTask(Task):
         return np.asarray(table["role"]) == "init"
 
     def bind(self, data) -> TicketTask:
-        config = data.zoo_config or {}
-        missing = [k for k in ("keep", "dataset", "seed", "test_fraction", "epochs", "batch_size", "lr")
-                   if k not in config]
-        if missing:
-            raise TaskError(f"task 'ticket-mask' needs a ticket zoo's settings; its manifest config lacks {missing}")
         from ..zoo.ticket import TicketZooConfig
 
+        config = data.zoo_config or {}
+        missing = [k for k in ("keep", *TicketZooConfig.recipe_keys) if k not in config]
+        if missing:
+            raise TaskError(f"task 'ticket-mask' needs a ticket zoo's settings; its manifest config lacks {missing}")
         recipe = {k: config[k] for k in TicketZooConfig.recipe_keys}
         params = tuple((p.name, tuple(p.shape)) for p in data.graphs.layout.params)
         return replace(self, params=params, keep=float(config["keep"]), recipe=recipe)
@@ -190,7 +199,7 @@ class TicketTask(Task):
         from .ticket_mask import mask_loss
 
         per = mask_loss(out, y[:, 0], self.params)
-        return {"sum": per.sum, "mean": per.mean}.get(reduction, lambda: per)()
+        return reduce(per, reduction)
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return out
