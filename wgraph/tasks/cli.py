@@ -14,7 +14,7 @@ from .config import TrainConfig
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train an NFN preset on a zoo (generalization prediction, INR classification or INR editing)",
+        help="train an NFN preset on a zoo (generalization prediction, INR classification or editing, ticket masks)",
         description="Train a model preset on a zoo. Resume an interrupted run by repeating the command with --resume. "
         "Data-parallel: torchrun --nproc_per_node=N -m wgraph train ...",
     )

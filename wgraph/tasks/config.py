@@ -29,7 +29,7 @@ class TrainConfig(Config):
 
     task: str = option(help="what to predict from the weights", choices=TASKS)
     model: str = option(help="preset name in models/ (gnn, gnn-pna, np, hnp, statnn, ...) or a .toml path")
-    zoo: str | None = option(None, "zoo directory (written by `wgraph zoo cnn` / `wgraph zoo inr`)")
+    zoo: str | None = option(None, "zoo directory (written by `wgraph zoo cnn` / `inr` / `ticket` / `transformer`)")
     out: str = option("runs/train", "output directory: results.json, checkpoint.pt, model.safetensors")
     seed: int = option(0, "seed of initialization and data order")
     split_seed: int = option(0, "seed of the train/val/test split by group")
