@@ -28,8 +28,9 @@ one (``random_acc``); ``dense_acc`` is round 1 (no mask).
 **Storage**: each run is two rows of the zoo (architecture ``mlp``): checkpoint 0, ``role =
 "init"``, holds :math:`W_0`; checkpoint 1, ``role = "ticket"``, holds the ticket :math:`W_0 \odot
 M_R` (the sparse network at initialization, biases kept). A mask is read back as the nonzero weights
-of the ticket row (:func:`ticket_masks`; no drawn weight is exactly zero, which the generator
-checks). The accuracy columns are repeated on both rows of a run.
+of the ticket row (:func:`ticket_masks`; an initial weight drawn exactly 0, an event of probability
+about zero, is stored as the smallest positive float so that it stays distinguishable). The
+accuracy columns are repeated on both rows of a run.
 """
 
 from __future__ import annotations
@@ -207,10 +208,10 @@ def init_weights(cfg: TicketZooConfig, run: int) -> tuple[dict[str, torch.Tensor
     g = torch.Generator().manual_seed(int(rng.integers(2**62)))
     weights = {}
     for i, (a, b) in enumerate(zip(cfg.sizes[:-1], cfg.sizes[1:])):
-        weights[f"{2 * i}.weight"] = torch.randn(b, a, generator=g) * (gain / math.sqrt(a))
+        w = torch.randn(b, a, generator=g) * (gain / math.sqrt(a))
+        # a ticket row's zeros are its pruned weights: an (improbable) exact zero draw becomes the tiniest float
+        weights[f"{2 * i}.weight"] = torch.where(w == 0, torch.finfo(w.dtype).tiny, w)
         weights[f"{2 * i}.bias"] = torch.zeros(b)
-    if any((w == 0).any() for n, w in weights.items() if n.endswith("weight")):
-        raise ZooError(f"run {run}: an initial weight is exactly 0, which a ticket row cannot tell from a pruned one")
     return weights, gain, int(torch.randint(2**62, (1,), generator=g))
 
 
