@@ -371,3 +371,12 @@ def test_networks_with_nonfinite_weights_are_named_and_skipped(tmp_path, caplog)
     r = train(config(tmp_path, zoo=str(path), epochs=2, model=tiny_gnn(tmp_path)))
     assert r["dropped_networks"] == 2, r["metrics"]
     assert all(np.isfinite(r["metrics"][part]["loss"]) for part in ("train", "val", "test")), r["metrics"]
+
+
+def test_a_non_finite_training_loss_stops_the_run(tmp_path):
+    """A diverged model must not train on silently (NaN weights for the rest of the run)."""
+    data = task_data(cnn_zoo(runs=8, checkpoints=2), get_task("generalization"))
+    data.targets[:] = float("nan")
+    config = TrainConfig(task="generalization", model="statnn", out=str(tmp_path / "run"), epochs=2, progress=False)
+    with pytest.raises(TrainError, match="step 1: the training loss is nan.*--lr"):
+        train(config, data=data)

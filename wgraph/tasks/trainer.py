@@ -21,6 +21,8 @@ Reproducibility and resume:
   the step alone (a ``LambdaLR`` whose state is in the checkpoint); a schedule with a warm-up or a
   cosine decay is stretched over the run's ``total`` steps, which a resumed run may then not change.
   With ``clip_grad`` the global gradient norm is clipped to it; the norm before clipping is recorded.
+* A training loss that is not finite (a diverged model) stops the run with a :class:`TrainError`
+  naming the step; the checkpoint before it stays.
 * Model hooks, called only if the model has them (on the model itself, not its DDP wrapper), in eval
   mode and without gradients (the trainer restores the mode), identically on every rank:
   ``refresh_statistics(graphs, batch_size)`` recomputes statistics of the training networks (say,
@@ -335,6 +337,11 @@ def _run(cfg, task, ranks, device, data, on_step, out: Path, ckpt_path: Path, t_
         shown = loss.detach() / ranks.world
         if ranks.world > 1:
             torch.distributed.all_reduce(shown)
+        if not torch.isfinite(shown):  # every rank sees the reduced loss, so every rank stops here
+            raise TrainError(
+                f"step {step}: the training loss is {float(shown)} (the model diverged, or a target or weight is not "
+                f"finite); a checkpoint already written in {out} is kept. Try a lower --lr or --clip-grad"
+            )
         epoch_loss = [epoch_loss[0] + float(shown), epoch_loss[1] + 1]
         epoch_grad = [epoch_grad[0] + grad_norm, epoch_grad[1] + 1]
         bar.update(1)
