@@ -44,9 +44,10 @@ REFERENCES = {"ticket_accuracy": "IMP ticket (the label)", "magnitude_accuracy":
               "random_accuracy": "random mask"}
 
 
-def run_one(model: str, seed: int, lr: float, epochs: int, zoo: Path, work: Path, threads: int) -> dict:
+def run_one(model: str, seed: int, lr: float, epochs: int, zoo: Path, work: Path, threads: int) -> dict | None:
     """One ``wgraph train --task ticket-mask`` run in ``work/runs`` (a finished one with the same
-    settings is reused, an interrupted one resumes)."""
+    settings is reused, an interrupted one resumes); ``None`` when the model diverged (the trainer
+    stops on a non-finite loss; its log says so)."""
     out = work / "runs" / f"{model}-lr{lr:g}-s{seed}"
     want = {**SETTINGS, "lr": lr, "epochs": epochs, "zoo": str(zoo), "model": model, "seed": seed}
     if (out / "results.json").exists():
@@ -55,9 +56,15 @@ def run_one(model: str, seed: int, lr: float, epochs: int, zoo: Path, work: Path
             raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
         return r
     out.parent.mkdir(parents=True, exist_ok=True)
-    wgraph("train", "--task", "ticket-mask", "--model", model, "--zoo", str(zoo), "--out", str(out),
-           "--seed", str(seed), "--epochs", str(epochs), *TRAIN, "--lr", str(lr), "--resume", "--no-progress",
-           threads=threads, log=out.with_suffix(".log"))
+    log = out.with_suffix(".log")
+    try:
+        wgraph("train", "--task", "ticket-mask", "--model", model, "--zoo", str(zoo), "--out", str(out),
+               "--seed", str(seed), "--epochs", str(epochs), *TRAIN, "--lr", str(lr), "--resume", "--no-progress",
+               threads=threads, log=log)
+    except RuntimeError:
+        if "the training loss is" in log.read_text():
+            return None
+        raise
     return json.loads((out / "results.json").read_text())
 
 
@@ -66,12 +73,16 @@ def markdown(report: dict) -> str:
     lines = ["| mask | parameters | lr (validation accuracy of seed 0 per lr) | test accuracy after retraining "
              "| overlap with the ticket | train time per run (s) |", "|---|---|---|---|---|---|"]
     for m in s["models"]:
-        c, grid = table[m], report["lr_grid"][m]
-        tried = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in grid.items())
+        grid = report["lr_grid"][m]
+        tried = ", ".join(f"{lr}: {'diverged' if acc is None else f'{acc:.3f}'}" for lr, acc in grid.items())
+        if m not in table:
+            lines.append(f"| {m} | – | – ({tried}) | – | – | – |")
+            continue
+        c = table[m]
         lines.append(f"| {m} | {c['params']:,} | **{report['lr'][m]:g}** ({tried}) | "
                      f"{c['accuracy']['mean']:.3f} ± {c['accuracy']['std']:.3f} | "
                      f"{c['overlap']['mean']:.3f} ± {c['overlap']['std']:.3f} | {c['train_s_mean']:.0f} |")
-    ref = table[s["models"][0]]
+    ref = next(iter(table.values()))
     for key, text in REFERENCES.items():
         overlap = {"ticket_accuracy": "1", "magnitude_accuracy": f"{ref['magnitude_overlap']['mean']:.3f}",
                    "random_accuracy": f"{report['keep']:g} (expected)"}[key]
@@ -118,12 +129,17 @@ def main() -> None:
     runs, grid, chosen, took = [], {}, {}, {}  # took: seconds of every run, by (model, lr, seed)
     for model in args.models:
         first = {lr: run_one(model, args.seeds[0], lr, args.epochs, zoo, work, args.threads) for lr in args.lrs}
-        grid[model] = {f"{lr:g}": r["metrics"]["val"]["accuracy"] for lr, r in first.items()}
-        took.update({(model, lr, args.seeds[0]): r["timings"]["total_s"] for lr, r in first.items()})
-        chosen[model] = max(args.lrs, key=lambda lr: (first[lr]["metrics"]["val"]["accuracy"], -lr))
-        print(f"{model}: validation accuracy by lr {grid[model]}; lr {chosen[model]:g}", flush=True)
+        grid[model] = {f"{lr:g}": r and r["metrics"]["val"]["accuracy"] for lr, r in first.items()}
+        took.update({(model, lr, args.seeds[0]): r["timings"]["total_s"] for lr, r in first.items() if r})
+        usable = [lr for lr in args.lrs if first[lr] is not None]
+        print(f"{model}: validation accuracy by lr {grid[model]}", flush=True)
+        if not usable:
+            continue
+        chosen[model] = max(usable, key=lambda lr: (first[lr]["metrics"]["val"]["accuracy"], -lr))
         for seed in args.seeds:
             r = run_one(model, seed, chosen[model], args.epochs, zoo, work, args.threads)
+            if r is None:
+                raise RuntimeError(f"{model} diverged with seed {seed} at the lr chosen on seed 0 ({chosen[model]:g})")
             took[model, chosen[model], seed] = r["timings"]["total_s"]
             kept = ("seed", "metrics", "selected_step", "steps", "timings", "model_parameters")
             runs.append({"pair": "ticket", "model": model, **{k: r[k] for k in kept}})
