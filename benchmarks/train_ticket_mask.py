@@ -141,6 +141,7 @@ def main() -> None:
             if r is None:
                 raise RuntimeError(f"{model} diverged with seed {seed} at the lr chosen on seed 0 ({chosen[model]:g})")
             took[model, chosen[model], seed] = r["timings"]["total_s"]
+            split = " / ".join(str(r["split"][k]["networks"]) for k in ("train", "val", "test"))
             kept = ("seed", "metrics", "selected_step", "steps", "timings", "model_parameters")
             runs.append({"pair": "ticket", "model": model, **{k: r[k] for k in kept}})
             t = r["metrics"]["test"]
@@ -151,7 +152,6 @@ def main() -> None:
 
     z = load_zoo(zoo)
     init = z.table["role"] == "init"
-    split = " / ".join(str(r["split"][k]["networks"]) for k in ("train", "val", "test"))
     report = {
         "settings": {"models": args.models, "seeds": args.seeds, "epochs": args.epochs, "train": TRAIN,
                      "lrs": args.lrs},
