@@ -80,13 +80,13 @@ def markdown(report: dict) -> str:
             continue
         c = table[m]
         lines.append(f"| {m} | {c['params']:,} | **{report['lr'][m]:g}** ({tried}) | "
-                     f"{c['accuracy']['mean']:.3f} ± {c['accuracy']['std']:.3f} | "
+                     f"{c['accuracy']['mean']:.4f} ± {c['accuracy']['std']:.4f} | "
                      f"{c['overlap']['mean']:.3f} ± {c['overlap']['std']:.3f} | {c['train_s_mean']:.0f} |")
     ref = next(iter(table.values()))
     for key, text in REFERENCES.items():
         overlap = {"ticket_accuracy": "1", "magnitude_accuracy": f"{ref['magnitude_overlap']['mean']:.3f}",
                    "random_accuracy": f"{report['keep']:g} (expected)"}[key]
-        lines.append(f"| {text} | 0 | – | {ref[key]['mean']:.3f} | {overlap} | – |")
+        lines.append(f"| {text} | 0 | – | {ref[key]['mean']:.4f} | {overlap} | – |")
     lines += ["", f"Zoo: `wgraph zoo ticket ZOO {' '.join(report['zoo'])}` ({report['pairs']} digits MLPs 64-32-32-10, "
               f"tickets keep {report['keep']:g} of every weight matrix; mean test accuracy of the dense networks "
               f"{report['dense_acc']:.3f}). Split by run {report['split']} (train / val / test). Every run: `wgraph "
