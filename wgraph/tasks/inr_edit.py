@@ -109,6 +109,11 @@ def graph_params(graph: WeightGraph) -> dict[str, torch.Tensor]:
     return {p.name: graph.param(p.name) for p in graph.layout.params}
 
 
+def parameter_values(out) -> dict[str, torch.Tensor]:
+    """A per-parameter body's output (a WeightGraph, or already ``{name: tensor}``) as ``{name: (B, *shape)}``."""
+    return graph_params(out) if isinstance(out, WeightGraph) else out
+
+
 # ----------------------------------------------------------------------------- the model
 class EditModel(nn.Module):
     """``body`` (weights -> one value per parameter: a WeightGraph or ``{name: tensor}``) turned
@@ -133,8 +138,7 @@ class EditModel(nn.Module):
 
     def delta(self, graph: WeightGraph) -> dict[str, torch.Tensor]:
         """:math:`\\Delta_t = \\sigma_t \\phi(W)_t` per parameter, ``{name: (B, *shape)}``."""
-        out = self.body(graph)
-        values = graph_params(out) if isinstance(out, WeightGraph) else out
+        values = parameter_values(self.body(graph))
         return {n: values[n] * self.scale[i] for i, n in enumerate(self.names)}
 
     def edited(self, graph: WeightGraph) -> dict[str, torch.Tensor]:

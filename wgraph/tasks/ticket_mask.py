@@ -54,10 +54,9 @@ class ScoreModel(nn.Module):
         fit_normalization(self.body, graphs)
 
     def forward(self, graph: WeightGraph) -> torch.Tensor:
-        from .inr_edit import graph_params
+        from .inr_edit import parameter_values
 
-        out = self.body(graph)
-        values = graph_params(out) if isinstance(out, WeightGraph) else out
+        values = parameter_values(self.body(graph))
         return torch.cat([values[n].flatten(1) for n in self.names], 1)
 
 
@@ -107,14 +106,18 @@ def retrained_accuracy(init: dict[str, torch.Tensor], masks: dict[str, torch.Ten
     return train_masked(init, masks, recipe, [0] * n)[1].double()
 
 
+def masks_and_inits(targets: torch.Tensor, params) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Targets ``(N, 2, P)`` as the tickets' masks and the initializations, ``{name: (N, *shape)}`` each."""
+    return {k: v.bool() for k, v in unflatten(targets[:, 0], params).items()}, unflatten(targets[:, 1], params)
+
+
 def references(targets: torch.Tensor, params, keep: float, recipe: dict) -> dict[str, float]:
     """The model-free metrics of targets ``(N, 2, P)`` (module docstring), cached by content."""
     from ..zoo.ticket import magnitude_masks, random_masks
 
     key = hashlib.sha256(targets.detach().cpu().double().numpy().tobytes()).hexdigest() + repr((keep, recipe))
     if key not in _REFERENCES:
-        truth = {k: v.bool() for k, v in unflatten(targets[:, 0], params).items()}
-        init = unflatten(targets[:, 1], params)
+        truth, init = masks_and_inits(targets, params)
         magnitude = magnitude_masks(init, keep)
         rand = random_masks(init, keep, [torch.Generator().manual_seed(i) for i in range(len(targets))])
         _REFERENCES[key] = {
@@ -131,8 +134,7 @@ def ticket_metrics(scores: torch.Tensor, targets: torch.Tensor, params, keep: fl
     from ..zoo.ticket import top_masks
 
     scores, targets = scores.detach().double(), targets.to(scores.device).double()
-    truth = {k: v.bool() for k, v in unflatten(targets[:, 0], params).items()}
-    init = unflatten(targets[:, 1], params)
+    truth, init = masks_and_inits(targets, params)
     chosen = top_masks(unflatten(scores, params), keep)
     return {
         "loss": float(mask_loss(scores, targets[:, 0], params).mean()),
