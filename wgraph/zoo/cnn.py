@@ -41,8 +41,7 @@ learning rates and weight decays.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -290,26 +289,9 @@ def generate_cnn_zoo(out, *, dataset: str = CNNZooConfig.dataset, runs: int = CN
     torch threads while training, ``None`` to keep torch's setting; see
     :func:`~wgraph.zoo.threads.torch_threads`).
     """
-    from tqdm.auto import tqdm
-
-    from .data import image_split
-    from .store import ZooWriter, load_zoo
-    from .threads import torch_threads
+    from .store import write_run_shards
 
     cfg = CNNZooConfig(dataset=dataset, runs=runs, checkpoints=checkpoints, epochs=epochs, seed=seed,
                        shard_size=shard_size, **settings)
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    shards = [list(range(a, min(a + cfg.shard_size, cfg.runs))) for a in range(0, cfg.runs, cfg.shard_size)]
-    writer = ZooWriter(Path(out), kind="cnn", arch=cfg.arch(), columns=COLUMNS, config=config)
-    with writer, torch_threads(threads):
-        todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
-        if todo:
-            data = image_split(cfg.dataset, cfg.seed, cfg.test_fraction)
-            steps = cfg.epochs * math.ceil(len(data[1]) / cfg.batch_size)
-            with tqdm(total=len(todo) * steps, desc="cnn zoo", unit="step", disable=not progress) as bar:
-                for i in todo:
-                    bar.set_postfix_str(f"shard {i + 1}/{len(shards)}: runs {shards[i][0]}..{shards[i][-1]}")
-                    weights, table = _train_shard(cfg, shards[i], data, bar)
-                    writer.write_shard(i, weights, table)
-        writer.finish()
-    return load_zoo(out)
+    return write_run_shards(out, cfg, kind="cnn", columns=COLUMNS, dataset=cfg.dataset, train_shard=_train_shard,
+                            progress=progress, threads=threads)

@@ -37,9 +37,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -401,6 +403,38 @@ class ZooWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def write_run_shards(out, cfg, *, kind: str, columns: dict[str, str], dataset: str, train_shard,
+                     trainings: int = 1, progress: bool = True, threads: int | None = 1) -> Zoo:
+    """Generate (or resume) a zoo of training runs in directory ``out`` and load it: the loop of the
+    CNN, transformer and ticket generators.
+
+    ``cfg``: the generator's settings (a dataclass with ``runs``, ``shard_size``, ``seed``,
+    ``test_fraction``, ``epochs``, ``batch_size`` and ``arch()``; stored as the manifest's config).
+    Runs ``0 .. runs - 1`` go in shards of ``shard_size``; every shard the manifest does not hold yet is
+    ``train_shard(cfg, runs, data, bar) -> (weights, table)`` on :func:`~wgraph.zoo.data.image_split`
+    of ``dataset``, written with :class:`ZooWriter` (so a rerun continues where one stopped).
+    ``trainings``: trainings of ``epochs`` each per run (the progress bar's length).
+    ``threads``: torch threads while training (:func:`~wgraph.zoo.threads.torch_threads`)."""
+    from tqdm.auto import tqdm
+
+    from .data import image_split
+    from .threads import torch_threads
+
+    shards = [list(range(a, min(a + cfg.shard_size, cfg.runs))) for a in range(0, cfg.runs, cfg.shard_size)]
+    writer = ZooWriter(Path(out), kind=kind, arch=cfg.arch(), columns=columns, config=asdict(cfg))
+    with writer, torch_threads(threads):
+        todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
+        if todo:
+            data = image_split(dataset, cfg.seed, cfg.test_fraction)
+            steps = cfg.epochs * math.ceil(len(data[1]) / cfg.batch_size) * trainings
+            with tqdm(total=len(todo) * steps, desc=f"{kind} zoo", unit="step", disable=not progress) as bar:
+                for i in todo:
+                    bar.set_postfix_str(f"shard {i + 1}/{len(shards)}: runs {shards[i][0]}..{shards[i][-1]}")
+                    writer.write_shard(i, *train_shard(cfg, shards[i], data, bar))
+        writer.finish()
+    return load_zoo(out)
 
 
 def _diff(stored: Any, now: Any) -> str:

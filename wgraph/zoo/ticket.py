@@ -36,8 +36,7 @@ accuracy columns are repeated on both rows of a run.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -269,24 +268,8 @@ def generate_ticket_zoo(out, *, progress: bool = True, threads: int | None = 1, 
     """Generate (or resume) a ticket zoo in directory ``out`` (``settings``: fields of
     :class:`TicketZooConfig`); returns the loaded :class:`~wgraph.zoo.Zoo`. A rerun after an
     interruption continues with the shards not yet written, and gives the same zoo."""
-    from tqdm.auto import tqdm
-
-    from .data import image_split
-    from .store import ZooWriter, load_zoo
-    from .threads import torch_threads
+    from .store import write_run_shards
 
     cfg = TicketZooConfig(**settings)
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    shards = [list(range(a, min(a + cfg.shard_size, cfg.runs))) for a in range(0, cfg.runs, cfg.shard_size)]
-    writer = ZooWriter(Path(out), kind="ticket", arch=cfg.arch(), columns=COLUMNS, config=config)
-    with writer, torch_threads(threads):
-        todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
-        if todo:
-            data = image_split(cfg.dataset, cfg.seed, cfg.test_fraction)
-            steps = cfg.epochs * math.ceil(len(data[1]) / cfg.batch_size) * (cfg.rounds + 1)
-            with tqdm(total=len(todo) * steps, desc="ticket zoo", unit="step", disable=not progress) as bar:
-                for i in todo:
-                    bar.set_postfix_str(f"shard {i + 1}/{len(shards)}: runs {shards[i][0]}..{shards[i][-1]}")
-                    writer.write_shard(i, *_ticket_shard(cfg, shards[i], data, bar))
-        writer.finish()
-    return load_zoo(out)
+    return write_run_shards(out, cfg, kind="ticket", columns=COLUMNS, dataset=cfg.dataset, train_shard=_ticket_shard,
+                            trainings=cfg.rounds + 1, progress=progress, threads=threads)

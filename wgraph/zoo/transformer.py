@@ -26,8 +26,7 @@ interrupted generation resumes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -282,27 +281,10 @@ def generate_transformer_zoo(out, *, progress: bool = True, threads: int | None 
     """Generate (or resume) a transformer zoo in directory ``out`` (``settings``: fields of
     :class:`TransformerZooConfig`); returns the loaded :class:`~wgraph.zoo.dataset.Zoo`. Rerunning
     with the same settings after an interruption continues where it stopped."""
-    from tqdm.auto import tqdm
+    from .store import write_run_shards
 
-    from .data import image_split
-    from .store import ZooWriter, load_zoo
-    from .threads import torch_threads
-
-    cfg = TransformerZooConfig(**settings)
-    config = asdict(cfg)
-    shards = [list(range(a, min(a + cfg.shard_size, cfg.runs))) for a in range(0, cfg.runs, cfg.shard_size)]
-    writer = ZooWriter(Path(out), kind="transformer", arch=cfg.arch(), columns=COLUMNS, config=config)
-    with writer, torch_threads(threads):
-        todo = [i for i in range(len(shards)) if not writer.has_shard(i)]
-        if todo:
-            data = image_split("digits", cfg.seed, cfg.test_fraction)
-            steps = cfg.epochs * math.ceil(len(data[1]) / cfg.batch_size)
-            with tqdm(total=len(todo) * steps, desc="transformer zoo", unit="step", disable=not progress) as bar:
-                for i in todo:
-                    weights, table = _train_shard(cfg, shards[i], data, bar)
-                    writer.write_shard(i, weights, table)
-        writer.finish()
-    return load_zoo(out)
+    return write_run_shards(out, TransformerZooConfig(**settings), kind="transformer", columns=COLUMNS,
+                            dataset="digits", train_shard=_train_shard, progress=progress, threads=threads)
 
 
 def register_transformer(kinds) -> None:
