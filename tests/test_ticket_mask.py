@@ -35,35 +35,31 @@ def graphs_of(n: int = 3):
     return wgraph.to_graph_batch(weights, mlp(SIZES).double(), torch.zeros(1, 64).double())
 
 
-def _scores_graph(model, graphs):
-    params = tuple((p.name, p.shape) for p in graphs.layout.params)
-    return gather(graphs.layout, unflatten(model(graphs), params))
-
-
-@pytest.mark.parametrize("preset", ["gnn", "np", "hnp"])
-def test_scores_are_permutation_equivariant(preset):
+def moved_and_permuted(preset: str):
+    """The scores of ``preset`` (float64) as weight graphs: permuted after scoring, and scored
+    after permuting the initializations."""
     graphs = graphs_of()
     model = build_score_model(preset, graphs.layout).double()
     model.fit_normalization(graphs)
     model.eval()
+    params = tuple((p.name, p.shape) for p in graphs.layout.params)
     perm = wgraph.random_symmetry(graphs, seed=1)
     with torch.no_grad():
-        moved = _scores_graph(model, graphs).permute(perm)
-        permuted = _scores_graph(model, graphs.permute(perm))
+        moved = gather(graphs.layout, unflatten(model(graphs), params)).permute(perm)
+        permuted = gather(graphs.layout, unflatten(model(graphs.permute(perm)), params))
+    return moved, permuted
+
+
+@pytest.mark.parametrize("preset", ["gnn", "np", "hnp"])
+def test_scores_are_permutation_equivariant(preset):
+    moved, permuted = moved_and_permuted(preset)
     assert moved.edges[0].std() > 1e-3  # scores that vary over the weights
     for a, b in zip(moved.edges, permuted.edges):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
 
 
 def test_flat_mlp_scores_are_not_equivariant():
-    graphs = graphs_of()
-    model = build_score_model("mlp", graphs.layout).double()
-    model.fit_normalization(graphs)
-    model.eval()
-    perm = wgraph.random_symmetry(graphs, seed=1)
-    with torch.no_grad():
-        moved = _scores_graph(model, graphs).permute(perm)
-        permuted = _scores_graph(model, graphs.permute(perm))
+    moved, permuted = moved_and_permuted("mlp")
     assert (moved.edges[0] - permuted.edges[0]).abs().max() > 1e-4
 
 
