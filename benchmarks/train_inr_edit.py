@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from _docs import replace_block
-from train_zoo import PAIRS, ROOT, TRAIN, TRAIN_CONFIG, make_zoo, summarize, wgraph, zoo_dir
+from _docs import publish
+from train_zoo import PAIRS, ROOT, TRAIN, TRAIN_CONFIG, make_zoo, summarize, train_run, zoo_dir
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "inr-edit.md"
@@ -41,16 +41,9 @@ def run_one(edit: str, model: str, seed: int, epochs: int, zoo: Path, out: Path,
     """One ``wgraph train --task inr-edit`` run (a finished one with the same settings is reused,
     an interrupted one resumes)."""
     want = {**TRAIN_CONFIG, "epochs": epochs, "zoo": str(zoo), "edit": edit, "model": model, "seed": seed}
-    if (out / "results.json").exists():
-        r = json.loads((out / "results.json").read_text())
-        if any(r["config"].get(k) != v for k, v in want.items()):
-            raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
-        return r
-    out.parent.mkdir(parents=True, exist_ok=True)
-    wgraph("train", "--task", "inr-edit", "--edit", edit, "--model", model, "--zoo", str(zoo), "--out", str(out),
-           "--seed", str(seed), "--epochs", str(epochs), *TRAIN, "--resume", "--no-progress",
-           threads=threads, log=out.with_suffix(".log"))
-    return json.loads((out / "results.json").read_text())
+    argv = ["train", "--task", "inr-edit", "--edit", edit, "--model", model, "--zoo", str(zoo), "--out", str(out),
+            "--seed", str(seed), "--epochs", str(epochs), *TRAIN, "--resume", "--no-progress"]
+    return train_run(out, want, argv, threads)
 
 
 def markdown(report: dict) -> str:
@@ -90,8 +83,7 @@ def main() -> None:
     args = p.parse_args()
     if args.report_only:
         md = markdown(json.loads((RESULTS / "inr_edit.json").read_text()))
-        (RESULTS / "inr_edit.md").write_text(f"# INR editing\n\n{md}")
-        replace_block(DOC, BEGIN, END, md.rstrip("\n"))
+        publish(RESULTS / "inr_edit.md", "INR editing", md, DOC, BEGIN, END)
         return print(md)
     spec = dict(PAIRS[PAIR])
     name = "inr_edit"
@@ -128,9 +120,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)
-    (RESULTS / f"{name}.md").write_text(f"# INR editing{' (quick)' if args.quick else ''}\n\n{md}")
-    if not args.quick:
-        replace_block(DOC, BEGIN, END, md.rstrip("\n"))
+    publish(RESULTS / f"{name}.md", f"INR editing{' (quick)' if args.quick else ''}", md,
+            None if args.quick else DOC, BEGIN, END)
     from wgraph.tasks.edit_plots import plot_edits
 
     img = ROOT / "docs" / "img" if not args.quick else work

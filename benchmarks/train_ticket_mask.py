@@ -29,8 +29,8 @@ import platform
 import sys
 from pathlib import Path
 
-from _docs import replace_block
-from train_zoo import ROOT, TRAIN_CONFIG, summarize, wgraph
+from _docs import publish
+from train_zoo import ROOT, TRAIN_CONFIG, summarize, train_run, wgraph
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "ticket-mask.md"
@@ -50,22 +50,15 @@ def run_one(model: str, seed: int, lr: float, epochs: int, zoo: Path, work: Path
     stops on a non-finite loss; its log says so)."""
     out = work / "runs" / f"{model}-lr{lr:g}-s{seed}"
     want = {**SETTINGS, "lr": lr, "epochs": epochs, "zoo": str(zoo), "model": model, "seed": seed}
-    if (out / "results.json").exists():
-        r = json.loads((out / "results.json").read_text())
-        if any(r["config"].get(k) != v for k, v in want.items()):
-            raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
-        return r
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".log")
+    argv = ["train", "--task", "ticket-mask", "--model", model, "--zoo", str(zoo), "--out", str(out),
+            "--seed", str(seed), "--epochs", str(epochs), *TRAIN, "--lr", str(lr), "--resume", "--no-progress"]
     try:
-        wgraph("train", "--task", "ticket-mask", "--model", model, "--zoo", str(zoo), "--out", str(out),
-               "--seed", str(seed), "--epochs", str(epochs), *TRAIN, "--lr", str(lr), "--resume", "--no-progress",
-               threads=threads, log=log)
+        return train_run(out, want, argv, threads)
     except RuntimeError:
-        if "the training loss is" in log.read_text():
+        log = out.with_suffix(".log")
+        if log.exists() and "the training loss is" in log.read_text():
             return None
         raise
-    return json.loads((out / "results.json").read_text())
 
 
 def markdown(report: dict) -> str:
@@ -114,8 +107,7 @@ def main() -> None:
     args = p.parse_args()
     if args.report_only:
         md = markdown(json.loads((RESULTS / "ticket_mask.json").read_text()))
-        (RESULTS / "ticket_mask.md").write_text(f"# Winning-ticket masks\n\n{md}")
-        replace_block(DOC, BEGIN, END, md.rstrip("\n"))
+        publish(RESULTS / "ticket_mask.md", "Winning-ticket masks", md, DOC, BEGIN, END)
         return print(md)
     zoo_args, name = ZOO, "ticket_mask"
     if args.quick:
@@ -165,9 +157,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)
-    (RESULTS / f"{name}.md").write_text(f"# Winning-ticket masks{' (quick)' if args.quick else ''}\n\n{md}")
-    if not args.quick:
-        replace_block(DOC, BEGIN, END, md.rstrip("\n"))
+    publish(RESULTS / f"{name}.md", f"Winning-ticket masks{' (quick)' if args.quick else ''}", md,
+            None if args.quick else DOC, BEGIN, END)
     print(md)
 
 

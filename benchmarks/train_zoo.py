@@ -103,21 +103,28 @@ def model_options(model: str) -> tuple[str, int]:
     return preset, int(extra or 0)
 
 
+def train_run(out: Path, want: dict, argv: list[str], threads: int) -> dict:
+    """The results of the ``wgraph train`` run in ``out``: a finished run whose config holds the
+    settings ``want`` is reused (one with other settings is an error); otherwise ``wgraph ARGV``
+    runs (resuming an interrupted run with ``--resume`` in ``argv``), its output in ``out.log``."""
+    if (out / "results.json").exists():
+        r = json.loads((out / "results.json").read_text())
+        if any(r["config"].get(k) != v for k, v in want.items()):
+            raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
+        return r
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wgraph(*argv, threads=threads, log=out.with_suffix(".log"))
+    return json.loads((out / "results.json").read_text())
+
+
 def run_one(job: dict, threads: int) -> dict:
     out = Path(job["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
     preset, probes = model_options(job["model"])
     argv = ["train", "--task", job["task"], "--model", preset, "--zoo", job["zoo"], "--out", str(out),
             "--seed", str(job["seed"]), "--epochs", str(job["epochs"]), "--probes", str(probes), *TRAIN,
             "--resume", "--no-progress"]
-    if (out / "results.json").exists():  # reuse a finished run of the same settings
-        r = json.loads((out / "results.json").read_text())
-        want = {**TRAIN_CONFIG, "epochs": job["epochs"], "zoo": job["zoo"], "probes": probes}
-        if any(r["config"].get(k) != v for k, v in want.items()):
-            raise RuntimeError(f"{out} holds a run with other settings: remove it or use another --work")
-        return r
-    wgraph(*argv, threads=threads, log=out.with_suffix(".log"))
-    return json.loads((out / "results.json").read_text())
+    want = {**TRAIN_CONFIG, "epochs": job["epochs"], "zoo": job["zoo"], "probes": probes}
+    return train_run(out, want, argv, threads)
 
 
 def merge(old: dict, new: dict) -> dict:
