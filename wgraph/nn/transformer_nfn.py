@@ -185,9 +185,8 @@ class TransformerInvariant(nn.Module):
             sqk, svo, _ = invariants(t)
             qk_h = torch.einsum("bchik,bchjk->bhcij", t["q"], t["k"])  # (B, h, C, D, D)
             if self.mode == "entries":
-                sq = lambda x, d: (x * x).mean(d)  # noqa: E731
-                parts = [sqk, svo.mean(-1), sq(svo, -1), t["a"].mean((-1, -2)), sq(t["a"], (-1, -2)),
-                         t["ba"].mean(-1), sq(t["ba"], -1), t["b"].mean(-2), sq(t["b"], -2), t["bb"]]
+                parts = [sqk, *_moments(svo, -1), *_moments(t["a"], (-1, -2)), *_moments(t["ba"], -1),
+                         *_moments(t["b"], -2), t["bb"]]
                 vo_h = torch.einsum("bchik,bchkj->bhci", t["v"], t["o"]).flatten(2) / t["o"].shape[-1]
                 feats += [x.flatten(1) for x in parts] + [(self.qk[i](qk_h.flatten(2)) * self.vo[i](vo_h)).sum(1)]
                 continue
